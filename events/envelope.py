@@ -1,0 +1,75 @@
+"""The versioned event envelope that travels on every stream."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
+
+ENVELOPE_VERSION = 1
+
+
+class EventType(StrEnum):
+    SESSION_REQUESTED = "session.requested"
+    SESSION_STARTED = "session.started"
+    SESSION_STATUS = "session.status"
+    SESSION_ENDED = "session.ended"
+    SESSION_FAILED = "session.failed"
+    SESSION_RECOVERED = "session.recovered"
+    SESSION_STOP_REQUESTED = "session.stop_requested"
+    MESSAGE_SUBMITTED = "message.submitted"
+    MESSAGE_UPDATED = "message.updated"
+    MESSAGE_COMPLETED = "message.completed"
+    TOOL_CALL_REQUESTED = "tool_call.requested"
+    TOOL_CALL_PROGRESS = "tool_call.progress"
+    TOOL_CALL_COMPLETED = "tool_call.completed"
+    TOOL_CALL_FAILED = "tool_call.failed"
+    MCP_TEST_REQUESTED = "mcp.test_requested"
+    MCP_TEST_COMPLETED = "mcp.test_completed"
+    WEBHOOK_RECEIVED = "webhook.received"
+    AUDIT_RECORDED = "audit.recorded"
+
+
+def new_event_id() -> str:
+    """A time-sortable id (ULID), so ids order like the events they name."""
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(default_factory=new_event_id, min_length=26, max_length=26)
+    type: EventType
+    v: int = ENVELOPE_VERSION
+    ts: datetime = Field(default_factory=utcnow)
+    org_id: UUID
+    user_id: UUID | None
+    session_id: UUID | None = None
+    correlation_id: str = Field(default_factory=new_event_id, max_length=128)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def to_wire(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_wire(cls, raw: str | bytes) -> Event:
+        return cls.model_validate_json(raw)
+
+    def follow_up(self, type: EventType, payload: dict[str, Any] | None = None) -> Event:
+        """A new event caused by this one: same tenant, session and correlation id."""
+        return Event(
+            type=type,
+            org_id=self.org_id,
+            user_id=self.user_id,
+            session_id=self.session_id,
+            correlation_id=self.correlation_id,
+            payload=payload or {},
+        )

@@ -1,0 +1,67 @@
+"""Every Redis stream, channel and key name the platform uses, in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from uuid import UUID
+
+from events.envelope import EventType
+
+# The single field of a stream entry; its value is the JSON envelope.
+FIELD = "e"
+# The consumer group that moves work-stream events onto Dramatiq queues.
+DISPATCH_GROUP = "dispatchers"
+
+
+class WorkKind(StrEnum):
+    """Work streams, one per worker pool; each maps to the Dramatiq queue of the same name."""
+
+    SESSIONS = "sessions"
+    TOOLS = "tools"
+    AUDIT = "audit"
+    DEFAULT = "default"
+
+
+# Which work stream an event type is published to. Types not listed are results only: they go to
+# a session's event log and channel, never to a worker pool.
+WORK_ROUTES: dict[EventType, WorkKind] = {
+    EventType.SESSION_REQUESTED: WorkKind.SESSIONS,
+    EventType.SESSION_STOP_REQUESTED: WorkKind.SESSIONS,
+    EventType.TOOL_CALL_REQUESTED: WorkKind.TOOLS,
+    EventType.MCP_TEST_REQUESTED: WorkKind.TOOLS,
+    EventType.AUDIT_RECORDED: WorkKind.AUDIT,
+    EventType.WEBHOOK_RECEIVED: WorkKind.DEFAULT,
+}
+
+
+class Names:
+    """Key names under one prefix (``REDIS_PREFIX``), so deployments and tests can share a Redis."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def work(self, kind: WorkKind) -> str:
+        return f"{self.prefix}work:{kind.value}"
+
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead"
+
+    def session_input(self, session_id: UUID | str) -> str:
+        return f"{self.prefix}session:{session_id}:input"
+
+    def session_log(self, session_id: UUID | str) -> str:
+        return f"{self.prefix}session:{session_id}:log"
+
+    def session_channel(self, session_id: UUID | str) -> str:
+        return f"{self.prefix}session:{session_id}:notify"
+
+    def session_channel_pattern(self) -> str:
+        return f"{self.prefix}session:*:notify"
+
+    def processed(self, event_id: str) -> str:
+        """Marks an event whose effect is durable, for idempotent handlers."""
+        return f"{self.prefix}done:{event_id}"
+
+    def claim(self, event_id: str) -> str:
+        """A short lease held while a handler works on an event, so duplicates wait."""
+        return f"{self.prefix}claim:{event_id}"

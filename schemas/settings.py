@@ -1,0 +1,141 @@
+"""Service settings, read from the environment (prefix ``AGENTAPI_``).
+
+The seed deployment's plain names (``DATABASE_URL``, ``REDIS_URL``, ``SUPABASE_URL``,
+``SUPABASE_JWT_SECRET``, ``MAX_CONCURRENT_SESSIONS``, ``SESSION_TIMEOUT``, ``WORKSPACE_ROOT``) are
+accepted as aliases so an existing deployment's environment keeps working.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str, *plain: str) -> AliasChoices:
+    return AliasChoices(f"AGENTAPI_{name}", *plain)
+
+
+def async_database_url(url: str) -> str:
+    """Map a plain driver URL onto the async driver the service uses."""
+    for plain, asynchronous in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return asynchronous + url[len(plain) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    environment: Literal["production", "development", "test"] = Field(
+        "production", validation_alias=_env("ENVIRONMENT")
+    )
+    # The service role's connection (no BYPASSRLS); migrations use the owner's URL when given.
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./.agentapi/dev.db", validation_alias=_env("DATABASE_URL", "DATABASE_URL")
+    )
+    migrations_database_url: str | None = Field(None, validation_alias=_env("MIGRATIONS_DATABASE_URL"))
+    # Name and password of the service role that migrations create on PostgreSQL.
+    db_service_role: str = Field("agentapi_app", validation_alias=_env("DB_SERVICE_ROLE"))
+    db_service_password: SecretStr | None = Field(None, validation_alias=_env("DB_SERVICE_PASSWORD"))
+    db_pool_size: int = Field(10, ge=1, le=200, validation_alias=_env("DB_POOL_SIZE"))
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL", "REDIS_URL"))
+    redis_prefix: str = Field("agentapi:", min_length=1, validation_alias=_env("REDIS_PREFIX"))
+    event_log_maxlen: int = Field(10_000, ge=100, validation_alias=_env("EVENT_LOG_MAXLEN"))
+
+    jwt_secret: SecretStr | None = Field(None, validation_alias=_env("JWT_SECRET", "SUPABASE_JWT_SECRET"))
+    supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "SUPABASE_URL"))
+    jwks_url: str | None = Field(None, validation_alias=_env("JWKS_URL"))
+    jwks_cache_seconds: int = Field(600, ge=0, validation_alias=_env("JWKS_CACHE_SECONDS"))
+    jwt_audience: str = Field("authenticated", validation_alias=_env("JWT_AUDIENCE"))
+    jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300, validation_alias=_env("JWT_LEEWAY_SECONDS"))
+
+    encryption_keys: SecretStr | None = Field(None, validation_alias=_env("ENCRYPTION_KEYS"))
+
+    workspace_root: Path = Field(
+        Path("./.agentapi/workspaces"), validation_alias=_env("WORKSPACE_ROOT", "WORKSPACE_ROOT")
+    )
+    max_sessions_per_user: int = Field(
+        5, ge=1, validation_alias=_env("MAX_SESSIONS_PER_USER", "MAX_CONCURRENT_SESSIONS")
+    )
+    max_sessions_per_org: int = Field(100, ge=1, validation_alias=_env("MAX_SESSIONS_PER_ORG"))
+    session_timeout: int = Field(
+        3600, ge=1, description="idle seconds", validation_alias=_env("SESSION_TIMEOUT", "SESSION_TIMEOUT")
+    )
+
+    max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
+
+    sentry_dsn: SecretStr | None = Field(None, validation_alias=_env("SENTRY_DSN", "SENTRY_DSN"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+
+    @field_validator("database_url", "migrations_database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        return async_database_url(value) if value else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _needs_a_verifier(self) -> Settings:
+        if self.jwt_secret is None and self.effective_jwks_url is None:
+            raise ValueError(
+                "AGENTAPI_JWT_SECRET (or SUPABASE_JWT_SECRET) or AGENTAPI_JWKS_URL (or SUPABASE_URL) is required"
+            )
+        return self
+
+    @property
+    def effective_jwks_url(self) -> str | None:
+        if self.jwks_url:
+            return self.jwks_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
+
+    @property
+    def owner_database_url(self) -> str:
+        return self.migrations_database_url or self.database_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _field_env_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    field = Settings.model_fields.get(str(loc[0]))
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices):
+        return " / ".join(str(choice) for choice in alias.choices)
+    return f"AGENTAPI_{str(loc[0]).upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load settings or exit with one clear line per missing or invalid setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"agentapi: invalid setting {_field_env_name(error['loc'])}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

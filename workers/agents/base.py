@@ -1,0 +1,63 @@
+"""The contract between the PTY host and an agent CLI.
+
+The PTY host knows nothing of any agent; an adapter knows nothing of Redis or the database. An
+adapter says how to start its CLI, what environment and files it needs, how the system prompt and
+the MCP gateway reach it, which start-up dialogs to answer, and how to turn its screen into text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+from uuid import UUID
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    session_id: UUID
+    org_id: UUID
+    user_id: UUID
+    workspace: Path
+    # The agent's HOME, inside the workspace, so CLIs keep their state per session.
+    home: Path
+    system_prompt: str = ""
+    mcp_gateway_url: str | None = None
+    mcp_gateway_token: str | None = None
+    # True when a recovered host restarts the agent and the CLI should resume its conversation.
+    resume: bool = False
+    # Variables the platform hands this agent (model endpoint, provider key, model name).
+    agent_env: dict[str, str] = field(default_factory=dict)
+    # For `custom`: the admin-allowlisted command line.
+    custom_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AutoResponse:
+    """A start-up dialog the adapter answers by itself (onboarding, trust this folder, ...)."""
+
+    pattern: re.Pattern[str]
+    keys: bytes
+    # Answer at most this many times per process, so a misread screen cannot loop forever.
+    limit: int = 1
+
+
+class AgentAdapter(Protocol):
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]]
+    # Whether user input is wrapped in bracketed paste before the Enter key.
+    bracketed_paste: ClassVar[bool]
+    auto_responses: ClassVar[tuple[AutoResponse, ...]]
+
+    def prepare(self, ctx: LaunchContext) -> None:
+        """Write the files the CLI reads (config, MCP gateway entry, system prompt) under ctx."""
+
+    def command(self, ctx: LaunchContext) -> list[str]:
+        """The argv to exec; never run through a shell."""
+
+    def environment(self, ctx: LaunchContext) -> dict[str, str]:
+        """Variables added to the host's scrubbed base environment (PATH, HOME, TERM, LANG)."""
+
+    def format_message(self, screen: str, user_input: str) -> str:
+        """The agent's reply from the screen lines that appeared after the input: echo and chrome removed."""
