@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _production_needs_postgres(self) -> Settings:
+        if self.environment == "production" and self.is_sqlite:
+            raise ValueError(
+                "AGENTAPI_DATABASE_URL (or DATABASE_URL) must name PostgreSQL in production;"
+                " SQLite is only for agentapi dev and tests"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _needs_a_verifier(self) -> Settings:
         if self.jwt_secret is None and self.effective_jwks_url is None:
             raise ValueError(
