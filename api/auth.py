@@ -1,0 +1,368 @@
+"""Supabase-compatible JWT authentication.
+
+Tokens are verified with HS256 and the shared secret (``AGENTAPI_JWT_SECRET`` / ``SUPABASE_JWT_SECRET``)
+and/or with the asymmetric keys of a JWKS (``AGENTAPI_JWKS_URL``, or Supabase's
+``/auth/v1/.well-known/jwks.json``). The algorithm a token may use is pinned by where its key comes from:
+HS256 only against the shared secret, RS*/PS*/ES*/EdDSA only against a JWKS key of the matching type and
+curve. ``alg: none``, an HS256 token "signed" with a public key, or an ES256 header on an RSA key are all
+refused before any signature check.
+
+The principal: ``sub`` (a UUID) is the user; the organization and role come from ``app_metadata`` (which only
+the service role can write in Supabase), falling back to top-level ``org_id``/``role``. ``user_metadata`` is
+user-writable and never read. Superadmin is granted only by ``app_metadata`` (``role: superadmin`` or
+``superadmin: true``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import jwt
+from jwt import exceptions as jwt_errors
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, ServiceUnavailableException
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.jwks import (
+    ASYMMETRIC_ALGORITHMS,
+    AmbiguousSigningKeyError,
+    JWKSCache,
+    JWKSUnavailableError,
+    UnknownSigningKeyError,
+)
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.types import ASGIApp, Method, Scopes
+
+    from schemas.settings import Settings
+
+logger = logging.getLogger("agentapi.auth")
+
+ROLES = ("member", "admin", "owner", "superadmin")
+ORG_ROLES = frozenset({"member", "admin", "owner"})
+HMAC_ALGORITHM = "HS256"
+MAX_TOKEN_LENGTH = 16 * 1024
+REALM = "agentapi"
+
+# Paths the app serves without a token (regular expressions, matched against the path).
+DEFAULT_AUTH_EXCLUDE: tuple[str, ...] = (
+    "^/health",
+    "^/ready",
+    "^/metrics",
+    "^/schema",
+    "^/api/v1/webhooks/[^/]+/deliveries",
+)
+SECURITY_SCHEME_NAME = "BearerJWT"
+
+
+class AuthError(NotAuthorizedException):
+    """A request's credentials are missing or invalid: a 401 with a precise, non-leaky ``detail``.
+
+    ``error`` is the RFC 6750 error code for ``WWW-Authenticate`` (None when no credentials were sent,
+    as RFC 6750 section 3.1 asks).
+    """
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        self.error = error
+        super().__init__(detail=detail, headers={"WWW-Authenticate": www_authenticate(error, detail)})
+
+
+def www_authenticate(error: str | None = None, description: str | None = None) -> str:
+    value = f'Bearer realm="{REALM}"'
+    if error:
+        value += f', error="{error}"'
+        if description:
+            safe = description.replace("\\", "").replace('"', "'")
+            value += f', error_description="{safe}"'
+    return value
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the verified token's user, organization and role."""
+
+    user_id: UUID
+    org_id: UUID | None
+    role: str  # one of ROLES
+    email: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def is_superadmin(self) -> bool:
+        if self.role == "superadmin":
+            return True
+        app_metadata = self.claims.get("app_metadata")
+        return isinstance(app_metadata, Mapping) and app_metadata.get("superadmin") is True
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any]) -> Principal:
+        """Build the principal from verified claims; raises AuthError on a malformed identity."""
+        sub = claims.get("sub")
+        try:
+            user_id = UUID(sub) if isinstance(sub, str) else None
+        except ValueError:
+            user_id = None
+        if user_id is None:
+            raise AuthError("invalid subject: sub must be a UUID")
+
+        app_metadata = claims.get("app_metadata")
+        if not isinstance(app_metadata, Mapping):
+            app_metadata = {}
+
+        raw_org = (
+            app_metadata.get("org_id") if app_metadata.get("org_id") is not None else claims.get("org_id")
+        )
+        org_id: UUID | None = None
+        if raw_org is not None:
+            try:
+                org_id = UUID(raw_org) if isinstance(raw_org, str) else None
+            except ValueError:
+                org_id = None
+            if org_id is None:
+                raise AuthError("invalid org_id claim: must be a UUID")
+
+        meta_role = app_metadata.get("role")
+        top_role = claims.get("role")  # Supabase sets "authenticated" here
+        if meta_role in ROLES:
+            role = meta_role
+        elif top_role in ORG_ROLES:
+            role = top_role
+        else:
+            role = "member"
+
+        email = claims.get("email")
+        return cls(
+            user_id=user_id,
+            org_id=org_id,
+            role=role,
+            email=email if isinstance(email, str) and email else None,
+            claims=MappingProxyType(dict(claims)),
+        )
+
+
+# PyJWT's exceptions, most specific first, to the detail a client sees.
+_JWT_ERROR_DETAILS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt_errors.ExpiredSignatureError, "token expired"),
+    (jwt_errors.ImmatureSignatureError, "token not yet valid"),
+    (jwt_errors.InvalidAudienceError, "invalid audience"),
+    (jwt_errors.InvalidIssuerError, "invalid issuer"),
+    (jwt_errors.InvalidSignatureError, "invalid signature"),
+    (jwt_errors.InvalidAlgorithmError, "unsupported algorithm"),
+    (jwt_errors.InvalidSubjectError, "invalid subject: sub must be a UUID"),
+    (jwt_errors.InvalidIssuedAtError, "invalid iat claim"),
+    (jwt_errors.InvalidJTIError, "invalid jti claim"),
+    (jwt_errors.DecodeError, "malformed token"),
+)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens into :class:`Principal` objects. One per process (it holds the JWKS cache)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http_client: Any = None,
+        refetch_cooldown_seconds: float = 10.0,
+        jwks_timeout_seconds: float = 5.0,
+    ) -> None:
+        self._secret: bytes | None = (
+            settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret is not None else None
+        )
+        url = settings.effective_jwks_url
+        self._jwks: JWKSCache | None = (
+            JWKSCache(
+                url,
+                cache_seconds=settings.jwks_cache_seconds,
+                refetch_cooldown_seconds=refetch_cooldown_seconds,
+                timeout_seconds=jwks_timeout_seconds,
+                client=http_client,
+            )
+            if url
+            else None
+        )
+        if self._secret is None and self._jwks is None:
+            raise ValueError("TokenVerifier needs a JWT secret or a JWKS URL")
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self.leeway = settings.jwt_leeway_seconds
+
+    @property
+    def jwks(self) -> JWKSCache | None:
+        return self._jwks
+
+    async def aclose(self) -> None:
+        if self._jwks is not None:
+            await self._jwks.aclose()
+
+    async def verify(self, token: str) -> Principal:
+        """The principal of a valid token; raises AuthError (401) or JWKSUnavailableError (503)."""
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise AuthError("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt_errors.PyJWTError:
+            raise AuthError("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise AuthError("malformed token")
+
+        key: Any
+        if alg == HMAC_ALGORITHM and self._secret is not None:
+            key = self._secret
+        elif alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise AuthError("malformed token")
+            try:
+                signing_key = await self._jwks.get(kid, alg)
+            except UnknownSigningKeyError:
+                raise AuthError("unknown signing key") from None
+            except AmbiguousSigningKeyError:
+                raise AuthError("token has no key id (kid)") from None
+            if alg not in signing_key.algorithms:
+                raise AuthError("unsupported algorithm")
+            key = signing_key.key
+        else:
+            # "none", HS256 without a shared secret (e.g. signed with a public key), HS384, unknown names...
+            raise AuthError("unsupported algorithm")
+
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt_errors.MissingRequiredClaimError as exc:
+            raise AuthError(f"missing {exc.claim} claim") from None
+        except jwt_errors.PyJWTError as exc:
+            detail = next((d for t, d in _JWT_ERROR_DETAILS if isinstance(exc, t)), "invalid token")
+            raise AuthError(detail) from None
+        return Principal.from_claims(claims)
+
+
+def parse_bearer(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; AuthError when there is none."""
+    if not authorization or not authorization.strip():
+        raise AuthError("missing bearer token", error=None)
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError("missing bearer token (Authorization scheme must be Bearer)", error="invalid_request")
+    token = token.strip()
+    if not token:
+        raise AuthError("missing bearer token", error="invalid_request")
+    return token
+
+
+VerifierGetter = Callable[["Litestar"], TokenVerifier]
+FailureHook = Callable[[ASGIConnection, AuthError], Awaitable[None]]
+
+
+def _verifier_from_state(app: Litestar) -> TokenVerifier:
+    state = app.state
+    resources = state.get("resources")
+    verifier = getattr(resources, "verifier", None) or state.get("token_verifier")
+    if not isinstance(verifier, TokenVerifier):
+        raise RuntimeError("no TokenVerifier: pass verifier= or get_verifier= to JWTAuthMiddleware")
+    return verifier
+
+
+class JWTAuthMiddleware(AbstractAuthenticationMiddleware):
+    """Sets ``request.user`` to the :class:`Principal` of the request's bearer token (``request.auth`` is the
+    raw token), or answers 401 problem+json with ``WWW-Authenticate``.
+
+    The verifier is ``verifier`` if given, else ``get_verifier(app)`` (default:
+    ``app.state["resources"].verifier`` or ``app.state["token_verifier"]``), looked up per request so it can
+    be created in the lifespan.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier | None = None,
+        get_verifier: VerifierGetter | None = None,
+        exclude: str | Sequence[str] | None = DEFAULT_AUTH_EXCLUDE,
+        exclude_from_auth_key: str = "exclude_from_auth",
+        exclude_http_methods: Sequence[Method] | None = None,
+        scopes: Scopes | None = None,
+        on_failure: FailureHook | None = None,
+        jwks_retry_after_seconds: int = 5,
+    ) -> None:
+        super().__init__(
+            app,
+            exclude=list(exclude) if exclude is not None and not isinstance(exclude, str) else exclude,
+            exclude_from_auth_key=exclude_from_auth_key,
+            exclude_http_methods=exclude_http_methods,
+            scopes=scopes,
+        )
+        self._verifier = verifier
+        self._get_verifier = get_verifier or _verifier_from_state
+        self._on_failure = on_failure
+        self._retry_after = jwks_retry_after_seconds
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        verifier = self._verifier or self._get_verifier(connection.app)
+        try:
+            token = parse_bearer(connection.headers.get("authorization"))
+            principal = await verifier.verify(token)
+        except AuthError as exc:
+            if self._on_failure is not None:
+                try:
+                    await self._on_failure(connection, exc)
+                except Exception:
+                    logger.exception("auth failure hook failed")
+            raise
+        except JWKSUnavailableError:
+            raise ServiceUnavailableException(
+                detail="token signing keys are temporarily unavailable",
+                headers={"Retry-After": str(self._retry_after)},
+            ) from None
+        return AuthenticationResult(user=principal, auth=token)
+
+
+def auth_middleware(
+    *,
+    verifier: TokenVerifier | None = None,
+    get_verifier: VerifierGetter | None = None,
+    exclude: Sequence[str] = DEFAULT_AUTH_EXCLUDE,
+    on_failure: FailureHook | None = None,
+) -> DefineMiddleware:
+    """``Litestar(middleware=[auth_middleware(...)])``."""
+    return DefineMiddleware(
+        JWTAuthMiddleware,
+        verifier=verifier,
+        get_verifier=get_verifier,
+        exclude=exclude,
+        on_failure=on_failure,
+    )
+
+
+def openapi_components() -> Components:
+    """The bearer-JWT security scheme: ``OpenAPIConfig(components=[openapi_components()], security=...)``."""
+    return Components(
+        security_schemes={
+            SECURITY_SCHEME_NAME: SecurityScheme(
+                type="http",
+                scheme="bearer",
+                bearer_format="JWT",
+                description="A Supabase-compatible JWT: `Authorization: Bearer <token>`",
+            )
+        }
+    )
+
+
+def openapi_security() -> list[dict[str, list[str]]]:
+    """The app-wide security requirement; routes without auth set ``security=[]`` on their handler."""
+    return [{SECURITY_SCHEME_NAME: []}]

@@ -1,0 +1,83 @@
+"""Request shape limits that Litestar does not enforce by itself.
+
+Body size needs nothing here: Litestar 2.25's ``request_max_body_size`` (app, router, controller or handler)
+rejects a body by its ``Content-Length`` before reading and by the counted bytes of a chunked body while
+reading, raising ``RequestEntityTooLarge``, which :mod:`api.problems` turns into a 413 naming the limit.
+
+What Litestar does not do is refuse a body in the wrong format: a handler with a JSON ``data`` parameter
+parses any body as JSON whatever its ``Content-Type``. :class:`JSONContentTypeMiddleware` answers 415
+when such a handler gets a body declared as something else (``text/plain``, a form, ...). A request without a
+``Content-Type`` is still parsed as JSON, for curl's sake.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from litestar.enums import RequestEncodingType
+from litestar.middleware import DefineMiddleware
+
+from api.problems import UnsupportedMediaTypeException
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_JSON_MEDIA = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
+
+
+def _expects_json_body(route_handler: Any) -> bool:
+    cached = getattr(route_handler, "_agentapi_expects_json", None)
+    if cached is not None:
+        return bool(cached)
+    try:
+        data = route_handler.parsed_fn_signature.parameters.get("data")
+    except AttributeError:
+        return False
+    expects = False
+    if data is not None:
+        media_type = getattr(data.kwarg_definition, "media_type", RequestEncodingType.JSON)
+        expects = media_type == RequestEncodingType.JSON
+    try:
+        route_handler._agentapi_expects_json = expects
+    except AttributeError:  # slotted handler: just recompute next time (cheap)
+        pass
+    return expects
+
+
+class JSONContentTypeMiddleware:
+    """415 problem+json for a non-JSON body sent to a handler that takes a JSON ``data`` body."""
+
+    def __init__(self, app: ASGIApp, exclude: str | list[str] | None = None) -> None:
+        self.app = app
+        self.exclude = (
+            re.compile("|".join(exclude) if isinstance(exclude, list) else exclude) if exclude else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("method") in _BODY_METHODS
+            and not (self.exclude and self.exclude.search(scope["path"]))
+            and _expects_json_body(scope.get("route_handler"))
+        ):
+            content_type = _header(scope, b"content-type")
+            if content_type is not None:
+                media = content_type.split(";", 1)[0].strip().lower()
+                if media and not _JSON_MEDIA.match(media):
+                    raise UnsupportedMediaTypeException(
+                        detail=f"Content-Type must be application/json, not {media[:100]}"
+                    )
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def json_content_type_middleware(exclude: list[str] | None = None) -> DefineMiddleware:
+    return DefineMiddleware(JSONContentTypeMiddleware, exclude=exclude)
