@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     )
     migrations_database_url: str | None = Field(None, validation_alias=_env("MIGRATIONS_DATABASE_URL"))
     # Name and password of the service role that migrations create on PostgreSQL.
-    db_service_role: str = Field("agentapi_app", validation_alias=_env("DB_SERVICE_ROLE"))
+    db_service_role: str = Field(
+        "agentapi_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias=_env("DB_SERVICE_ROLE")
+    )
     db_service_password: SecretStr | None = Field(None, validation_alias=_env("DB_SERVICE_PASSWORD"))
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias=_env("DB_POOL_SIZE"))
 
@@ -78,7 +80,9 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
 
     sentry_dsn: SecretStr | None = Field(None, validation_alias=_env("SENTRY_DSN", "SENTRY_DSN"))
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("LOG_LEVEL")
+    )
 
     @field_validator("database_url", "migrations_database_url")
     @classmethod

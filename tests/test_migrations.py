@@ -1,0 +1,83 @@
+"""Migrations on both backends, the schema's CHECK constraints, and the reference SQL in infra/."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from schemas.db import create_engine
+from schemas.rls import reference_sql
+from schemas.tables import McpConfiguration, Organization, SystemPrompt
+from tests.fixtures.postgres import DbUrls
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_reference_sql_matches_the_migration() -> None:
+    assert (REPO / "infra/sql/rls.sql").read_text() == reference_sql()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    urls: DbUrls = request.getfixturevalue("pg_urls")
+    return urls.owner
+
+
+BAD_ROWS = {
+    "global prompt with an org": lambda org: SystemPrompt(org_id=org, scope="global", name="g", content="x"),
+    "user prompt without a user": lambda org: SystemPrompt(org_id=org, scope="user", name="u", content="x"),
+    "unknown transport": lambda org: McpConfiguration(
+        org_id=org, scope="organization", name="t", transport="pigeon", endpoint_url="https://x"
+    ),
+    "unknown auth type": lambda org: McpConfiguration(
+        org_id=org,
+        scope="organization",
+        name="a",
+        transport="http",
+        auth_type="magic",
+        endpoint_url="https://x",
+    ),
+    "org config owned by a user": lambda org: McpConfiguration(
+        org_id=org,
+        user_id=uuid.uuid4(),
+        scope="organization",
+        name="o",
+        transport="http",
+        endpoint_url="https://x",
+    ),
+    "stdio without a command": lambda org: McpConfiguration(
+        org_id=org, scope="organization", name="s", transport="stdio"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+async def test_check_constraints(db_url: str, case: str) -> None:
+    engine = create_engine(db_url)
+    org = uuid.uuid4()
+    async with AsyncSession(engine) as db, db.begin():
+        db.add(Organization(id=org, name="o", slug=org.hex))
+    with pytest.raises(IntegrityError):
+        async with AsyncSession(engine) as db, db.begin():
+            db.add(BAD_ROWS[case](org))
+    await engine.dispose()
+
+
+async def test_names_are_unique_per_scope(db_url: str) -> None:
+    engine = create_engine(db_url)
+    org_a, org_b = uuid.uuid4(), uuid.uuid4()
+    async with AsyncSession(engine) as db, db.begin():
+        db.add_all([Organization(id=org, name="o", slug=org.hex) for org in (org_a, org_b)])
+        await db.flush()
+        db.add(SystemPrompt(org_id=org_a, scope="organization", name="style", content="x"))
+        db.add(SystemPrompt(org_id=org_b, scope="organization", name="style", content="x"))
+    with pytest.raises(IntegrityError):
+        async with AsyncSession(engine) as db, db.begin():
+            db.add(SystemPrompt(org_id=org_a, scope="organization", name="style", content="y"))
+    await engine.dispose()
