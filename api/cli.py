@@ -1,0 +1,119 @@
+"""The ``agentapi`` command: serve, worker, migrate, token, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from uuid import UUID
+
+from events.streams import WorkKind
+from schemas.settings import get_settings
+
+ALL_QUEUES = [kind.value for kind in WorkKind]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    run_worker(get_settings(), queues=args.queues, threads=args.threads)
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from schemas.migrate import upgrade
+
+    asyncio.run(upgrade(get_settings()))
+    print("agentapi: database is at the latest revision")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from api.tokens import mint_token
+
+    settings = get_settings()
+    if settings.jwt_secret is None:
+        print(
+            "agentapi: token needs AGENTAPI_JWT_SECRET (tokens from a JWKS issuer come from it)",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        mint_token(
+            settings.jwt_secret.get_secret_value(),
+            user_id=args.user,
+            org_id=args.org,
+            role=args.role,
+            audience=settings.jwt_audience,
+            ttl_seconds=args.ttl,
+            email=args.email,
+            superadmin=args.superadmin,
+        )
+    )
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from api.dev import run_dev
+
+    return run_dev(host=args.host, port=args.port, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentapi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP ingress")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="run worker pools")
+    worker.add_argument("--queues", nargs="+", choices=ALL_QUEUES, default=ALL_QUEUES)
+    worker.add_argument("--threads", type=int, default=8)
+    worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations (as the owner)")
+    migrate.set_defaults(run=_migrate)
+
+    token = commands.add_parser("token", help="mint an HS256 access token")
+    token.add_argument("--user", type=UUID, required=True)
+    token.add_argument("--org", type=UUID)
+    token.add_argument("--role", choices=["member", "admin", "owner"], default="member")
+    token.add_argument("--email")
+    token.add_argument("--superadmin", action="store_true")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.set_defaults(run=_token)
+
+    dev = commands.add_parser("dev", help="everything in one process group on embedded defaults")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", default=".agentapi")
+    dev.set_defaults(run=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Process-wide resources of the ingress, opened at start-up and closed at shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from litestar import Litestar
+from litestar.datastructures import State
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.auth import TokenVerifier
+from api.event_hub import EventHub
+from events.streams import Names
+from schemas.db import create_engine
+from schemas.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis
+    names: Names
+    hub: EventHub
+    verifier: TokenVerifier
+
+
+def resources(state: State) -> Resources:
+    return state["resources"]
+
+
+def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        names = Names(settings.redis_prefix)
+        hub = EventHub(redis, names)
+        verifier = TokenVerifier(settings)
+        await hub.start()
+        app.state["resources"] = Resources(settings, engine, redis, names, hub, verifier)
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await verifier.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+    return _lifespan

@@ -1,0 +1,119 @@
+"""At-least-once consumption of a work stream through a consumer group.
+
+An entry is acknowledged only after its handler returned. A handler that fails leaves the entry
+pending; after ``claim_idle_ms`` any consumer of the group (this one after a restart, or another
+process after this one died) claims it again. An entry that cannot be parsed, or whose handler has
+failed ``max_deliveries`` times, moves to the dead-letter stream with the error and is then
+acknowledged: never dropped in silence, never retried forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import ResponseError
+
+from events.envelope import Event
+from events.streams import FIELD, Names
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], None]
+
+
+class PoisonEvent(Exception):
+    """The entry can never be handled (unparseable, no handler): dead-letter it at once."""
+
+
+@dataclass
+class StreamConsumer:
+    client: redis.Redis  # decode_responses=True
+    names: Names
+    stream: str
+    group: str
+    consumer: str
+    handler: Handler
+    max_deliveries: int = 5
+    claim_idle_ms: int = 30_000
+    block_ms: int = 1_000
+    batch: int = 50
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, stop: threading.Event) -> None:
+        self.ensure_group()
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except redis.ConnectionError as exc:
+                log.warning("consumer %s lost Redis, retrying: %s", self.stream, exc)
+                stop.wait(1.0)
+
+    def poll_once(self) -> int:
+        """Reclaim stale entries, then read new ones; returns how many entries were handled."""
+        handled = self._reclaim()
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
+        )
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._handle(entry_id, fields, deliveries=1)
+                handled += 1
+        return handled
+
+    def _reclaim(self) -> int:
+        _, entries, deleted = self.client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id="0-0",
+            count=self.batch,
+        )
+        for entry_id in deleted or []:
+            self.client.xack(self.stream, self.group, entry_id)
+        for entry_id, fields in entries:
+            pending = self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            deliveries = int(pending[0]["times_delivered"]) if pending else self.max_deliveries
+            self._handle(entry_id, fields, deliveries)
+        return len(entries)
+
+    def _handle(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+        raw = fields.get(FIELD, "")
+        try:
+            event = Event.from_wire(raw)
+        except ValueError as exc:
+            self.dead_letter(entry_id, raw, f"unparseable envelope: {exc}")
+            return
+        try:
+            self.handler(event)
+        except PoisonEvent as exc:
+            self.dead_letter(entry_id, raw, str(exc))
+            return
+        except Exception as exc:
+            if deliveries >= self.max_deliveries:
+                self.dead_letter(entry_id, raw, f"failed {deliveries} times, last: {exc!r}")
+            else:
+                log.warning(
+                    "handler failed for %s %s (delivery %d): %r", self.stream, entry_id, deliveries, exc
+                )
+            return
+        self.client.xack(self.stream, self.group, entry_id)
+
+    def dead_letter(self, entry_id: str, raw: str, error: str) -> None:
+        log.error("dead-lettering %s %s: %s", self.stream, entry_id, error)
+        record = {"stream": self.stream, "id": entry_id, "error": error, "data": raw}
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.names.dead_letter(), {FIELD: json.dumps(record)})
+            pipe.xack(self.stream, self.group, entry_id)
+            pipe.execute()

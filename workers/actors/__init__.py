@@ -1,0 +1,17 @@
+"""Actors by the event type they handle. Imported only after ``workers.broker.make_broker`` has
+set the broker, because Dramatiq binds an actor to the broker current at declaration."""
+
+from __future__ import annotations
+
+from dramatiq import Actor
+
+from events.envelope import EventType
+
+
+def load_actors() -> dict[EventType, Actor]:
+    from workers.actors import sessions
+
+    return {
+        EventType.SESSION_REQUESTED: sessions.run_session,
+        EventType.SESSION_STOP_REQUESTED: sessions.stop_session,
+    }

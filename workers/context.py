@@ -1,0 +1,62 @@
+"""What actors share inside one worker process: settings and clients, made once per process.
+
+Async clients are created on first use inside Dramatiq's event-loop thread (the AsyncIO
+middleware runs every async actor there), so they belong to the loop that uses them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+import redis.asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events.envelope import Event
+from events.results import append_result
+from events.streams import Names
+from schemas.db import create_engine
+from schemas.settings import Settings
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    names: Names = field(init=False)
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _redis: redis.asyncio.Redis | None = None
+    _engine: AsyncEngine | None = None
+
+    def __post_init__(self) -> None:
+        self.names = Names(self.settings.redis_prefix)
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        if self._redis is None:
+            self._redis = redis.asyncio.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        return self._redis
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(self.settings.database_url, pool_size=self.settings.db_pool_size)
+        return self._engine
+
+    async def emit(self, event: Event) -> str:
+        """Report a result to the session's subscribers."""
+        return await append_result(self.redis, self.names, event, self.settings.event_log_maxlen)
+
+
+_context: WorkerContext | None = None
+
+
+def set_context(context: WorkerContext) -> None:
+    global _context
+    _context = context
+
+
+def current() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("worker context is not set up: start workers through workers.main.run_worker")
+    return _context

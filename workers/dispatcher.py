@@ -1,0 +1,46 @@
+"""Moves work-stream events onto Dramatiq queues, at least once: ack only after the enqueue."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import redis
+from dramatiq import Actor, Broker, Message
+
+from events.consumer import PoisonEvent, StreamConsumer
+from events.envelope import Event, EventType
+from events.streams import DISPATCH_GROUP, WORK_ROUTES, Names, WorkKind
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def enqueuer(broker: Broker, actors: dict[EventType, Actor]):  # type: ignore[no-untyped-def]
+    def enqueue(event: Event) -> None:
+        actor = actors.get(event.type)
+        if actor is None:
+            raise PoisonEvent(f"no actor handles {event.type}")
+        # The message id is the event id, so the idempotency middleware recognises duplicates.
+        broker.enqueue(
+            Message(
+                queue_name=actor.queue_name,
+                actor_name=actor.actor_name,
+                args=(event.to_wire(),),
+                kwargs={},
+                options={},
+                message_id=event.id,
+            )
+        )
+
+    return enqueue
+
+
+def dispatchers(
+    client: redis.Redis, names: Names, broker: Broker, actors: dict[EventType, Actor], kinds: list[WorkKind]
+) -> list[StreamConsumer]:
+    handler = enqueuer(broker, {t: a for t, a in actors.items() if WORK_ROUTES.get(t) in kinds})
+    name = consumer_name()
+    return [StreamConsumer(client, names, names.work(kind), DISPATCH_GROUP, name, handler) for kind in kinds]

@@ -1,0 +1,51 @@
+"""``agentapi worker``: Dramatiq worker threads for some queues, plus their stream dispatchers."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import redis
+from dramatiq import Worker
+
+from events.streams import Names, WorkKind
+from schemas.settings import Settings
+from workers.broker import make_broker
+from workers.context import WorkerContext, set_context
+from workers.dispatcher import dispatchers
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    broker = make_broker(settings)
+    set_context(WorkerContext(settings))
+    from workers.actors import load_actors
+
+    actors = load_actors()
+    kinds = [WorkKind(queue) for queue in queues]
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    stop = threading.Event()
+    consumers = dispatchers(client, Names(settings.redis_prefix), broker, actors, kinds)
+    worker = Worker(broker, queues=set(queues), worker_threads=threads)
+    worker.start()
+    threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]
+    for thread in threads_:
+        thread.start()
+
+    def shutdown(signum: int, _: object) -> None:
+        log.info("worker stopping on signal %d", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    log.info("worker %s serving %s", consumers[0].consumer if consumers else "-", ", ".join(queues))
+    stop.wait()
+    for thread in threads_:
+        thread.join()
+    # Messages in flight finish or go back to their queue for another worker.
+    worker.stop(timeout=10_000)
+    broker.close()
+    client.close()
