@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL", "REDIS_URL"))
     redis_prefix: str = Field("agentapi:", min_length=1, validation_alias=_env("REDIS_PREFIX"))
     event_log_maxlen: int = Field(10_000, ge=100, validation_alias=_env("EVENT_LOG_MAXLEN"))
+    # A work-stream entry read but not acknowledged for this long is taken over by another dispatcher.
+    dispatch_claim_idle_ms: int = Field(30_000, ge=100, validation_alias=_env("DISPATCH_CLAIM_IDLE_MS"))
 
     jwt_secret: SecretStr | None = Field(None, validation_alias=_env("JWT_SECRET", "SUPABASE_JWT_SECRET"))
     supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "SUPABASE_URL"))

@@ -39,8 +39,18 @@ def enqueuer(broker: Broker, actors: dict[EventType, Actor]):  # type: ignore[no
 
 
 def dispatchers(
-    client: redis.Redis, names: Names, broker: Broker, actors: dict[EventType, Actor], kinds: list[WorkKind]
+    client: redis.Redis,
+    names: Names,
+    broker: Broker,
+    actors: dict[EventType, Actor],
+    kinds: list[WorkKind],
+    claim_idle_ms: int,
 ) -> list[StreamConsumer]:
     handler = enqueuer(broker, {t: a for t, a in actors.items() if WORK_ROUTES.get(t) in kinds})
     name = consumer_name()
-    return [StreamConsumer(client, names, names.work(kind), DISPATCH_GROUP, name, handler) for kind in kinds]
+    return [
+        StreamConsumer(
+            client, names, names.work(kind), DISPATCH_GROUP, name, handler, claim_idle_ms=claim_idle_ms
+        )
+        for kind in kinds
+    ]

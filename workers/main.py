@@ -28,7 +28,9 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     kinds = [WorkKind(queue) for queue in queues]
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     stop = threading.Event()
-    consumers = dispatchers(client, Names(settings.redis_prefix), broker, actors, kinds)
+    consumers = dispatchers(
+        client, Names(settings.redis_prefix), broker, actors, kinds, settings.dispatch_claim_idle_ms
+    )
     worker = Worker(broker, queues=set(queues), worker_threads=threads)
     worker.start()
     threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]

@@ -1,0 +1,85 @@
+"""A real worker process: duplicates of an event have one effect; a killed worker's work is finished
+by another process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+
+import redis.asyncio
+
+from events.envelope import Event, EventType
+from events.publisher import publish
+from events.results import read_log
+from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
+from tests.fixtures.stack import Stack
+
+
+async def wait_for_log(
+    client: redis.asyncio.Redis, names: Names, session_id: uuid.UUID, count: int
+) -> list[Event]:
+    for _ in range(300):
+        entries = await read_log(client, names, session_id)
+        if len(entries) >= count:
+            return [Event.from_wire(raw) for _, raw in entries]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} results, have {len(entries)}")
+
+
+async def create_session(stack: Stack) -> uuid.UUID:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=stack.base_url) as http:
+        response = await http.post(
+            "/api/v1/sessions", json={"agent_type": "custom", "prompt": "once"}, headers=stack.headers()
+        )
+    assert response.status_code == 202
+    return uuid.UUID(response.json()["id"])
+
+
+async def test_a_duplicated_event_has_one_effect(stack: Stack) -> None:
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    client = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    try:
+        session_id = await create_session(stack)
+        await wait_for_log(client, names, session_id, 3)
+        # Delivered again, as at-least-once delivery may: the very same envelope, the same event id.
+        entries = await client.xrange(names.work(WorkKind.SESSIONS))
+        (raw,) = [
+            fields[FIELD] for _, fields in entries if Event.from_wire(fields[FIELD]).session_id == session_id
+        ]
+        original = Event.from_wire(raw)
+        assert await client.exists(names.processed(original.id))
+        await publish(client, names, original)
+        await asyncio.sleep(1.5)
+        assert len(await read_log(client, names, session_id)) == 3, "the duplicate had no second effect"
+        assert not await client.xrange(names.dead_letter())
+    finally:
+        await client.aclose()
+
+
+async def test_work_read_by_a_killed_worker_is_finished_by_another(stack: Stack) -> None:
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    client = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    stream = names.work(WorkKind.SESSIONS)
+    try:
+        for proc in stack.workers:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stack.workers.clear()
+        session_id = await create_session(stack)
+        # A consumer that read the entry and died without acknowledging it.
+        await client.xreadgroup(DISPATCH_GROUP, "crashed-consumer", {stream: ">"}, count=10)
+        assert (await client.xpending(stream, DISPATCH_GROUP))["pending"] >= 1
+        stack.start_worker("sessions")
+        # Reclaimed once idle past the claim window, then handled.
+        events = await asyncio.wait_for(wait_for_log(client, names, session_id, 3), 60)
+        assert [e.type for e in events] == [
+            EventType.SESSION_STARTED,
+            EventType.MESSAGE_COMPLETED,
+            EventType.SESSION_ENDED,
+        ]
+    finally:
+        await client.aclose()
