@@ -86,7 +86,7 @@ async def session_event_stream(
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Replay after ``last_event_id`` (everything when absent), then relay live, de-duplicated."""
     last = last_event_id or "0-0"
-    yield ServerSentEventMessage(comment="connected", retry=RETRY_MS)
+    yield ServerSentEventMessage(comment="connected", retry=RETRY_MS, data=None)
     async with hub.subscribe(session_id) as subscription:
         async for entry in _replay(redis, names, session_id, last):
             last = entry[0]
@@ -100,7 +100,7 @@ async def session_event_stream(
             try:
                 entry = await asyncio.wait_for(subscription.queue.get(), heartbeat_seconds)
             except TimeoutError:
-                yield ServerSentEventMessage(comment="ping")
+                yield ServerSentEventMessage(comment="ping", data=None)
                 continue
             if stream_id_key(entry[0]) <= stream_id_key(last):
                 continue

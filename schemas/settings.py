@@ -131,13 +131,14 @@ class Settings(BaseSettings):
 
 
 def _field_env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment names of the setting an error is about (errors are located by alias)."""
     if not loc:
         return "settings"
-    field = Settings.model_fields.get(str(loc[0]))
-    alias = field.validation_alias if field else None
-    if isinstance(alias, AliasChoices):
-        return " / ".join(str(choice) for choice in alias.choices)
-    return f"AGENTAPI_{str(loc[0]).upper()}"
+    for name, field in Settings.model_fields.items():
+        choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else []
+        if loc[0] == name or loc[0] in choices:
+            return " / ".join(str(choice) for choice in choices)
+    return str(loc[0])
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -147,7 +148,11 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
-            print(f"agentapi: invalid setting {_field_env_name(error['loc'])}: {message}", file=sys.stderr)
+            where = _field_env_name(error["loc"])
+            prefix = (
+                "agentapi: invalid settings" if where == "settings" else f"agentapi: invalid setting {where}"
+            )
+            print(f"{prefix}: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
