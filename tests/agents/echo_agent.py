@@ -1,0 +1,130 @@
+"""A small interactive TUI agent for tests, run in a real PTY.
+
+It draws an input box at the bottom like Claude Code does, reads raw keystrokes (bracketed paste
+aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly,
+``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/exit``, ``/crash``.
+``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import time
+import tty
+
+WIDTH = 60
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def draw_box(buffer: str = "") -> None:
+    out("╭" + "─" * WIDTH + "╮\r\n")
+    out(f"│ > {buffer}\r\n")
+    out("╰" + "─" * WIDTH + "╯\r\n")
+    out("  ? for shortcuts · esc to interrupt")
+    out("\x1b[2A\r\x1b[" + str(4 + len(buffer)) + "C")
+
+
+def clear_box() -> None:
+    out("\r\x1b[1A\x1b[J")
+
+
+def say(line: str, delay: float = 0.0) -> None:
+    if delay:
+        for char in line:
+            out(char)
+            time.sleep(delay)
+        out("\r\n")
+    else:
+        out(line + "\r\n")
+
+
+def answer(text: str) -> None:
+    words = text.split()
+    command = words[0] if words else ""
+    if command == "/exit":
+        sys.exit(0)
+    if command == "/crash":
+        sys.exit(3)
+    if command == "/lines" and len(words) > 1:
+        for number in range(1, int(words[1]) + 1):
+            say(f"line {number}")
+    elif command == "/slow" and len(words) > 2:
+        reply = "echo: " + " ".join(words[2:])
+        say(reply, delay=float(words[1]) / max(len(reply), 1))
+    elif command == "/sleep" and len(words) > 1:
+        say("working...")
+        time.sleep(float(words[1]))
+        say("done")
+    else:
+        say(f"echo: {text}")
+
+
+def read_key(fd: int) -> str:
+    return os.read(fd, 1024).decode(errors="replace")
+
+
+def main() -> None:
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        out("\x1b[?2004h")  # ask for bracketed paste, like real agent TUIs
+        say("Echo Agent 1.0 — a test agent")
+        say("")
+        if "--trust-prompt" in sys.argv:
+            out("Do you trust the files in this folder? (y/n) ")
+            while "y" not in read_key(fd).lower():
+                pass
+            out("\r\x1b[K")
+        draw_box()
+        buffer = ""
+        pending = ""
+        while True:
+            pending += read_key(fd)
+            while pending:
+                if pending.startswith(PASTE_START):
+                    end = pending.find(PASTE_END)
+                    if end < 0:
+                        break
+                    buffer += pending[len(PASTE_START) : end]
+                    pending = pending[end + len(PASTE_END) :]
+                elif pending[0] == "\r":
+                    pending = pending[1:]
+                    text = buffer.strip()
+                    buffer = ""
+                    clear_box()
+                    if text:
+                        say(f"> {text}")
+                        say("")
+                        answer(text)
+                        say("")
+                    draw_box()
+                    continue
+                elif pending[0] == "\x03":
+                    pending, buffer = pending[1:], ""
+                    clear_box()
+                    say("^C interrupted")
+                    draw_box()
+                    continue
+                elif pending[0] == "\x7f":
+                    pending, buffer = pending[1:], buffer[:-1]
+                elif pending[0] == "\x1b":
+                    # Another escape sequence (arrows, Esc): ignored, as a prompt would.
+                    pending = pending[3:] if pending.startswith("\x1b[") else pending[1:]
+                    continue
+                else:
+                    buffer, pending = buffer + pending[0], pending[1:]
+                out("\r\x1b[K│ > " + buffer)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Real processes in real PTYs: the echo test agent through PtySession, ScreenTracker and the
+custom adapter's formatting."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers.agents.base import LaunchContext
+from workers.agents.custom import CustomAdapter
+from workers.conversation import AgentBusy, Conversation, Timing
+from workers.pty_session import PtySession, ResourceLimits
+
+ECHO_AGENT = Path(__file__).parent / "agents" / "echo_agent.py"
+TIMING = Timing(snapshot_interval=0.01, settle_seconds=0.4, echo_wait=1.0, enter_retry=1.0, enter_timeout=5.0)
+BASE_ENV = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+
+
+async def start_echo(tmp_path: Path, *args: str, limits: ResourceLimits | None = None) -> Conversation:
+    pty = PtySession([sys.executable, str(ECHO_AGENT), *args], cwd=tmp_path, env=BASE_ENV, limits=limits)
+    conversation = Conversation(pty, CustomAdapter(), TIMING)
+    await conversation.start()
+    await conversation.wait_stable(10)
+    return conversation
+
+
+async def ask(conversation: Conversation, text: str) -> str:
+    await conversation.send_user(text)
+    await conversation.wait_stable(20)
+    return conversation.messages[-1].content
+
+
+async def test_start_up_screen_is_message_zero(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path)
+    try:
+        assert conversation.messages[0].role == "agent"
+        assert conversation.messages[0].content == "Echo Agent 1.0 — a test agent"
+    finally:
+        await conversation.stop()
+
+
+async def test_twenty_messages_in_a_row(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path)
+    statuses: list[str] = []
+    try:
+        for number in range(20):
+            assert await ask(conversation, f"message number {number}") == f"echo: message number {number}"
+        while not conversation.changes.empty():
+            change = conversation.changes.get_nowait()
+            if change.status:
+                statuses.append(change.status)
+        roles = [m.role for m in conversation.messages]
+        assert roles == ["agent"] + ["user", "agent"] * 20
+        assert [m.id for m in conversation.messages] == list(range(41))
+        assert [m.content for m in conversation.messages[1::2]] == [f"message number {n}" for n in range(20)]
+        assert statuses.count("running") >= 19 and statuses[-1] == "stable"
+    finally:
+        await conversation.stop()
+
+
+async def test_multi_line_input_is_pasted_whole(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path)
+    try:
+        assert await ask(conversation, "  first part and second part  ") == "echo: first part and second part"
+    finally:
+        await conversation.stop()
+
+
+async def test_slow_reply_is_updated_in_place(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path)
+    try:
+        await conversation.send_user("/slow 1.5 streaming words arrive one by one")
+        agent_id = conversation.messages[-1].id
+        await conversation.wait_stable(20)
+        updates = []
+        while not conversation.changes.empty():
+            change = conversation.changes.get_nowait()
+            if change.message and change.message.id == agent_id:
+                updates.append(change.message.content)
+        assert conversation.messages[-1].content == "echo: streaming words arrive one by one"
+        assert len(updates) >= 1
+    finally:
+        await conversation.stop()
+
+
+async def test_scrolled_reply_keeps_its_tail(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path)
+    try:
+        reply = await ask(conversation, "/lines 200")
+        assert reply.splitlines()[-1] == "line 200"
+        assert "╭" not in reply and "shortcuts" not in reply
+    finally:
+        await conversation.stop()
+
+
+async def test_busy_agent_refuses_input_and_raw_keys_reach_it(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path)
+    try:
+        await conversation.send_user("/slow 2 still typing the answer")
+        with pytest.raises(AgentBusy):
+            await conversation.send_user("too early")
+        await conversation.wait_stable(20)
+        count = len(conversation.messages)
+        conversation.send_raw(b"\x03")
+        await asyncio.sleep(0.3)
+        assert "^C interrupted" in conversation.pty.snapshot()
+        assert len(conversation.messages) == count, "raw keys are not recorded as messages"
+    finally:
+        await conversation.stop()
+
+
+async def test_trust_dialog_is_answered_once(tmp_path: Path) -> None:
+    conversation = await start_echo(tmp_path, "--trust-prompt")
+    try:
+        assert await ask(conversation, "trusted") == "echo: trusted"
+    finally:
+        await conversation.stop()
+
+
+async def test_file_size_limit_applies_in_the_child(tmp_path: Path) -> None:
+    script = "open('big', 'wb').write(b'x' * 2_000_000)"
+    pty = PtySession(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=BASE_ENV,
+        limits=ResourceLimits(file_size_bytes=1_000_000),
+    )
+    await pty.start()
+    code = await asyncio.wait_for(pty.wait(), 20)
+    assert code != 0
+    assert (tmp_path / "big").stat().st_size <= 1_000_000
+
+
+async def test_terminate_kills_the_process_group(tmp_path: Path) -> None:
+    pty = PtySession(["/bin/sh", "-c", "sleep 300 & sleep 300"], cwd=tmp_path, env=BASE_ENV)
+    await pty.start()
+    await asyncio.sleep(0.2)
+    pgid = pty.pid
+    await pty.terminate(grace=1.0)
+    assert pty.returncode is not None
+    proc = await asyncio.create_subprocess_exec(
+        "ps", "-o", "stat=", "-g", str(pgid), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    alive = [stat for stat in out.decode().split() if not stat.startswith("Z")]
+    assert alive == [], "no process of the group survives (zombies wait for init to reap them)"
+
+
+async def test_fifty_sessions_in_one_loop(tmp_path: Path) -> None:
+    conversations = await asyncio.gather(*(start_echo(tmp_path) for _ in range(50)))
+    try:
+        replies = await asyncio.gather(*(ask(c, f"hello {n}") for n, c in enumerate(conversations)))
+        assert replies == [f"echo: hello {n}" for n in range(50)]
+    finally:
+        await asyncio.gather(*(c.stop() for c in conversations))
+
+
+def test_prepare_writes_private_files(tmp_path: Path) -> None:
+    import uuid
+
+    ctx = LaunchContext(
+        session_id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        workspace=tmp_path,
+        home=tmp_path / ".home",
+        system_prompt="be brief",
+        mcp_gateway_url="http://127.0.0.1:1/mcp",
+        mcp_gateway_token="session-token",
+    )
+    adapter = CustomAdapter()
+    adapter.prepare(ctx)
+    env = adapter.environment(ctx)
+    assert Path(env["AGENTAPI_SYSTEM_PROMPT_FILE"]).read_text() == "be brief"
+    assert oct(Path(env["AGENTAPI_MCP_CONFIG"]).stat().st_mode & 0o777) == "0o600"

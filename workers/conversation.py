@@ -1,0 +1,135 @@
+"""One agent conversation: a PtySession, a ScreenTracker and an adapter. No Redis, no database.
+
+Changes (message updates and status changes) are put on ``changes`` for the host to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from workers.agents.base import AgentAdapter
+from workers.pty_session import PtySession
+from workers.screen_tracker import Message, ScreenTracker, Status
+
+PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+
+
+class AgentBusy(Exception):
+    """The agent is not stable: it is still starting or working on the previous message."""
+
+
+class AgentNotResponding(Exception):
+    """The input was written but the screen never showed the agent taking it."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    snapshot_interval: float = 0.025
+    settle_seconds: float = 2.0
+    echo_wait: float = 2.0
+    enter_retry: float = 3.0
+    enter_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class Change:
+    message: Message | None = None
+    status: Status | None = None
+
+
+class Conversation:
+    def __init__(self, pty: PtySession, adapter: AgentAdapter, timing: Timing | None = None) -> None:
+        self.pty = pty
+        self.adapter = adapter
+        self.timing = timing or Timing()
+        self.tracker = ScreenTracker(adapter.format_message, self.timing.settle_seconds)
+        self.changes: asyncio.Queue[Change] = asyncio.Queue()
+        self._answers = {id(rule): rule.limit for rule in adapter.auto_responses}
+        self._task: asyncio.Task[None] | None = None
+        self._screen_changed = asyncio.Event()
+
+    @property
+    def status(self) -> Status:
+        return self.tracker.status
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.tracker.messages
+
+    async def start(self) -> None:
+        await self.pty.start()
+        self._task = asyncio.create_task(self._watch(), name=f"screen-{self.pty.pid}")
+
+    async def stop(self, grace: float = 3.0) -> None:
+        await self.pty.terminate(grace)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        last_seen = -1.0
+        while not self.pty.exited:
+            now = time.monotonic()
+            if self.pty.last_output != last_seen:
+                last_seen = self.pty.last_output
+                screen = self.pty.snapshot()
+                self._answer_dialogs(screen)
+                self._screen_changed.set()
+                for message in self.tracker.observe(screen, now):
+                    self.changes.put_nowait(Change(message=message))
+            status = self.tracker.tick(now)
+            if status:
+                self.changes.put_nowait(Change(status=status))
+            await asyncio.sleep(self.timing.snapshot_interval)
+
+    def _answer_dialogs(self, screen: str) -> None:
+        for rule in self.adapter.auto_responses:
+            if self._answers[id(rule)] > 0 and rule.pattern.search(screen):
+                self._answers[id(rule)] -= 1
+                self.pty.write(rule.keys)
+
+    async def _screen_change(self, timeout: float) -> bool:
+        self._screen_changed.clear()
+        try:
+            await asyncio.wait_for(self._screen_changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def send_user(self, text: str) -> Message:
+        """Type a message the way the agent expects; returns once the agent visibly took it."""
+        text = text.strip()
+        if not text:
+            raise ValueError("message content is empty")
+        if self.status != "stable":
+            raise AgentBusy("the agent is busy; wait until its status is stable")
+        before = self.pty.snapshot()
+        user, _ = self.tracker.begin_user_message(text, before)
+        self.changes.put_nowait(Change(message=user))
+        self.changes.put_nowait(Change(status="running"))
+        body = text.encode()
+        self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
+        await self._screen_change(self.timing.echo_wait)
+        echoed = self.pty.snapshot()
+        deadline = time.monotonic() + self.timing.enter_timeout
+        while True:
+            self.pty.write(b"\r")
+            if await self._screen_change(self.timing.enter_retry) and self.pty.snapshot() != echoed:
+                return user
+            if time.monotonic() >= deadline:
+                raise AgentNotResponding("the agent did not react to the message within 15 s")
+
+    def send_raw(self, data: bytes) -> None:
+        """Keystrokes straight to the terminal (Esc, arrows, Ctrl keys); not recorded."""
+        self.pty.write(data)
+
+    async def wait_stable(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status != "stable":
+            if time.monotonic() >= deadline or self.pty.exited:
+                raise TimeoutError("the agent did not become stable")
+            await asyncio.sleep(self.timing.snapshot_interval)

@@ -1,0 +1,202 @@
+"""A process in a pseudo-terminal with a virtual screen (pyte). Agent-agnostic, Redis-free.
+
+Asyncio-native: the PTY master is read with ``loop.add_reader``, so one host process can keep
+hundreds of sessions without a thread each. The screen answers the terminal queries TUIs send
+(cursor position, device attributes) through the PTY, as a real terminal would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import fcntl
+import os
+import resource
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyte
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Per-process rlimits applied in the child before exec; None leaves a limit as inherited."""
+
+    address_space_bytes: int | None = None
+    cpu_seconds: int | None = None
+    file_size_bytes: int | None = None
+    processes: int | None = None
+
+    def apply(self) -> None:
+        for limit, value in (
+            (resource.RLIMIT_AS, self.address_space_bytes),
+            (resource.RLIMIT_CPU, self.cpu_seconds),
+            (resource.RLIMIT_FSIZE, self.file_size_bytes),
+            (resource.RLIMIT_NPROC, self.processes),
+        ):
+            if value is not None:
+                resource.setrlimit(limit, (value, value))
+
+
+class _Screen(pyte.Screen):  # type: ignore[misc]
+    """A pyte screen whose replies to terminal queries go back to the process."""
+
+    def __init__(self, columns: int, lines: int, reply: Callable[[str], None]) -> None:
+        super().__init__(columns, lines)
+        self._reply = reply
+
+    def write_process_input(self, data: str) -> None:
+        self._reply(data)
+
+
+class PtySession:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        columns: int = 120,
+        rows: int = 40,
+        limits: ResourceLimits | None = None,
+        on_output: Callable[[], None] | None = None,
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.limits = limits or ResourceLimits()
+        self.on_output = on_output
+        self.screen = _Screen(columns, rows, self._reply)
+        self._stream = pyte.Stream(self.screen)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._master: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._eof = asyncio.Event()
+        self.last_output = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    async def start(self) -> None:
+        master, slave = os.openpty()
+        _set_size(slave, self.screen.columns, self.screen.lines)
+        limits = self.limits
+
+        def in_child() -> None:
+            # A new session (start_new_session) whose controlling terminal is the PTY.
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            limits.apply()
+
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=in_child,
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self._master = master
+        asyncio.get_running_loop().add_reader(master, self._read)
+
+    def _read(self) -> None:
+        assert self._master is not None
+        try:
+            data = os.read(self._master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_master()
+            return
+        self._stream.feed(self._decoder.decode(data))
+        self.last_output = time.monotonic()
+        if self.on_output:
+            self.on_output()
+
+    def _reply(self, data: str) -> None:
+        self.write(data.encode())
+
+    def write(self, data: bytes) -> None:
+        if self._master is None:
+            raise ProcessLookupError("the process has exited")
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._master, view)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            view = view[written:]
+
+    def snapshot(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display).rstrip("\n")
+
+    def resize(self, columns: int, rows: int) -> None:
+        self.screen.resize(rows, columns)
+        if self._master is not None:
+            _set_size(self._master, columns, rows)
+        if self._proc and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGWINCH)
+
+    async def wait(self) -> int:
+        await self._eof.wait()
+        assert self._proc is not None
+        while self._proc.poll() is None:
+            await asyncio.sleep(0.05)
+        return int(self._proc.returncode)
+
+    @property
+    def exited(self) -> bool:
+        return self._eof.is_set()
+
+    async def terminate(self, grace: float = 3.0) -> None:
+        """SIGTERM the whole process group, SIGKILL after ``grace`` seconds."""
+        if self._proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if self._proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, sig)
+            deadline = time.monotonic() + wait
+            while self._proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._close_master()
+
+    def _close_master(self) -> None:
+        if self._master is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+            self._master = None
+        self._eof.set()
+
+
+def _set_size(fd: int, columns: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))

@@ -1,0 +1,92 @@
+"""Screen snapshots → status and chat messages. Knows only text, never an agent or Redis.
+
+Like coder/agentapi: message 0 is the agent's start-up screen; when the user sends input the
+screen at that moment becomes the baseline, and the agent's message is what the screen shows
+beyond the baseline (lines inserted or replaced, which also covers scrolling), formatted by the
+adapter. The last agent message is updated in place while it grows. The agent is ``stable`` once
+the screen has been still for the settle window, ``running`` otherwise.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+Status = Literal["running", "stable"]
+Formatter = Callable[[str, str], str]
+
+
+@dataclass
+class Message:
+    id: int
+    role: Literal["user", "agent"]
+    content: str
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def as_payload(self) -> dict[str, object]:
+        return {"id": self.id, "role": self.role, "content": self.content, "time": self.time.isoformat()}
+
+
+def new_lines(baseline: str, screen: str) -> str:
+    """The lines of ``screen`` that are not part of ``baseline``, in screen order."""
+    before, after = baseline.splitlines(), screen.splitlines()
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    added: list[str] = []
+    for tag, _, _, j1, j2 in matcher.get_opcodes():
+        if tag in ("insert", "replace"):
+            added.extend(after[j1:j2])
+    return "\n".join(added)
+
+
+class ScreenTracker:
+    def __init__(self, format_message: Formatter, settle_seconds: float = 2.0) -> None:
+        self.format_message = format_message
+        self.settle_seconds = settle_seconds
+        self.messages: list[Message] = [Message(0, "agent", "")]
+        self.status: Status = "running"
+        self._screen = ""
+        self._changed_at: float | None = None
+        self._baseline: str | None = None
+        self._input = ""
+
+    def observe(self, screen: str, now: float) -> list[Message]:
+        """Feed a new snapshot; returns the messages whose content changed."""
+        updated: list[Message] = []
+        if screen != self._screen or self._changed_at is None:
+            self._screen = screen
+            self._changed_at = now
+            message = self.messages[-1]
+            if message.role == "agent":
+                source = screen if self._baseline is None else new_lines(self._baseline, screen)
+                content = self.format_message(source, self._input)
+                if content != message.content:
+                    message.content = content
+                    updated.append(message)
+        return updated
+
+    def tick(self, now: float) -> Status | None:
+        """Advance the settle clock; returns the new status when it changed."""
+        if self._changed_at is None:
+            return None
+        status: Status = "stable" if now - self._changed_at >= self.settle_seconds else "running"
+        changed = status if status != self.status else None
+        self.status = status
+        return changed
+
+    def begin_user_message(self, text: str, screen_before: str) -> tuple[Message, Message]:
+        """Record the user's message and open the agent's reply against the current screen."""
+        user = Message(len(self.messages), "user", text)
+        agent = Message(len(self.messages) + 1, "agent", "")
+        self.messages += [user, agent]
+        self._baseline = screen_before
+        self._input = text
+        self.status = "running"
+        return user, agent
+
+    def restore(self, messages: list[Message]) -> None:
+        """Continue a conversation recovered from storage: new messages get the next ids."""
+        if messages:
+            self.messages = [*messages, Message(len(messages), "agent", "")]
