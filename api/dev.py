@@ -9,6 +9,7 @@ ingress and the worker pools run as child processes exactly as ``agentapi serve`
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -52,6 +53,12 @@ def _dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def dev_custom_agents() -> dict[str, list[str]]:
+    """In a checkout, the echo test agent is allowlisted as `echo` so dev works without any agent CLI."""
+    echo = Path(__file__).resolve().parents[1] / "tests" / "agents" / "echo_agent.py"
+    return {"echo": [sys.executable, str(echo)]} if echo.exists() else {}
+
+
 def dev_environment(data_dir: Path, redis_port: int) -> dict[str, str]:
     """The settings every dev process gets; explicit AGENTAPI_* values in the caller's env win."""
     defaults = {
@@ -60,6 +67,7 @@ def dev_environment(data_dir: Path, redis_port: int) -> dict[str, str]:
         "AGENTAPI_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "AGENTAPI_JWT_SECRET": _dev_secret(data_dir),
         "AGENTAPI_WORKSPACE_ROOT": str((data_dir / "workspaces").resolve()),
+        "AGENTAPI_CUSTOM_AGENTS": json.dumps(dev_custom_agents()),
     }
     env = dict(os.environ)
     for key, value in defaults.items():
@@ -139,11 +147,13 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
             email="dev@example.com",
         )
         base = f"http://{host}:{port}"
+        example = json.dumps({"agent_type": "custom", "custom_agent": "echo", "prompt": "hello"})
         print(
             f"\nagentapi dev is up at {base}  (SQLite {settings.database_url}, embedded Redis :{redis_port})\n"
             f"token (owner of Dev Org, 7 days):\n{token}\n\n"
             f"try:\n  curl -s -X POST {base}/api/v1/sessions -H 'Authorization: Bearer {token}' "
-            f'-H \'Content-Type: application/json\' -d \'{{"agent_type": "custom", "prompt": "hello"}}\'\n'
+            f"-H 'Content-Type: application/json' -d '{example}'\n"
+            f"  curl -sN {base}/api/v1/sessions/<id>/events -H 'Authorization: Bearer {token}'\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

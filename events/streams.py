@@ -26,7 +26,6 @@ class WorkKind(StrEnum):
 # a session's event log and channel, never to a worker pool.
 WORK_ROUTES: dict[EventType, WorkKind] = {
     EventType.SESSION_REQUESTED: WorkKind.SESSIONS,
-    EventType.SESSION_STOP_REQUESTED: WorkKind.SESSIONS,
     EventType.TOOL_CALL_REQUESTED: WorkKind.TOOLS,
     EventType.MCP_TEST_REQUESTED: WorkKind.TOOLS,
     EventType.AUDIT_RECORDED: WorkKind.AUDIT,
@@ -55,8 +54,9 @@ class Names:
     def session_channel(self, session_id: UUID | str) -> str:
         return f"{self.prefix}session:{session_id}:notify"
 
-    def session_channel_pattern(self) -> str:
-        return f"{self.prefix}session:*:notify"
+    def session_state(self, session_id: UUID | str) -> str:
+        """Hash kept by the session's host: status, agent_type, host, heartbeat (expires with the host)."""
+        return f"{self.prefix}session:{session_id}:state"
 
     def processed(self, event_id: str) -> str:
         """Marks an event whose effect is durable, for idempotent handlers."""

@@ -78,6 +78,24 @@ class Settings(BaseSettings):
         3600, ge=1, description="idle seconds", validation_alias=_env("SESSION_TIMEOUT", "SESSION_TIMEOUT")
     )
 
+    session_max_lifetime: int = Field(
+        8 * 3600, ge=60, description="seconds", validation_alias=_env("SESSION_MAX_LIFETIME")
+    )
+    # How long the screen must be still before the agent counts as stable (coder/agentapi: 2 s).
+    agent_settle_seconds: float = Field(2.0, gt=0, validation_alias=_env("AGENT_SETTLE_SECONDS"))
+    agent_rlimit_as_bytes: int | None = Field(
+        None, ge=1 << 24, validation_alias=_env("AGENT_RLIMIT_AS_BYTES")
+    )
+    agent_rlimit_cpu_seconds: int | None = Field(
+        None, ge=1, validation_alias=_env("AGENT_RLIMIT_CPU_SECONDS")
+    )
+    agent_rlimit_fsize_bytes: int | None = Field(
+        None, ge=1 << 20, validation_alias=_env("AGENT_RLIMIT_FSIZE_BYTES")
+    )
+    agent_rlimit_nproc: int | None = Field(None, ge=1, validation_alias=_env("AGENT_RLIMIT_NPROC"))
+    # Admin-allowlisted commands for `custom` sessions, by name: {"name": ["argv", ...]} as JSON.
+    custom_agents: dict[str, list[str]] = Field(default_factory=dict, validation_alias=_env("CUSTOM_AGENTS"))
+
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
 

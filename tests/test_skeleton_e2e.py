@@ -1,9 +1,11 @@
-"""HTTP → Redis stream → Dramatiq actor in another process → event log + pub/sub → SSE."""
+"""HTTP → Redis stream → Dramatiq PTY host in another process → event log + pub/sub → SSE."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -11,13 +13,29 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from tests.fixtures.stack import Stack, seed_async
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)
+Until = Callable[[ServerSentEvent], bool]
+ECHO = {"agent_type": "custom", "custom_agent": "echo"}
+
+
+def agent_said(text: str) -> Until:
+    def match(sse: ServerSentEvent) -> bool:
+        if sse.event != "message_update":
+            return False
+        data = json.loads(sse.data)
+        return data["role"] == "agent" and data["message"] == text and data["type"] == "message.completed"
+
+    return match
+
+
+def named(name: str) -> Until:
+    return lambda sse: sse.event == name
 
 
 async def read_events(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], until: str, limit: int = 50
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], until: Until, limit: int = 500
 ) -> list[ServerSentEvent]:
-    """SSE events up to and including the first one named ``until``; data-less frames (the
+    """SSE events up to and including the first that matches ``until``; data-less frames (the
     connection's ``retry:`` hint) are not events for a browser either, so they are skipped."""
     seen: list[ServerSentEvent] = []
     async with aconnect_sse(client, "GET", url, headers=headers) as source:
@@ -27,9 +45,13 @@ async def read_events(
             if not sse.data:
                 continue
             seen.append(sse)
-            if sse.event == until or len(seen) >= limit:
+            if until(sse) or len(seen) >= limit:
                 break
     return seen
+
+
+def stream_key(stream_id: str) -> tuple[int, ...]:
+    return tuple(map(int, stream_id.split("-")))
 
 
 async def test_session_round_trip_and_replay(stack: Stack) -> None:
@@ -37,48 +59,110 @@ async def test_session_round_trip_and_replay(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
         created = await client.post(
             "/api/v1/sessions",
-            json={"agent_type": "custom", "prompt": "hello from the skeleton"},
+            json={**ECHO, "prompt": "hello from the skeleton"},
             headers={**headers, "X-Correlation-ID": "corr-e2e-1"},
         )
         assert created.status_code == 202, created.text
         body = created.json()
         assert body["status"] == "requested"
         assert len(body["event_id"]) == 26
-        events_url = body["events_url"]
+        url = body["events_url"]
 
-        first = await read_events(client, events_url, headers, until="session_ended")
-        names = [sse.event for sse in first]
-        assert names == ["session_started", "message_update", "session_ended"], names
-        reply = json.loads(first[1].data)
-        assert reply["role"] == "agent"
-        assert reply["message"] == "hello from the skeleton"
-        assert reply["correlation_id"] == "corr-e2e-1"
+        first = await read_events(client, url, headers, until=agent_said("echo: hello from the skeleton"))
+        assert first[0].event == "session_started"
         assert json.loads(first[0].data)["worker"], "the worker names its host:pid"
+        assert all(json.loads(sse.data)["correlation_id"] == "corr-e2e-1" for sse in first)
+        user_messages = [json.loads(s.data) for s in first if s.event == "message_update"]
+        assert {"role": "user", "message": "hello from the skeleton"}.items() <= next(
+            m for m in user_messages if m["role"] == "user"
+        ).items()
+        statuses = [json.loads(s.data)["status"] for s in first if s.event == "status_change"]
+        assert "running" in statuses and statuses[-1] == "stable"
         ids = [sse.id for sse in first]
-        assert all(ids) and ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+        assert all(ids) and ids == sorted(ids, key=stream_key)
 
         # Reconnect after the first event: only what was missed comes back, nothing twice.
         replay = await read_events(
-            client, events_url, {**headers, "Last-Event-ID": ids[0]}, until="session_ended"
+            client, url, {**headers, "Last-Event-ID": ids[0]}, until=lambda sse: sse.id == ids[-1]
         )
         assert [sse.id for sse in replay] == ids[1:]
-        assert [sse.event for sse in replay] == names[1:]
+        assert [sse.event for sse in replay] == [sse.event for sse in first[1:]]
+
+        stopped = await client.delete(f"/api/v1/sessions/{body['id']}", headers=headers)
+        assert stopped.status_code == 202
+        ended = await read_events(
+            client, url, {**headers, "Last-Event-ID": ids[-1]}, until=named("session_ended")
+        )
+        assert json.loads(ended[-1].data)["reason"] == "stopped"
 
 
-async def test_live_events_reach_a_subscriber_connected_before_the_work(stack: Stack) -> None:
-    """Subscribe first, then the session starts: the live path (pub/sub), not only the replay."""
-    import asyncio
-
+async def test_agentapi_compatible_endpoints(stack: Stack) -> None:
+    """Messages in a row over the agentapi-style API; order kept; busy agent → 409."""
     headers = stack.headers()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
-        created = await client.post(
-            "/api/v1/sessions", json={"agent_type": "custom", "prompt": "live"}, headers=headers
+        created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
+        base = f"/api/v1/sessions/{created['id']}"
+        last = None
+        for number in range(5):
+            for _ in range(200):
+                status = (await client.get(f"{base}/status", headers=headers)).json()
+                if status["status"] == "stable":
+                    break
+                await asyncio.sleep(0.05)
+            # session_status is the stored lifecycle, which follows the live status a moment later.
+            assert {k: status[k] for k in ("status", "agent_type", "transport")} == {
+                "status": "stable",
+                "agent_type": "custom",
+                "transport": "pty",
+            }
+            sent = await client.post(f"{base}/message", json={"content": f"number {number}"}, headers=headers)
+            assert sent.json() == {"ok": True}
+            extra = {"Last-Event-ID": last} if last else {}
+            events = await read_events(
+                client, f"{base}/events", {**headers, **extra}, until=agent_said(f"echo: number {number}")
+            )
+            last = events[-1].id
+            busy = await client.post(f"{base}/message", json={"content": "/slow 1 x"}, headers=headers)
+            if busy.status_code == 200:
+                # Stable again already: that message becomes part of the conversation; wait it out.
+                await read_events(
+                    client, f"{base}/events", {**headers, "Last-Event-ID": last}, until=agent_said("echo: x")
+                )
+                last = None
+        messages = (await client.get(f"{base}/messages", headers=headers)).json()["messages"]
+        assert [m["id"] for m in messages] == list(range(len(messages)))
+        user_texts = [
+            m["content"] for m in messages if m["role"] == "user" and m["content"].startswith("number")
+        ]
+        assert user_texts == [f"number {n}" for n in range(5)]
+        assert messages[0]["role"] == "agent" and "Echo Agent" in messages[0]["content"]
+        assert all("╭" not in m["content"] for m in messages)
+        await client.delete(base, headers=headers)
+
+
+async def test_busy_agent_gets_409_and_raw_keys_are_accepted(stack: Stack) -> None:
+    headers = stack.headers()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        created = (
+            await client.post(
+                "/api/v1/sessions", json={**ECHO, "prompt": "/slow 3 a long answer"}, headers=headers
+            )
+        ).json()
+        base = f"/api/v1/sessions/{created['id']}"
+        await read_events(
+            client,
+            f"{base}/events",
+            headers,
+            until=lambda s: s.event == "message_update" and json.loads(s.data)["role"] == "user",
         )
-        assert created.status_code == 202
-        url = created.json()["events_url"]
-        events = await asyncio.wait_for(read_events(client, url, headers, until="session_ended"), 30)
-        assert [e.event for e in events][-1] == "session_ended"
-        assert json.loads(events[1].data)["message"] == "live"
+        busy = await client.post(f"{base}/message", json={"content": "are you done?"}, headers=headers)
+        assert busy.status_code == 409
+        assert busy.headers["content-type"].startswith("application/problem+json")
+        raw = await client.post(f"{base}/message", json={"content": "\u001b", "type": "raw"}, headers=headers)
+        assert raw.status_code == 200
+        empty = await client.post(f"{base}/message", json={"content": "   "}, headers=headers)
+        assert empty.status_code == 422
+        await client.delete(base, headers=headers)
 
 
 async def test_other_tenant_gets_404_and_bad_input_is_problem_json(pg_urls, stack: Stack) -> None:  # type: ignore[no-untyped-def]
@@ -88,32 +172,73 @@ async def test_other_tenant_gets_404_and_bad_input_is_problem_json(pg_urls, stac
     other = stack.headers(org_id=other_org, user_id=other_user)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
         created = await client.post(
-            "/api/v1/sessions", json={"agent_type": "custom", "prompt": "x"}, headers=headers
+            "/api/v1/sessions", json={**ECHO, "prompt": "org A secret", "title": "A's work"}, headers=headers
         )
         session_id = created.json()["id"]
-        for path in (f"/api/v1/sessions/{session_id}", f"/api/v1/sessions/{session_id}/events"):
-            response = await client.get(path, headers=other)
-            assert response.status_code == 404
+        base = f"/api/v1/sessions/{session_id}"
+        for method, path, body in (
+            ("GET", base, None),
+            ("GET", f"{base}/events", None),
+            ("GET", f"{base}/messages", None),
+            ("GET", f"{base}/status", None),
+            ("POST", f"{base}/message", {"content": "hi"}),
+            ("DELETE", base, None),
+        ):
+            response = await client.request(method, path, json=body, headers=other)
+            assert response.status_code == 404, (method, path)
             assert response.headers["content-type"].startswith("application/problem+json")
             assert response.json()["detail"] == "session not found"
             for secret in ("org A secret", "A's work", str(stack.user_id), str(stack.org_id)):
                 assert secret not in response.text
+        listed = (await client.get("/api/v1/sessions", headers=other)).json()
+        assert listed == {"sessions": [], "next_cursor": None}
 
         unknown_org = await client.post(
-            "/api/v1/sessions",
-            json={"agent_type": "custom"},
-            headers=stack.headers(org_id=uuid.uuid4(), user_id=uuid.uuid4()),
+            "/api/v1/sessions", json=ECHO, headers=stack.headers(org_id=uuid.uuid4(), user_id=uuid.uuid4())
         )
         assert unknown_org.status_code == 403
         assert "organization" in unknown_org.json()["detail"]
 
         bad_agent = await client.post("/api/v1/sessions", json={"agent_type": "nope"}, headers=headers)
         assert bad_agent.status_code == 422
-        assert bad_agent.headers["content-type"].startswith("application/problem+json")
         assert "agent_type" in bad_agent.text
-
-        bad_replay = await client.get(
-            f"/api/v1/sessions/{session_id}/events", headers={**headers, "Last-Event-ID": "not-an-id"}
+        not_allowed = await client.post(
+            "/api/v1/sessions", json={"agent_type": "custom", "custom_agent": "rm-rf"}, headers=headers
         )
+        assert not_allowed.status_code == 422 and "allowlist" in not_allowed.text
+
+        bad_replay = await client.get(f"{base}/events", headers={**headers, "Last-Event-ID": "not-an-id"})
         assert bad_replay.status_code == 400
         assert bad_replay.headers["content-type"].startswith("application/problem+json")
+        await client.delete(base, headers=headers)
+
+
+async def test_quota_and_pagination(pg_urls, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    org, user = uuid.uuid4(), uuid.uuid4()
+    await seed_async(pg_urls.owner, org, user, "Quota Org")
+    headers = stack.headers(org_id=org, user_id=user)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        ids = []
+        for _ in range(3):
+            response = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
+            assert response.status_code == 202
+            ids.append(response.json()["id"])
+        over = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
+        assert over.status_code == 429
+        assert over.headers["retry-after"]
+        assert over.headers["content-type"].startswith("application/problem+json")
+
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/api/v1/sessions", params=params, headers=headers)).json()
+            seen += [s["id"] for s in page["sessions"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids) and len(seen) == 3
+        assert (
+            await client.get("/api/v1/sessions", params={"cursor": "garbage!"}, headers=headers)
+        ).status_code == 400
+        for session_id in ids:
+            await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)

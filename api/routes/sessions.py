@@ -1,41 +1,65 @@
-"""Agent sessions: create, read, and follow over SSE."""
+"""Agent sessions: create, list, read, stop, and the coder/agentapi-compatible per-session API."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    NotFoundException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
-from pydantic import BaseModel, Field, field_validator
-from sqlmodel import select
+from pydantic import BaseModel, Field, field_validator, model_validator
+from sqlmodel import col, func, select
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.problems import StrictBody
 from api.sse import parse_last_event_id, session_event_stream
-from api.state import resources
+from api.state import Resources, resources
 from api.tenancy import ensure_member, tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
-from schemas.db import tenant_transaction
-from schemas.tables import UserSession
+from schemas.db import TenantContext, tenant_transaction
+from schemas.tables import SessionMessage, UserSession
 from workers.agents import canonical_agent_type
+
+ACTIVE = ("requested", "starting", "running", "stable")
+MAX_MESSAGE_BYTES = 100_000
 
 
 class CreateSession(StrictBody):
-    agent_type: str = Field(min_length=1, max_length=32, description="claude, ccrouter (ccr), codex, ...")
-    prompt: str | None = Field(None, max_length=100_000, description="first message for the agent")
+    agent_type: str = Field(
+        min_length=1, max_length=32, description="claude, ccrouter (ccr), codex, ... or custom"
+    )
+    prompt: str | None = Field(None, max_length=MAX_MESSAGE_BYTES, description="first message for the agent")
     title: str | None = Field(None, max_length=200)
+    custom_agent: str | None = Field(None, max_length=64, description="allowlisted command name, for custom")
 
     @field_validator("agent_type")
     @classmethod
     def _known_agent(cls, value: str) -> str:
         return canonical_agent_type(value)
+
+    @model_validator(mode="after")
+    def _custom_needs_a_command(self) -> CreateSession:
+        if (self.agent_type == "custom") != (self.custom_agent is not None):
+            raise ValueError("custom_agent is required for agent_type custom, and only for it")
+        return self
+
+
+class SendMessage(StrictBody):
+    content: str = Field(max_length=MAX_MESSAGE_BYTES)
+    type: Literal["user", "raw"] = "user"
 
 
 class SessionOut(BaseModel):
@@ -44,6 +68,7 @@ class SessionOut(BaseModel):
     user_id: UUID
     agent_type: str
     status: str
+    end_reason: str | None
     title: str | None
     created_at: datetime
     events_url: str
@@ -53,6 +78,33 @@ class SessionAccepted(SessionOut):
     event_id: str
 
 
+class SessionPage(BaseModel):
+    sessions: list[SessionOut]
+    next_cursor: str | None
+
+
+class MessageOut(BaseModel):
+    id: int
+    content: str
+    role: str
+    time: datetime
+
+
+class MessagesOut(BaseModel):
+    messages: list[MessageOut]
+
+
+class StatusOut(BaseModel):
+    status: Literal["running", "stable"]
+    agent_type: str
+    transport: str = "pty"
+    session_status: str
+
+
+class Ok(BaseModel):
+    ok: bool = True
+
+
 def _out(row: UserSession) -> dict[str, object]:
     return {
         "id": row.id,
@@ -60,15 +112,36 @@ def _out(row: UserSession) -> dict[str, object]:
         "user_id": row.user_id,
         "agent_type": row.agent_type,
         "status": row.status,
+        "end_reason": row.end_reason,
         "title": row.title,
         "created_at": row.created_at,
         "events_url": f"/api/v1/sessions/{row.id}/events",
     }
 
 
+def _encode_cursor(row: UserSession) -> str:
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationException("cursor is not one this API returned") from exc
+
+
+def _scoped(query, ctx: TenantContext):  # type: ignore[no-untyped-def]
+    """Tenant filter in the query itself (RLS enforces the same underneath)."""
+    query = query.where(UserSession.org_id == ctx.org_id)
+    if ctx.role == "member":
+        query = query.where(UserSession.user_id == ctx.user_id)
+    return query
+
+
 class SessionController(Controller):
     path = "/api/v1/sessions"
-    tags = ["sessions"]
+    tags = ("sessions",)  # type: ignore[assignment]
 
     @post("/", status_code=202)
     async def create_session(
@@ -76,7 +149,13 @@ class SessionController(Controller):
     ) -> SessionAccepted:
         """Request a new agent session; its progress arrives on `events_url`."""
         res = resources(state)
+        if data.custom_agent is not None and data.custom_agent not in res.settings.custom_agents:
+            raise ValidationException(
+                "custom_agent is not on this platform's allowlist",
+                extra=[{"key": "custom_agent", "message": "not an allowlisted command name"}],
+            )
         ctx = tenant_context(request.user)
+        await _check_quota(res, ctx)
         async with tenant_transaction(res.engine, ctx) as db:
             await ensure_member(db, request.user)
             row = UserSession(
@@ -95,10 +174,37 @@ class SessionController(Controller):
             user_id=row.user_id,
             session_id=row.id,
             correlation_id=current_correlation_id(),
-            payload={"agent_type": row.agent_type, "prompt": data.prompt},
+            payload={"agent_type": row.agent_type, "prompt": data.prompt, "custom_agent": data.custom_agent},
         )
         await publish(res.redis, res.names, event)
         return SessionAccepted(**_out(row), event_id=event.id)  # type: ignore[arg-type]
+
+    @get("/")
+    async def list_sessions(
+        self,
+        request: Request[Principal, str, State],
+        state: State,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
+        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
+    ) -> SessionPage:
+        """The caller's sessions (an admin's: the organization's), newest first."""
+        res = resources(state)
+        ctx = tenant_context(request.user)
+        query = _scoped(select(UserSession), ctx)
+        if cursor:
+            created, ident = _decode_cursor(cursor)
+            query = query.where(
+                (col(UserSession.created_at) < created)
+                | ((col(UserSession.created_at) == created) & (col(UserSession.id) < ident))
+            )
+        query = query.order_by(col(UserSession.created_at).desc(), col(UserSession.id).desc()).limit(
+            limit + 1
+        )
+        async with tenant_transaction(res.engine, ctx) as db:
+            rows = list(await db.exec(query))
+        page = rows[:limit]
+        next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
+        return SessionPage(sessions=[SessionOut(**_out(r)) for r in page], next_cursor=next_cursor)  # type: ignore[arg-type]
 
     @get("/{session_id:uuid}")
     async def get_session(
@@ -106,6 +212,68 @@ class SessionController(Controller):
     ) -> SessionOut:
         row = await _find_session(state, request.user, session_id)
         return SessionOut(**_out(row))  # type: ignore[arg-type]
+
+    @delete("/{session_id:uuid}", status_code=202)
+    async def stop_session(
+        self, session_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> None:
+        """Stop the agent; the workspace is kept. Its end arrives as `session_ended`."""
+        res = resources(state)
+        row = await _find_session(state, request.user, session_id)
+        if row.status in ACTIVE:
+            await res.redis.xadd(res.names.session_input(session_id), {"type": "stop", "content": ""})
+
+    @get("/{session_id:uuid}/messages")
+    async def messages(
+        self, session_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> MessagesOut:
+        """coder/agentapi's `GET /messages`: ids are list indexes, message 0 is the start-up screen."""
+        res = resources(state)
+        await _find_session(state, request.user, session_id)
+        async with tenant_transaction(res.engine, tenant_context(request.user)) as db:
+            rows = await db.exec(
+                select(SessionMessage)
+                .where(SessionMessage.session_id == session_id)
+                .order_by(SessionMessage.seq)
+            )
+            return MessagesOut(
+                messages=[
+                    MessageOut(id=r.seq, content=r.content, role=r.role, time=r.created_at) for r in rows
+                ]
+            )
+
+    @get("/{session_id:uuid}/status")
+    async def status(
+        self, session_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> StatusOut:
+        """coder/agentapi's `GET /status`; anything but a settled agent reads as `running`."""
+        res = resources(state)
+        row = await _find_session(state, request.user, session_id)
+        live = await res.redis.hgetall(res.names.session_state(session_id))
+        agent_status = "stable" if live.get("status") == "stable" else "running"
+        return StatusOut(status=agent_status, agent_type=row.agent_type, session_status=row.status)
+
+    @post("/{session_id:uuid}/message", status_code=200)
+    async def send_message(
+        self, session_id: UUID, data: SendMessage, request: Request[Principal, str, State], state: State
+    ) -> Ok:
+        """coder/agentapi's `POST /message`: `user` messages only while the agent is stable (else 409);
+        `raw` keystrokes go straight to the terminal and are not recorded."""
+        res = resources(state)
+        row = await _find_session(state, request.user, session_id)
+        if row.status not in ACTIVE:
+            raise ClientException(f"the session has {row.status}", status_code=409)
+        content = data.content.strip() if data.type == "user" else data.content
+        if not content:
+            raise ValidationException(
+                "content is empty", extra=[{"key": "content", "message": "must not be empty"}]
+            )
+        if data.type == "user":
+            live = await res.redis.hgetall(res.names.session_state(session_id))
+            if live.get("status") != "stable":
+                raise ClientException("the agent is busy; send when its status is stable", status_code=409)
+        await res.redis.xadd(res.names.session_input(session_id), {"type": data.type, "content": content})
+        return Ok()
 
     @get("/{session_id:uuid}/events", timeout=None)
     async def session_events(
@@ -129,15 +297,38 @@ class SessionController(Controller):
         )
 
 
+async def _check_quota(res: Resources, ctx: TenantContext) -> None:
+    """Per-user and per-org limits on active sessions (a soft limit: two racing creates may both pass).
+
+    Members see only their own rows under RLS, so the org-wide count reads as an org admin would;
+    it returns counts only, never another member's rows.
+    """
+    counting = TenantContext(org_id=ctx.org_id, user_id=ctx.user_id, role="admin")
+    async with tenant_transaction(res.engine, counting) as db:
+        active = await db.exec(
+            select(UserSession.user_id, func.count())
+            .where(UserSession.org_id == ctx.org_id, col(UserSession.status).in_(ACTIVE))
+            .group_by(UserSession.user_id)
+        )
+        counts = dict(active.all())
+    if counts.get(ctx.user_id, 0) >= res.settings.max_sessions_per_user:
+        raise TooManyRequestsException(
+            f"you already have {res.settings.max_sessions_per_user} active sessions; stop one first",
+            headers={"Retry-After": "30"},
+        )
+    if sum(counts.values()) >= res.settings.max_sessions_per_org:
+        raise TooManyRequestsException(
+            f"the organization already has {res.settings.max_sessions_per_org} active sessions",
+            headers={"Retry-After": "30"},
+        )
+
+
 async def _find_session(state: State, principal: Principal, session_id: UUID) -> UserSession:
     """The caller's tenant's session, or 404: another org's id is indistinguishable from none."""
     res = resources(state)
     ctx = tenant_context(principal)
     async with tenant_transaction(res.engine, ctx) as db:
-        query = select(UserSession).where(UserSession.id == session_id, UserSession.org_id == ctx.org_id)
-        if ctx.role == "member":
-            query = query.where(UserSession.user_id == ctx.user_id)
-        row = (await db.exec(query)).first()
+        row = (await db.exec(_scoped(select(UserSession), ctx).where(UserSession.id == session_id))).first()
     if row is None:
         raise NotFoundException("session not found")
     return row

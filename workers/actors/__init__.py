@@ -11,7 +11,4 @@ from events.envelope import EventType
 def load_actors() -> dict[EventType, Actor]:
     from workers.actors import sessions
 
-    return {
-        EventType.SESSION_REQUESTED: sessions.run_session,
-        EventType.SESSION_STOP_REQUESTED: sessions.stop_session,
-    }
+    return {EventType.SESSION_REQUESTED: sessions.run_session}

@@ -1,0 +1,273 @@
+"""The PTY host of one session: runs its agent in a Conversation and connects it to the platform.
+
+Inputs come from the session's input stream, in order, one at a time; results go to the session's
+event log (``message.updated`` while a reply grows, ``message.completed`` and ``session.status``
+when the screen settles). Messages are persisted when they complete. The host keeps a state hash
+in Redis (status, host, heartbeat) that expires if the host dies, so the ingress knows whether the
+agent can take a message. The conversation ends on a stop request, the agent's exit, the idle
+timeout or the maximum lifetime, and the reason is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import update
+
+from events.envelope import Event, EventType
+from schemas.db import TenantContext, tenant_transaction
+from schemas.tables import SessionMessage, UserSession
+from workers.agents import AdapterUnavailable, get_adapter
+from workers.agents.base import AgentAdapter, LaunchContext
+from workers.context import WorkerContext
+from workers.conversation import AgentBusy, Change, Conversation, Timing
+from workers.pty_session import PtySession, ResourceLimits
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+STATE_TTL_SECONDS = 10
+INPUT_BLOCK_MS = 250
+BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class SessionEnded(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def workspace_for(context: WorkerContext, event: Event) -> Path:
+    path = context.settings.workspace_root / str(event.org_id) / str(event.user_id) / str(event.session_id)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def base_environment(home: Path) -> dict[str, str]:
+    """Only what a terminal program needs: none of the service's own secrets reach the agent."""
+    env = {key: os.environ[key] for key in BASE_ENV_KEYS if key in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("LANG", "C.UTF-8")
+    env.update({"HOME": str(home), "TERM": "xterm-256color", "COLORTERM": "truecolor"})
+    return env
+
+
+class SessionHost:
+    def __init__(self, context: WorkerContext, event: Event) -> None:
+        self.context = context
+        self.event = event
+        self.settings = context.settings
+        self.names = context.names
+        self.session_id = str(event.session_id)
+        self.agent_type = str(event.payload.get("agent_type", "custom"))
+        self.tenant = TenantContext(org_id=event.org_id, user_id=event.user_id, role="owner")
+        self.last_input_id = "0-0"
+        self.last_activity = time.monotonic()
+        self.conversation: Conversation | None = None
+        self._persisted: dict[int, str] = {}
+
+    async def run(self) -> None:
+        try:
+            adapter = get_adapter(self.agent_type)
+            self.conversation = await self._launch(adapter)
+        except (AdapterUnavailable, ValueError, OSError) as exc:
+            await self._finish("failed", f"could not start the agent: {exc}")
+            return
+        reason = "exited"
+        try:
+            await asyncio.gather(
+                self._report(), self._consume_input(), self._heartbeat(), self._watch_limits()
+            )
+        except SessionEnded as ended:
+            reason = ended.reason
+        finally:
+            await self.conversation.stop()
+            await self._persist_messages()
+        await self._finish("ended", reason)
+
+    async def _launch(self, adapter: AgentAdapter) -> Conversation:
+        workspace = workspace_for(self.context, self.event)
+        home = workspace / ".home"
+        home.mkdir(mode=0o700, exist_ok=True)
+        custom = self.event.payload.get("custom_agent")
+        ctx = LaunchContext(
+            session_id=self.event.session_id,  # type: ignore[arg-type]
+            org_id=self.event.org_id,
+            user_id=self.event.user_id,  # type: ignore[arg-type]
+            workspace=workspace,
+            home=home,
+            system_prompt=str(self.event.payload.get("system_prompt") or ""),
+            agent_env={str(k): str(v) for k, v in (self.event.payload.get("agent_env") or {}).items()},
+            custom_command=tuple(self.settings.custom_agents.get(str(custom), ())) if custom else (),
+        )
+        adapter.prepare(ctx)
+        env = {**base_environment(home), **adapter.environment(ctx)}
+        limits = ResourceLimits(
+            address_space_bytes=self.settings.agent_rlimit_as_bytes,
+            cpu_seconds=self.settings.agent_rlimit_cpu_seconds,
+            file_size_bytes=self.settings.agent_rlimit_fsize_bytes,
+            processes=self.settings.agent_rlimit_nproc,
+        )
+        pty = PtySession(adapter.command(ctx), cwd=workspace, env=env, limits=limits)
+        conversation = Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
+        await self._set_state("running")
+        await self._update_row(status="starting", started_at=datetime.now(UTC), workspace_path=str(workspace))
+        await self.context.emit(
+            self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
+        )
+        await conversation.start()
+        prompt = self.event.payload.get("prompt")
+        if prompt:
+            # The first message waits for the agent to settle, like any other input.
+            await self.context.redis.xadd(
+                self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
+            )
+        return conversation
+
+    async def _report(self) -> None:
+        assert self.conversation is not None
+        while True:
+            change: Change = await self.conversation.changes.get()
+            if change.message is not None:
+                await self._emit(EventType.MESSAGE_UPDATED, change.message.as_payload())
+            if change.status is not None:
+                await self._set_state(change.status)
+                await self._emit(
+                    EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
+                )
+                if change.status == "stable":
+                    last = self.conversation.messages[-1]
+                    await self._emit(EventType.MESSAGE_COMPLETED, last.as_payload())
+                    await self._persist_messages()
+                    await self._update_row(status="stable")
+                else:
+                    await self._update_row(status="running")
+
+    async def _consume_input(self) -> None:
+        assert self.conversation is not None
+        stream = self.names.session_input(self.session_id)
+        while True:
+            reply = await self.context.redis.xread(
+                {stream: self.last_input_id}, count=1, block=INPUT_BLOCK_MS
+            )
+            if self.conversation.pty.exited:
+                raise SessionEnded("exited")
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    await self._handle_input(fields)
+                    self.last_input_id = entry_id
+                    self.last_activity = time.monotonic()
+                    await self._update_row(last_input_id=entry_id)
+
+    async def _handle_input(self, fields: dict[str, str]) -> None:
+        assert self.conversation is not None
+        kind = fields.get("type")
+        if kind == "stop":
+            raise SessionEnded("stopped")
+        if kind == "raw":
+            self.conversation.send_raw(fields.get("content", "").encode())
+            return
+        # The ingress only queues a user message while the agent is stable; the first prompt may
+        # arrive while it starts, so wait for it to settle rather than lose the message.
+        while True:
+            await self.conversation.wait_stable(self.settings.session_max_lifetime)
+            try:
+                await self.conversation.send_user(fields.get("content", ""))
+                return
+            except AgentBusy:
+                continue
+            except ValueError:
+                return
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.context.redis.hset(
+                self.names.session_state(self.session_id),
+                mapping={"host": self.context.worker_id, "heartbeat": str(time.time())},
+            )
+            await self.context.redis.expire(self.names.session_state(self.session_id), STATE_TTL_SECONDS)
+            # Keep the idempotency lease while the session lives, so a duplicate never starts a second host.
+            await self.context.redis.expire(self.names.claim(self.event.id), STATE_TTL_SECONDS)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _watch_limits(self) -> None:
+        assert self.conversation is not None
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if self.conversation.pty.exited:
+                raise SessionEnded("exited")
+            if now - started >= self.settings.session_max_lifetime:
+                raise SessionEnded("max_lifetime")
+            if (
+                self.conversation.status == "stable"
+                and now - self.last_activity >= self.settings.session_timeout
+            ):
+                raise SessionEnded("idle_timeout")
+            if self.conversation.status == "running":
+                self.last_activity = now
+
+    async def _emit(self, type_: EventType, payload: dict[str, object]) -> None:
+        await self.context.emit(self.event.follow_up(type_, payload))
+
+    async def _set_state(self, status: str) -> None:
+        key = self.names.session_state(self.session_id)
+        await self.context.redis.hset(key, mapping={"status": status, "agent_type": self.agent_type})
+        await self.context.redis.expire(key, STATE_TTL_SECONDS)
+
+    async def _update_row(self, **values: object) -> None:
+        async with tenant_transaction(self.context.engine, self.tenant) as db:
+            await db.exec(
+                update(UserSession)
+                .where(UserSession.id == self.event.session_id, UserSession.org_id == self.event.org_id)
+                .values(updated_at=datetime.now(UTC), **values)
+            )
+
+    async def _persist_messages(self) -> None:
+        """Upsert messages whose content changed since the last write (keyed by session and seq)."""
+        if self.conversation is None:
+            return
+        changed = [
+            m for m in self.conversation.messages if m.content and self._persisted.get(m.id) != m.content
+        ]
+        if not changed:
+            return
+        async with tenant_transaction(self.context.engine, self.tenant) as db:
+            insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
+            for message in changed:
+                statement = insert(SessionMessage).values(
+                    session_id=self.event.session_id,
+                    org_id=self.event.org_id,
+                    user_id=self.event.user_id,
+                    seq=message.id,
+                    role=message.role,
+                    content=message.content,
+                    created_at=message.time,
+                    updated_at=datetime.now(UTC),
+                )
+                await db.exec(
+                    statement.on_conflict_do_update(
+                        index_elements=["session_id", "seq"],
+                        set_={
+                            "content": statement.excluded.content,
+                            "updated_at": statement.excluded.updated_at,
+                        },
+                    )
+                )
+        self._persisted.update({m.id: m.content for m in changed})
+
+    async def _finish(self, status: str, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.context.redis.delete(self.names.session_state(self.session_id))
+        await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
+        kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
+        await self._emit(kind, {"reason": reason})
