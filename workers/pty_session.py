@@ -100,7 +100,7 @@ class PtySession:
             limits.apply()
 
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 - the PTY slave must be the child's stdio
                 self.argv,
                 stdin=slave,
                 stdout=slave,

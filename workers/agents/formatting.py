@@ -24,7 +24,7 @@ def _normal(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
-def drop_echo(lines: list[str], user_input: str, markers: tuple[str, ...] = (">", "›", "❯")) -> list[str]:
+def drop_echo(lines: list[str], user_input: str, markers: tuple[str, ...] = (">", "›", "❯")) -> list[str]:  # noqa: RUF001
     """Remove the echoed user input: the first run of lines that, prompt marker removed, spell it."""
     target = _normal(user_input)
     if not target:
