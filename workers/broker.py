@@ -22,7 +22,10 @@ from workers.idempotency import Idempotency
 
 QUEUES = [kind.value for kind in WorkKind]
 # A worker that stops heartbeating for this long has its un-acked messages requeued elsewhere.
-HEARTBEAT_TIMEOUT_MS = 10_000
+HEARTBEAT_TIMEOUT_MS = 6_000
+# Out of a million broker commands, how many also look for dead workers. Dramatiq's default (1,000)
+# leaves a dead PTY host's session unclaimed for many minutes; the check itself is one ZRANGEBYSCORE.
+MAINTENANCE_CHANCE = 100_000
 
 
 def make_broker(settings: Settings) -> RedisBroker:
@@ -32,6 +35,7 @@ def make_broker(settings: Settings) -> RedisBroker:
         url=settings.redis_url,
         namespace=f"{settings.redis_prefix}dramatiq",
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
         middleware=[
             AgeLimit(),
             TimeLimit(),

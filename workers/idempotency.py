@@ -3,6 +3,11 @@
 The dispatcher makes the Dramatiq message id the event id. Before an actor runs, a short lease
 (SET NX) keeps a concurrent duplicate out; a duplicate of an event whose effect is already durable
 is skipped. The processed marker is written only after the actor returned.
+
+A duplicate that finds the lease held is not dropped but comes back when the lease would have run
+out: if the holder died (a killed PTY host whose message Dramatiq requeued), the lease expires and
+the returning copy takes the work over; while the holder lives (a long session renews its lease),
+the copy waits as a standby, and once the work is done it finds the event processed.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ class Idempotency(Middleware):
         if self.client.exists(self.names.processed(event_id)):
             log.info("skipping %s: event %s already processed", message.actor_name, event_id)
             raise SkipMessage(event_id)
-        if not self.client.set(
-            self.names.claim(event_id), message.actor_name, nx=True, ex=self.lease_seconds
-        ):
-            log.info("skipping %s: event %s is being processed elsewhere", message.actor_name, event_id)
+        claim = self.names.claim(event_id)
+        if not self.client.set(claim, message.actor_name, nx=True, ex=self.lease_seconds):
+            back_in_ms = max(int(self.client.pttl(claim)), 0) + 500
+            log.info("event %s is being processed elsewhere; back in %d ms", event_id, back_in_ms)
+            broker.enqueue(message.copy(), delay=back_in_ms)
             raise SkipMessage(event_id)
 
     def after_process_message(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import update
+from sqlmodel import col, select, update
 
 from events.envelope import Event, EventType
 from schemas.db import TenantContext, tenant_transaction
@@ -30,11 +30,14 @@ from workers.agents.base import AgentAdapter, LaunchContext
 from workers.context import WorkerContext
 from workers.conversation import AgentBusy, Change, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
+from workers.screen_tracker import Message
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_SECONDS = 1.5
 STATE_TTL_SECONDS = 10
+# The idempotency lease of a live host; short, so a dead host's session is taken over quickly.
+LEASE_SECONDS = 5
 INPUT_BLOCK_MS = 250
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 
@@ -75,9 +78,19 @@ class SessionHost:
         self._persisted: dict[int, str] = {}
 
     async def run(self) -> None:
+        log.info("hosting session %s (%s) on %s", self.session_id, self.agent_type, self.context.worker_id)
+        row = await self._load_row()
+        if row is None or row.status in ("ended", "failed"):
+            log.info("session %s is over or gone; nothing to host", self.session_id)
+            return
+        # A session that had started before is a recovery: its previous host died.
+        recovering = row.started_at is not None
+        if recovering:
+            log.info("recovering session %s after input %s", self.session_id, row.last_input_id)
+        self.last_input_id = row.last_input_id or "0-0"
         try:
             adapter = get_adapter(self.agent_type)
-            self.conversation = await self._launch(adapter)
+            self.conversation = await self._launch(adapter, recovering)
         except (AdapterUnavailable, ValueError, OSError) as exc:
             await self._finish("failed", f"could not start the agent: {exc}")
             return
@@ -93,7 +106,20 @@ class SessionHost:
             await self._persist_messages()
         await self._finish("ended", reason)
 
-    async def _launch(self, adapter: AgentAdapter) -> Conversation:
+    async def _load_row(self) -> UserSession | None:
+        async with tenant_transaction(self.context.engine, self.tenant) as db:
+            return await db.get(UserSession, self.event.session_id)
+
+    async def _stored_messages(self) -> list[Message]:
+        async with tenant_transaction(self.context.engine, self.tenant) as db:
+            rows = await db.exec(
+                select(SessionMessage)
+                .where(SessionMessage.session_id == self.event.session_id)
+                .order_by(col(SessionMessage.seq))
+            )
+            return [Message(r.seq, r.role, r.content, r.created_at) for r in rows]  # type: ignore[arg-type]
+
+    async def _launch(self, adapter: AgentAdapter, recovering: bool) -> Conversation:
         workspace = workspace_for(self.context, self.event)
         home = workspace / ".home"
         home.mkdir(mode=0o700, exist_ok=True)
@@ -107,6 +133,7 @@ class SessionHost:
             system_prompt=str(self.event.payload.get("system_prompt") or ""),
             agent_env={str(k): str(v) for k, v in (self.event.payload.get("agent_env") or {}).items()},
             custom_command=tuple(self.settings.custom_agents.get(str(custom), ())) if custom else (),
+            resume=recovering,
         )
         adapter.prepare(ctx)
         env = {**base_environment(home), **adapter.environment(ctx)}
@@ -119,11 +146,22 @@ class SessionHost:
         pty = PtySession(adapter.command(ctx), cwd=workspace, env=env, limits=limits)
         conversation = Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
         await self._set_state("running")
-        await self._update_row(status="starting", started_at=datetime.now(UTC), workspace_path=str(workspace))
+        if recovering:
+            await self._update_row(status="starting")
+        else:
+            await self._update_row(
+                status="starting", started_at=datetime.now(UTC), workspace_path=str(workspace)
+            )
+        await conversation.start()
+        if recovering:
+            conversation.tracker.restore(await self._stored_messages())
+            self._persisted = {m.id: m.content for m in conversation.messages}
+            payload = {"worker": self.context.worker_id, "last_input_id": self.last_input_id}
+            await self.context.emit(self.event.follow_up(EventType.SESSION_RECOVERED, payload))
+            return conversation
         await self.context.emit(
             self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
         )
-        await conversation.start()
         prompt = self.event.payload.get("prompt")
         if prompt:
             # The first message waits for the agent to settle, like any other input.
@@ -195,7 +233,7 @@ class SessionHost:
             )
             await self.context.redis.expire(self.names.session_state(self.session_id), STATE_TTL_SECONDS)
             # Keep the idempotency lease while the session lives, so a duplicate never starts a second host.
-            await self.context.redis.expire(self.names.claim(self.event.id), STATE_TTL_SECONDS)
+            await self.context.redis.expire(self.names.claim(self.event.id), LEASE_SECONDS)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _watch_limits(self) -> None:

@@ -1,0 +1,82 @@
+"""kill -9 of the worker process hosting a session: another worker process takes it over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+import redis.asyncio
+
+from events.streams import Names
+from tests.fixtures.stack import Stack
+from tests.test_skeleton_e2e import ECHO, agent_said, named, read_events
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def wait_stable(client: httpx.AsyncClient, base: str, headers: dict[str, str]) -> None:
+    for _ in range(600):
+        if (await client.get(f"{base}/status", headers=headers)).json()["status"] == "stable":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the agent never became stable")
+
+
+async def test_a_killed_host_is_replaced_and_the_conversation_goes_on(stack: Stack) -> None:
+    stack.start_worker("sessions")
+    headers = stack.headers()
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        created = (
+            await client.post("/api/v1/sessions", json={**ECHO, "prompt": "one"}, headers=headers)
+        ).json()
+        session_id, base = created["id"], f"/api/v1/sessions/{created['id']}"
+        events = await read_events(client, f"{base}/events", headers, until=agent_said("echo: one"))
+        await wait_stable(client, base, headers)
+
+        host = (await store.hgetall(names.session_state(session_id)))["host"]
+        host_pid = int(host.rsplit(":", 1)[1])
+        victim = next(proc for proc in stack.workers if proc.pid == host_pid)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        killed_at = time.monotonic()
+        recovered = await read_events(
+            client,
+            f"{base}/events",
+            {**headers, "Last-Event-ID": events[-1].id},
+            until=named("session_recovered"),
+        )
+        took = time.monotonic() - killed_at
+        new_host = json.loads(recovered[-1].data)["worker"]
+        assert new_host != host, "another worker process hosts the session"
+        print(f"\nrecovered on {new_host} {took:.1f} s after kill -9 of {host}")
+
+        await wait_stable(client, base, headers)
+        assert (
+            await client.post(f"{base}/message", json={"content": "two"}, headers=headers)
+        ).status_code == 200
+        await read_events(
+            client,
+            f"{base}/events",
+            {**headers, "Last-Event-ID": recovered[-1].id},
+            until=agent_said("echo: two"),
+        )
+        await wait_stable(client, base, headers)
+
+        inputs = [fields["content"] for _, fields in await store.xrange(names.session_input(session_id))]
+        assert inputs == ["one", "two"], "each input once, in order"
+        messages = (await client.get(f"{base}/messages", headers=headers)).json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["one", "two"]
+        replies = [
+            m["content"] for m in messages if m["role"] == "agent" and m["content"].startswith("echo:")
+        ]
+        assert replies == ["echo: one", "echo: two"], "no message lost or answered twice"
+        assert [m["id"] for m in messages] == list(range(len(messages)))
+        await client.delete(base, headers=headers)
+    await store.aclose()
