@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         None, ge=1 << 20, validation_alias=_env("AGENT_RLIMIT_FSIZE_BYTES")
     )
     agent_rlimit_nproc: int | None = Field(None, ge=1, validation_alias=_env("AGENT_RLIMIT_NPROC"))
+    # Model provider the agent CLIs use (deployment default; per-tenant providers come with CCRouter).
+    anthropic_base_url: str | None = Field(
+        None, validation_alias=_env("ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
     # Admin-allowlisted commands for `custom` sessions, by name: {"name": ["argv", ...]} as JSON.
     custom_agents: dict[str, list[str]] = Field(default_factory=dict, validation_alias=_env("CUSTOM_AGENTS"))
 

@@ -69,7 +69,8 @@ class ScreenTracker:
 
     def tick(self, now: float) -> Status | None:
         """Advance the settle clock; returns the new status when it changed."""
-        if self._changed_at is None:
+        if self._changed_at is None or not self._screen.strip():
+            # Nothing drawn yet: the agent is still starting, however long the screen stays blank.
             return None
         status: Status = "stable" if now - self._changed_at >= self.settle_seconds else "running"
         changed = status if status != self.status else None

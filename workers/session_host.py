@@ -24,6 +24,7 @@ from sqlmodel import col, select, update
 
 from events.envelope import Event, EventType
 from schemas.db import TenantContext, tenant_transaction
+from schemas.settings import Settings
 from schemas.tables import SessionMessage, UserSession
 from workers.agents import AdapterUnavailable, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
@@ -60,6 +61,16 @@ def base_environment(home: Path) -> dict[str, str]:
     env.setdefault("PATH", os.defpath)
     env.setdefault("LANG", "C.UTF-8")
     env.update({"HOME": str(home), "TERM": "xterm-256color", "COLORTERM": "truecolor"})
+    return env
+
+
+def provider_environment(settings: Settings) -> dict[str, str]:
+    """The model endpoint and key the agent CLI needs; set by the deployment, never by a request."""
+    env: dict[str, str] = {}
+    if settings.anthropic_base_url:
+        env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
+    if settings.anthropic_api_key:
+        env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
     return env
 
 
@@ -131,7 +142,7 @@ class SessionHost:
             workspace=workspace,
             home=home,
             system_prompt=str(self.event.payload.get("system_prompt") or ""),
-            agent_env={str(k): str(v) for k, v in (self.event.payload.get("agent_env") or {}).items()},
+            agent_env=provider_environment(self.settings),
             custom_command=tuple(self.settings.custom_agents.get(str(custom), ())) if custom else (),
             resume=recovering,
         )
@@ -183,7 +194,8 @@ class SessionHost:
                 )
                 if change.status == "stable":
                     last = self.conversation.messages[-1]
-                    await self._emit(EventType.MESSAGE_COMPLETED, last.as_payload())
+                    if last.content:
+                        await self._emit(EventType.MESSAGE_COMPLETED, last.as_payload())
                     await self._persist_messages()
                     await self._update_row(status="stable")
                 else:

@@ -1,0 +1,80 @@
+"""Real Claude Code (npm @anthropic-ai/claude-code) in our PTY against a fake Messages API on
+127.0.0.1: through the whole platform, and its screen formatting on captured screens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fixtures.stack import Stack
+from tests.test_skeleton_e2e import agent_said, read_events
+from workers.agents.claude import REPO_BIN, ClaudeAdapter
+from workers.screen_tracker import new_lines
+
+pytestmark = pytest.mark.timeout(120)
+GOLDEN = Path(__file__).parent / "golden" / "claude"
+API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
+
+
+def reply(text: str) -> str:
+    return f"FAKE-REPLY to '{text}'.\nA second line, as models write."
+
+
+@pytest.fixture(scope="module")
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    if not REPO_BIN.exists():
+        pytest.fail("node_modules/.bin/claude is missing: run `npm ci` (the README's install command)")
+    with FakeAnthropic(reply) as fake:
+        yield fake
+
+
+def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
+    fake: FakeAnthropic = request.getfixturevalue("fake_anthropic")
+    return {
+        "AGENTAPI_ANTHROPIC_BASE_URL": fake.base_url,
+        "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
+        # Claude Code redraws for a while as it starts: the production settle window, not the tests' short one.
+        "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
+    }
+
+
+async def test_a_message_to_claude_comes_back_clean(fake_anthropic: FakeAnthropic, stack: Stack) -> None:
+    headers = stack.headers()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        created = await client.post(
+            "/api/v1/sessions", json={"agent_type": "claude", "prompt": "Say hello"}, headers=headers
+        )
+        assert created.status_code == 202, created.text
+        session = created.json()
+        await read_events(client, session["events_url"], headers, until=agent_said(reply("Say hello")))
+        messages = (await client.get(f"/api/v1/sessions/{session['id']}/messages", headers=headers)).json()[
+            "messages"
+        ]
+        user = [m for m in messages if m["role"] == "user"]
+        agent = [m for m in messages if m["role"] == "agent"]
+        assert [m["content"] for m in user] == ["Say hello"]
+        assert agent[-1]["content"] == reply("Say hello"), "one clean agent message, no TUI chrome"
+        assert "Claude Code" in agent[0]["content"], "message 0 is the start-up screen"
+        await client.delete(f"/api/v1/sessions/{session['id']}", headers=headers)
+
+    calls = fake_anthropic.message_requests()
+    assert calls, "claude called the fake Messages API"
+    assert all(call.headers.get("x-api-key") == API_KEY for call in calls)
+    assert any(json.dumps(call.body).find("Say hello") >= 0 for call in calls)
+
+
+def test_format_message_on_a_captured_screen() -> None:
+    before = (GOLDEN / "before.txt").read_text()
+    after = (GOLDEN / "after.txt").read_text()
+    text = ClaudeAdapter().format_message(new_lines(before, after), "Say hello")
+    assert text == "FAKE-REPLY: Say hello\nsecond line of the reply"
+
+
+def test_format_message_drops_progress_and_footer_lines() -> None:
+    screen = "❯ Fix the bug\n\n● Looking into it\n  the fix is in main.py\n\n✶ Thinking… (esc to interrupt)\n❯\n  ? for shortcuts"  # noqa: RUF001
+    assert ClaudeAdapter().format_message(screen, "Fix the bug") == "Looking into it\nthe fix is in main.py"

@@ -1,0 +1,86 @@
+"""``claude``: Claude Code (npm @anthropic-ai/claude-code), interactive TUI in the PTY.
+
+Verified with Claude Code 2.1.197 against a local fake Messages API: with ``hasCompletedOnboarding``,
+the workspace's ``hasTrustDialogAccepted`` and the API key's last 20 characters in
+``customApiKeyResponses.approved`` seeded in ``$HOME/.claude.json``, it starts straight at its
+prompt with no dialog and no call other than ``POST /v1/messages`` (with
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import ClassVar
+
+from workers.agents.base import AutoResponse, LaunchContext
+from workers.agents.custom import write_private
+from workers.agents.formatting import clean_message
+
+REPO_BIN = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "claude"
+PASSED_THROUGH = ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL")
+FOOTER = re.compile(r"\? for shortcuts|esc to interrupt|/effort|← for agents|ctrl\+[a-z] to ")
+# Progress lines: a spinner glyph, a word, then "…" or "for 3s" ("✻ Baked for 0s", "✶ Thinking…").
+SPINNER = re.compile(r"^\s*[✻✶✳✢✽·*]\s+\S+.*(…|for \d+(\.\d+)?[ms]s?\b|\(esc to interrupt)")
+BULLET = re.compile(r"^(\s*)[●⏺]\s")
+
+
+def claude_binary() -> str:
+    return os.environ.get("AGENTAPI_CLAUDE_BIN") or (
+        str(REPO_BIN) if REPO_BIN.exists() else shutil.which("claude") or "claude"
+    )
+
+
+class ClaudeAdapter:
+    name: ClassVar[str] = "claude"
+    aliases: ClassVar[tuple[str, ...]] = ("claude-code",)
+    bracketed_paste: ClassVar[bool] = True
+    auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
+
+    def prepare(self, ctx: LaunchContext) -> None:
+        state: dict[str, object] = {
+            "hasCompletedOnboarding": True,
+            "theme": "dark",
+            "projects": {
+                str(ctx.workspace): {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}
+            },
+        }
+        key = ctx.agent_env.get("ANTHROPIC_API_KEY")
+        if key:
+            state["customApiKeyResponses"] = {"approved": [key[-20:]], "rejected": []}
+        write_private(ctx.home / ".claude.json", json.dumps(state))
+        if ctx.mcp_gateway_url:
+            gateway = {
+                "type": "http",
+                "url": ctx.mcp_gateway_url,
+                "headers": {"Authorization": f"Bearer {ctx.mcp_gateway_token}"},
+            }
+            write_private(self._mcp_config(ctx), json.dumps({"mcpServers": {"agentapi": gateway}}))
+
+    @staticmethod
+    def _mcp_config(ctx: LaunchContext) -> Path:
+        return ctx.home / ".agentapi" / "mcp.json"
+
+    def command(self, ctx: LaunchContext) -> list[str]:
+        argv = [claude_binary()]
+        if ctx.system_prompt:
+            argv += ["--append-system-prompt", ctx.system_prompt]
+        if ctx.mcp_gateway_url:
+            argv += ["--mcp-config", str(self._mcp_config(ctx)), "--strict-mcp-config"]
+        if ctx.resume:
+            argv.append("--continue")
+        return argv
+
+    def environment(self, ctx: LaunchContext) -> dict[str, str]:
+        env = {key: ctx.agent_env[key] for key in PASSED_THROUGH if key in ctx.agent_env}
+        env.update({"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+        return env
+
+    def format_message(self, screen: str, user_input: str) -> str:
+        lines = [line for line in screen.splitlines() if not SPINNER.search(line) and line.strip() != "❯"]  # noqa: RUF001
+        # The bullet becomes indentation, so its hanging continuation lines dedent with it.
+        lines = [BULLET.sub(r"\1  ", line) for line in lines]
+        return clean_message("\n".join(lines), user_input, FOOTER)
