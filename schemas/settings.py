@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     )
     # How long the screen must be still before the agent counts as stable (coder/agentapi: 2 s).
     agent_settle_seconds: float = Field(2.0, gt=0, validation_alias=_env("AGENT_SETTLE_SECONDS"))
+    # Bytes a session's workspace may hold; past it the session ends with reason disk_quota.
+    workspace_quota_bytes: int | None = Field(
+        None, ge=1 << 20, validation_alias=_env("WORKSPACE_QUOTA_BYTES")
+    )
     agent_rlimit_as_bytes: int | None = Field(
         None, ge=1 << 24, validation_alias=_env("AGENT_RLIMIT_AS_BYTES")
     )

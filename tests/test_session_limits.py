@@ -1,4 +1,4 @@
-"""Session limits on the running system: idle timeout and maximum lifetime end a session with a reason."""
+"""Session limits on the running system: idle timeout and the workspace quota end a session with a reason."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import ECHO, agent_said, named, read_events
 
 pytestmark = pytest.mark.timeout(120)
-STACK_ENV = {"AGENTAPI_SESSION_TIMEOUT": "2", "AGENTAPI_SESSION_MAX_LIFETIME": "60"}
+STACK_ENV = {
+    "AGENTAPI_SESSION_TIMEOUT": "3",
+    "AGENTAPI_SESSION_MAX_LIFETIME": "60",
+    "AGENTAPI_WORKSPACE_QUOTA_BYTES": str(2 * 1024 * 1024),
+}
 
 
 async def test_an_idle_session_ends_with_idle_timeout(stack: Stack) -> None:
@@ -36,3 +40,13 @@ async def test_an_idle_session_ends_with_idle_timeout(stack: Stack) -> None:
             "messages"
         ]
         assert [m["content"] for m in messages if m["role"] == "agent"][-1] == "echo: hi"
+
+
+async def test_a_workspace_over_its_quota_ends_the_session(stack: Stack) -> None:
+    headers = stack.headers()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        created = (
+            await client.post("/api/v1/sessions", json={**ECHO, "prompt": "/write 3000000"}, headers=headers)
+        ).json()
+        ended = await read_events(client, created["events_url"], headers, until=named("session_ended"))
+        assert json.loads(ended[-1].data)["reason"] == "disk_quota"

@@ -40,6 +40,7 @@ STATE_TTL_SECONDS = 10
 # The idempotency lease of a live host; short, so a dead host's session is taken over quickly.
 LEASE_SECONDS = 5
 INPUT_BLOCK_MS = 250
+DISK_CHECK_SECONDS = 2.0
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
@@ -53,6 +54,16 @@ def workspace_for(context: WorkerContext, event: Event) -> Path:
     path = context.settings.workspace_root / str(event.org_id) / str(event.user_id) / str(event.session_id)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes used by the files under ``path`` (blocking: run it in a thread)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def base_environment(home: Path) -> dict[str, str]:
@@ -250,7 +261,7 @@ class SessionHost:
 
     async def _watch_limits(self) -> None:
         assert self.conversation is not None
-        started = time.monotonic()
+        started = measured = time.monotonic()
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
@@ -258,6 +269,11 @@ class SessionHost:
                 raise SessionEnded("exited")
             if now - started >= self.settings.session_max_lifetime:
                 raise SessionEnded("max_lifetime")
+            quota = self.settings.workspace_quota_bytes
+            if quota is not None and now - measured >= DISK_CHECK_SECONDS:
+                measured = now
+                if await asyncio.to_thread(directory_bytes, self.conversation.pty.cwd) > quota:
+                    raise SessionEnded("disk_quota")
             if (
                 self.conversation.status == "stable"
                 and now - self.last_activity >= self.settings.session_timeout
