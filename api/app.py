@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -15,6 +13,7 @@ from api.problems import make_exception_handlers
 from api.routes.health import health, ready
 from api.routes.sessions import SessionController
 from api.state import lifespan
+from schemas.observability import configure_process
 from schemas.settings import Settings, get_settings
 
 VERSION = "0.1.0"
@@ -22,7 +21,7 @@ VERSION = "0.1.0"
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_process(settings, "ingress")
     return Litestar(
         route_handlers=[health, ready, SessionController],
         middleware=[correlation_middleware, auth_middleware(), json_content_type_middleware()],

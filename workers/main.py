@@ -10,6 +10,7 @@ import redis
 from dramatiq import Worker
 
 from events.streams import Names, WorkKind
+from schemas.observability import configure_process
 from schemas.settings import Settings
 from workers.broker import make_broker
 from workers.context import WorkerContext, set_context
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_process(settings, "worker")
     broker = make_broker(settings)
     set_context(WorkerContext(settings))
     from workers.actors import load_actors

@@ -1,0 +1,108 @@
+"""Process set-up shared by the ingress and the workers: logging that never carries a secret, and Sentry."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from schemas.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+REDACTED = "[redacted]"
+_SECRET_HEADERS = {"authorization", "cookie", "x-agentapi-signature", "x-session-token"}
+
+# What a secret looks like in a log line: an Authorization header value, a JWT, a provider key,
+# or a key=value pair whose key says it is a secret.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"\b(sk|pk|rk|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{12,}"),
+    re.compile(
+        r"(?i)([\"']?\b[\w-]*(?:token|secret|password|api[_-]?key|authorization)[\w-]*[\"']?\s*[:=]\s*[\"']?)"
+        r"([^\s\"',}&]{4,})"
+    ),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups >= 2:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(lambda m: _keep_scheme(m.group(0)), text)
+    return text
+
+
+def _keep_scheme(match: str) -> str:
+    scheme, _, rest = match.partition(" ")
+    return f"{scheme} {REDACTED}" if rest and scheme.lower() in {"bearer", "basic"} else REDACTED
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's final message, including formatted arguments and tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    """Root logging at the configured level; every handler redacts credentials."""
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    redactor = RedactingFilter()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(redactor)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if isinstance(key, str) and key.lower() in _SECRET_HEADERS else _scrub(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def _scrub_event(event: dict[str, Any], _hint: dict[str, Any]) -> dict[str, Any]:
+    """Every string of the event (messages, exception values, breadcrumbs, headers) redacted."""
+    scrubbed: dict[str, Any] = _scrub(event)
+    return scrubbed
+
+
+def init_sentry(settings: Settings, component: str) -> bool:
+    """Initialise sentry-sdk when a DSN is set; returns whether it did."""
+    if settings.sentry_dsn is None:
+        return False
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        environment=settings.environment,
+        server_name=component,
+        send_default_pii=False,
+        before_send=_scrub_event,  # type: ignore[arg-type]
+        traces_sample_rate=0.0,
+        # Frame locals hold tokens and decrypted keys; a stack trace is enough to debug.
+        include_local_variables=False,
+    )
+    sentry_sdk.set_tag("component", component)
+    return True
+
+
+def configure_process(settings: Settings, component: str) -> None:
+    configure_logging(settings)
+    init_sentry(settings, component)
