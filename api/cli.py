@@ -70,6 +70,38 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_generate(args: argparse.Namespace) -> int:
+    from schemas.crypto import KeyRing
+
+    print(f"{args.key_id}:{KeyRing.generate_key()}")
+    return 0
+
+
+def _keys_rotate(_: argparse.Namespace) -> int:
+    from schemas.db import create_engine
+    from schemas.key_rotation import rotate_all
+
+    settings = get_settings()
+
+    async def rotate() -> int:
+        engine = create_engine(settings.database_url, pool_size=2)
+        try:
+            report = await rotate_all(engine, settings.key_ring())
+        finally:
+            await engine.dispose()
+        for column, count in report.rotated.items():
+            print(f"{column}: {count} re-encrypted")
+        for failure in report.failed:
+            print(f"agentapi: cannot rotate {failure}", file=sys.stderr)
+        if report.remaining:
+            print(f"agentapi: {report.remaining} secrets still under an old key; run again", file=sys.stderr)
+            return 1
+        print(f"agentapi: every secret is sealed under key {settings.key_ring().primary_id!r}")
+        return 0
+
+    return asyncio.run(rotate())
+
+
 def _dev(args: argparse.Namespace) -> int:
     from api.dev import run_dev
 
@@ -101,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--superadmin", action="store_true")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     token.set_defaults(run=_token)
+
+    keys = commands.add_parser("keys", help="encryption keys for secrets at rest")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    generate = key_commands.add_parser("generate", help="print a new key ring entry (key_id:base64key)")
+    generate.add_argument("--key-id", default="k1")
+    generate.set_defaults(run=_keys_generate)
+    rotate = key_commands.add_parser(
+        "rotate", help="re-encrypt every stored secret under the first key (resumable)"
+    )
+    rotate.set_defaults(run=_keys_rotate)
 
     dev = commands.add_parser("dev", help="everything in one process group on embedded defaults")
     dev.add_argument("--host", default="127.0.0.1")

@@ -19,11 +19,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from fakeredis import TcpFakeServer
 
 from api.tokens import mint_token
+from schemas.crypto import KeyRing
 from schemas.settings import Settings, load_settings
 
 DEV_ORG_ID = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
@@ -45,10 +47,11 @@ def _start_embedded_redis() -> tuple[TcpFakeServer, int]:
     return server, port
 
 
-def _dev_secret(data_dir: Path) -> str:
-    path = data_dir / "jwt-secret"
+def _dev_file(data_dir: Path, name: str, make: Callable[[], str]) -> str:
+    """A secret generated once per data dir, so tokens and stored secrets survive a restart."""
+    path = data_dir / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(48))
+        path.write_text(make())
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -65,7 +68,10 @@ def dev_environment(data_dir: Path, redis_port: int) -> dict[str, str]:
         "AGENTAPI_ENVIRONMENT": "development",
         "AGENTAPI_DATABASE_URL": f"sqlite+aiosqlite:///{(data_dir / 'dev.db').resolve()}",
         "AGENTAPI_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "AGENTAPI_JWT_SECRET": _dev_secret(data_dir),
+        "AGENTAPI_JWT_SECRET": _dev_file(data_dir, "jwt-secret", lambda: secrets.token_urlsafe(48)),
+        "AGENTAPI_ENCRYPTION_KEYS": _dev_file(
+            data_dir, "encryption-keys", lambda: f"dev:{KeyRing.generate_key()}"
+        ),
         "AGENTAPI_WORKSPACE_ROOT": str((data_dir / "workspaces").resolve()),
         "AGENTAPI_CUSTOM_AGENTS": json.dumps(dev_custom_agents()),
     }

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.crypto import KeyRing, KeyRingError
+
 
 def _env(name: str, *plain: str) -> AliasChoices:
     return AliasChoices(f"AGENTAPI_{name}", *plain)
@@ -31,6 +33,11 @@ def async_database_url(url: str) -> str:
         if url.startswith(plain):
             return asynchronous + url[len(plain) :]
     return url
+
+
+@lru_cache(maxsize=4)
+def _parse_key_ring(spec: str) -> KeyRing:
+    return KeyRing.parse(spec)
 
 
 class Settings(BaseSettings):
@@ -65,6 +72,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
     jwt_leeway_seconds: int = Field(30, ge=0, le=300, validation_alias=_env("JWT_LEEWAY_SECONDS"))
 
+    # Key ring for secrets at rest: "key_id:base64(32 bytes)[,...]"; the first key encrypts.
     encryption_keys: SecretStr | None = Field(None, validation_alias=_env("ENCRYPTION_KEYS"))
 
     workspace_root: Path = Field(
@@ -141,6 +149,27 @@ class Settings(BaseSettings):
                 "AGENTAPI_JWT_SECRET (or SUPABASE_JWT_SECRET) or AGENTAPI_JWKS_URL (or SUPABASE_URL) is required"
             )
         return self
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _valid_key_ring(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_key_ring(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_keys(self) -> Settings:
+        if self.environment == "production" and self.encryption_keys is None:
+            raise ValueError(
+                "AGENTAPI_ENCRYPTION_KEYS is required in production (generate one with: agentapi keys generate)"
+            )
+        return self
+
+    def key_ring(self) -> KeyRing:
+        """The key ring; KeyRingError when none is configured."""
+        if self.encryption_keys is None:
+            raise KeyRingError("AGENTAPI_ENCRYPTION_KEYS is not set: this deployment cannot store secrets")
+        return _parse_key_ring(self.encryption_keys.get_secret_value())
 
     @property
     def effective_jwks_url(self) -> str | None:
