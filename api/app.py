@@ -11,6 +11,7 @@ from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
 from api.problems import make_exception_handlers
 from api.routes.health import health, ready
+from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.sessions import SessionController
 from api.state import lifespan
 from schemas.observability import configure_process
@@ -23,7 +24,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_process(settings, "ingress")
     return Litestar(
-        route_handlers=[health, ready, SessionController],
+        route_handlers=[
+            health,
+            ready,
+            SessionController,
+            McpConfigurationController,
+            test_configuration,
+            call_tool,
+        ],
         middleware=[correlation_middleware, auth_middleware(), json_content_type_middleware()],
         exception_handlers=make_exception_handlers(),
         request_max_body_size=settings.max_request_body_bytes,

@@ -6,6 +6,7 @@ subscribers read the log itself, so a lost or reordered notice never loses an ev
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -34,3 +35,35 @@ async def read_log(
     """Entries strictly after ``after_id``, oldest first (the client decodes responses)."""
     entries = await redis.xrange(names.session_log(session_id), min=f"({after_id}", max="+", count=count)
     return [(entry_id, fields[FIELD]) for entry_id, fields in entries]
+
+
+REPLY_TTL_SECONDS = 300
+
+
+async def append_reply(redis: Redis, names: Names, request_id: str, event: Event) -> None:
+    """Answer a request the ingress is waiting for; the stream expires on its own."""
+    key = names.reply(request_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(key, {FIELD: event.to_wire()}, maxlen=100, approximate=True)
+        pipe.expire(key, REPLY_TTL_SECONDS)
+        await pipe.execute()
+
+
+async def await_reply(redis: Redis, names: Names, request_id: str, timeout: float) -> Event | None:
+    """The first answer to ``request_id``, or None after ``timeout`` seconds.
+
+    A blocking XREAD on the reply stream: an answer written before the wait started is still read,
+    which a pub/sub subscription made too late would miss.
+    """
+    key = names.reply(request_id)
+    loop_deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = loop_deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
+        # Blocks in slices so a dropped connection or a cancelled request frees its connection soon.
+        block_ms = max(1, int(min(remaining, 5.0) * 1000))
+        answer = await redis.xread({key: "0-0"}, count=1, block=block_ms)
+        if answer:
+            _, entries = answer[0]
+            return Event.from_wire(entries[0][1][FIELD])

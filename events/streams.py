@@ -65,3 +65,19 @@ class Names:
     def claim(self, event_id: str) -> str:
         """A short lease held while a handler works on an event, so duplicates wait."""
         return f"{self.prefix}claim:{event_id}"
+
+    def reply(self, request_id: str) -> str:
+        """A short-lived stream carrying the answer to one request the ingress waits for."""
+        return f"{self.prefix}reply:{request_id}"
+
+    def mcp_tools(self, config_id: UUID | str) -> str:
+        """Cached tool list of one MCP configuration (JSON), refreshed by the tools workers."""
+        return f"{self.prefix}mcp:{config_id}:tools"
+
+    def breaker(self, config_id: UUID | str) -> str:
+        """Circuit-breaker hash of one MCP server, shared by every tools worker."""
+        return f"{self.prefix}mcp:{config_id}:breaker"
+
+    def gateway_token(self, token_hash: str) -> str:
+        """A session's MCP gateway token (by its SHA-256), valid while the session's host lives."""
+        return f"{self.prefix}gateway:{token_hash}"

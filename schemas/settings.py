@@ -115,6 +115,23 @@ class Settings(BaseSettings):
     # Admin-allowlisted commands for `custom` sessions, by name: {"name": ["argv", ...]} as JSON.
     custom_agents: dict[str, list[str]] = Field(default_factory=dict, validation_alias=_env("CUSTOM_AGENTS"))
 
+    # MCP egress. Plain http is accepted only for loopback hosts, and only when this is on (dev, tests).
+    mcp_allow_insecure_http: bool = Field(False, validation_alias=_env("MCP_ALLOW_INSECURE_HTTP"))
+    # Hosts or networks MCP servers may live on even though they resolve to private addresses.
+    mcp_egress_allowlist: list[str] = Field(
+        default_factory=list, validation_alias=_env("MCP_EGRESS_ALLOWLIST")
+    )
+    # Commands stdio MCP servers may run (executable names or absolute paths), as JSON.
+    mcp_stdio_allowlist: list[str] = Field(default_factory=list, validation_alias=_env("MCP_STDIO_ALLOWLIST"))
+    mcp_call_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, validation_alias=_env("MCP_CALL_TIMEOUT_SECONDS")
+    )
+    mcp_breaker_threshold: int = Field(5, ge=1, validation_alias=_env("MCP_BREAKER_THRESHOLD"))
+    mcp_breaker_reset_seconds: float = Field(30.0, gt=0, validation_alias=_env("MCP_BREAKER_RESET_SECONDS"))
+    mcp_tools_cache_seconds: int = Field(300, ge=0, validation_alias=_env("MCP_TOOLS_CACHE_SECONDS"))
+    # How agents reach the ingress (the MCP gateway URL handed to each session).
+    public_base_url: str = Field("http://127.0.0.1:8000", validation_alias=_env("PUBLIC_BASE_URL"))
+
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
 

@@ -12,9 +12,10 @@ from dramatiq import Worker
 from events.streams import Names, WorkKind
 from schemas.observability import configure_process
 from schemas.settings import Settings
+from workers.audit_writer import AuditWriter
 from workers.broker import make_broker
 from workers.context import WorkerContext, set_context
-from workers.dispatcher import dispatchers
+from workers.dispatcher import consumer_name, dispatchers
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,17 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     kinds = [WorkKind(queue) for queue in queues]
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     stop = threading.Event()
+    # Audit events skip Dramatiq: the writer takes them from their stream in batches itself.
+    dispatched = [kind for kind in kinds if kind is not WorkKind.AUDIT]
     consumers = dispatchers(
-        client, Names(settings.redis_prefix), broker, actors, kinds, settings.dispatch_claim_idle_ms
+        client, Names(settings.redis_prefix), broker, actors, dispatched, settings.dispatch_claim_idle_ms
     )
     worker = Worker(broker, queues=set(queues), worker_threads=threads)
     worker.start()
     threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]
+    if WorkKind.AUDIT in kinds:
+        writer = AuditWriter(settings, client, consumer_name())
+        threads_.append(threading.Thread(target=writer.run, args=(stop,), name="audit-writer"))
     for thread in threads_:
         thread.start()
 

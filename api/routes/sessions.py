@@ -210,7 +210,7 @@ class SessionController(Controller):
     async def get_session(
         self, session_id: UUID, request: Request[Principal, str, State], state: State
     ) -> SessionOut:
-        row = await _find_session(state, request.user, session_id)
+        row = await find_session(state, request.user, session_id)
         return SessionOut(**_out(row))  # type: ignore[arg-type]
 
     @delete("/{session_id:uuid}", status_code=202)
@@ -219,7 +219,7 @@ class SessionController(Controller):
     ) -> None:
         """Stop the agent; the workspace is kept. Its end arrives as `session_ended`."""
         res = resources(state)
-        row = await _find_session(state, request.user, session_id)
+        row = await find_session(state, request.user, session_id)
         if row.status in ACTIVE:
             await res.redis.xadd(res.names.session_input(session_id), {"type": "stop", "content": ""})
 
@@ -229,7 +229,7 @@ class SessionController(Controller):
     ) -> MessagesOut:
         """coder/agentapi's `GET /messages`: ids are list indexes, message 0 is the start-up screen."""
         res = resources(state)
-        await _find_session(state, request.user, session_id)
+        await find_session(state, request.user, session_id)
         async with tenant_transaction(res.engine, tenant_context(request.user)) as db:
             rows = await db.exec(
                 select(SessionMessage)
@@ -248,7 +248,7 @@ class SessionController(Controller):
     ) -> StatusOut:
         """coder/agentapi's `GET /status`; anything but a settled agent reads as `running`."""
         res = resources(state)
-        row = await _find_session(state, request.user, session_id)
+        row = await find_session(state, request.user, session_id)
         live = await res.redis.hgetall(res.names.session_state(session_id))
         agent_status = "stable" if live.get("status") == "stable" else "running"
         return StatusOut(status=agent_status, agent_type=row.agent_type, session_status=row.status)
@@ -260,7 +260,7 @@ class SessionController(Controller):
         """coder/agentapi's `POST /message`: `user` messages only while the agent is stable (else 409);
         `raw` keystrokes go straight to the terminal and are not recorded."""
         res = resources(state)
-        row = await _find_session(state, request.user, session_id)
+        row = await find_session(state, request.user, session_id)
         if row.status not in ACTIVE:
             raise ClientException(f"the session has {row.status}", status_code=409)
         content = data.content.strip() if data.type == "user" else data.content
@@ -285,7 +285,7 @@ class SessionController(Controller):
     ) -> ServerSentEvent:
         """SSE: replays the session's event log after Last-Event-ID, then relays live events."""
         res = resources(state)
-        await _find_session(state, request.user, session_id)
+        await find_session(state, request.user, session_id)
         after = parse_last_event_id(last_event_id)
         if last_event_id and after is None:
             raise ValidationException("Last-Event-ID must be an event-log id such as 1732460000000-0")
@@ -323,7 +323,7 @@ async def _check_quota(res: Resources, ctx: TenantContext) -> None:
         )
 
 
-async def _find_session(state: State, principal: Principal, session_id: UUID) -> UserSession:
+async def find_session(state: State, principal: Principal, session_id: UUID) -> UserSession:
     """The caller's tenant's session, or 404: another org's id is indistinguishable from none."""
     res = resources(state)
     ctx = tenant_context(principal)

@@ -9,6 +9,10 @@ from events.envelope import EventType
 
 
 def load_actors() -> dict[EventType, Actor]:
-    from workers.actors import sessions
+    from workers.actors import sessions, tools
 
-    return {EventType.SESSION_REQUESTED: sessions.run_session}
+    return {
+        EventType.SESSION_REQUESTED: sessions.run_session,
+        EventType.TOOL_CALL_REQUESTED: tools.call_tool,
+        EventType.MCP_TEST_REQUESTED: tools.test_mcp,
+    }

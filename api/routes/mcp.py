@@ -1,0 +1,401 @@
+"""MCP configurations (org- and user-scoped), connection tests, and direct tool calls.
+
+The ingress validates and stores; connecting to an MCP server is always a ``tools`` worker's job.
+A bearer token is sealed on save and never returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+
+from litestar import Controller, Request, delete, get, post, put
+from litestar.datastructures import State
+from litestar.exceptions import (
+    ClientException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.params import Parameter
+from litestar.response import Response
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, or_, select
+
+from api.auth import Principal
+from api.correlation import current_correlation_id
+from api.problems import StrictBody
+from api.routes.sessions import find_session
+from api.state import Resources, resources
+from api.tenancy import ensure_member, tenant_context
+from events.envelope import Event, EventType
+from events.publisher import publish
+from events.results import await_reply
+from schemas.crypto import KeyRingError, SecretRef
+from schemas.db import TenantContext, tenant_transaction
+from schemas.egress import EgressRefused, check_endpoint, check_stdio
+from schemas.tables import McpConfiguration, utcnow
+
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+ADMIN_ROLES = ("admin", "owner", "superadmin")
+# How long a request waits for a worker's answer before it returns 202 and the event id.
+DEFAULT_WAIT_SECONDS = 30.0
+
+
+class ConfigIn(StrictBody):
+    name: str = Field(
+        min_length=1, max_length=64, description="letters, digits, '-' and '_'; unique per scope"
+    )
+    scope: Literal["organization", "user"] = "user"
+    transport: Literal["stdio", "http", "sse"]
+    endpoint_url: str | None = Field(None, max_length=2048)
+    command: str | None = Field(None, max_length=512)
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict, max_length=64)
+    auth_type: Literal["none", "bearer", "oauth"] = "none"
+    bearer_token: str | None = Field(
+        None, min_length=1, max_length=8192, description="for auth_type bearer; write-only"
+    )
+    oauth: dict[str, Any] = Field(default_factory=dict, description="client settings for auth_type oauth")
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConfigIn:
+        if not NAME.match(self.name):
+            raise ValueError("name must start with a letter and hold only letters, digits, '-' and '_'")
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("command is required for transport stdio")
+            if self.endpoint_url:
+                raise ValueError("endpoint_url is for http and sse transports, not stdio")
+            if self.auth_type != "none":
+                raise ValueError("stdio servers take no auth_type; pass credentials in env")
+        else:
+            if not self.endpoint_url:
+                raise ValueError(f"endpoint_url is required for transport {self.transport}")
+            if self.command or self.args:
+                raise ValueError("command and args are for stdio servers only")
+        if self.bearer_token is not None and self.auth_type != "bearer":
+            raise ValueError("bearer_token is only accepted with auth_type bearer")
+        return self
+
+
+class ConfigOut(BaseModel):
+    id: UUID
+    org_id: UUID
+    user_id: UUID | None
+    scope: str
+    name: str
+    transport: str
+    endpoint_url: str | None
+    command: str | None
+    args: list[str]
+    env_keys: list[str] = Field(description="names of the variables set; values are not returned")
+    auth_type: str
+    has_secret: bool
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConfigPage(BaseModel):
+    configurations: list[ConfigOut]
+    next_cursor: str | None
+
+
+class TestRequest(StrictBody):
+    config_id: UUID
+    wait_seconds: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=120, description="0: answer 202 at once")
+
+
+class ToolCallRequest(StrictBody):
+    config_id: UUID
+    tool: str = Field(min_length=1, max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(None, gt=0, le=3600)
+    wait_seconds: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=300, description="0: answer 202 at once")
+
+
+class WorkAnswer(BaseModel):
+    event_id: str
+    status: Literal["completed", "pending"]
+    result: dict[str, Any] | None = None
+
+
+def config_out(row: McpConfiguration) -> ConfigOut:
+    return ConfigOut(
+        id=row.id,
+        org_id=row.org_id,
+        user_id=row.user_id,
+        scope=row.scope,
+        name=row.name,
+        transport=row.transport,
+        endpoint_url=row.endpoint_url,
+        command=row.command,
+        args=list(row.args),
+        env_keys=sorted(row.env),
+        auth_type=row.auth_type,
+        has_secret=row.encrypted_secret is not None,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def effective(query: Any, ctx: TenantContext) -> Any:
+    """The org's configurations and the caller's own (RLS enforces the same underneath)."""
+    return query.where(
+        McpConfiguration.org_id == ctx.org_id,
+        or_(col(McpConfiguration.user_id).is_(None), McpConfiguration.user_id == ctx.user_id),
+    )
+
+
+async def _validate(data: ConfigIn, res: Resources) -> None:
+    try:
+        if data.transport == "stdio":
+            assert data.command is not None
+            check_stdio(data.command, data.args, data.env, res.settings)
+        else:
+            assert data.endpoint_url is not None
+            await check_endpoint(data.endpoint_url, res.settings)
+    except EgressRefused as exc:
+        raise ValidationException(str(exc), extra=[{"key": exc.field, "message": exc.reason}]) from exc
+    if data.auth_type == "bearer" and data.bearer_token is None:
+        return
+    if data.auth_type == "bearer":
+        try:
+            res.settings.key_ring()
+        except KeyRingError as exc:
+            raise ClientException(str(exc), status_code=503) from exc
+
+
+def _seal(res: Resources, row: McpConfiguration, token: str) -> str:
+    return res.settings.key_ring().encrypt(
+        token, SecretRef("mcp_configurations", "encrypted_secret", row.id, row.org_id)
+    )
+
+
+def _cursor(row: McpConfiguration) -> str:
+    return base64.urlsafe_b64encode(f"{row.name}|{row.id}".encode()).decode()
+
+
+def _after(cursor: str) -> tuple[str, UUID]:
+    try:
+        name, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return name, UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationException("cursor is not one this API returned") from exc
+
+
+async def find_config(res: Resources, ctx: TenantContext, config_id: UUID) -> McpConfiguration:
+    async with tenant_transaction(res.engine, ctx) as db:
+        row = (
+            await db.exec(effective(select(McpConfiguration), ctx).where(McpConfiguration.id == config_id))
+        ).first()
+    if row is None:
+        raise NotFoundException("no such MCP configuration")
+    return row
+
+
+def _may_change(ctx: TenantContext, row: McpConfiguration) -> None:
+    if row.scope == "organization" and ctx.role not in ADMIN_ROLES:
+        raise PermissionDeniedException("only organization admins change organization MCP configurations")
+
+
+async def request_work(res: Resources, event: Event, wait_seconds: float) -> Response[WorkAnswer]:
+    """Publish work for the tools pool; wait (bounded) for its answer, else 202 with the event id."""
+    await publish(res.redis, res.names, event)
+    answer = await await_reply(res.redis, res.names, event.id, wait_seconds) if wait_seconds > 0 else None
+    if answer is None:
+        return Response(WorkAnswer(event_id=event.id, status="pending"), status_code=202)
+    return Response(WorkAnswer(event_id=event.id, status="completed", result=answer.payload), status_code=200)
+
+
+class McpConfigurationController(Controller):
+    path = "/api/v1/mcp/configurations"
+    tags = ("mcp",)  # type: ignore[assignment]
+
+    @post("/", status_code=201)
+    async def create(
+        self, data: ConfigIn, request: Request[Principal, str, State], state: State
+    ) -> ConfigOut:
+        """Add an MCP server for the organization (admins) or for yourself."""
+        res = resources(state)
+        ctx = tenant_context(request.user)
+        if data.scope == "organization" and ctx.role not in ADMIN_ROLES:
+            raise PermissionDeniedException("only organization admins add organization MCP configurations")
+        await _validate(data, res)
+        row = McpConfiguration(
+            id=uuid4(),
+            org_id=ctx.org_id,
+            user_id=ctx.user_id if data.scope == "user" else None,
+            scope=data.scope,
+            name=data.name,
+            transport=data.transport,
+            auth_type=data.auth_type,
+            endpoint_url=data.endpoint_url,
+            command=data.command,
+            args=data.args,
+            env=data.env,
+            oauth=data.oauth,
+            enabled=data.enabled,
+        )
+        if data.bearer_token is not None:
+            row.encrypted_secret = _seal(res, row, data.bearer_token)
+        try:
+            async with tenant_transaction(res.engine, ctx) as db:
+                await ensure_member(db, request.user)
+                db.add(row)
+        except IntegrityError as exc:
+            raise ClientException(
+                f"an MCP configuration named {data.name!r} already exists in this scope", status_code=409
+            ) from exc
+        return config_out(row)
+
+    @get("/")
+    async def list_configurations(
+        self,
+        request: Request[Principal, str, State],
+        state: State,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
+        cursor: Annotated[str | None, Parameter(max_length=400)] = None,
+    ) -> ConfigPage:
+        """Your effective MCP servers: the organization's and your own, by name."""
+        res = resources(state)
+        ctx = tenant_context(request.user)
+        query = effective(select(McpConfiguration), ctx)
+        if cursor:
+            name, ident = _after(cursor)
+            query = query.where(
+                (col(McpConfiguration.name) > name)
+                | ((col(McpConfiguration.name) == name) & (col(McpConfiguration.id) > ident))
+            )
+        query = query.order_by(col(McpConfiguration.name), col(McpConfiguration.id)).limit(limit + 1)
+        async with tenant_transaction(res.engine, ctx) as db:
+            rows = list(await db.exec(query))
+        page = rows[:limit]
+        return ConfigPage(
+            configurations=[config_out(r) for r in page],
+            next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
+        )
+
+    @get("/{config_id:uuid}")
+    async def get_configuration(
+        self, config_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> ConfigOut:
+        res = resources(state)
+        return config_out(await find_config(res, tenant_context(request.user), config_id))
+
+    @put("/{config_id:uuid}")
+    async def replace(
+        self, config_id: UUID, data: ConfigIn, request: Request[Principal, str, State], state: State
+    ) -> ConfigOut:
+        """Replace a configuration. Omitting `bearer_token` keeps the stored one (with auth_type bearer)."""
+        res = resources(state)
+        ctx = tenant_context(request.user)
+        row = await find_config(res, ctx, config_id)
+        _may_change(ctx, row)
+        if data.scope != row.scope:
+            raise ValidationException(
+                "scope cannot change; create a new configuration instead",
+                extra=[{"key": "scope", "message": f"is {row.scope}"}],
+            )
+        await _validate(data, res)
+        if data.auth_type == "bearer" and data.bearer_token is None and row.encrypted_secret is None:
+            raise ValidationException(
+                "bearer_token is required",
+                extra=[{"key": "bearer_token", "message": "required for auth_type bearer"}],
+            )
+        for name in (
+            "name",
+            "transport",
+            "endpoint_url",
+            "command",
+            "args",
+            "env",
+            "auth_type",
+            "oauth",
+            "enabled",
+        ):
+            setattr(row, name, getattr(data, name))
+        if data.bearer_token is not None:
+            row.encrypted_secret = _seal(res, row, data.bearer_token)
+        elif data.auth_type != "bearer":
+            row.encrypted_secret = None
+        row.updated_at = utcnow()
+        try:
+            async with tenant_transaction(res.engine, ctx) as db:
+                await db.merge(row)
+        except IntegrityError as exc:
+            raise ClientException(
+                f"an MCP configuration named {data.name!r} already exists in this scope", status_code=409
+            ) from exc
+        await res.redis.delete(res.names.mcp_tools(row.id))
+        return config_out(row)
+
+    @delete("/{config_id:uuid}", status_code=204)
+    async def remove(self, config_id: UUID, request: Request[Principal, str, State], state: State) -> None:
+        """Delete a configuration with its stored secret and tokens."""
+        res = resources(state)
+        ctx = tenant_context(request.user)
+        row = await find_config(res, ctx, config_id)
+        _may_change(ctx, row)
+        async with tenant_transaction(res.engine, ctx) as db:
+            stored = await db.get(McpConfiguration, row.id)
+            if stored is not None:
+                await db.delete(stored)
+        await res.redis.delete(res.names.mcp_tools(row.id), res.names.breaker(row.id))
+
+
+@post("/api/v1/mcp/test", tags=["mcp"])
+async def test_configuration(
+    data: TestRequest, request: Request[Principal, str, State], state: State
+) -> Response[WorkAnswer]:
+    """Connect to the server and list its tools, through a tools worker. Waits up to
+    `wait_seconds` for the answer (200), else answers 202 with the event id."""
+    res = resources(state)
+    ctx = tenant_context(request.user)
+    row = await find_config(res, ctx, data.config_id)
+    event = Event(
+        type=EventType.MCP_TEST_REQUESTED,
+        org_id=row.org_id,
+        user_id=ctx.user_id,
+        correlation_id=current_correlation_id(),
+        payload={"config_id": str(row.id), "reply": True},
+    )
+    return await request_work(res, event, data.wait_seconds)
+
+
+@post("/api/v1/sessions/{session_id:uuid}/tool-calls", tags=["mcp"])
+async def call_tool(
+    session_id: UUID, data: ToolCallRequest, request: Request[Principal, str, State], state: State
+) -> Response[WorkAnswer]:
+    """Call one of the session's MCP tools directly (from the frontend). Progress and the outcome
+    also arrive on the session's events as `tool_call`."""
+    res = resources(state)
+    ctx = tenant_context(request.user)
+    session = await find_session(state, request.user, session_id)
+    if session.user_id != ctx.user_id:
+        raise PermissionDeniedException("only the session's owner calls tools in it")
+    row = await find_config(res, ctx, data.config_id)
+    event = Event(
+        type=EventType.TOOL_CALL_REQUESTED,
+        org_id=row.org_id,
+        user_id=ctx.user_id,
+        session_id=session_id,
+        correlation_id=current_correlation_id(),
+        payload={
+            "config_id": str(row.id),
+            "tool": data.tool,
+            "arguments": data.arguments,
+            "timeout": data.timeout_seconds,
+            "source": "api",
+            "reply": True,
+        },
+    )
+    return await request_work(res, event, data.wait_seconds)

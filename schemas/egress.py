@@ -1,0 +1,149 @@
+"""Where MCP servers may be: endpoint URLs (SSRF rules) and stdio commands (allowlist, no shell).
+
+The ingress checks a configuration when it is saved; the tools worker checks the endpoint again
+right before it connects, so a name that resolved to a public address at save time and to an
+internal one later (DNS rebinding) is still refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from schemas.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Cloud metadata services, refused even if a network allowlist would cover them.
+METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),
+    ipaddress.ip_address("169.254.170.2"),
+    ipaddress.ip_address("fd00:ec2::254"),
+    ipaddress.ip_address("100.100.100.200"),
+}
+METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+# Shell metacharacters have no meaning without a shell; refusing them catches configurations
+# written for one (and arguments smuggling a second command) before they confuse anyone.
+SHELL_CHARACTERS = re.compile(r"[;|&`$<>\n\r]|\$\(")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Variables that change how a program loads code; a tenant must not set them for a server we run.
+FORBIDDEN_ENV = {"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "PYTHONPATH",
+                 "PYTHONSTARTUP", "NODE_OPTIONS", "PATH", "HOME", "BASH_ENV", "ENV"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EgressRefused(ValueError):
+    """A configuration field that points somewhere the platform will not go."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+def _allowlisted(host: str, addresses: list[IPAddress], settings: Settings) -> bool:
+    for entry in settings.mcp_egress_allowlist:
+        if entry.lower() == host.lower():
+            return True
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            continue
+        if addresses and all(address in network for address in addresses):
+            return True
+    return False
+
+
+def _refusal(address: IPAddress) -> str | None:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_private or address.is_reserved or address.is_multicast or address.is_unspecified:
+        return "a private or reserved address"
+    if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"):
+        return "a carrier-grade NAT address"
+    return None
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise EgressRefused("endpoint_url", f"host {host!r} does not resolve ({exc.strerror})") from exc
+    return sorted({ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, key=str)
+
+
+async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_url") -> None:
+    """Refuse URLs the platform must not connect to; raises EgressRefused naming the reason."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise EgressRefused(field, "must be an absolute https:// URL")
+    if parts.username or parts.password:
+        raise EgressRefused(field, "must not carry credentials; use the auth settings instead")
+    host = parts.hostname.rstrip(".").lower()
+    if host in METADATA_HOSTS:
+        raise EgressRefused(field, f"{host} is a cloud metadata service")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise EgressRefused(field, "has an invalid port") from exc
+    addresses = await resolve(host, port)
+    if any(address in METADATA_ADDRESSES for address in addresses):
+        raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
+    loopback = bool(addresses) and all(
+        (a.ipv4_mapped or a).is_loopback if isinstance(a, ipaddress.IPv6Address) else a.is_loopback
+        for a in addresses
+    )
+    if parts.scheme == "http" and not (settings.mcp_allow_insecure_http and loopback):
+        raise EgressRefused(
+            field,
+            "must use https (plain http is accepted only for loopback hosts with"
+            " AGENTAPI_MCP_ALLOW_INSECURE_HTTP on)",
+        )
+    if loopback and settings.mcp_allow_insecure_http:
+        return
+    if _allowlisted(host, addresses, settings):
+        return
+    for address in addresses:
+        reason = _refusal(address)
+        if reason:
+            shown = host if host == str(address) else f"{host} resolves to {address}, which is"
+            raise EgressRefused(
+                field,
+                f"{shown} {reason}; add it to AGENTAPI_MCP_EGRESS_ALLOWLIST if it is meant to be reached",
+            )
+
+
+def check_stdio(command: str, args: list[str], env: dict[str, str], settings: Settings) -> None:
+    """A stdio server runs an allowlisted program directly (no shell) with plain arguments."""
+    if SHELL_CHARACTERS.search(command) or " " in command.strip():
+        raise EgressRefused(
+            "command", "must be a single program name or path, without arguments or shell syntax"
+        )
+    # Exact match only: an allowlisted name must not admit a same-named program from another path.
+    if command not in settings.mcp_stdio_allowlist:
+        raise EgressRefused("command", f"{command!r} is not on this platform's stdio allowlist")
+    for index, arg in enumerate(args):
+        if SHELL_CHARACTERS.search(arg):
+            raise EgressRefused(
+                f"args[{index}]", "must not contain shell metacharacters (; | & ` $ < > newline)"
+            )
+    for key in env:
+        if not ENV_KEY.match(key):
+            raise EgressRefused(f"env.{key}", "must be a variable name (letters, digits, underscore)")
+        if key.upper() in FORBIDDEN_ENV:
+            raise EgressRefused(f"env.{key}", "may not be set for an MCP server")

@@ -1,0 +1,97 @@
+"""A real MCP server for tests, built with fastmcp: stdio, or Streamable HTTP behind a bearer token.
+
+    python -m tests.fakes.mcp_server stdio
+    python -m tests.fakes.mcp_server http --port P --token T
+
+Tools: ``echo``, ``add``, ``progress`` (reports progress, then answers), ``fail`` (a tool error),
+and ``hang`` (never answers, for timeouts and the circuit breaker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+from typing import Any
+
+from fastmcp import Context, FastMCP
+from fastmcp.exceptions import ToolError
+
+server = FastMCP("agentapi-test-tools")
+
+
+@server.tool
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return f"echo: {text}"
+
+
+@server.tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool
+async def progress(steps: int, ctx: Context) -> str:
+    """Report progress ``steps`` times, then answer."""
+    for step in range(steps):
+        await ctx.report_progress(step + 1, steps)
+        await asyncio.sleep(0.05)
+    return f"done after {steps} steps"
+
+
+@server.tool
+def fail(reason: str) -> str:
+    """Always fails with a tool error."""
+    raise ToolError(f"refused: {reason}")
+
+
+@server.tool
+async def hang() -> str:
+    """Never answers."""
+    await asyncio.sleep(3600)
+    return "unreachable"
+
+
+class BearerOnly:
+    """ASGI wrapper: every request needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"text/plain")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"bearer token required"})
+                return
+        await self.app(scope, receive, send)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("transport", choices=["stdio", "http"])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default="")
+    args = parser.parse_args()
+    if args.transport == "stdio":
+        server.run(transport="stdio", show_banner=False)
+        return
+    import uvicorn
+
+    app = server.http_app(path="/mcp")
+    uvicorn.run(
+        BearerOnly(app, args.token), host="127.0.0.1", port=args.port, log_level="warning", lifespan="on"
+    )
+
+
+if __name__ == "__main__":
+    main()

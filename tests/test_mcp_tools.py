@@ -1,0 +1,204 @@
+"""MCP tools through the running system: real MCP servers, tools workers, answers over Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from tests.fixtures.stack import REPO, Stack, free_port
+from tests.test_skeleton_e2e import ECHO, read_events
+
+pytestmark = pytest.mark.timeout(180)
+
+EVERYTHING = str(REPO / "node_modules" / ".bin" / "mcp-server-everything")
+STACK_ENV = {
+    "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
+    "AGENTAPI_MCP_STDIO_ALLOWLIST": json.dumps([sys.executable, EVERYTHING]),
+    "AGENTAPI_MCP_CALL_TIMEOUT_SECONDS": "20",
+    "AGENTAPI_MCP_BREAKER_THRESHOLD": "2",
+    "AGENTAPI_MCP_BREAKER_RESET_SECONDS": "3",
+    "AGENTAPI_MAX_SESSIONS_PER_USER": "20",
+}
+FASTMCP_STDIO = {
+    "transport": "stdio",
+    "command": sys.executable,
+    "args": ["-m", "tests.fakes.mcp_server", "stdio"],
+}
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[tuple[str, str]]:
+    """The test MCP server over Streamable HTTP, accepting only its bearer token."""
+    token, port = secrets.token_urlsafe(24), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), "--token", token],
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    for _ in range(100):
+        try:
+            httpx.get(url, timeout=0.5)
+            break
+        except httpx.HTTPError:
+            import time
+
+            time.sleep(0.1)
+    yield url, token
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def tools_stack(stack: Stack) -> Stack:
+    stack.start_worker("tools", "audit")
+    return stack
+
+
+@pytest.fixture
+async def client(tools_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=tools_stack.base_url, timeout=60) as http:
+        yield http
+
+
+async def create_config(client: httpx.AsyncClient, stack: Stack, **body: object) -> dict[str, object]:
+    body.setdefault("name", f"cfg-{secrets.token_hex(4)}")
+    response = await client.post("/api/v1/mcp/configurations", json=body, headers=stack.headers())
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def start_session(client: httpx.AsyncClient, stack: Stack) -> str:
+    response = await client.post("/api/v1/sessions", json=ECHO, headers=stack.headers())
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+async def call(
+    client: httpx.AsyncClient,
+    stack: Stack,
+    session_id: str,
+    config_id: object,
+    tool: str,
+    **arguments: object,
+) -> dict[str, object]:
+    response = await client.post(
+        f"/api/v1/sessions/{session_id}/tool-calls",
+        json={"config_id": str(config_id), "tool": tool, "arguments": arguments},
+        headers=stack.headers(),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "completed"
+    return body["result"]
+
+
+def text_of(result: dict[str, object]) -> str:
+    return " ".join(block["text"] for block in result["content"] if block["type"] == "text")  # type: ignore[index, union-attr]
+
+
+async def test_fastmcp_server_over_stdio(client: httpx.AsyncClient, tools_stack: Stack) -> None:
+    config = await create_config(client, tools_stack, **FASTMCP_STDIO)
+    tested = await client.post(
+        "/api/v1/mcp/test", json={"config_id": config["id"]}, headers=tools_stack.headers()
+    )
+    assert tested.status_code == 200, tested.text
+    result = tested.json()["result"]
+    assert result["ok"] is True
+    assert {tool["name"] for tool in result["tools"]} >= {"echo", "add", "progress", "hang"}
+
+    session_id = await start_session(client, tools_stack)
+    added = await call(client, tools_stack, session_id, config["id"], "add", a=20, b=22)
+    assert added["ok"] is True and text_of(added) == "42"
+    failed = await call(client, tools_stack, session_id, config["id"], "fail", reason="not today")
+    assert failed["ok"] is False and failed["error_code"] == "tool_error" and "not today" in failed["error"]
+
+
+async def test_fastmcp_server_over_http_with_bearer(
+    client: httpx.AsyncClient, tools_stack: Stack, http_server: tuple[str, str]
+) -> None:
+    url, token = http_server
+    config = await create_config(
+        client, tools_stack, transport="http", endpoint_url=url, auth_type="bearer", bearer_token=token
+    )
+    assert "bearer_token" not in config and config["has_secret"] is True
+    assert token not in json.dumps(config)
+    session_id = await start_session(client, tools_stack)
+    echoed = await call(client, tools_stack, session_id, config["id"], "echo", text="over http")
+    assert echoed["ok"] is True and text_of(echoed) == "echo: over http"
+
+    # The progress and the outcome also reach the session's event stream.
+    done = await call(client, tools_stack, session_id, config["id"], "progress", steps=3)
+    assert text_of(done) == "done after 3 steps"
+    events = await read_events(
+        client,
+        f"/api/v1/sessions/{session_id}/events",
+        tools_stack.headers(),
+        until=lambda e: (
+            e.event == "tool_call"
+            and json.loads(e.data)["type"] == "tool_call.completed"
+            and json.loads(e.data)["tool"] == "progress"
+        ),
+    )
+    progress = [json.loads(e.data) for e in events if e.event == "tool_call"]
+    assert [p["progress"] for p in progress if p["type"] == "tool_call.progress"] == [1, 2, 3]
+
+    wrong = await create_config(
+        client,
+        tools_stack,
+        transport="http",
+        endpoint_url=url,
+        auth_type="bearer",
+        bearer_token="wrong-token",
+    )
+    refused = await call(client, tools_stack, session_id, wrong["id"], "echo", text="x")
+    assert refused["ok"] is False and refused["error_code"] == "unavailable"
+
+
+async def test_server_everything_over_stdio(client: httpx.AsyncClient, tools_stack: Stack) -> None:
+    config = await create_config(client, tools_stack, transport="stdio", command=EVERYTHING, args=["stdio"])
+    tested = await client.post(
+        "/api/v1/mcp/test", json={"config_id": config["id"]}, headers=tools_stack.headers()
+    )
+    result = tested.json()["result"]
+    assert result["ok"] is True, result
+    names = {tool["name"] for tool in result["tools"]}
+    assert "echo" in names
+    session_id = await start_session(client, tools_stack)
+    echoed = await call(client, tools_stack, session_id, config["id"], "echo", message="hello everything")
+    assert echoed["ok"] is True and "hello everything" in text_of(echoed)
+
+
+async def test_a_hanging_server_times_out_then_the_breaker_opens_and_closes(
+    client: httpx.AsyncClient, tools_stack: Stack
+) -> None:
+    config = await create_config(client, tools_stack, **FASTMCP_STDIO)
+    session_id = await start_session(client, tools_stack)
+
+    async def hang() -> dict[str, object]:
+        response = await client.post(
+            f"/api/v1/sessions/{session_id}/tool-calls",
+            json={"config_id": config["id"], "tool": "hang", "timeout_seconds": 1},
+            headers=tools_stack.headers(),
+        )
+        return response.json()["result"]
+
+    first = await hang()
+    assert first["ok"] is False and first["error_code"] == "timeout"
+    # The worker stays healthy: an ordinary call right after works.
+    assert text_of(await call(client, tools_stack, session_id, config["id"], "add", a=1, b=1)) == "2"
+    second = await hang()
+    third = await hang()
+    assert (second["error_code"], third["error_code"]) == ("timeout", "timeout")
+    # Two timeouts in a row (the threshold): the breaker is open and fails fast without calling.
+    fast = await call(client, tools_stack, session_id, config["id"], "add", a=2, b=2)
+    assert fast["ok"] is False and fast["error_code"] == "circuit_open"
+    await asyncio.sleep(3.5)
+    recovered = await call(client, tools_stack, session_id, config["id"], "add", a=2, b=2)
+    assert recovered["ok"] is True and text_of(recovered) == "4"

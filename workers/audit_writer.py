@@ -1,0 +1,186 @@
+"""The ``audit`` pool: ``audit.recorded`` events from the audit work stream into ``audit_logs``.
+
+It reads the stream through the dispatchers' consumer group itself, in batches, and acknowledges
+a batch only after its transaction committed. While PostgreSQL is down nothing is acknowledged:
+the events wait in Redis and are written when it is back. Rows are idempotent by event id, so an
+event delivered twice is stored once, and each org's rows are hash-chained in ``seq`` order under
+a per-org advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+from uuid import UUID
+
+import redis
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+
+from events.consumer import StreamConsumer
+from events.envelope import Event, EventType
+from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
+from schemas.audit_chain import PLATFORM, row_hash
+from schemas.db import create_engine, tenant_transaction
+from schemas.settings import Settings
+from schemas.tables import AuditLog
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+OUTCOMES = {"success", "failure", "denied", "error"}
+
+
+def _row(event: Event) -> dict[str, Any]:
+    payload = event.payload
+    outcome = payload.get("outcome") if payload.get("outcome") in OUTCOMES else "error"
+    return {
+        "org_id": event.org_id,
+        "event_id": event.id,
+        "ts": event.ts,
+        "actor_user_id": event.user_id,
+        "action": str(payload.get("action") or "unknown")[:100],
+        "resource_type": (str(payload["resource_type"])[:64] if payload.get("resource_type") else None),
+        "resource_id": (str(payload["resource_id"])[:128] if payload.get("resource_id") else None),
+        "outcome": outcome,
+        "ip": (str(payload["ip"])[:64] if payload.get("ip") else None),
+        "user_agent": (str(payload["user_agent"])[:512] if payload.get("user_agent") else None),
+        "correlation_id": event.correlation_id[:128],
+        "details": payload.get("details") if isinstance(payload.get("details"), dict) else {},
+    }
+
+
+async def write_batch(engine: AsyncEngine, events: list[Event]) -> int:
+    """Store the events not stored yet, chained per org; returns how many rows were written."""
+    if not events:
+        return 0
+    written = 0
+    postgres = engine.dialect.name == "postgresql"
+    async with tenant_transaction(engine, PLATFORM) as db:
+        ids = [event.id for event in events]
+        existing = set(
+            (await db.exec(select(AuditLog.event_id).where(col(AuditLog.event_id).in_(ids)))).all()
+        )
+        by_org: dict[UUID, list[Event]] = {}
+        for event in events:
+            if event.id not in existing:
+                existing.add(event.id)
+                by_org.setdefault(event.org_id, []).append(event)
+        for org_id, org_events in sorted(by_org.items(), key=lambda item: str(item[0])):
+            if postgres:
+                # Two writers appending to one org's chain would fork it; they take turns per org.
+                await db.exec(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:org, 7))").bindparams(
+                        org=str(org_id)
+                    )
+                )  # type: ignore[call-overload]
+            last = (
+                await db.exec(
+                    select(AuditLog.seq, AuditLog.hash)
+                    .where(AuditLog.org_id == org_id)
+                    .order_by(col(AuditLog.seq).desc())
+                    .limit(1)
+                )
+            ).first()
+            seq, prev_hash = (int(last[0]), str(last[1])) if last else (0, None)
+            for event in sorted(org_events, key=lambda e: e.id):
+                seq += 1
+                row = _row(event) | {"seq": seq}
+                digest = row_hash(prev_hash, row)
+                db.add(AuditLog(**row, prev_hash=prev_hash, hash=digest))
+                prev_hash = digest
+                written += 1
+    return written
+
+
+class AuditWriter:
+    """Runs in a thread of ``agentapi worker --queues audit`` with its own event loop."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, consumer_name: str) -> None:
+        self.settings = settings
+        self.names = Names(settings.redis_prefix)
+        self.client = client
+        # Reuses the consumer's claiming and dead-lettering; the batch write replaces its handler.
+        self.consumer = StreamConsumer(
+            client,
+            self.names,
+            self.names.work(WorkKind.AUDIT),
+            DISPATCH_GROUP,
+            consumer_name,
+            handler=lambda _: None,
+            claim_idle_ms=settings.dispatch_claim_idle_ms,
+            batch=BATCH,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        asyncio.run(self._run(stop))
+
+    async def _run(self, stop: threading.Event) -> None:
+        engine = create_engine(self.settings.database_url, pool_size=2)
+        self.consumer.ensure_group()
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    entries = await asyncio.to_thread(self._read)
+                    events = self._parse(entries)
+                    if events:
+                        await write_batch(engine, [event for _, event in events])
+                    done = [entry_id for entry_id, _ in events]
+                    if done:
+                        await asyncio.to_thread(self.client.xack, self.consumer.stream, DISPATCH_GROUP, *done)
+                    backoff = 0.5
+                except (OperationalError, DBAPIError, OSError) as exc:
+                    # The database is away: keep everything pending and try again shortly.
+                    log.warning(
+                        "audit writer cannot reach the database, retrying in %.1f s: %s", backoff, exc
+                    )
+                    await asyncio.to_thread(stop.wait, backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except redis.ConnectionError as exc:
+                    log.warning("audit writer lost Redis, retrying: %s", exc)
+                    await asyncio.to_thread(stop.wait, 1.0)
+        finally:
+            await engine.dispose()
+
+    def _read(self) -> list[tuple[str, dict[str, str]]]:
+        """Entries another writer left unacknowledged first (it died), then new ones."""
+        _, claimed, _ = self.client.xautoclaim(
+            self.consumer.stream,
+            DISPATCH_GROUP,
+            self.consumer.consumer,
+            min_idle_time=self.settings.dispatch_claim_idle_ms,
+            start_id="0-0",
+            count=BATCH,
+        )
+        # Our own pending entries (a batch whose write failed) come back before new ones.
+        own = self.client.xreadgroup(
+            DISPATCH_GROUP, self.consumer.consumer, {self.consumer.stream: "0"}, count=BATCH
+        )
+        pending = [entry for _, entries in own or [] for entry in entries if entry[1]]
+        if claimed or pending:
+            return [*claimed, *pending]
+        fresh = self.client.xreadgroup(
+            DISPATCH_GROUP, self.consumer.consumer, {self.consumer.stream: ">"}, count=BATCH, block=1000
+        )
+        return [entry for _, entries in fresh or [] for entry in entries]
+
+    def _parse(self, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[str, Event]]:
+        events: list[tuple[str, Event]] = []
+        for entry_id, fields in entries:
+            raw = fields.get(FIELD, "")
+            try:
+                event = Event.from_wire(raw)
+            except (ValueError, ValidationError) as exc:
+                self.consumer.dead_letter(entry_id, raw, f"unparseable envelope: {exc}")
+                continue
+            if event.type != EventType.AUDIT_RECORDED:
+                self.consumer.dead_letter(entry_id, raw, f"{event.type} is not an audit event")
+                continue
+            events.append((entry_id, event))
+        return events

@@ -1,0 +1,193 @@
+"""Talking to a tenant's MCP server from a tools worker: one fastmcp Client per configuration,
+reused across calls, with a call timeout, retries for connection failures, and the egress check
+repeated right before connecting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from fastmcp import Client
+from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
+from mcp.shared.exceptions import MCPError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from schemas.egress import check_endpoint
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_POOLED_CLIENTS = 64
+CONNECT_ATTEMPTS = 3
+
+
+class McpUnavailable(Exception):
+    """The server could not be reached or did not answer in time (counts against its breaker)."""
+
+
+class McpTimeout(McpUnavailable):
+    pass
+
+
+class McpToolError(Exception):
+    """The server answered with an error: the call reached it, so the breaker does not count it."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What a worker needs to reach one MCP server, secrets already opened."""
+
+    config_id: UUID
+    version: datetime
+    transport: str
+    endpoint_url: str | None
+    command: str | None
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    # The bearer or OAuth access token; it lives only in this process's memory and the request header.
+    token: str | None = None
+
+    @property
+    def pool_key(self) -> tuple[UUID, datetime, str | None]:
+        return (self.config_id, self.version, self.token)
+
+
+ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+def _transport(spec: ServerSpec) -> Any:
+    if spec.transport == "stdio":
+        assert spec.command is not None
+        # A server's stderr can echo its inputs; it stays out of the platform's logs.
+        return StdioTransport(spec.command, list(spec.args), env=dict(spec.env), log_file=Path(os.devnull))
+    assert spec.endpoint_url is not None
+    auth = spec.token  # fastmcp sends it as "Authorization: Bearer <token>"
+    if spec.transport == "sse":
+        return SSETransport(spec.endpoint_url, auth=auth)
+    return StreamableHttpTransport(spec.endpoint_url, auth=auth)
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (RuntimeError, OSError, ConnectionError)) and not isinstance(exc, McpToolError)
+
+
+class ClientPool:
+    """Connected clients by configuration version, least recently used evicted.
+
+    Reuse keeps stdio servers running between calls and HTTP sessions initialised. A client that
+    fails is closed and forgotten, so the next call reconnects.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._clients: OrderedDict[tuple[UUID, datetime, str | None], Client[Any]] = OrderedDict()
+
+    async def _connect(self, spec: ServerSpec) -> Client[Any]:
+        client = self._clients.get(spec.pool_key)
+        if client is not None:
+            self._clients.move_to_end(spec.pool_key)
+            return client
+        if spec.endpoint_url:
+            await check_endpoint(spec.endpoint_url, self.settings)
+        timeout = self.settings.mcp_call_timeout_seconds
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(CONNECT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.2, max=2),
+            retry=retry_if_exception(_is_connection_failure),
+            reraise=True,
+        ):
+            with attempt:
+                client = Client(_transport(spec), timeout=timeout, init_timeout=min(timeout, 30))
+                await client.__aenter__()
+        assert client is not None
+        self._clients[spec.pool_key] = client
+        while len(self._clients) > MAX_POOLED_CLIENTS:
+            _, oldest = self._clients.popitem(last=False)
+            await _close(oldest)
+        return client
+
+    async def discard(self, spec: ServerSpec) -> None:
+        client = self._clients.pop(spec.pool_key, None)
+        if client is not None:
+            await _close(client)
+
+    async def close(self) -> None:
+        while self._clients:
+            _, client = self._clients.popitem()
+            await _close(client)
+
+    async def list_tools(self, spec: ServerSpec) -> list[dict[str, Any]]:
+        client = await self._guarded_connect(spec)
+        try:
+            tools = await client.list_tools()
+        except MCPError as exc:
+            await self.discard(spec)
+            raise _classify(exc) from exc
+        except (RuntimeError, OSError) as exc:
+            await self.discard(spec)
+            raise McpUnavailable(f"the MCP server stopped answering: {exc}") from exc
+        return [
+            {"name": tool.name, "description": tool.description or "", "input_schema": tool.input_schema}
+            for tool in tools
+        ]
+
+    async def call_tool(
+        self,
+        spec: ServerSpec,
+        name: str,
+        arguments: dict[str, Any],
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        client = await self._guarded_connect(spec)
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            if on_progress is not None:
+                await on_progress(done, total, message)
+
+        try:
+            result = await client.call_tool(
+                name, arguments, timeout=timeout, progress_handler=progress, raise_on_error=False
+            )
+        except MCPError as exc:
+            error = _classify(exc)
+            if isinstance(error, McpUnavailable):
+                # A timed-out session may be stuck on the server side; start afresh next time.
+                await self.discard(spec)
+            raise error from exc
+        except (RuntimeError, OSError) as exc:
+            await self.discard(spec)
+            raise McpUnavailable(f"the MCP server stopped answering: {exc}") from exc
+        content = [block.model_dump(mode="json", exclude_none=True) for block in result.content]
+        if result.is_error:
+            text = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
+            raise McpToolError(text or f"tool {name} failed")
+        return {"content": content, "structured_content": result.structured_content}
+
+    async def _guarded_connect(self, spec: ServerSpec) -> Client[Any]:
+        try:
+            return await self._connect(spec)
+        except MCPError as exc:
+            raise McpUnavailable(f"the MCP server refused the connection: {exc}") from exc
+        except (RuntimeError, OSError) as exc:
+            raise McpUnavailable(f"cannot connect to the MCP server: {exc}") from exc
+
+
+def _classify(exc: MCPError) -> Exception:
+    text = str(exc)
+    if "timed out" in text.lower():
+        return McpTimeout("the MCP server did not answer in time")
+    return McpToolError(text)
+
+
+async def _close(client: Client[Any]) -> None:
+    with contextlib.suppress(Exception):
+        await client.__aexit__(None, None, None)

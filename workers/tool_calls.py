@@ -1,0 +1,249 @@
+"""The ``tools`` pool's work: MCP tool calls and connection tests, answered over the result path.
+
+Each request names an MCP configuration; the worker loads it under the requester's tenant
+context (RLS decides whether they may use it), opens its secret, goes through the server's circuit
+breaker and the client pool, then answers: on the session's event log when there is a session,
+and on the request's reply stream when the ingress is waiting. Every tool call is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+from sqlmodel import select
+
+from events.audit import audit_event, redact_details
+from events.envelope import Event, EventType
+from events.publisher import publish
+from events.results import append_reply
+from schemas.crypto import DecryptionError, SecretRef
+from schemas.db import TenantContext, tenant_transaction
+from schemas.egress import EgressRefused
+from schemas.tables import McpConfiguration, McpOAuthToken
+from workers.circuit_breaker import CircuitBreaker, CircuitOpen
+from workers.context import WorkerContext
+from workers.mcp_client import ClientPool, McpTimeout, McpToolError, McpUnavailable, ServerSpec
+
+log = logging.getLogger(__name__)
+
+
+class ToolRequestError(Exception):
+    """The request cannot be served as asked (unknown configuration, not connected, refused)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ToolService:
+    def __init__(self, context: WorkerContext) -> None:
+        self.context = context
+        settings = context.settings
+        self.pool = ClientPool(settings)
+        self.breaker = CircuitBreaker(
+            context.redis, context.names, settings.mcp_breaker_threshold, settings.mcp_breaker_reset_seconds
+        )
+
+    async def load(self, event: Event) -> tuple[McpConfiguration, ServerSpec]:
+        raw_id = event.payload.get("config_id")
+        try:
+            config_id = UUID(str(raw_id))
+        except ValueError as exc:
+            raise ToolRequestError("not_found", "no such MCP configuration") from exc
+        # The requester's own context: RLS shows org configs and only their own user configs.
+        ctx = TenantContext(org_id=event.org_id, user_id=event.user_id, role="member")
+        async with tenant_transaction(self.context.engine, ctx) as db:
+            row = (
+                await db.exec(
+                    select(McpConfiguration).where(
+                        McpConfiguration.id == config_id, McpConfiguration.org_id == event.org_id
+                    )
+                )
+            ).first()
+            if row is None or not row.enabled:
+                raise ToolRequestError("not_found", "no such MCP configuration, or it is disabled")
+            token = await self._token(db, row, event)
+        spec = ServerSpec(
+            config_id=row.id,
+            version=row.updated_at,
+            transport=row.transport,
+            endpoint_url=row.endpoint_url,
+            command=row.command,
+            args=tuple(row.args),
+            env=tuple(sorted(row.env.items())),
+            token=token,
+        )
+        return row, spec
+
+    async def _token(self, db: Any, row: McpConfiguration, event: Event) -> str | None:
+        ring = self.context.settings.key_ring()
+        try:
+            if row.auth_type == "bearer" and row.encrypted_secret:
+                return ring.decrypt(
+                    row.encrypted_secret,
+                    SecretRef("mcp_configurations", "encrypted_secret", row.id, row.org_id),
+                )
+            if row.auth_type == "oauth":
+                grant = (
+                    await db.exec(
+                        select(McpOAuthToken).where(
+                            McpOAuthToken.configuration_id == row.id, McpOAuthToken.user_id == event.user_id
+                        )
+                    )
+                ).first()
+                if grant is None or grant.status != "connected":
+                    raise ToolRequestError(
+                        "needs_auth",
+                        f"{row.name} needs authorization: connect it with POST /api/v1/mcp/oauth/init",
+                    )
+                return ring.decrypt(
+                    grant.encrypted_access_token,
+                    SecretRef("mcp_oauth_tokens", "encrypted_access_token", grant.id, grant.org_id),
+                )
+        except DecryptionError as exc:
+            log.error("secret of MCP configuration %s does not open: %s", row.id, exc)
+            raise ToolRequestError(
+                "secret_unavailable", "the configuration's secret cannot be opened"
+            ) from exc
+        return None
+
+    async def list_tools(self, event: Event) -> None:
+        """``mcp.test_requested``: connect, list the tools, cache them for the gateway, answer."""
+        started = time.monotonic()
+        payload: dict[str, Any]
+        try:
+            row, spec = await self.load(event)
+            tools = await self._guarded(spec, self.pool.list_tools(spec))
+            await self.context.redis.set(
+                self.context.names.mcp_tools(row.id),
+                json.dumps({"version": row.updated_at.isoformat(), "tools": tools}),
+                ex=max(self.context.settings.mcp_tools_cache_seconds, 1),
+            )
+            payload = {"ok": True, "config_id": str(row.id), "tools": tools}
+        except (ToolRequestError, McpToolError, McpUnavailable, CircuitOpen, EgressRefused) as exc:
+            payload = {"ok": False, "config_id": str(event.payload.get("config_id")), **_error(exc)}
+        payload["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        await self._answer(event, EventType.MCP_TEST_COMPLETED, payload)
+
+    async def call_tool(self, event: Event) -> None:
+        """``tool_call.requested``: call one tool, report progress and the outcome, audit it."""
+        started = time.monotonic()
+        tool = str(event.payload.get("tool", ""))
+        arguments = event.payload.get("arguments") or {}
+        config_id = str(event.payload.get("config_id"))
+        outcome, result_type = "success", EventType.TOOL_CALL_COMPLETED
+        payload: dict[str, Any] = {"call_id": event.id, "config_id": config_id, "tool": tool}
+        try:
+            _, spec = await self.load(event)
+
+            async def on_progress(done: float, total: float | None, message: str | None) -> None:
+                if event.session_id is not None:
+                    await self._session_event(
+                        event,
+                        EventType.TOOL_CALL_PROGRESS,
+                        {
+                            "call_id": event.id,
+                            "tool": tool,
+                            "progress": done,
+                            "total": total,
+                            "message": message,
+                        },
+                    )
+
+            timeout = float(event.payload.get("timeout") or self.context.settings.mcp_call_timeout_seconds)
+            result = await self._guarded(
+                spec, self.pool.call_tool(spec, tool, dict(arguments), timeout, on_progress)
+            )
+            payload |= {"ok": True, **result}
+        except (ToolRequestError, McpToolError, McpUnavailable, CircuitOpen, EgressRefused) as exc:
+            outcome, result_type = (
+                ("error" if isinstance(exc, McpToolError) else "failure"),
+                EventType.TOOL_CALL_FAILED,
+            )
+            payload |= {"ok": False, **_error(exc)}
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        payload["duration_ms"] = duration_ms
+        await self._answer(event, result_type, payload)
+        await publish(
+            self.context.redis,
+            self.context.names,
+            audit_event(
+                org_id=event.org_id,
+                actor_user_id=event.user_id,
+                action="mcp.tool_call",
+                outcome=outcome,
+                resource_type="mcp_configuration",
+                resource_id=config_id,
+                details={
+                    "tool": tool,
+                    "source": event.payload.get("source", "api"),
+                    "duration_ms": duration_ms,
+                    "arguments": redact_details(arguments),
+                    "error": payload.get("error"),
+                },
+                correlation_id=event.correlation_id,
+                session_id=event.session_id,
+            ),
+        )
+
+    async def _guarded(self, spec: ServerSpec, work: Any) -> Any:
+        """Runs ``work`` behind the server's circuit breaker."""
+        try:
+            await self.breaker.before_call(spec.config_id)
+        except CircuitOpen:
+            work.close()
+            raise
+        try:
+            result = await work
+        except McpUnavailable:
+            if await self.breaker.record_failure(spec.config_id):
+                log.warning("circuit opened for MCP configuration %s", spec.config_id)
+            raise
+        await self.breaker.record_success(spec.config_id)
+        return result
+
+    async def _session_event(self, request: Event, type_: EventType, payload: dict[str, Any]) -> None:
+        await self.context.emit(
+            Event(
+                type=type_,
+                org_id=request.org_id,
+                user_id=request.user_id,
+                session_id=request.session_id,
+                correlation_id=request.correlation_id,
+                payload=payload,
+            )
+        )
+
+    async def _answer(self, request: Event, type_: EventType, payload: dict[str, Any]) -> None:
+        answer = Event(
+            type=type_,
+            org_id=request.org_id,
+            user_id=request.user_id,
+            session_id=request.session_id,
+            correlation_id=request.correlation_id,
+            payload=payload,
+        )
+        if request.session_id is not None:
+            await self.context.emit(answer)
+        if request.payload.get("reply"):
+            await append_reply(self.context.redis, self.context.names, request.id, answer)
+
+
+def _error(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, ToolRequestError):
+        code = exc.code
+    elif isinstance(exc, CircuitOpen):
+        code = "circuit_open"
+    elif isinstance(exc, McpTimeout):
+        code = "timeout"
+    elif isinstance(exc, McpUnavailable):
+        code = "unavailable"
+    elif isinstance(exc, EgressRefused):
+        code = "egress_refused"
+    else:
+        code = "tool_error"
+    return {"error_code": code, "error": str(exc)}
