@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, asgi
+from litestar.handlers import ASGIRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.types import Receive, Scope, Send
 
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
+from api.mcp_gateway import build_gateway
 from api.problems import make_exception_handlers
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.sessions import SessionController
-from api.state import lifespan
+from api.state import lifespan, resources
 from schemas.observability import configure_process
-from schemas.settings import Settings, get_settings
+from schemas.settings import GATEWAY_PATH, Settings, get_settings
 
 VERSION = "0.1.0"
+
+
+def _gateway(app_ref: list[Litestar]) -> tuple[ASGIRouteHandler, Any]:
+    """The MCP gateway mount, and a lifespan that runs its fastmcp session manager."""
+    gateway, mcp_app = build_gateway(lambda: resources(app_ref[0].state))
+
+    @asgi(GATEWAY_PATH, is_mount=True, exclude_from_auth=True, copy_scope=True, include_in_schema=False)
+    async def mcp_gateway(scope: Scope, receive: Receive, send: Send) -> None:
+        await gateway(scope, receive, send)
+
+    @asynccontextmanager
+    async def gateway_lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with mcp_app.router.lifespan_context(mcp_app):
+            yield
+
+    return mcp_gateway, gateway_lifespan
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_process(settings, "ingress")
-    return Litestar(
+    app_ref: list[Litestar] = []
+    mcp_gateway, gateway_lifespan = _gateway(app_ref)
+    app = Litestar(
         route_handlers=[
             health,
             ready,
@@ -31,11 +56,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             McpConfigurationController,
             test_configuration,
             call_tool,
+            mcp_gateway,
         ],
         middleware=[correlation_middleware, auth_middleware(), json_content_type_middleware()],
         exception_handlers=make_exception_handlers(),
         request_max_body_size=settings.max_request_body_bytes,
-        lifespan=[lifespan(settings)],
+        lifespan=[lifespan(settings), gateway_lifespan],
         openapi_config=OpenAPIConfig(
             title="agentapi",
             version=VERSION,
@@ -46,3 +72,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
+    app_ref.append(app)
+    return app

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.crypto import KeyRing, KeyRingError
 
+# The ingress path of the per-session MCP gateway.
+GATEWAY_PATH = "/api/v1/mcp/gateway"
+
 
 def _env(name: str, *plain: str) -> AliasChoices:
     return AliasChoices(f"AGENTAPI_{name}", *plain)
@@ -187,6 +190,10 @@ class Settings(BaseSettings):
         if self.encryption_keys is None:
             raise KeyRingError("AGENTAPI_ENCRYPTION_KEYS is not set: this deployment cannot store secrets")
         return _parse_key_ring(self.encryption_keys.get_secret_value())
+
+    def gateway_url(self, session_id: object) -> str:
+        """Where a session's agent reaches its MCP gateway on the ingress."""
+        return f"{self.public_base_url.rstrip('/')}{GATEWAY_PATH}/{session_id}"
 
     @property
     def effective_jwks_url(self) -> str | None:

@@ -7,13 +7,18 @@ import json
 import secrets
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.fixtures.stack import REPO, Stack, free_port
-from tests.test_skeleton_e2e import ECHO, read_events
+from tests.test_skeleton_e2e import ECHO, named, read_events
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -202,3 +207,176 @@ async def test_a_hanging_server_times_out_then_the_breaker_opens_and_closes(
     await asyncio.sleep(3.5)
     recovered = await call(client, tools_stack, session_id, config["id"], "add", a=2, b=2)
     assert recovered["ok"] is True and text_of(recovered) == "4"
+
+
+def agent_said_prefix(prefix: str):  # type: ignore[no-untyped-def]
+    def match(sse) -> bool:  # type: ignore[no-untyped-def]
+        if sse.event != "message_update":
+            return False
+        data = json.loads(sse.data)
+        return data["role"] == "agent" and prefix in data["message"] and data["type"] == "message.completed"
+
+    return match
+
+
+def gateway_config(stack: Stack, session_id: str) -> dict[str, object]:
+    """What the agent was given: the MCP config file in its session's home."""
+    workspace = (
+        Path(stack.env["AGENTAPI_WORKSPACE_ROOT"]) / str(stack.org_id) / str(stack.user_id) / session_id
+    )
+    return json.loads((workspace / ".home" / ".agentapi" / "mcp.json").read_text())["mcpServers"]["agentapi"]
+
+
+async def test_the_gateway_serves_tenant_tools_to_the_session_token_only(
+    client: httpx.AsyncClient, tools_stack: Stack, http_server: tuple[str, str]
+) -> None:
+    url, bearer = http_server
+    config = await create_config(
+        client,
+        tools_stack,
+        name="remote",
+        transport="http",
+        endpoint_url=url,
+        auth_type="bearer",
+        bearer_token=bearer,
+    )
+    created = await client.post(
+        "/api/v1/sessions", json={**ECHO, "prompt": "/env"}, headers=tools_stack.headers()
+    )
+    session_id = str(created.json()["id"])
+    events = await read_events(
+        client,
+        f"/api/v1/sessions/{session_id}/events",
+        tools_stack.headers(),
+        until=agent_said_prefix("AGENTAPI_MCP_CONFIG="),
+    )
+    agent_environment = json.loads(events[-1].data)["message"]
+    entry = gateway_config(tools_stack, session_id)
+    gateway_url = str(entry["url"])
+    session_token = str(entry["headers"]["Authorization"]).removeprefix("Bearer ")  # type: ignore[index]
+    assert gateway_url == f"{tools_stack.base_url}/api/v1/mcp/gateway/{session_id}"
+
+    raw: list[bytes] = []
+
+    async def keep_body(response: httpx2.Response) -> None:
+        raw.append(await response.aread())
+
+    def capture(**kwargs: object) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(event_hooks={"response": [keep_body]}, **kwargs)  # type: ignore[arg-type]
+
+    transport = StreamableHttpTransport(gateway_url, auth=session_token, httpx_client_factory=capture)
+    async with Client(transport, timeout=60) as mcp:
+        names = {tool.name for tool in await mcp.list_tools()}
+        assert {"remote__echo", "remote__add"} <= names
+        result = await mcp.call_tool("remote__echo", {"text": "via the gateway"})
+        assert result.content[0].text == "echo: via the gateway"  # type: ignore[union-attr]
+        failed = await mcp.call_tool("remote__fail", {"reason": "nope"}, raise_on_error=False)
+        assert failed.is_error
+
+    # The tenant's bearer token is nowhere the agent or anyone else could read it.
+    assert raw and all(bearer.encode() not in body for body in raw)
+    assert bearer not in agent_environment and "AGENTAPI_MCP_CONFIG=" in agent_environment
+    assert bearer not in json.dumps(entry)
+    assert bearer not in tools_stack.logs()
+
+    # Only this session's live token opens this session's gateway.
+    for token, path in [
+        ("not-a-token", gateway_url),
+        (session_token, gateway_url.rsplit("/", 1)[0] + f"/{config['id']}"),
+    ]:
+        denied = await client.post(path, json={}, headers={"Authorization": f"Bearer {token}"})
+        assert denied.status_code == 401
+        assert denied.headers["content-type"].startswith("application/problem+json")
+    await client.delete(f"/api/v1/sessions/{session_id}", headers=tools_stack.headers())
+    await read_events(
+        client, f"/api/v1/sessions/{session_id}/events", tools_stack.headers(), until=named("session_ended")
+    )
+    after_end = await client.post(gateway_url, json={}, headers={"Authorization": f"Bearer {session_token}"})
+    assert after_end.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"transport": "http", "endpoint_url": "http://93.184.216.34/mcp"}, "endpoint_url", "must use https"),
+        ({"transport": "http", "endpoint_url": "https://10.0.0.8/mcp"}, "endpoint_url", "private"),
+        ({"transport": "sse", "endpoint_url": "https://169.254.169.254/sse"}, "endpoint_url", "metadata"),
+        ({"transport": "http", "endpoint_url": "https://[fd00::1]/mcp"}, "endpoint_url", "private"),
+        ({"transport": "stdio", "command": "/bin/sh", "args": ["-c", "id"]}, "command", "allowlist"),
+        (
+            {"transport": "stdio", "command": sys.executable, "args": ["-m", "x;id"]},
+            "args[1]",
+            "metacharacters",
+        ),
+        ({"transport": "stdio", "command": sys.executable, "args": ["a|b"]}, "args[0]", "metacharacters"),
+    ],
+)
+async def test_configurations_pointing_somewhere_unsafe_are_422(
+    client: httpx.AsyncClient, tools_stack: Stack, body: dict[str, object], field: str, words: str
+) -> None:
+    response = await client.post(
+        "/api/v1/mcp/configurations", json={"name": "unsafe", **body}, headers=tools_stack.headers()
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert words in problem["detail"]
+    assert any(error["field"] == field for error in problem["errors"])
+
+
+async def test_configuration_rules_scopes_and_tenants(
+    client: httpx.AsyncClient, tools_stack: Stack, pg_urls
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.fixtures.stack import seed_async
+
+    member = tools_stack.headers()
+    denied = await client.post(
+        "/api/v1/mcp/configurations",
+        json={"name": "orgwide", "scope": "organization", **FASTMCP_STDIO},
+        headers=member,
+    )
+    assert denied.status_code == 403
+    admin = tools_stack.headers(role="admin")
+    org_config = (
+        await client.post(
+            "/api/v1/mcp/configurations",
+            json={"name": "orgwide", "scope": "organization", **FASTMCP_STDIO},
+            headers=admin,
+        )
+    ).json()
+    duplicate = await client.post(
+        "/api/v1/mcp/configurations",
+        json={"name": "orgwide", "scope": "organization", **FASTMCP_STDIO},
+        headers=admin,
+    )
+    assert duplicate.status_code == 409
+    listed = (await client.get("/api/v1/mcp/configurations?limit=100", headers=member)).json()[
+        "configurations"
+    ]
+    assert org_config["id"] in {c["id"] for c in listed}
+    assert (
+        await client.delete(f"/api/v1/mcp/configurations/{org_config['id']}", headers=member)
+    ).status_code == 403
+
+    other_org, other_user = uuid.uuid4(), uuid.uuid4()
+    await seed_async(pg_urls.owner, other_org, other_user, "Other MCP Org")
+    other = tools_stack.headers(org_id=other_org, user_id=other_user, role="owner")
+    for method, path in [
+        ("GET", f"/api/v1/mcp/configurations/{org_config['id']}"),
+        ("DELETE", f"/api/v1/mcp/configurations/{org_config['id']}"),
+    ]:
+        response = await client.request(method, path, headers=other)
+        assert response.status_code == 404 and "orgwide" not in response.text
+    put = await client.put(
+        f"/api/v1/mcp/configurations/{org_config['id']}",
+        json={"name": "stolen", **FASTMCP_STDIO},
+        headers=other,
+    )
+    assert put.status_code == 404
+    tested = await client.post("/api/v1/mcp/test", json={"config_id": org_config["id"]}, headers=other)
+    assert tested.status_code == 404
+    other_listing = (await client.get("/api/v1/mcp/configurations", headers=other)).json()["configurations"]
+    assert org_config["id"] not in {c["id"] for c in other_listing}
+    assert (
+        await client.delete(f"/api/v1/mcp/configurations/{org_config['id']}", headers=admin)
+    ).status_code == 204

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +101,7 @@ class SessionHost:
         self.last_activity = time.monotonic()
         self.conversation: Conversation | None = None
         self._persisted: dict[int, str] = {}
+        self._gateway_key: str | None = None
 
     async def run(self) -> None:
         log.info("hosting session %s (%s) on %s", self.session_id, self.agent_type, self.context.worker_id)
@@ -146,6 +150,7 @@ class SessionHost:
         home = workspace / ".home"
         home.mkdir(mode=0o700, exist_ok=True)
         custom = self.event.payload.get("custom_agent")
+        gateway_token = await self._issue_gateway_token()
         ctx = LaunchContext(
             session_id=self.event.session_id,  # type: ignore[arg-type]
             org_id=self.event.org_id,
@@ -156,6 +161,8 @@ class SessionHost:
             agent_env=provider_environment(self.settings),
             custom_command=tuple(self.settings.custom_agents.get(str(custom), ())) if custom else (),
             resume=recovering,
+            mcp_gateway_url=self.settings.gateway_url(self.session_id),
+            mcp_gateway_token=gateway_token,
         )
         adapter.prepare(ctx)
         env = {**base_environment(home), **adapter.environment(ctx)}
@@ -191,6 +198,19 @@ class SessionHost:
                 self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
             )
         return conversation
+
+    async def _issue_gateway_token(self) -> str:
+        """A fresh MCP gateway token for this host's agent; Redis knows only its hash, and only
+        while this host heartbeats. A recovered session's new host issues a new one."""
+        token = secrets.token_urlsafe(32)
+        self._gateway_key = self.names.gateway_token(hashlib.sha256(token.encode()).hexdigest())
+        identity = {
+            "session_id": self.session_id,
+            "org_id": str(self.event.org_id),
+            "user_id": str(self.event.user_id),
+        }
+        await self.context.redis.set(self._gateway_key, json.dumps(identity), ex=STATE_TTL_SECONDS)
+        return token
 
     async def _report(self) -> None:
         assert self.conversation is not None
@@ -257,6 +277,8 @@ class SessionHost:
             await self.context.redis.expire(self.names.session_state(self.session_id), STATE_TTL_SECONDS)
             # Keep the idempotency lease while the session lives, so a duplicate never starts a second host.
             await self.context.redis.expire(self.names.claim(self.event.id), LEASE_SECONDS)
+            if self._gateway_key:
+                await self.context.redis.expire(self._gateway_key, STATE_TTL_SECONDS)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _watch_limits(self) -> None:
@@ -334,6 +356,8 @@ class SessionHost:
     async def _finish(self, status: str, reason: str) -> None:
         with contextlib.suppress(Exception):
             await self.context.redis.delete(self.names.session_state(self.session_id))
+            if self._gateway_key:
+                await self.context.redis.delete(self._gateway_key)
         await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})

@@ -3,7 +3,7 @@
 It draws an input box at the bottom like Claude Code does, reads raw keystrokes (bracketed paste
 aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly,
 ``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/write BYTES`` fills
-a file in the workspace, ``/exit``, ``/crash``.
+a file in the workspace, ``/env`` prints the environment, ``/exit``, ``/crash``.
 ``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first.
 """
 
@@ -59,6 +59,8 @@ def answer(text: str) -> None:
     elif command == "/slow" and len(words) > 2:
         reply = "echo: " + " ".join(words[2:])
         say(reply, delay=float(words[1]) / max(len(reply), 1))
+    elif command == "/env":
+        say(" ".join(f"{key}={value}" for key, value in sorted(os.environ.items())))
     elif command == "/write" and len(words) > 1:
         with open("filler.bin", "wb") as handle:
             handle.write(os.urandom(int(words[1])))

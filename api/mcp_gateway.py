@@ -1,0 +1,234 @@
+"""The per-session MCP gateway: a Streamable-HTTP MCP endpoint the agent talks to.
+
+``/api/v1/mcp/gateway/{session_id}`` is a fastmcp server mounted in the ingress. It accepts only
+the session's own gateway token (minted by the session's host, known to Redis by its SHA-256 while
+the host lives), lists the tools of the tenant's MCP configurations as ``<config>__<tool>``, and
+turns each call into ``tool_call.requested`` for the tools workers, answering when the result comes
+back. The tenant's own tokens stay in the tools workers: the agent never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.server.dependencies import get_http_request
+from fastmcp.server.providers import Provider
+from fastmcp.tools.base import Tool, ToolResult
+from mcp_types import ContentBlock
+from pydantic import TypeAdapter
+from sqlmodel import select
+
+from api.routes.mcp import effective
+from api.state import Resources
+from events.envelope import Event, EventType
+from events.publisher import publish
+from events.results import await_reply
+from schemas.db import TenantContext, tenant_transaction
+from schemas.tables import McpConfiguration
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "__"
+SCOPE_KEY = "agentapi.gateway"
+_CONTENT = TypeAdapter(list[ContentBlock])
+# How long listing waits for a tools worker to connect to a server whose tools are not cached.
+LIST_WAIT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class GatewayIdentity:
+    session_id: UUID
+    org_id: UUID
+    user_id: UUID
+    correlation_id: str | None = None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _identity() -> GatewayIdentity:
+    try:
+        identity = get_http_request().scope.get(SCOPE_KEY)
+    except RuntimeError:
+        identity = None
+    if not isinstance(identity, GatewayIdentity):
+        raise ToolError("the gateway request carries no session identity")
+    return identity
+
+
+class GatewayTool(Tool):
+    """A tenant tool as the agent sees it; running it sends the call to a tools worker."""
+
+    config_id: UUID
+    remote_name: str
+    call: Callable[[GatewayIdentity, UUID, str, dict[str, Any]], Any]
+
+    async def run(self, arguments: dict[str, Any], context: Any = None) -> ToolResult:
+        return await self.call(_identity(), self.config_id, self.remote_name, arguments)
+
+
+class TenantTools(Provider):
+    """The tools of the calling session's tenant, looked up per request."""
+
+    def __init__(self, get_resources: Callable[[], Resources]) -> None:
+        super().__init__()
+        self._resources = get_resources
+
+    async def _list_tools(self) -> Sequence[Tool]:
+        try:
+            identity = _identity()
+        except ToolError:
+            return []  # fastmcp asks outside any request (start-up, task discovery): nothing to show
+        res = self._resources()
+        ctx = TenantContext(org_id=identity.org_id, user_id=identity.user_id, role="member")
+        async with tenant_transaction(res.engine, ctx) as db:
+            configs = list(
+                await db.exec(
+                    effective(select(McpConfiguration), ctx).where(McpConfiguration.enabled == True)  # noqa: E712
+                )
+            )
+        listed = await asyncio.gather(*(self._tools_of(res, identity, config) for config in configs))
+        return [tool for tools in listed for tool in tools]
+
+    async def _get_tool(self, name: str, version: Any = None) -> Tool | None:
+        for tool in await self._list_tools():
+            if tool.name == name:
+                return tool
+        return None
+
+    async def _tools_of(
+        self, res: Resources, identity: GatewayIdentity, config: McpConfiguration
+    ) -> list[Tool]:
+        cached = await res.redis.get(res.names.mcp_tools(config.id))
+        tools: list[dict[str, Any]] | None = None
+        if cached:
+            entry = json.loads(cached)
+            if entry.get("version") == config.updated_at.isoformat():
+                tools = entry["tools"]
+        if tools is None:
+            event = Event(
+                type=EventType.MCP_TEST_REQUESTED,
+                org_id=identity.org_id,
+                user_id=identity.user_id,
+                payload={"config_id": str(config.id), "reply": True},
+                **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),  # type: ignore[arg-type]
+            )
+            await publish(res.redis, res.names, event)
+            answer = await await_reply(res.redis, res.names, event.id, LIST_WAIT_SECONDS)
+            if answer is None or not answer.payload.get("ok"):
+                log.warning("gateway: tools of MCP configuration %s are unavailable", config.id)
+                return []
+            tools = answer.payload["tools"]
+        return [
+            GatewayTool(
+                name=f"{config.name}{SEPARATOR}{tool['name']}",
+                description=tool.get("description") or "",
+                parameters=tool.get("input_schema") or {"type": "object"},
+                config_id=config.id,
+                remote_name=tool["name"],
+                call=self._call,
+            )
+            for tool in tools
+        ]
+
+    async def _call(
+        self, identity: GatewayIdentity, config_id: UUID, tool: str, arguments: dict[str, Any]
+    ) -> ToolResult:
+        res = self._resources()
+        event = Event(
+            type=EventType.TOOL_CALL_REQUESTED,
+            org_id=identity.org_id,
+            user_id=identity.user_id,
+            session_id=identity.session_id,
+            payload={
+                "config_id": str(config_id),
+                "tool": tool,
+                "arguments": arguments,
+                "source": "gateway",
+                "reply": True,
+            },
+            **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),  # type: ignore[arg-type]
+        )
+        await publish(res.redis, res.names, event)
+        answer = await await_reply(res.redis, res.names, event.id, res.settings.mcp_call_timeout_seconds + 15)
+        if answer is None:
+            raise ToolError("the tool call got no answer in time")
+        payload = answer.payload
+        if not payload.get("ok"):
+            raise ToolError(
+                f"{payload.get('error_code', 'error')}: {payload.get('error', 'the tool call failed')}"
+            )
+        blocks = _CONTENT.validate_python(payload.get("content") or [])
+        return ToolResult(content=blocks, structured_content=payload.get("structured_content"))
+
+
+class GatewayAuth:
+    """ASGI wrapper: the session's gateway token, and only for that session's path."""
+
+    def __init__(self, app: Any, get_resources: Callable[[], Resources]) -> None:
+        self.app = app
+        self._resources = get_resources
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The mount hands over "/<session_id>[/...]"; the MCP app itself lives at "/".
+        session_part = scope["path"].strip("/").split("/", 1)[0]
+        identity = await self._authenticate(scope, session_part)
+        if identity is None:
+            await _problem(send, 401, "a valid session gateway token for this session is required")
+            return
+        await self.app({**scope, "path": "/", "raw_path": b"/", SCOPE_KEY: identity}, receive, send)
+
+    async def _authenticate(self, scope: dict[str, Any], session_part: str) -> GatewayIdentity | None:
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        res = self._resources()
+        raw = await res.redis.get(res.names.gateway_token(token_hash(token.strip())))
+        if not raw:
+            return None
+        entry = json.loads(raw)
+        if entry.get("session_id") != session_part:
+            return None
+        correlation = headers.get(b"x-correlation-id", b"").decode("latin-1")[:128] or None
+        return GatewayIdentity(
+            UUID(entry["session_id"]), UUID(entry["org_id"]), UUID(entry["user_id"]), correlation
+        )
+
+
+async def _problem(send: Any, status: int, detail: str) -> None:
+    body = json.dumps(
+        {"type": "about:blank", "title": "Unauthorized", "status": status, "detail": detail}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"www-authenticate", b'Bearer realm="agentapi-mcp-gateway"'),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_gateway(get_resources: Callable[[], Resources]) -> tuple[Any, Any]:
+    """The ASGI app to mount and the fastmcp app whose lifespan the ingress must run."""
+    server = FastMCP("agentapi-gateway", providers=[TenantTools(get_resources)])
+    mcp_app = server.http_app(path="/", stateless_http=True, json_response=True)
+    return GatewayAuth(mcp_app, get_resources), mcp_app
