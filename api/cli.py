@@ -102,6 +102,31 @@ def _keys_rotate(_: argparse.Namespace) -> int:
     return asyncio.run(rotate())
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from schemas.audit_chain import verify
+    from schemas.db import create_engine
+
+    settings = get_settings()
+
+    async def run() -> int:
+        engine = create_engine(settings.database_url, pool_size=2)
+        try:
+            checked, breaks = await verify(engine, args.org)
+        finally:
+            await engine.dispose()
+        for found in breaks:
+            print(
+                f"agentapi: audit chain of org {found.org_id} breaks at row {found.row_id} (seq {found.seq}):"
+                f" {found.reason}"
+            )
+        if breaks:
+            return 1
+        print(f"agentapi: {checked} audit rows verified, every chain intact")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _dev(args: argparse.Namespace) -> int:
     from api.dev import run_dev
 
@@ -143,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate", help="re-encrypt every stored secret under the first key (resumable)"
     )
     rotate.set_defaults(run=_keys_rotate)
+
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check each org's hash chain; names the first broken row"
+    )
+    verify.add_argument("--org", type=UUID)
+    verify.set_defaults(run=_audit_verify)
 
     dev = commands.add_parser("dev", help="everything in one process group on embedded defaults")
     dev.add_argument("--host", default="127.0.0.1")
