@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Receive, Scope, Send
 
+from api.audit_trail import audit_trail_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
@@ -58,7 +59,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             call_tool,
             mcp_gateway,
         ],
-        middleware=[correlation_middleware, auth_middleware(), json_content_type_middleware()],
+        middleware=[
+            correlation_middleware,
+            audit_trail_middleware,
+            auth_middleware(),
+            json_content_type_middleware(),
+        ],
         exception_handlers=make_exception_handlers(),
         request_max_body_size=settings.max_request_body_bytes,
         lifespan=[lifespan(settings), gateway_lifespan],

@@ -1,0 +1,104 @@
+"""Every mutating request and every refused one leaves an ``audit.recorded`` event.
+
+An ASGI middleware, so no route can forget it: after the response is sent it publishes who
+(the verified principal), what (method and route template), which resource (the route's first
+path parameter), the outcome from the status code, the client's IP and user agent, and the
+correlation id. Requests refused before a principal is known (401) name no organization, so they
+cannot join an organization's chain; they are logged instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from redis.exceptions import RedisError
+
+from api.auth import Principal
+from api.correlation import current_correlation_id
+from events.audit import audit_event
+from events.publisher import publish
+from schemas.settings import GATEWAY_PATH
+
+log = logging.getLogger("agentapi.audit")
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def outcome_of(status: int) -> str:
+    if status < 400:
+        return "success"
+    if status in (401, 403):
+        return "denied"
+    return "failure" if status < 500 else "error"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _route(scope: Scope) -> tuple[str, str | None, str | None]:
+    """(route template, resource type, resource id) of the handled request."""
+    handler = scope.get("route_handler")
+    template = scope["path"]
+    if handler is not None and getattr(handler, "paths", None):
+        template = scope.get("path_template") or sorted(handler.paths)[0]
+    params = scope.get("path_params") or {}
+    resource_id = str(next(iter(params.values()))) if params else None
+    parts = [p for p in scope["path"].split("/") if p][2:]  # after /api/v1
+    resource_type = parts[0] if parts else None
+    return template, resource_type, resource_id
+
+
+def audit_trail_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(GATEWAY_PATH):
+            await app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await app(scope, receive, capture)
+        finally:
+            if scope["method"] in MUTATING or status in (401, 403):
+                await _record(scope, status)
+
+    return middleware
+
+
+async def _record(scope: Scope, status: int) -> None:
+    principal: Any = scope.get("user")
+    template, resource_type, resource_id = _route(scope)
+    client = scope.get("client")
+    ip = client[0] if client else None
+    action = f"{scope['method']} {template}"
+    if not isinstance(principal, Principal) or principal.org_id is None:
+        log.warning("refused %s from %s (%d): no verified tenant to record it under", action, ip, status)
+        return
+    event = audit_event(
+        org_id=principal.org_id,
+        actor_user_id=principal.user_id,
+        action=action[:100],
+        outcome=outcome_of(status),
+        resource_type=resource_type,
+        resource_id=resource_id,
+        details={"status": status, "role": principal.role},
+        ip=ip,
+        user_agent=_header(scope, b"user-agent"),
+        correlation_id=current_correlation_id(),
+    )
+    try:
+        res = scope["app"].state["resources"]
+        await publish(res.redis, res.names, event)
+    except (RedisError, OSError, KeyError) as exc:
+        log.error("audit event for %s could not be published: %s", action, exc)
