@@ -70,6 +70,11 @@ def tools_stack(stack: Stack) -> Stack:
 async def client(tools_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=tools_stack.base_url, timeout=60) as http:
         yield http
+        # Each session holds a sessions-worker thread while it lives: free them for the next test.
+        listed = (await http.get("/api/v1/sessions?limit=100", headers=tools_stack.headers())).json()
+        for session in listed["sessions"]:
+            if session["status"] not in ("ended", "failed"):
+                await http.delete(f"/api/v1/sessions/{session['id']}", headers=tools_stack.headers())
 
 
 async def create_config(client: httpx.AsyncClient, stack: Stack, **body: object) -> dict[str, object]:
@@ -244,13 +249,15 @@ async def test_the_gateway_serves_tenant_tools_to_the_session_token_only(
         "/api/v1/sessions", json={**ECHO, "prompt": "/env"}, headers=tools_stack.headers()
     )
     session_id = str(created.json()["id"])
-    events = await read_events(
-        client,
-        f"/api/v1/sessions/{session_id}/events",
-        tools_stack.headers(),
-        until=agent_said_prefix("AGENTAPI_MCP_CONFIG="),
-    )
-    agent_environment = json.loads(events[-1].data)["message"]
+    async with asyncio.timeout(60):
+        events = await read_events(
+            client,
+            f"/api/v1/sessions/{session_id}/events",
+            tools_stack.headers(),
+            until=agent_said_prefix("AGENTAPI_MCP_CONFIG="),
+        )
+    # Without whitespace, so a value the terminal wrapped still reads as one string.
+    agent_environment = "".join(json.loads(events[-1].data)["message"].split())
     entry = gateway_config(tools_stack, session_id)
     gateway_url = str(entry["url"])
     session_token = str(entry["headers"]["Authorization"]).removeprefix("Bearer ")  # type: ignore[index]

@@ -21,11 +21,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select, update
 
+from events.audit import audit_event
 from events.envelope import Event, EventType
+from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
 from schemas.settings import Settings
 from schemas.tables import SessionMessage, UserSession
@@ -187,10 +190,12 @@ class SessionHost:
             self._persisted = {m.id: m.content for m in conversation.messages}
             payload = {"worker": self.context.worker_id, "last_input_id": self.last_input_id}
             await self.context.emit(self.event.follow_up(EventType.SESSION_RECOVERED, payload))
+            await self._audit("session.recovered", "success", last_input_id=self.last_input_id)
             return conversation
         await self.context.emit(
             self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
         )
+        await self._audit("session.started", "success")
         prompt = self.event.payload.get("prompt")
         if prompt:
             # The first message waits for the agent to settle, like any other input.
@@ -307,6 +312,24 @@ class SessionHost:
     async def _emit(self, type_: EventType, payload: dict[str, object]) -> None:
         await self.context.emit(self.event.follow_up(type_, payload))
 
+    async def _audit(self, action: str, outcome: str, **details: object) -> None:
+        """A session lifecycle step for the audit trail (losing it must not stop the session)."""
+        event = audit_event(
+            org_id=self.event.org_id,
+            actor_user_id=self.event.user_id,
+            action=action,
+            outcome=outcome,
+            resource_type="session",
+            resource_id=self.session_id,
+            details={"agent_type": self.agent_type, "worker": self.context.worker_id, **details},
+            correlation_id=self.event.correlation_id,
+            session_id=self.event.session_id,
+        )
+        try:
+            await publish(self.context.redis, self.names, event)
+        except (RedisError, OSError) as exc:
+            log.error("audit event %s for session %s not published: %s", action, self.session_id, exc)
+
     async def _set_state(self, status: str) -> None:
         key = self.names.session_state(self.session_id)
         await self.context.redis.hset(key, mapping={"status": status, "agent_type": self.agent_type})
@@ -361,3 +384,4 @@ class SessionHost:
         await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})
+        await self._audit(f"session.{status}", "success" if status == "ended" else "error", reason=reason)

@@ -60,7 +60,7 @@ def answer(text: str) -> None:
         reply = "echo: " + " ".join(words[2:])
         say(reply, delay=float(words[1]) / max(len(reply), 1))
     elif command == "/env":
-        say(" ".join(f"{key}={value}" for key, value in sorted(os.environ.items())))
+        say("\r\n".join(f"{key}={value}" for key, value in sorted(os.environ.items())))
     elif command == "/write" and len(words) > 1:
         with open("filler.bin", "wb") as handle:
             handle.write(os.urandom(int(words[1])))
