@@ -21,6 +21,7 @@ from api.problems import make_exception_handlers
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.sessions import SessionController
+from api.routes.users import erase_user, export_user
 from api.state import lifespan, resources
 from schemas.observability import configure_process
 from schemas.settings import GATEWAY_PATH, Settings, get_settings
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             test_configuration,
             call_tool,
             mcp_gateway,
+            export_user,
+            erase_user,
         ],
         middleware=[
             correlation_middleware,

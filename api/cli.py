@@ -127,6 +127,26 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _retention(_: argparse.Namespace) -> int:
+    from schemas.db import create_engine
+    from schemas.retention import purge_expired
+
+    settings = get_settings()
+
+    async def run() -> dict[str, int]:
+        engine = create_engine(settings.database_url, pool_size=2)
+        try:
+            return await purge_expired(engine)
+        finally:
+            await engine.dispose()
+
+    deleted = asyncio.run(run())
+    for org_id, count in deleted.items():
+        print(f"org {org_id}: {count} expired sessions deleted")
+    print(f"agentapi: retention applied to {len(deleted)} organizations")
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from api.dev import run_dev
 
@@ -176,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--org", type=UUID)
     verify.set_defaults(run=_audit_verify)
+
+    retention = commands.add_parser("retention", help="data retention")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    retention_run = retention_commands.add_parser(
+        "run", help="delete finished sessions older than each org's retention_days (schedule it daily)"
+    )
+    retention_run.set_defaults(run=_retention)
 
     dev = commands.add_parser("dev", help="everything in one process group on embedded defaults")
     dev.add_argument("--host", default="127.0.0.1")

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     MCP_TEST_COMPLETED = "mcp.test_completed"
     WEBHOOK_RECEIVED = "webhook.received"
     AUDIT_RECORDED = "audit.recorded"
+    USER_ERASED = "user.erased"
 
 
 def new_event_id() -> str:

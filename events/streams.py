@@ -30,6 +30,7 @@ WORK_ROUTES: dict[EventType, WorkKind] = {
     EventType.MCP_TEST_REQUESTED: WorkKind.TOOLS,
     EventType.AUDIT_RECORDED: WorkKind.AUDIT,
     EventType.WEBHOOK_RECEIVED: WorkKind.DEFAULT,
+    EventType.USER_ERASED: WorkKind.DEFAULT,
 }
 
 

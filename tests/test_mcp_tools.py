@@ -66,9 +66,20 @@ def tools_stack(stack: Stack) -> Stack:
     return stack
 
 
+# Every API response body of this module, so tests can show a secret never came back in one.
+RESPONSES: list[bytes] = []
+
+
+async def _keep(response: httpx.Response) -> None:
+    if "text/event-stream" not in response.headers.get("content-type", ""):
+        RESPONSES.append(await response.aread())
+
+
 @pytest.fixture
 async def client(tools_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=tools_stack.base_url, timeout=60) as http:
+    async with httpx.AsyncClient(
+        base_url=tools_stack.base_url, timeout=60, event_hooks={"response": [_keep]}
+    ) as http:
         yield http
         # Each session holds a sessions-worker thread while it lives: free them for the next test.
         listed = (await http.get("/api/v1/sessions?limit=100", headers=tools_stack.headers())).json()
@@ -285,6 +296,9 @@ async def test_the_gateway_serves_tenant_tools_to_the_session_token_only(
     assert bearer not in agent_environment and "AGENTAPI_MCP_CONFIG=" in agent_environment
     assert bearer not in json.dumps(entry)
     assert bearer not in tools_stack.logs()
+    assert RESPONSES and all(bearer.encode() not in body for body in RESPONSES)
+    messages = await client.get(f"/api/v1/sessions/{session_id}/messages", headers=tools_stack.headers())
+    assert bearer not in "".join(messages.text.split())
 
     # Only this session's live token opens this session's gateway.
     for token, path in [

@@ -9,10 +9,11 @@ from events.envelope import EventType
 
 
 def load_actors() -> dict[EventType, Actor]:
-    from workers.actors import sessions, tools
+    from workers.actors import maintenance, sessions, tools
 
     return {
         EventType.SESSION_REQUESTED: sessions.run_session,
         EventType.TOOL_CALL_REQUESTED: tools.call_tool,
         EventType.MCP_TEST_REQUESTED: tools.test_mcp,
+        EventType.USER_ERASED: maintenance.erase_workspaces,
     }
