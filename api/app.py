@@ -20,6 +20,7 @@ from api.mcp_gateway import build_gateway
 from api.problems import make_exception_handlers
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
+from api.routes.prompts import PromptController
 from api.routes.sessions import SessionController
 from api.routes.users import erase_user, export_user
 from api.state import lifespan, resources
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             mcp_gateway,
             export_user,
             erase_user,
+            PromptController,
         ],
         middleware=[
             correlation_middleware,

@@ -24,6 +24,7 @@ from sqlmodel import col, func, select
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.problems import StrictBody
+from api.routes.prompts import composed_prompt
 from api.sse import parse_last_event_id, session_event_stream
 from api.state import Resources, resources
 from api.tenancy import ensure_member, tenant_context
@@ -156,6 +157,8 @@ class SessionController(Controller):
             )
         ctx = tenant_context(request.user)
         await _check_quota(res, ctx)
+        assert ctx.org_id is not None and ctx.user_id is not None
+        system_prompt = await composed_prompt(res, ctx.org_id, ctx.user_id, data.agent_type)
         async with tenant_transaction(res.engine, ctx) as db:
             await ensure_member(db, request.user)
             row = UserSession(
@@ -174,7 +177,12 @@ class SessionController(Controller):
             user_id=row.user_id,
             session_id=row.id,
             correlation_id=current_correlation_id(),
-            payload={"agent_type": row.agent_type, "prompt": data.prompt, "custom_agent": data.custom_agent},
+            payload={
+                "agent_type": row.agent_type,
+                "prompt": data.prompt,
+                "custom_agent": data.custom_agent,
+                "system_prompt": system_prompt,
+            },
         )
         await publish(res.redis, res.names, event)
         return SessionAccepted(**_out(row), event_id=event.id)  # type: ignore[arg-type]
