@@ -18,6 +18,7 @@ from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
 from api.problems import make_exception_handlers
+from api.routes.audit import query_audit
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.prompts import PromptController
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             export_user,
             erase_user,
             PromptController,
+            query_audit,
         ],
         middleware=[
             correlation_middleware,

@@ -112,6 +112,23 @@ async def test_mutating_requests_are_recorded_and_chained(audit_stack: Stack, pg
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every chain intact" in result.stdout
 
+    # Admins query the trail with filters and a cursor; members may not.
+    async with httpx.AsyncClient(base_url=audit_stack.base_url, timeout=30) as client:
+        admin = audit_stack.headers(role="admin")
+        assert (await client.get("/api/v1/audit", headers=audit_stack.headers())).status_code == 403
+        denied = (await client.get("/api/v1/audit?outcome=denied&action=POST", headers=admin)).json()
+        assert [e["correlation_id"] for e in denied["entries"]] == ["audit-corr-1"]
+        first = (await client.get("/api/v1/audit?limit=2&outcome=failure", headers=admin)).json()
+        second = (
+            await client.get(
+                f"/api/v1/audit?limit=2&outcome=failure&cursor={first['next_cursor']}", headers=admin
+            )
+        ).json()
+        seqs = [e["seq"] for e in first["entries"] + second["entries"]]
+        assert len(seqs) == 3 and seqs == sorted(seqs, reverse=True)
+        bad_cursor = await client.get("/api/v1/audit?cursor=%%%", headers=admin)
+        assert bad_cursor.status_code == 400
+
 
 async def test_the_service_role_cannot_rewrite_and_verify_names_a_tampered_row(
     audit_stack: Stack, pg_urls: DbUrls

@@ -1,0 +1,92 @@
+"""``GET /api/v1/audit``: the organization's audit trail for its admins, newest first."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.exceptions import PermissionDeniedException, ValidationException
+from litestar.params import Parameter
+from pydantic import BaseModel
+from sqlmodel import col, select
+
+from api.auth import Principal
+from api.state import resources
+from api.tenancy import tenant_context
+from schemas.db import tenant_transaction
+from schemas.tables import AuditLog
+
+ADMIN_ROLES = ("admin", "owner", "superadmin")
+
+
+class AuditEntry(BaseModel):
+    id: UUID
+    seq: int
+    event_id: str
+    ts: datetime
+    actor_user_id: UUID | None
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    outcome: str
+    ip: str | None
+    user_agent: str | None
+    correlation_id: str | None
+    details: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+@get("/api/v1/audit", tags=["audit"])
+async def query_audit(
+    request: Request[Principal, str, State],
+    state: State,
+    actor: UUID | None = None,
+    action: Annotated[str | None, Parameter(max_length=100, description="prefix of the action")] = None,
+    resource_type: Annotated[str | None, Parameter(max_length=64)] = None,
+    resource_id: Annotated[str | None, Parameter(max_length=128)] = None,
+    outcome: Literal["success", "failure", "denied", "error"] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Parameter(max_length=100)] = None,
+) -> AuditPage:
+    """The organization's audit entries with filters; `next_cursor` pages towards older entries."""
+    res = resources(state)
+    ctx = tenant_context(request.user)
+    if ctx.role not in ADMIN_ROLES:
+        raise PermissionDeniedException("only organization admins read the audit trail")
+    query = select(AuditLog).where(AuditLog.org_id == ctx.org_id)
+    if actor:
+        query = query.where(AuditLog.actor_user_id == actor)
+    if action:
+        query = query.where(col(AuditLog.action).startswith(action, autoescape=True))
+    if resource_type:
+        query = query.where(AuditLog.resource_type == resource_type)
+    if resource_id:
+        query = query.where(AuditLog.resource_id == resource_id)
+    if outcome:
+        query = query.where(AuditLog.outcome == outcome)
+    if since:
+        query = query.where(col(AuditLog.ts) >= since)
+    if until:
+        query = query.where(col(AuditLog.ts) < until)
+    if cursor:
+        try:
+            before = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+            raise ValidationException("cursor is not one this API returned") from exc
+        query = query.where(col(AuditLog.seq) < before)
+    async with tenant_transaction(res.engine, ctx) as db:
+        rows = list(await db.exec(query.order_by(col(AuditLog.seq).desc()).limit(limit + 1)))
+    page = rows[:limit]
+    next_cursor = base64.urlsafe_b64encode(str(page[-1].seq).encode()).decode() if len(rows) > limit else None
+    return AuditPage(entries=[AuditEntry(**r.model_dump()) for r in page], next_cursor=next_cursor)
