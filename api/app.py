@@ -21,6 +21,7 @@ from api.problems import make_exception_handlers
 from api.routes.audit import query_audit
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
+from api.routes.orgs import OrgController
 from api.routes.prompts import PromptController
 from api.routes.sessions import SessionController
 from api.routes.users import erase_user, export_user
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             erase_user,
             PromptController,
             query_audit,
+            OrgController,
         ],
         middleware=[
             correlation_middleware,

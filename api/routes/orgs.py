@@ -1,0 +1,245 @@
+"""Organizations and their members.
+
+Superadmins create organizations. Within one, owners and admins add members and change roles;
+only owners grant or take away the owner role, and an organization always keeps one owner.
+An organization id other than the caller's is a 404, never a 403 that confirms it exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.exceptions import (
+    ClientException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.params import Parameter
+from pydantic import BaseModel, Field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, func, select
+
+from api.auth import Principal
+from api.problems import StrictBody
+from api.state import Resources, resources
+from api.tenancy import tenant_context
+from schemas.db import TenantContext, tenant_transaction
+from schemas.tables import Membership, Organization, User, utcnow
+
+ADMIN_ROLES = ("admin", "owner", "superadmin")
+Role = Literal["member", "admin", "owner"]
+
+
+class OrgIn(StrictBody):
+    name: str = Field(min_length=1, max_length=200)
+    slug: str = Field(min_length=2, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+    owner_user_id: UUID | None = Field(None, description="made the organization's first owner")
+    owner_email: str | None = Field(None, max_length=320)
+
+
+class OrgOut(BaseModel):
+    id: UUID
+    name: str
+    slug: str
+    created_at: datetime
+
+
+class MemberIn(StrictBody):
+    user_id: UUID
+    role: Role = "member"
+    email: str | None = Field(None, max_length=320)
+
+
+class RoleIn(StrictBody):
+    role: Role
+
+
+class MemberOut(BaseModel):
+    user_id: UUID
+    role: str
+    email: str | None
+    created_at: datetime
+
+
+class MemberPage(BaseModel):
+    members: list[MemberOut]
+    next_cursor: str | None
+
+
+def _own_org(principal: Principal, org_id: UUID) -> TenantContext:
+    ctx = tenant_context(principal)
+    if org_id != ctx.org_id:
+        raise NotFoundException("no such organization")
+    return ctx
+
+
+def _may_grant(ctx: TenantContext, current: str | None, wanted: str | None) -> None:
+    if ctx.role not in ADMIN_ROLES:
+        raise PermissionDeniedException("only organization admins manage members")
+    if "owner" in (current, wanted) and ctx.role not in ("owner", "superadmin"):
+        raise PermissionDeniedException("only owners grant or remove the owner role")
+
+
+async def _upsert_user(db, user_id: UUID, email: str | None) -> None:  # type: ignore[no-untyped-def]
+    insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
+    await db.exec(insert(User).values(id=user_id, email=email).on_conflict_do_nothing(index_elements=["id"]))
+
+
+async def _owners_left(db, org_id: UUID, without: UUID) -> int:  # type: ignore[no-untyped-def]
+    return int(
+        (
+            await db.exec(
+                select(func.count())
+                .select_from(Membership)
+                .where(Membership.org_id == org_id, Membership.role == "owner", Membership.user_id != without)
+            )
+        ).one()
+    )
+
+
+async def _member(res: Resources, ctx: TenantContext, user_id: UUID) -> tuple[Membership, str | None]:
+    async with tenant_transaction(res.engine, ctx) as db:
+        row = (
+            await db.exec(
+                select(Membership, User.email)
+                .join(User, col(User.id) == col(Membership.user_id), isouter=True)
+                .where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
+            )
+        ).first()
+    if row is None:
+        raise NotFoundException("no such member")
+    return row[0], row[1]
+
+
+class OrgController(Controller):
+    path = "/api/v1/orgs"
+    tags = ("organizations",)  # type: ignore[assignment]
+
+    @post("/", status_code=201)
+    async def create_org(self, data: OrgIn, request: Request[Principal, str, State], state: State) -> OrgOut:
+        """Create an organization (platform superadmins)."""
+        if not request.user.is_superadmin:
+            raise PermissionDeniedException("only platform superadmins create organizations")
+        res = resources(state)
+        org = Organization(id=uuid4(), name=data.name, slug=data.slug)
+        platform = TenantContext(org_id=org.id, user_id=request.user.user_id, role="superadmin")
+        try:
+            async with tenant_transaction(res.engine, platform) as db:
+                db.add(org)
+                await db.flush()
+                if data.owner_user_id:
+                    await _upsert_user(db, data.owner_user_id, data.owner_email)
+                    db.add(Membership(org_id=org.id, user_id=data.owner_user_id, role="owner"))
+        except IntegrityError as exc:
+            raise ClientException(f"an organization with slug {data.slug!r} exists", status_code=409) from exc
+        return OrgOut(**org.model_dump())
+
+    @get("/{org_id:uuid}")
+    async def get_org(self, org_id: UUID, request: Request[Principal, str, State], state: State) -> OrgOut:
+        res = resources(state)
+        ctx = _own_org(request.user, org_id)
+        async with tenant_transaction(res.engine, ctx) as db:
+            org = await db.get(Organization, org_id)
+        if org is None:
+            raise NotFoundException("no such organization")
+        return OrgOut(**org.model_dump())
+
+    @get("/{org_id:uuid}/members")
+    async def list_members(
+        self,
+        org_id: UUID,
+        request: Request[Principal, str, State],
+        state: State,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 100,
+        cursor: Annotated[str | None, Parameter(max_length=100)] = None,
+    ) -> MemberPage:
+        res = resources(state)
+        ctx = _own_org(request.user, org_id)
+        query = (
+            select(Membership, User.email)
+            .join(User, col(User.id) == col(Membership.user_id), isouter=True)
+            .where(Membership.org_id == org_id)
+        )
+        if cursor:
+            try:
+                query = query.where(
+                    col(Membership.user_id) > UUID(base64.urlsafe_b64decode(cursor.encode()).decode())
+                )
+            except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+                raise ValidationException("cursor is not one this API returned") from exc
+        async with tenant_transaction(res.engine, ctx) as db:
+            rows = list(await db.exec(query.order_by(col(Membership.user_id)).limit(limit + 1)))
+        page = rows[:limit]
+        return MemberPage(
+            members=[
+                MemberOut(user_id=m.user_id, role=m.role, email=email, created_at=m.created_at)
+                for m, email in page
+            ],
+            next_cursor=base64.urlsafe_b64encode(str(page[-1][0].user_id).encode()).decode()
+            if len(rows) > limit
+            else None,
+        )
+
+    @post("/{org_id:uuid}/members", status_code=201)
+    async def add_member(
+        self, org_id: UUID, data: MemberIn, request: Request[Principal, str, State], state: State
+    ) -> MemberOut:
+        """Add a user to the organization (admins; owners for the owner role)."""
+        res = resources(state)
+        ctx = _own_org(request.user, org_id)
+        _may_grant(ctx, None, data.role)
+        member = Membership(org_id=org_id, user_id=data.user_id, role=data.role)
+        # The user row is global: created here under the platform context when the person is new.
+        platform = TenantContext(org_id=org_id, user_id=ctx.user_id, role="superadmin")
+        try:
+            async with tenant_transaction(res.engine, platform) as db:
+                await _upsert_user(db, data.user_id, data.email)
+            async with tenant_transaction(res.engine, ctx) as db:
+                db.add(member)
+        except IntegrityError as exc:
+            raise ClientException("the user is already a member", status_code=409) from exc
+        return MemberOut(user_id=data.user_id, role=data.role, email=data.email, created_at=member.created_at)
+
+    @patch("/{org_id:uuid}/members/{user_id:uuid}")
+    async def change_role(
+        self, org_id: UUID, user_id: UUID, data: RoleIn, request: Request[Principal, str, State], state: State
+    ) -> MemberOut:
+        res = resources(state)
+        ctx = _own_org(request.user, org_id)
+        member, email = await _member(res, ctx, user_id)
+        _may_grant(ctx, member.role, data.role)
+        async with tenant_transaction(res.engine, ctx) as db:
+            if (
+                member.role == "owner"
+                and data.role != "owner"
+                and await _owners_left(db, org_id, user_id) == 0
+            ):
+                raise ClientException("the organization must keep an owner", status_code=409)
+            member.role, member.updated_at = data.role, utcnow()
+            await db.merge(member)
+        return MemberOut(user_id=user_id, role=data.role, email=email, created_at=member.created_at)
+
+    @delete("/{org_id:uuid}/members/{user_id:uuid}", status_code=204)
+    async def remove_member(
+        self, org_id: UUID, user_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> None:
+        """Remove a member (their data stays until erased: DELETE /api/v1/users/{id})."""
+        res = resources(state)
+        ctx = _own_org(request.user, org_id)
+        member, _ = await _member(res, ctx, user_id)
+        _may_grant(ctx, member.role, None)
+        async with tenant_transaction(res.engine, ctx) as db:
+            if member.role == "owner" and await _owners_left(db, org_id, user_id) == 0:
+                raise ClientException("the organization must keep an owner", status_code=409)
+            stored = await db.get(Membership, member.id)
+            if stored is not None:
+                await db.delete(stored)
