@@ -18,6 +18,7 @@ from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
 from api.problems import make_exception_handlers
+from api.rate_limit import rate_limit_middleware
 from api.routes.audit import query_audit
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             correlation_middleware,
             audit_trail_middleware,
             auth_middleware(),
+            rate_limit_middleware,
             json_content_type_middleware(),
         ],
         exception_handlers=make_exception_handlers(),

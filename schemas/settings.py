@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # How agents reach the ingress (the MCP gateway URL handed to each session).
     public_base_url: str = Field("http://127.0.0.1:8000", validation_alias=_env("PUBLIC_BASE_URL"))
 
+    # Requests a minute, counted in Redis across every ingress process.
+    rate_limit_per_user: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_USER"))
+    rate_limit_per_org: int = Field(6000, ge=1, validation_alias=_env("RATE_LIMIT_PER_ORG"))
+
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
 
