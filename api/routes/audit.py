@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.exceptions import PermissionDeniedException, ValidationException
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import Parameter
 from pydantic import BaseModel
 from sqlmodel import col, select
 
 from api.auth import Principal
+from api.pagination import cursor_value, encode_cursor
 from api.state import resources
 from api.tenancy import tenant_context
 from schemas.db import tenant_transaction
@@ -80,13 +79,9 @@ async def query_audit(
     if until:
         query = query.where(col(AuditLog.ts) < until)
     if cursor:
-        try:
-            before = int(base64.urlsafe_b64decode(cursor.encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-            raise ValidationException("cursor is not one this API returned") from exc
-        query = query.where(col(AuditLog.seq) < before)
+        query = query.where(col(AuditLog.seq) < cursor_value(cursor, int))
     async with tenant_transaction(res.engine, ctx) as db:
         rows = list(await db.exec(query.order_by(col(AuditLog.seq).desc()).limit(limit + 1)))
     page = rows[:limit]
-    next_cursor = base64.urlsafe_b64encode(str(page[-1].seq).encode()).decode() if len(rows) > limit else None
+    next_cursor = encode_cursor(page[-1].seq) if len(rows) > limit else None
     return AuditPage(entries=[AuditEntry(**r.model_dump()) for r in page], next_cursor=next_cursor)

@@ -6,8 +6,6 @@ A bearer token is sealed on save and never returned.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -29,6 +27,7 @@ from sqlmodel import col, or_, select
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
+from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.sessions import find_session
 from api.state import Resources, resources
@@ -180,15 +179,11 @@ def _seal(res: Resources, row: McpConfiguration, token: str) -> str:
     )
 
 
-def _cursor(row: McpConfiguration) -> str:
-    return base64.urlsafe_b64encode(f"{row.name}|{row.id}".encode()).decode()
-
-
 def _after(cursor: str) -> tuple[str, UUID]:
+    name, ident = decode_cursor(cursor, 2)
     try:
-        name, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
         return name, UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise ValidationException("cursor is not one this API returned") from exc
 
 
@@ -281,7 +276,7 @@ class McpConfigurationController(Controller):
         page = rows[:limit]
         return ConfigPage(
             configurations=[config_out(r) for r in page],
-            next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
+            next_cursor=encode_cursor(page[-1].name, page[-1].id) if len(rows) > limit else None,
         )
 
     @get("/{config_id:uuid}")

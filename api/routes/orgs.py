@@ -7,8 +7,6 @@ An organization id other than the caller's is a 404, never a 403 that confirms i
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
@@ -19,7 +17,6 @@ from litestar.exceptions import (
     ClientException,
     NotFoundException,
     PermissionDeniedException,
-    ValidationException,
 )
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
@@ -29,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from api.auth import Principal
+from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import Resources, resources
 from api.tenancy import tenant_context
@@ -170,12 +168,7 @@ class OrgController(Controller):
             .where(Membership.org_id == org_id)
         )
         if cursor:
-            try:
-                query = query.where(
-                    col(Membership.user_id) > UUID(base64.urlsafe_b64decode(cursor.encode()).decode())
-                )
-            except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-                raise ValidationException("cursor is not one this API returned") from exc
+            query = query.where(col(Membership.user_id) > cursor_value(cursor, UUID))
         async with tenant_transaction(res.engine, ctx) as db:
             rows = list(await db.exec(query.order_by(col(Membership.user_id)).limit(limit + 1)))
         page = rows[:limit]
@@ -184,9 +177,7 @@ class OrgController(Controller):
                 MemberOut(user_id=m.user_id, role=m.role, email=email, created_at=m.created_at)
                 for m, email in page
             ],
-            next_cursor=base64.urlsafe_b64encode(str(page[-1][0].user_id).encode()).decode()
-            if len(rows) > limit
-            else None,
+            next_cursor=encode_cursor(page[-1][0].user_id) if len(rows) > limit else None,
         )
 
     @post("/{org_id:uuid}/members", status_code=201)

@@ -3,8 +3,6 @@ preview of what a session would get."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
@@ -23,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
 from api.auth import Principal
+from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import Resources, resources
 from api.tenancy import ensure_member, tenant_context
@@ -181,17 +180,11 @@ class PromptController(Controller):
         if scope:
             query = query.where(SystemPrompt.scope == scope)
         if cursor:
-            try:
-                after = UUID(base64.urlsafe_b64decode(cursor.encode()).decode())
-            except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-                raise ValidationException("cursor is not one this API returned") from exc
-            query = query.where(col(SystemPrompt.id) > after)
+            query = query.where(col(SystemPrompt.id) > cursor_value(cursor, UUID))
         async with tenant_transaction(res.engine, ctx) as db:
             rows = list(await db.exec(query.order_by(col(SystemPrompt.id)).limit(limit + 1)))
         page = rows[:limit]
-        next_cursor = (
-            base64.urlsafe_b64encode(str(page[-1].id).encode()).decode() if len(rows) > limit else None
-        )
+        next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
         return PromptPage(prompts=[_out(r) for r in page], next_cursor=next_cursor)
 
     @get("/preview")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -23,6 +21,7 @@ from sqlmodel import col, func, select
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
+from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.prompts import composed_prompt
 from api.sse import parse_last_event_id, session_event_stream
@@ -120,15 +119,11 @@ def _out(row: UserSession) -> dict[str, object]:
     }
 
 
-def _encode_cursor(row: UserSession) -> str:
-    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
-
-
 def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    created, ident = decode_cursor(cursor, 2)
     try:
-        created, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
         return datetime.fromisoformat(created), UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise ValidationException("cursor is not one this API returned") from exc
 
 
@@ -211,7 +206,9 @@ class SessionController(Controller):
         async with tenant_transaction(res.engine, ctx) as db:
             rows = list(await db.exec(query))
         page = rows[:limit]
-        next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
+        next_cursor = (
+            encode_cursor(page[-1].created_at.isoformat(), page[-1].id) if len(rows) > limit else None
+        )
         return SessionPage(sessions=[SessionOut(**_out(r)) for r in page], next_cursor=next_cursor)  # type: ignore[arg-type]
 
     @get("/{session_id:uuid}")
