@@ -20,6 +20,7 @@ from api.mcp_gateway import build_gateway
 from api.problems import make_exception_handlers
 from api.rate_limit import rate_limit_middleware
 from api.routes.audit import query_audit
+from api.routes.chat import chat, chat_stream
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.orgs import OrgController
@@ -27,6 +28,7 @@ from api.routes.prompts import PromptController
 from api.routes.sessions import SessionController
 from api.routes.users import erase_user, export_user
 from api.state import lifespan, resources
+from api.tenancy import membership_middleware
 from schemas.observability import configure_process
 from schemas.settings import GATEWAY_PATH, Settings, get_settings
 
@@ -68,11 +70,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PromptController,
             query_audit,
             OrgController,
+            chat,
+            chat_stream,
         ],
         middleware=[
             correlation_middleware,
             audit_trail_middleware,
             auth_middleware(),
+            membership_middleware,
             rate_limit_middleware,
             json_content_type_middleware(),
         ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar.response import ServerSentEventMessage
@@ -24,6 +24,8 @@ from events.streams import Names
 # How many log entries one replay read fetches at a time.
 REPLAY_BATCH = 500
 RETRY_MS = 2000
+# Sessions one chat stream follows at most.
+MAX_CHAT_SESSIONS = 50
 
 _SSE_NAMES: dict[EventType, str] = {
     EventType.MESSAGE_UPDATED: "message_update",
@@ -128,3 +130,51 @@ def parse_last_event_id(value: str | None) -> str | None:
     except ValueError:
         return None
     return value
+
+
+async def chat_event_stream(
+    redis: Redis,
+    names: Names,
+    hub: EventHub,
+    active_sessions: Callable[[], Awaitable[list[str]]],
+    heartbeat_seconds: float,
+    refresh_seconds: float = 5.0,
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Live events of all the caller's active sessions, each with its ``session_id``.
+
+    Sessions started after the connection joins within ``refresh_seconds``. No replay: a client
+    that needs a session's history reads that session's own stream with Last-Event-ID.
+    """
+    yield ServerSentEventMessage(comment="connected", retry=RETRY_MS, data=None)
+    merged: asyncio.Queue[ServerSentEventMessage] = asyncio.Queue(1000)
+    pumps: dict[str, asyncio.Task[None]] = {}
+
+    async def pump(session_id: str) -> None:
+        tail = await redis.xrevrange(names.session_log(session_id), count=1)
+        after = tail[0][0] if tail else None
+        async for message in session_event_stream(redis, names, hub, session_id, after or "0-0", 3600):
+            if message.data is not None:
+                data = json.loads(str(message.data))
+                data["session_id"] = session_id
+                await merged.put(
+                    ServerSentEventMessage(
+                        data=json.dumps(data, separators=(",", ":")), event=message.event, id=message.id
+                    )
+                )
+
+    loop = asyncio.get_running_loop()
+    next_refresh = 0.0
+    try:
+        while True:
+            if loop.time() >= next_refresh:
+                for session_id in await active_sessions():
+                    if session_id not in pumps and len(pumps) < MAX_CHAT_SESSIONS:
+                        pumps[session_id] = asyncio.create_task(pump(session_id), name=f"chat-{session_id}")
+                next_refresh = loop.time() + refresh_seconds
+            try:
+                yield await asyncio.wait_for(merged.get(), min(heartbeat_seconds, refresh_seconds))
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="ping", data=None)
+    finally:
+        for task in pumps.values():
+            task.cancel()

@@ -1,18 +1,37 @@
-"""From an authenticated principal to a tenant context, and the first-request provisioning."""
+"""From an authenticated principal to a tenant context: membership, provisioning, effective role.
+
+A middleware after authentication looks up the caller's membership of the token's organization
+on every request (cached per process for a few seconds):
+
+- none yet, and the organization exists: the user row and membership are provisioned with the
+  token's role (the first request of a valid user); the organization does not exist: 403;
+- removed (``removed_at`` set): 403, whatever the token says, until an admin adds them again;
+- otherwise the effective role is the lesser of the token's role and the membership's, so a
+  demotion here takes effect at once and a token alone cannot raise anyone's role.
+
+Platform superadmins act in any organization without a membership.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from uuid import UUID
 
 from litestar.exceptions import PermissionDeniedException
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import Principal
-from schemas.db import TenantContext
+from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import Membership, Organization, User
+
+ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
+CACHE_SECONDS = 5.0
+# (org, user) -> (valid until, membership role or None when removed)
+_cache: dict[tuple[UUID, UUID], tuple[float, str | None]] = {}
 
 
 def tenant_context(principal: Principal) -> TenantContext:
@@ -23,38 +42,70 @@ def tenant_context(principal: Principal) -> TenantContext:
     return TenantContext(org_id=principal.org_id, user_id=principal.user_id, role=role)
 
 
-# (user, org) pairs already provisioned by this process: provisioning is one query per pair per process.
-_provisioned: set[tuple[UUID, UUID]] = set()
+def forget_membership(org_id: UUID, user_id: UUID) -> None:
+    """Drop a cached membership after it changed (other processes notice within CACHE_SECONDS)."""
+    _cache.pop((org_id, user_id), None)
 
 
-async def ensure_member(db: AsyncSession, principal: Principal) -> None:
-    """Create the user row and membership on a valid user's first request, where the org exists."""
+async def membership_role(engine, principal: Principal) -> str | None:  # type: ignore[no-untyped-def]
+    """The membership's role, provisioning it on first sight; None when the member was removed."""
     assert principal.org_id is not None
-    key = (principal.user_id, principal.org_id)
-    if key in _provisioned:
-        return
-    member = await db.exec(
-        select(Membership.id).where(
-            Membership.org_id == principal.org_id, Membership.user_id == principal.user_id
-        )
-    )
-    if member.first() is None:
-        org = await db.exec(select(Organization.id).where(Organization.id == principal.org_id))
-        if org.first() is None:
-            raise PermissionDeniedException("the token's organization does not exist on this platform")
-        insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
-        await db.exec(
-            insert(User)
-            .values(id=principal.user_id, email=principal.email)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        await db.exec(
-            insert(Membership)
-            .values(org_id=principal.org_id, user_id=principal.user_id, role=_member_role(principal))
-            .on_conflict_do_nothing(index_elements=["org_id", "user_id"])
-        )
-    _provisioned.add(key)
+    key = (principal.org_id, principal.user_id)
+    cached = _cache.get(key)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    ctx = TenantContext(org_id=principal.org_id, user_id=principal.user_id, role="member")
+    async with tenant_transaction(engine, ctx) as db:
+        member = (
+            await db.exec(
+                select(Membership.role, Membership.removed_at).where(
+                    Membership.org_id == principal.org_id, Membership.user_id == principal.user_id
+                )
+            )
+        ).first()
+        if member is None:
+            org = (await db.exec(select(Organization.id).where(Organization.id == principal.org_id))).first()
+            if org is None:
+                raise PermissionDeniedException("the token's organization does not exist on this platform")
+            role = principal.role if principal.role in ROLE_RANK else "member"
+            insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
+            await db.exec(
+                insert(User)
+                .values(id=principal.user_id, email=principal.email)
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            await db.exec(
+                insert(Membership)
+                .values(org_id=principal.org_id, user_id=principal.user_id, role=role)
+                .on_conflict_do_nothing(index_elements=["org_id", "user_id"])
+            )
+            result: str | None = role
+        else:
+            result = None if member[1] is not None else member[0]
+    _cache[key] = (time.monotonic() + CACHE_SECONDS, result)
+    return result
 
 
-def _member_role(principal: Principal) -> str:
-    return principal.role if principal.role in ("member", "admin", "owner") else "member"
+def _lesser(token_role: str, member_role: str) -> str:
+    return min(token_role, member_role, key=lambda role: ROLE_RANK.get(role, 0))
+
+
+def membership_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get("user")
+        if (
+            scope["type"] == "http"
+            and isinstance(principal, Principal)
+            and principal.org_id is not None
+            and not principal.is_superadmin
+        ):
+            engine = scope["app"].state["resources"].engine
+            role = await membership_role(engine, principal)
+            if role is None:
+                raise PermissionDeniedException("you were removed from this organization")
+            effective = _lesser(principal.role, role)
+            if effective != principal.role:
+                scope["user"] = replace(principal, role=effective)
+        await app(scope, receive, send)
+
+    return middleware

@@ -77,6 +77,8 @@ class Membership(SQLModel, table=True):
     role: str = Field(default="member", max_length=16)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+    # Set when the member is removed; the row stays so their token cannot provision them again.
+    removed_at: datetime | None = _ts(nullable=True)
 
 
 class UserSession(SQLModel, table=True):

@@ -102,9 +102,22 @@ async def test_export_then_erase_a_member(gdpr_stack: Stack, pg_urls: DbUrls) ->
         ended = await client.get(f"/api/v1/sessions/{session['id']}", headers=admin)
         assert ended.status_code == 404
 
-    for table in ("user_sessions", "session_messages", "mcp_configurations", "memberships", "users"):
-        column = "id" if table == "users" else "user_id"
-        assert count(pg_urls, f"SELECT count(*) FROM {table} WHERE {column} = %s", member_id) == 0, table
+    for table in ("user_sessions", "session_messages", "mcp_configurations"):
+        assert count(pg_urls, f"SELECT count(*) FROM {table} WHERE user_id = %s", member_id) == 0, table
+    # What stays: a membership tombstone (so the member's token cannot bring them back) and a user
+    # row without anything that identifies the person.
+    assert (
+        count(
+            pg_urls,
+            "SELECT count(*) FROM memberships WHERE user_id = %s AND removed_at IS NOT NULL",
+            member_id,
+        )
+        == 1
+    )
+    assert count(pg_urls, "SELECT count(*) FROM users WHERE id = %s AND email IS NULL", member_id) == 1
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        comeback = await client.get("/api/v1/sessions", headers=member)
+        assert comeback.status_code == 403 and "removed" in comeback.json()["detail"]
     # The trail stays, keyed by an id that now leads nowhere.
     await asyncio.sleep(1)
     assert (

@@ -65,6 +65,19 @@ async def test_organization_and_member_lifecycle(client: httpx.AsyncClient, stac
     assert (
         await client.patch(f"{members}/{member_id}", json={"role": "member"}, headers=admin)
     ).status_code == 404
+    # The removed member's token no longer works here, and does not bring them back.
+    removed = await client.get(f"/api/v1/orgs/{org_id}", headers=member)
+    assert removed.status_code == 403 and "removed" in removed.json()["detail"]
+    listed = (await client.get(members, headers=admin)).json()["members"]
+    assert str(member_id) not in {m["user_id"] for m in listed}
+    # A demoted admin acts as a member at once, whatever their token says.
+    assert (
+        await client.patch(f"{members}/{admin_id}", json={"role": "member"}, headers=owner)
+    ).status_code == 200
+    assert (await client.post(members, json={"user_id": str(uuid.uuid4())}, headers=admin)).status_code == 403
+    # Added again, the member is back.
+    assert (await client.post(members, json={"user_id": str(member_id)}, headers=owner)).status_code == 201
+    assert (await client.get(f"/api/v1/orgs/{org_id}", headers=member)).status_code == 200
 
     # Another organization's people see nothing of this one.
     outsider = stack.headers(role="owner")
@@ -79,4 +92,4 @@ async def test_organization_and_member_lifecycle(client: httpx.AsyncClient, stac
         )
         assert response.status_code == 404, (method, path)
         assert "Acme" not in response.text
-    assert (await client.get(f"/api/v1/orgs/{org_id}", headers=admin)).json()["slug"] == slug
+    assert (await client.get(f"/api/v1/orgs/{org_id}", headers=owner)).json()["slug"] == slug

@@ -31,7 +31,7 @@ from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.sessions import find_session
 from api.state import Resources, resources
-from api.tenancy import ensure_member, tenant_context
+from api.tenancy import tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
 from events.results import await_reply
@@ -244,7 +244,6 @@ class McpConfigurationController(Controller):
             row.encrypted_secret = _seal(res, row, data.bearer_token)
         try:
             async with tenant_transaction(res.engine, ctx) as db:
-                await ensure_member(db, request.user)
                 db.add(row)
         except IntegrityError as exc:
             raise ClientException(

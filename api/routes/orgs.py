@@ -29,7 +29,7 @@ from api.auth import Principal
 from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import Resources, resources
-from api.tenancy import tenant_context
+from api.tenancy import forget_membership, tenant_context
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import Membership, Organization, User, utcnow
 
@@ -98,7 +98,12 @@ async def _owners_left(db, org_id: UUID, without: UUID) -> int:  # type: ignore[
             await db.exec(
                 select(func.count())
                 .select_from(Membership)
-                .where(Membership.org_id == org_id, Membership.role == "owner", Membership.user_id != without)
+                .where(
+                    Membership.org_id == org_id,
+                    Membership.role == "owner",
+                    Membership.user_id != without,
+                    col(Membership.removed_at).is_(None),
+                )
             )
         ).one()
     )
@@ -110,7 +115,11 @@ async def _member(res: Resources, ctx: TenantContext, user_id: UUID) -> tuple[Me
             await db.exec(
                 select(Membership, User.email)
                 .join(User, col(User.id) == col(Membership.user_id), isouter=True)
-                .where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
+                .where(
+                    Membership.org_id == ctx.org_id,
+                    Membership.user_id == user_id,
+                    col(Membership.removed_at).is_(None),
+                )
             )
         ).first()
     if row is None:
@@ -165,7 +174,7 @@ class OrgController(Controller):
         query = (
             select(Membership, User.email)
             .join(User, col(User.id) == col(Membership.user_id), isouter=True)
-            .where(Membership.org_id == org_id)
+            .where(Membership.org_id == org_id, col(Membership.removed_at).is_(None))
         )
         if cursor:
             query = query.where(col(Membership.user_id) > cursor_value(cursor, UUID))
@@ -188,16 +197,24 @@ class OrgController(Controller):
         res = resources(state)
         ctx = _own_org(request.user, org_id)
         _may_grant(ctx, None, data.role)
-        member = Membership(org_id=org_id, user_id=data.user_id, role=data.role)
         # The user row is global: created here under the platform context when the person is new.
         platform = TenantContext(org_id=org_id, user_id=ctx.user_id, role="superadmin")
-        try:
-            async with tenant_transaction(res.engine, platform) as db:
-                await _upsert_user(db, data.user_id, data.email)
-            async with tenant_transaction(res.engine, ctx) as db:
-                db.add(member)
-        except IntegrityError as exc:
-            raise ClientException("the user is already a member", status_code=409) from exc
+        async with tenant_transaction(res.engine, platform) as db:
+            await _upsert_user(db, data.user_id, data.email)
+        async with tenant_transaction(res.engine, ctx) as db:
+            member = (
+                await db.exec(
+                    select(Membership).where(Membership.org_id == org_id, Membership.user_id == data.user_id)
+                )
+            ).first()
+            if member is not None and member.removed_at is None:
+                raise ClientException("the user is already a member", status_code=409)
+            if member is None:
+                member = Membership(org_id=org_id, user_id=data.user_id, role=data.role)
+            else:  # someone removed before comes back
+                member.role, member.removed_at, member.updated_at = data.role, None, utcnow()
+            db.add(member)
+        forget_membership(org_id, data.user_id)
         return MemberOut(user_id=data.user_id, role=data.role, email=data.email, created_at=member.created_at)
 
     @patch("/{org_id:uuid}/members/{user_id:uuid}")
@@ -217,13 +234,15 @@ class OrgController(Controller):
                 raise ClientException("the organization must keep an owner", status_code=409)
             member.role, member.updated_at = data.role, utcnow()
             await db.merge(member)
+        forget_membership(org_id, user_id)
         return MemberOut(user_id=user_id, role=data.role, email=email, created_at=member.created_at)
 
     @delete("/{org_id:uuid}/members/{user_id:uuid}", status_code=204)
     async def remove_member(
         self, org_id: UUID, user_id: UUID, request: Request[Principal, str, State], state: State
     ) -> None:
-        """Remove a member (their data stays until erased: DELETE /api/v1/users/{id})."""
+        """Remove a member; their token stops working here. Their data stays until erased
+        (DELETE /api/v1/users/{id})."""
         res = resources(state)
         ctx = _own_org(request.user, org_id)
         member, _ = await _member(res, ctx, user_id)
@@ -231,6 +250,7 @@ class OrgController(Controller):
         async with tenant_transaction(res.engine, ctx) as db:
             if member.role == "owner" and await _owners_left(db, org_id, user_id) == 0:
                 raise ClientException("the organization must keep an owner", status_code=409)
-            stored = await db.get(Membership, member.id)
-            if stored is not None:
-                await db.delete(stored)
+            # A tombstone, not a deletion: the member's still-valid token must not provision them again.
+            member.removed_at = member.updated_at = utcnow()
+            await db.merge(member)
+        forget_membership(org_id, user_id)

@@ -24,7 +24,7 @@ from api.auth import Principal
 from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import Resources, resources
-from api.tenancy import ensure_member, tenant_context
+from api.tenancy import tenant_context
 from schemas.db import TenantContext, tenant_transaction
 from schemas.prompts import (
     MAX_PROMPT_CHARS,
@@ -159,7 +159,6 @@ class PromptController(Controller):
         )
         try:
             async with tenant_transaction(res.engine, ctx) as db:
-                await ensure_member(db, request.user)
                 db.add(row)
         except IntegrityError as exc:
             raise _duplicate(data.name) from exc

@@ -26,7 +26,7 @@ from api.problems import StrictBody
 from api.routes.prompts import composed_prompt
 from api.sse import parse_last_event_id, session_event_stream
 from api.state import Resources, resources
-from api.tenancy import ensure_member, tenant_context
+from api.tenancy import tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
@@ -144,42 +144,7 @@ class SessionController(Controller):
         self, data: CreateSession, request: Request[Principal, str, State], state: State
     ) -> SessionAccepted:
         """Request a new agent session; its progress arrives on `events_url`."""
-        res = resources(state)
-        if data.custom_agent is not None and data.custom_agent not in res.settings.custom_agents:
-            raise ValidationException(
-                "custom_agent is not on this platform's allowlist",
-                extra=[{"key": "custom_agent", "message": "not an allowlisted command name"}],
-            )
-        ctx = tenant_context(request.user)
-        await _check_quota(res, ctx)
-        assert ctx.org_id is not None and ctx.user_id is not None
-        system_prompt = await composed_prompt(res, ctx.org_id, ctx.user_id, data.agent_type)
-        async with tenant_transaction(res.engine, ctx) as db:
-            await ensure_member(db, request.user)
-            row = UserSession(
-                org_id=ctx.org_id,
-                user_id=ctx.user_id,
-                agent_type=data.agent_type,
-                status="requested",
-                title=data.title,
-            )
-            db.add(row)
-            await db.flush()
-        # Published after the commit, so a worker never sees a session row that does not exist yet.
-        event = Event(
-            type=EventType.SESSION_REQUESTED,
-            org_id=row.org_id,
-            user_id=row.user_id,
-            session_id=row.id,
-            correlation_id=current_correlation_id(),
-            payload={
-                "agent_type": row.agent_type,
-                "prompt": data.prompt,
-                "custom_agent": data.custom_agent,
-                "system_prompt": system_prompt,
-            },
-        )
-        await publish(res.redis, res.names, event)
+        row, event = await start_session(resources(state), request.user, data)
         return SessionAccepted(**_out(row), event_id=event.id)  # type: ignore[arg-type]
 
     @get("/")
@@ -264,20 +229,7 @@ class SessionController(Controller):
     ) -> Ok:
         """coder/agentapi's `POST /message`: `user` messages only while the agent is stable (else 409);
         `raw` keystrokes go straight to the terminal and are not recorded."""
-        res = resources(state)
-        row = await find_session(state, request.user, session_id)
-        if row.status not in ACTIVE:
-            raise ClientException(f"the session has {row.status}", status_code=409)
-        content = data.content.strip() if data.type == "user" else data.content
-        if not content:
-            raise ValidationException(
-                "content is empty", extra=[{"key": "content", "message": "must not be empty"}]
-            )
-        if data.type == "user":
-            live = await res.redis.hgetall(res.names.session_state(session_id))
-            if live.get("status") != "stable":
-                raise ClientException("the agent is busy; send when its status is stable", status_code=409)
-        await res.redis.xadd(res.names.session_input(session_id), {"type": data.type, "content": content})
+        await deliver_message(resources(state), await find_session(state, request.user, session_id), data)
         return Ok()
 
     @get("/{session_id:uuid}/events", timeout=None)
@@ -300,6 +252,63 @@ class SessionController(Controller):
             ),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+async def start_session(
+    res: Resources, principal: Principal, data: CreateSession
+) -> tuple[UserSession, Event]:
+    """Create the session row, then publish its request (after the commit)."""
+    if data.custom_agent is not None and data.custom_agent not in res.settings.custom_agents:
+        raise ValidationException(
+            "custom_agent is not on this platform's allowlist",
+            extra=[{"key": "custom_agent", "message": "not an allowlisted command name"}],
+        )
+    ctx = tenant_context(principal)
+    await _check_quota(res, ctx)
+    assert ctx.org_id is not None and ctx.user_id is not None
+    system_prompt = await composed_prompt(res, ctx.org_id, ctx.user_id, data.agent_type)
+    async with tenant_transaction(res.engine, ctx) as db:
+        row = UserSession(
+            org_id=ctx.org_id,
+            user_id=ctx.user_id,
+            agent_type=data.agent_type,
+            status="requested",
+            title=data.title,
+        )
+        db.add(row)
+        await db.flush()
+    # Published after the commit, so a worker never sees a session row that does not exist yet.
+    event = Event(
+        type=EventType.SESSION_REQUESTED,
+        org_id=row.org_id,
+        user_id=row.user_id,
+        session_id=row.id,
+        correlation_id=current_correlation_id(),
+        payload={
+            "agent_type": row.agent_type,
+            "prompt": data.prompt,
+            "custom_agent": data.custom_agent,
+            "system_prompt": system_prompt,
+        },
+    )
+    await publish(res.redis, res.names, event)
+    return row, event
+
+
+async def deliver_message(res: Resources, row: UserSession, data: SendMessage) -> None:
+    """Queue a message for the session's host, refusing what the agent cannot take now."""
+    if row.status not in ACTIVE:
+        raise ClientException(f"the session has {row.status}", status_code=409)
+    content = data.content.strip() if data.type == "user" else data.content
+    if not content:
+        raise ValidationException(
+            "content is empty", extra=[{"key": "content", "message": "must not be empty"}]
+        )
+    if data.type == "user":
+        live = await res.redis.hgetall(res.names.session_state(row.id))
+        if live.get("status") != "stable":
+            raise ClientException("the agent is busy; send when its status is stable", status_code=409)
+    await res.redis.xadd(res.names.session_input(row.id), {"type": data.type, "content": content})
 
 
 async def _check_quota(res: Resources, ctx: TenantContext) -> None:

@@ -3,7 +3,7 @@
 Both act within the caller's organization: a user on their own data, or an org admin/owner on a
 member's. Erasure stops the user's live sessions, deletes their sessions, messages, prompts, MCP
 configurations and tokens in this organization, asks a worker to delete their workspace files,
-and drops the user row itself once they belong to no organization. Audit rows stay (the trail is
+and, once they belong to no organization, clears what identifies them from the user row. Audit rows stay (the trail is
 append-only) and keep only the user's id, which no longer leads to a person.
 """
 
@@ -16,13 +16,13 @@ from uuid import UUID
 from litestar import Request, delete, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException, PermissionDeniedException
-from sqlmodel import col, func, select
+from sqlmodel import col, func, select, update
 from sqlmodel import delete as sql_delete
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.state import Resources, resources
-from api.tenancy import tenant_context
+from api.tenancy import forget_membership, tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
@@ -36,6 +36,7 @@ from schemas.tables import (
     SystemPrompt,
     User,
     UserSession,
+    utcnow,
 )
 
 ADMIN_ROLES = ("admin", "owner", "superadmin")
@@ -55,7 +56,11 @@ async def _membership(res: Resources, ctx: TenantContext, user_id: UUID) -> Memb
     async with tenant_transaction(res.engine, ctx) as db:
         member = (
             await db.exec(
-                select(Membership).where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
+                select(Membership).where(
+                    Membership.org_id == ctx.org_id,
+                    Membership.user_id == user_id,
+                    col(Membership.removed_at).is_(None),
+                )
             )
         ).first()
     if member is None:
@@ -158,18 +163,32 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
             McpConfiguration,
         ):
             await db.exec(sql_delete(model).where(model.org_id == ctx.org_id, model.user_id == user_id))  # type: ignore[attr-defined, call-overload]
+        # The membership stays as a tombstone, so the erased user's still-valid token cannot
+        # provision them again.
         await db.exec(
-            sql_delete(Membership).where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
+            update(Membership)
+            .where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
+            .values(removed_at=utcnow(), updated_at=utcnow())
         )  # type: ignore[call-overload]
+    forget_membership(ctx.org_id, user_id)  # type: ignore[arg-type]
     for session_id in live:
         await res.redis.xadd(res.names.session_input(session_id), {"type": "stop", "content": ""})
     # Whether the person still belongs anywhere is a platform question: RLS hides other orgs.
     async with tenant_transaction(res.engine, PLATFORM) as db:
         remaining = (
-            await db.exec(select(func.count()).select_from(Membership).where(Membership.user_id == user_id))
+            await db.exec(
+                select(func.count())
+                .select_from(Membership)
+                .where(Membership.user_id == user_id, col(Membership.removed_at).is_(None))
+            )
         ).one()
         if remaining == 0:
-            await db.exec(sql_delete(User).where(User.id == user_id))  # type: ignore[call-overload]
+            # The row stays for the tombstones' sake; what identifies the person goes.
+            await db.exec(
+                update(User)
+                .where(User.id == user_id)
+                .values(email=None, display_name=None, updated_at=utcnow())
+            )  # type: ignore[call-overload]
     await publish(
         res.redis,
         res.names,

@@ -1,0 +1,101 @@
+"""Chat: one call to talk to an agent (an existing session, or a new one), and one stream for
+everything the caller's sessions say."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.exceptions import PermissionDeniedException
+from litestar.response import Response, ServerSentEvent
+from pydantic import BaseModel, Field, model_validator
+from sqlmodel import col, select
+
+from api.auth import Principal
+from api.problems import StrictBody
+from api.routes.sessions import (
+    ACTIVE,
+    MAX_MESSAGE_BYTES,
+    CreateSession,
+    SendMessage,
+    deliver_message,
+    find_session,
+    start_session,
+)
+from api.sse import chat_event_stream
+from api.state import resources
+from api.tenancy import tenant_context
+from schemas.db import tenant_transaction
+from schemas.tables import UserSession
+
+
+class ChatIn(StrictBody):
+    content: str = Field(min_length=1, max_length=MAX_MESSAGE_BYTES)
+    type: Literal["user", "raw"] = "user"
+    session_id: UUID | None = Field(None, description="an existing session; omit to start one")
+    agent_type: str | None = Field(None, max_length=32, description="for a new session")
+    custom_agent: str | None = Field(None, max_length=64)
+    title: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _target(self) -> ChatIn:
+        if self.session_id is None and self.agent_type is None:
+            raise ValueError("give session_id (an existing session) or agent_type (to start one)")
+        if self.session_id is not None and (self.agent_type or self.custom_agent or self.title):
+            raise ValueError("agent_type, custom_agent and title are only for a new session")
+        if self.session_id is None and self.type == "raw":
+            raise ValueError("a new session starts with a user message, not raw keys")
+        return self
+
+
+class ChatOut(BaseModel):
+    session_id: UUID
+    created: bool
+    events_url: str
+    event_id: str | None = None
+
+
+@post("/api/v1/chat", tags=["chat"], status_code=202)
+async def chat(data: ChatIn, request: Request[Principal, str, State], state: State) -> Response[ChatOut]:
+    """Send a message to one of your sessions (200), or start a session with it (202)."""
+    res = resources(state)
+    if data.session_id is not None:
+        row = await find_session(state, request.user, data.session_id)
+        if row.user_id != request.user.user_id:
+            raise PermissionDeniedException("only the session's owner chats in it")
+        await deliver_message(res, row, SendMessage(content=data.content, type=data.type))
+        out = ChatOut(session_id=row.id, created=False, events_url=f"/api/v1/sessions/{row.id}/events")
+        return Response(out, status_code=200)
+    create = CreateSession(
+        agent_type=str(data.agent_type), prompt=data.content, title=data.title, custom_agent=data.custom_agent
+    )
+    row, event = await start_session(res, request.user, create)
+    out = ChatOut(
+        session_id=row.id, created=True, events_url=f"/api/v1/sessions/{row.id}/events", event_id=event.id
+    )
+    return Response(out, status_code=202)
+
+
+@get("/api/v1/chat/stream", tags=["chat"], timeout=None)
+async def chat_stream(request: Request[Principal, str, State], state: State) -> ServerSentEvent:
+    """SSE: live events of all your active sessions, each with `session_id`."""
+    res = resources(state)
+    ctx = tenant_context(request.user)
+
+    async def active_sessions() -> list[str]:
+        async with tenant_transaction(res.engine, ctx) as db:
+            rows = await db.exec(
+                select(UserSession.id).where(
+                    UserSession.org_id == ctx.org_id,
+                    UserSession.user_id == ctx.user_id,
+                    col(UserSession.status).in_(ACTIVE),
+                )
+            )
+            return [str(session_id) for session_id in rows]
+
+    return ServerSentEvent(
+        chat_event_stream(res.redis, res.names, res.hub, active_sessions, res.settings.sse_heartbeat_seconds),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
