@@ -138,6 +138,10 @@ async def test_prompts_api_preview_and_session_injection(client: httpx.AsyncClie
         )
     ).status_code == 409
 
+    listed = (await client.get("/api/v1/prompts?scope=user", headers=member)).json()["prompts"]
+    assert [p["name"] for p in listed] == ["mine"]
+    everything = (await client.get("/api/v1/prompts?limit=100", headers=member)).json()["prompts"]
+    assert {"house", "mine", f"g-{tag}"} <= {p["name"] for p in everything}
     preview = (await client.get("/api/v1/prompts/preview?agent_type=ccr", headers=member)).json()
     assert preview["agent_type"] == "ccrouter"
     text = preview["prompt"]

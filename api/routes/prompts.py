@@ -169,15 +169,18 @@ class PromptController(Controller):
         self,
         request: Request[Principal, str, State],
         state: State,
-        scope: Literal["global", "organization", "user"] | None = None,
+        # Not named `scope`: Litestar injects the ASGI scope under that name.
+        prompt_scope: Annotated[
+            Literal["global", "organization", "user"] | None, Parameter(query="scope")
+        ] = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=400)] = None,
     ) -> PromptPage:
         res = resources(state)
         ctx = tenant_context(request.user)
         query = _visible(select(SystemPrompt), ctx)
-        if scope:
-            query = query.where(SystemPrompt.scope == scope)
+        if prompt_scope:
+            query = query.where(SystemPrompt.scope == prompt_scope)
         if cursor:
             query = query.where(col(SystemPrompt.id) > cursor_value(cursor, UUID))
         async with tenant_transaction(res.engine, ctx) as db:
