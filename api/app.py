@@ -17,7 +17,7 @@ from api.auth import auth_middleware, openapi_components, openapi_security
 from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
-from api.problems import make_exception_handlers
+from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
 from api.routes.audit import query_audit
 from api.routes.chat import chat, chat_stream
@@ -94,5 +94,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
+    _document_problems(app)
     app_ref.append(app)
     return app
+
+
+# Every API route may answer these as problem+json; Litestar documents responses per handler only.
+COMMON_PROBLEMS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+
+
+def _document_problems(app: Litestar) -> None:
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if handler.include_in_schema:
+                handler.responses = {**problem_responses(*COMMON_PROBLEMS), **(handler.responses or {})}

@@ -69,6 +69,10 @@ def audit_trail_middleware(app: ASGIApp) -> ASGIApp:
 
         try:
             await app(scope, receive, capture)
+        except Exception as exc:
+            # Raised errors are answered further out; their status is the exception's.
+            status = int(getattr(exc, "status_code", 500))
+            raise
         finally:
             if scope["method"] in MUTATING or status in (401, 403):
                 await _record(scope, status)

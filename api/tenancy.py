@@ -32,6 +32,8 @@ ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 CACHE_SECONDS = 5.0
 # (org, user) -> (valid until, membership role or None when removed)
 _cache: dict[tuple[UUID, UUID], tuple[float, str | None]] = {}
+# Superadmins whose user row this process has made sure of.
+_user_rows: set[UUID] = set()
 
 
 def tenant_context(principal: Principal) -> TenantContext:
@@ -90,15 +92,29 @@ def _lesser(token_role: str, member_role: str) -> str:
     return min(token_role, member_role, key=lambda role: ROLE_RANK.get(role, 0))
 
 
+async def ensure_user_row(engine, principal: Principal) -> None:  # type: ignore[no-untyped-def]
+    """Superadmins own rows (sessions, prompts) like anyone, without a membership: their user row."""
+    assert principal.org_id is not None
+    if principal.user_id in _user_rows:
+        return
+    ctx = TenantContext(org_id=principal.org_id, user_id=principal.user_id, role="superadmin")
+    async with tenant_transaction(engine, ctx) as db:
+        insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
+        await db.exec(
+            insert(User)
+            .values(id=principal.user_id, email=principal.email)
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+    _user_rows.add(principal.user_id)
+
+
 def membership_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("user")
-        if (
-            scope["type"] == "http"
-            and isinstance(principal, Principal)
-            and principal.org_id is not None
-            and not principal.is_superadmin
-        ):
+        if scope["type"] == "http" and isinstance(principal, Principal) and principal.is_superadmin:
+            if principal.org_id is not None:
+                await ensure_user_row(scope["app"].state["resources"].engine, principal)
+        elif scope["type"] == "http" and isinstance(principal, Principal) and principal.org_id is not None:
             engine = scope["app"].state["resources"].engine
             role = await membership_role(engine, principal)
             if role is None:

@@ -18,10 +18,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps with their zone on every database: SQLite hands back naive values, read as UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
 def _ts(nullable: bool = False) -> Any:
     return Field(
         default_factory=None if nullable else utcnow,
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=UTCDateTime,  # type: ignore[call-overload]
         nullable=nullable,
     )
 

@@ -8,9 +8,10 @@ from uuid import UUID
 
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import PermissionDeniedException, ValidationException
 from litestar.response import Response, ServerSentEvent
 from pydantic import BaseModel, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import col, select
 
 from api.auth import Principal
@@ -35,7 +36,7 @@ class ChatIn(StrictBody):
     content: str = Field(min_length=1, max_length=MAX_MESSAGE_BYTES)
     type: Literal["user", "raw"] = "user"
     session_id: UUID | None = Field(None, description="an existing session; omit to start one")
-    agent_type: str | None = Field(None, max_length=32, description="for a new session")
+    agent_type: str | None = Field(None, min_length=1, max_length=32, description="for a new session")
     custom_agent: str | None = Field(None, max_length=64)
     title: str | None = Field(None, max_length=200)
 
@@ -68,9 +69,18 @@ async def chat(data: ChatIn, request: Request[Principal, str, State], state: Sta
         await deliver_message(res, row, SendMessage(content=data.content, type=data.type))
         out = ChatOut(session_id=row.id, created=False, events_url=f"/api/v1/sessions/{row.id}/events")
         return Response(out, status_code=200)
-    create = CreateSession(
-        agent_type=str(data.agent_type), prompt=data.content, title=data.title, custom_agent=data.custom_agent
-    )
+    try:
+        create = CreateSession(
+            agent_type=str(data.agent_type),
+            prompt=data.content,
+            title=data.title,
+            custom_agent=data.custom_agent,
+        )
+    except PydanticValidationError as exc:
+        raise ValidationException(
+            "the new session's settings are invalid",
+            extra=[{"key": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
+        ) from exc
     row, event = await start_session(res, request.user, create)
     out = ChatOut(
         session_id=row.id, created=True, events_url=f"/api/v1/sessions/{row.id}/events", event_id=event.id
@@ -78,7 +88,7 @@ async def chat(data: ChatIn, request: Request[Principal, str, State], state: Sta
     return Response(out, status_code=202)
 
 
-@get("/api/v1/chat/stream", tags=["chat"], timeout=None)
+@get("/api/v1/chat/stream", tags=["chat"], timeout=None, media_type="text/event-stream")
 async def chat_stream(request: Request[Principal, str, State], state: State) -> ServerSentEvent:
     """SSE: live events of all your active sessions, each with `session_id`."""
     res = resources(state)

@@ -15,13 +15,13 @@ from api.state import resources
 READY_TIMEOUT_SECONDS = 2.0
 
 
-@get("/health", sync_to_thread=False, security=[], tags=["operations"])
+@get("/health", sync_to_thread=False, security=[{}], tags=["operations"])
 def health() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
 
 
-@get("/ready", security=[], tags=["operations"])
+@get("/ready", security=[{}], tags=["operations"])
 async def ready(state: State) -> Response[dict[str, object]]:
     """PostgreSQL (or SQLite) and Redis both answer."""
     res = resources(state)

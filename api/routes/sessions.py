@@ -232,7 +232,7 @@ class SessionController(Controller):
         await deliver_message(resources(state), await find_session(state, request.user, session_id), data)
         return Ok()
 
-    @get("/{session_id:uuid}/events", timeout=None)
+    @get("/{session_id:uuid}/events", timeout=None, media_type="text/event-stream")
     async def session_events(
         self,
         session_id: UUID,
