@@ -26,6 +26,7 @@ from api.routes.mcp import McpConfigurationController, call_tool, test_configura
 from api.routes.orgs import OrgController
 from api.routes.prompts import PromptController
 from api.routes.sessions import SessionController
+from api.routes.tenant_settings import read_settings, write_settings
 from api.routes.users import erase_user, export_user
 from api.state import lifespan, resources
 from api.tenancy import membership_middleware
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             OrgController,
             chat,
             chat_stream,
+            read_settings,
+            write_settings,
         ],
         middleware=[
             correlation_middleware,

@@ -213,6 +213,7 @@ MATRIX: dict[str, tuple[int, int, int, int]] = {
     "remove member": (403, 204, 204, 204),
     "erase another member": (403, 204, 204, 204),
     "read the audit trail": (403, 200, 200, 200),
+    "write tenant settings": (403, 200, 200, 200),
     "start a session": (202, 202, 202, 202),
 }
 
@@ -303,6 +304,10 @@ async def test_role_matrix(stack: Stack, people: dict[str, dict[str, str]], acti
             elif action == "erase another member":
                 response = await client.delete(
                     f"/api/v1/users/{await _new_member(client, stack)}", headers=headers
+                )
+            elif action == "write tenant settings":
+                response = await client.put(
+                    "/api/v1/settings", json={"settings": {"by": role}}, headers=headers
                 )
             elif action == "read the audit trail":
                 response = await client.get("/api/v1/audit?limit=1", headers=headers)

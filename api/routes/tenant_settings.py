@@ -1,0 +1,130 @@
+"""Tenant settings: one document per organization (admins), with write-only secrets sealed at rest.
+
+``settings`` is free-form JSON (bounded in size) that features read, such as the CCRouter
+providers; ``secrets`` are name → value pairs that are sealed with the key ring and never
+returned (a PUT with ``null`` for a name deletes it); ``retention_days`` drives the retention job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from litestar import Request, get, put
+from litestar.datastructures import State
+from litestar.exceptions import ClientException, PermissionDeniedException, ValidationException
+from pydantic import BaseModel, Field
+from sqlmodel import select
+
+from api.auth import Principal
+from api.problems import StrictBody
+from api.state import Resources, resources
+from api.tenancy import tenant_context
+from schemas.crypto import KeyRingError, SecretRef
+from schemas.db import TenantContext, tenant_transaction
+from schemas.tables import TenantSettings, utcnow
+
+ADMIN_ROLES = ("admin", "owner", "superadmin")
+MAX_SETTINGS_BYTES = 64 * 1024
+SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+class SettingsIn(StrictBody):
+    settings: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str | None] = Field(
+        default_factory=dict, max_length=50, description="write-only; null deletes a secret"
+    )
+    retention_days: int | None = Field(None, ge=1, le=3650)
+
+
+class SettingsOut(BaseModel):
+    org_id: UUID
+    settings: dict[str, Any]
+    secret_names: list[str]
+    retention_days: int | None
+    updated_at: datetime | None
+
+
+def _ref(row: TenantSettings) -> SecretRef:
+    return SecretRef("tenant_settings", "encrypted_secrets", row.id, row.org_id)
+
+
+def open_secrets(res: Resources, row: TenantSettings) -> dict[str, str]:
+    """The organization's secrets in clear, for the workers that need them."""
+    if not row.encrypted_secrets:
+        return {}
+    return dict(json.loads(res.settings.key_ring().decrypt(row.encrypted_secrets, _ref(row))))
+
+
+def _admin(principal: Principal) -> TenantContext:
+    ctx = tenant_context(principal)
+    if ctx.role not in ADMIN_ROLES:
+        raise PermissionDeniedException("only organization admins manage tenant settings")
+    return ctx
+
+
+def _out(org_id: UUID, row: TenantSettings | None, names: list[str]) -> SettingsOut:
+    if row is None:
+        return SettingsOut(org_id=org_id, settings={}, secret_names=[], retention_days=None, updated_at=None)
+    return SettingsOut(
+        org_id=org_id,
+        settings=row.settings,
+        secret_names=sorted(names),
+        retention_days=row.retention_days,
+        updated_at=row.updated_at,
+    )
+
+
+async def _load(res: Resources, ctx: TenantContext) -> TenantSettings | None:
+    async with tenant_transaction(res.engine, ctx) as db:
+        return (await db.exec(select(TenantSettings).where(TenantSettings.org_id == ctx.org_id))).first()
+
+
+@get("/api/v1/settings", tags=["settings"])
+async def read_settings(request: Request[Principal, str, State], state: State) -> SettingsOut:
+    """The organization's settings; secrets are listed by name only."""
+    res = resources(state)
+    ctx = _admin(request.user)
+    row = await _load(res, ctx)
+    assert ctx.org_id is not None
+    return _out(ctx.org_id, row, list(open_secrets(res, row)) if row else [])
+
+
+@put("/api/v1/settings", tags=["settings"])
+async def write_settings(
+    data: SettingsIn, request: Request[Principal, str, State], state: State
+) -> SettingsOut:
+    """Replace the settings and retention; merge the secrets (null deletes one)."""
+    res = resources(state)
+    ctx = _admin(request.user)
+    assert ctx.org_id is not None
+    if len(json.dumps(data.settings)) > MAX_SETTINGS_BYTES:
+        raise ValidationException(
+            f"settings exceed {MAX_SETTINGS_BYTES} bytes", extra=[{"key": "settings", "message": "too large"}]
+        )
+    bad = [name for name in data.secrets if not SECRET_NAME.match(name)]
+    if bad:
+        raise ValidationException(
+            "secret names must start with a letter: letters, digits, '_', '.', '-'",
+            extra=[{"key": f"secrets.{name}", "message": "invalid name"} for name in bad],
+        )
+    row = await _load(res, ctx) or TenantSettings(id=uuid4(), org_id=ctx.org_id)
+    try:
+        secrets = open_secrets(res, row)
+        for name, value in data.secrets.items():
+            if value is None:
+                secrets.pop(name, None)
+            else:
+                secrets[name] = value
+        row.encrypted_secrets = (
+            res.settings.key_ring().encrypt(json.dumps(secrets), _ref(row)) if secrets else None
+        )
+    except KeyRingError as exc:
+        raise ClientException(str(exc), status_code=503) from exc
+    row.settings, row.retention_days, row.updated_at = data.settings, data.retention_days, utcnow()
+    async with tenant_transaction(res.engine, ctx) as db:
+        await db.merge(row)
+    return _out(ctx.org_id, row, list(secrets))
