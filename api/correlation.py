@@ -4,16 +4,15 @@ carried into every event the request publishes and echoed on the response."""
 from __future__ import annotations
 
 import re
-from contextvars import ContextVar
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.envelope import new_event_id
+from schemas.observability import correlation_id
 
 HEADER = "x-correlation-id"
 _ACCEPTED = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
 def current_correlation_id() -> str:

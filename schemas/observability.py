@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+from contextvars import ContextVar
 from typing import Any
 
 from schemas.settings import Settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
+# The correlation id of the work in hand: an HTTP request in the ingress, an event in a worker.
+correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 REDACTED = "[redacted]"
 _SECRET_HEADERS = {"authorization", "cookie", "x-agentapi-signature", "x-session-token"}
 
@@ -40,6 +43,14 @@ def _keep_scheme(match: str) -> str:
     return f"{scheme} {REDACTED}" if rest and scheme.lower() in {"bearer", "basic"} else REDACTED
 
 
+class CorrelationFilter(logging.Filter):
+    """Stamps every record with the correlation id of the work it belongs to ("-" outside any)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = correlation_id.get() or "-"
+        return True
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites each record's final message, including formatted arguments and tracebacks."""
 
@@ -58,10 +69,10 @@ class RedactingFilter(logging.Filter):
 def configure_logging(settings: Settings) -> None:
     """Root logging at the configured level; every handler redacts credentials."""
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    redactor = RedactingFilter()
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(redactor)
+        for kind in (CorrelationFilter, RedactingFilter):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
 
 
 def _scrub(value: Any) -> Any:

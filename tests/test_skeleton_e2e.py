@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Callable
 
@@ -72,6 +73,8 @@ async def test_session_round_trip_and_replay(stack: Stack) -> None:
         assert first[0].event == "session_started"
         assert json.loads(first[0].data)["worker"], "the worker names its host:pid"
         assert all(json.loads(sse.data)["correlation_id"] == "corr-e2e-1" for sse in first)
+        # The worker's own log line about this work carries the request's correlation id.
+        assert re.search(r"workers\.session_host \[corr-e2e-1\] hosting session", stack.logs())
         user_messages = [json.loads(s.data) for s in first if s.event == "message_update"]
         assert {"role": "user", "message": "hello from the skeleton"}.items() <= next(
             m for m in user_messages if m["role"] == "user"

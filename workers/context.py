@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis.asyncio
@@ -17,6 +19,7 @@ from events.envelope import Event
 from events.results import append_result
 from events.streams import Names
 from schemas.db import create_engine
+from schemas.observability import correlation_id
 from schemas.settings import Settings
 
 
@@ -60,3 +63,13 @@ def current() -> WorkerContext:
     if _context is None:
         raise RuntimeError("worker context is not set up: start workers through workers.main.run_worker")
     return _context
+
+
+@contextmanager
+def working_on(event: Event) -> Iterator[Event]:
+    """Log lines written while handling ``event`` carry its correlation id."""
+    token = correlation_id.set(event.correlation_id)
+    try:
+        yield event
+    finally:
+        correlation_id.reset(token)

@@ -8,7 +8,7 @@ import shutil
 import dramatiq
 
 from events.envelope import Event
-from workers.context import current
+from workers.context import current, working_on
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,11 @@ log = logging.getLogger(__name__)
 @dramatiq.actor(queue_name="default", actor_name="erase_workspaces", max_retries=5)
 def erase_workspaces(envelope: str) -> None:
     """Delete an erased user's workspaces in one organization (idempotent: gone is gone)."""
-    event = Event.from_wire(envelope)
+    with working_on(Event.from_wire(envelope)) as event:
+        _erase(event)
+
+
+def _erase(event: Event) -> None:
     root = current().settings.workspace_root.resolve()
     target = (root / str(event.org_id) / str(event.user_id)).resolve()
     if root not in target.parents:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 
 from events.envelope import Event
-from workers.context import current
+from workers.context import current, working_on
 from workers.tool_calls import ToolService
 
 # Made on first use, inside the worker's event loop, so pooled clients belong to that loop.
@@ -24,9 +24,11 @@ def service() -> ToolService:
 # Tool calls are not idempotent on the server's side: a failed call is reported, never retried.
 @dramatiq.actor(queue_name="tools", actor_name="call_tool", max_retries=0, time_limit=TIME_LIMIT_MS)
 async def call_tool(envelope: str) -> None:
-    await service().call_tool(Event.from_wire(envelope))
+    with working_on(Event.from_wire(envelope)) as event:
+        await service().call_tool(event)
 
 
 @dramatiq.actor(queue_name="tools", actor_name="test_mcp", max_retries=0, time_limit=TIME_LIMIT_MS)
 async def test_mcp(envelope: str) -> None:
-    await service().list_tools(Event.from_wire(envelope))
+    with working_on(Event.from_wire(envelope)) as event:
+        await service().list_tools(event)
