@@ -24,6 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
+        # Uvicorn's own loggers go through the root handlers configured by create_app (JSON, redacted).
+        log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )

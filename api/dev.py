@@ -66,6 +66,7 @@ def dev_environment(data_dir: Path, redis_port: int) -> dict[str, str]:
     """The settings every dev process gets; explicit AGENTAPI_* values in the caller's env win."""
     defaults = {
         "AGENTAPI_ENVIRONMENT": "development",
+        "AGENTAPI_LOG_FORMAT": "text",
         "AGENTAPI_DATABASE_URL": f"sqlite+aiosqlite:///{(data_dir / 'dev.db').resolve()}",
         "AGENTAPI_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "AGENTAPI_JWT_SECRET": _dev_file(data_dir, "jwt-secret", lambda: secrets.token_urlsafe(48)),

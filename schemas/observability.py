@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.settings import Settings
@@ -66,10 +68,35 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(settings: Settings) -> None:
-    """Root logging at the configured level; every handler redacts credentials."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers; runs after the redacting filter."""
+
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "component": self.component,
+            "correlation_id": getattr(record, "correlation_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(settings: Settings, component: str = "agentapi") -> None:
+    """Root logging at the configured level, as JSON lines or text; every handler redacts credentials."""
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
+        if settings.log_format == "json":
+            handler.setFormatter(JsonFormatter(component))
         for kind in (CorrelationFilter, RedactingFilter):
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())
@@ -115,5 +142,5 @@ def init_sentry(settings: Settings, component: str) -> bool:
 
 
 def configure_process(settings: Settings, component: str) -> None:
-    configure_logging(settings)
+    configure_logging(settings, component)
     init_sentry(settings, component)

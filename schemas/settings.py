@@ -147,6 +147,9 @@ class Settings(BaseSettings):
         "INFO", validation_alias=_env("LOG_LEVEL")
     )
 
+    # JSON lines for log shippers; `agentapi dev` switches to text for people.
+    log_format: Literal["json", "text"] = Field("json", validation_alias=_env("LOG_FORMAT"))
+
     @field_validator("database_url", "migrations_database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 
-from schemas.observability import RedactingFilter, redact
+from schemas.observability import CorrelationFilter, JsonFormatter, RedactingFilter, correlation_id, redact
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXZhbHVl"
 
@@ -73,6 +74,29 @@ class _Collector(BaseHTTPRequestHandler):
 
     def log_message(self, *_: object) -> None:
         pass
+
+
+def test_json_lines_carry_the_correlation_id_and_no_secret() -> None:
+    record = logging.LogRecord(
+        "workers.x", logging.ERROR, __file__, 1, "calling with %s", (f"Bearer {JWT}",), None
+    )
+    try:
+        raise ValueError(f"token={JWT}")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    token = correlation_id.set("corr-42")
+    try:
+        for kind in (CorrelationFilter, RedactingFilter):
+            assert kind().filter(record)
+    finally:
+        correlation_id.reset(token)
+    line = JsonFormatter("worker").format(record)
+    entry = json.loads(line)
+    assert entry["correlation_id"] == "corr-42"
+    assert (entry["level"], entry["logger"], entry["component"]) == ("ERROR", "workers.x", "worker")
+    assert entry["message"] == "calling with Bearer [redacted]"
+    assert "ValueError" in entry["exception"] and JWT not in line
+    assert "\n" not in line
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import Callable
 
@@ -74,7 +73,13 @@ async def test_session_round_trip_and_replay(stack: Stack) -> None:
         assert json.loads(first[0].data)["worker"], "the worker names its host:pid"
         assert all(json.loads(sse.data)["correlation_id"] == "corr-e2e-1" for sse in first)
         # The worker's own log line about this work carries the request's correlation id.
-        assert re.search(r"workers\.session_host \[corr-e2e-1\] hosting session", stack.logs())
+        assert any(
+            record["logger"] == "workers.session_host"
+            and record["component"] == "worker"
+            and record["correlation_id"] == "corr-e2e-1"
+            and record["message"].startswith("hosting session")
+            for record in stack.log_records()
+        )
         user_messages = [json.loads(s.data) for s in first if s.event == "message_update"]
         assert {"role": "user", "message": "hello from the skeleton"}.items() <= next(
             m for m in user_messages if m["role"] == "user"
