@@ -17,6 +17,7 @@ from api.auth import auth_middleware, openapi_components, openapi_security
 from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
+from api.metrics import http_metrics_middleware, metrics
 from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
 from api.routes.audit import query_audit
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             health,
             ready,
+            metrics,
             SessionController,
             McpConfigurationController,
             test_configuration,
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             write_settings,
         ],
         middleware=[
+            http_metrics_middleware(),
             correlation_middleware,
             audit_trail_middleware,
             auth_middleware(),
@@ -96,6 +99,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin()],
         ),
         debug=False,
+        # Logging is configured by configure_process (JSON or text, redacted); Litestar must not replace it.
+        logging_config=None,
     )
     _document_problems(app)
     app_ref.append(app)

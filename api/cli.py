@@ -17,10 +17,12 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.shutdown import DrainingServer
 
     settings = get_settings()
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
@@ -29,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
+    DrainingServer(config, app).run()
     return 0
 
 

@@ -9,6 +9,7 @@ what it missed. ``message_update`` and ``status_change`` carry agentapi's fields
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,6 +25,8 @@ from events.streams import Names
 # How many log entries one replay read fetches at a time.
 REPLAY_BATCH = 500
 RETRY_MS = 2000
+# After a drain, reconnect almost at once: the client should land on a replica that stays.
+DRAIN_RETRY_MS = 250
 # Sessions one chat stream follows at most.
 MAX_CHAT_SESSIONS = 50
 
@@ -58,6 +61,34 @@ def sse_data(event: Event) -> dict[str, Any]:
     if event.type is EventType.SESSION_STATUS:
         return {"status": payload.get("status"), "agent_type": payload.get("agent_type"), **meta}
     return {**payload, **meta}
+
+
+async def until_draining(
+    events: AsyncIterator[ServerSentEventMessage], draining: asyncio.Event
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Relays ``events`` until the process starts shutting down, then ends the stream with a hint
+    to reconnect soon: another replica picks the client up where Last-Event-ID says."""
+    shutting_down = asyncio.ensure_future(draining.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(events))
+            await asyncio.wait({following, shutting_down}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+                yield ServerSentEventMessage(
+                    comment="shutting down: reconnect", retry=DRAIN_RETRY_MS, data=None
+                )
+                return
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        shutting_down.cancel()
+        with contextlib.suppress(RuntimeError):
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 def to_sse(entry: LogEntry) -> ServerSentEventMessage:

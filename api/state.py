@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -26,6 +27,8 @@ class Resources:
     names: Names
     hub: EventHub
     verifier: TokenVerifier
+    # Set when the process starts shutting down (api.shutdown): SSE streams end, /ready fails.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def resources(state: State) -> Resources:

@@ -14,11 +14,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
 
 from events.envelope import Event
+from events.metrics import count
 from events.streams import FIELD, Names
 
 log = logging.getLogger(__name__)
@@ -51,13 +53,19 @@ class StreamConsumer:
                 raise
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_group()
         while not stop.is_set():
             try:
-                self.poll_once()
-            except redis.ConnectionError as exc:
+                self.ensure_group()
+                while not stop.is_set():
+                    self.poll_once()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("consumer %s lost Redis, retrying: %s", self.stream, exc)
                 stop.wait(1.0)
+            except ResponseError as exc:
+                # A Redis that restarted empty has lost the group: create it again and carry on.
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group of %s is gone, recreating it", self.stream)
 
     def poll_once(self) -> int:
         """Reclaim stale entries, then read new ones; returns how many entries were handled."""
@@ -107,8 +115,22 @@ class StreamConsumer:
                 log.warning(
                     "handler failed for %s %s (delivery %d): %r", self.stream, entry_id, deliveries, exc
                 )
+                self.counted(self.client, "failed")
             return
-        self.client.xack(self.stream, self.group, entry_id)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(self.stream, self.group, entry_id)
+            self.counted(pipe, "acked")
+            pipe.execute()
+
+    def counted(self, target: Any, outcome: str, amount: int = 1) -> Any:
+        return count(
+            target,
+            self.names,
+            "events_consumed",
+            amount,
+            stream=self.names.stream_label(self.stream),
+            outcome=outcome,
+        )
 
     def dead_letter(self, entry_id: str, raw: str, error: str) -> None:
         log.error("dead-lettering %s %s: %s", self.stream, entry_id, error)
@@ -116,4 +138,5 @@ class StreamConsumer:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.names.dead_letter(), {FIELD: json.dumps(record)})
             pipe.xack(self.stream, self.group, entry_id)
+            self.counted(pipe, "dead_lettered")
             pipe.execute()

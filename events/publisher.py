@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from events.envelope import Event
+from events.metrics import count
 from events.streams import FIELD, WORK_ROUTES, Names
 
 
@@ -18,4 +19,9 @@ def work_stream(names: Names, event: Event) -> str:
 async def publish(redis: Redis, names: Names, event: Event) -> str:
     """XADD the event to its work stream; returns the stream id. Work streams are never trimmed
     here: an entry leaves only when a dispatcher has handed it to a queue and acknowledged it."""
-    return str(await redis.xadd(work_stream(names, event), {FIELD: event.to_wire()}))
+    stream = work_stream(names, event)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(stream, {FIELD: event.to_wire()})
+        count(pipe, names, "events_published", stream=names.stream_label(stream))
+        stream_id, _ = await pipe.execute()
+    return str(stream_id)

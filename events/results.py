@@ -12,6 +12,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from events.envelope import Event
+from events.metrics import count
 from events.streams import FIELD, Names
 
 LogEntry = tuple[str, str]  # (stream id, envelope JSON)
@@ -25,7 +26,8 @@ async def append_result(redis: Redis, names: Names, event: Event, maxlen: int) -
             names.session_log(event.session_id), {FIELD: event.to_wire()}, maxlen=maxlen, approximate=True
         )
         pipe.publish(names.session_channel(event.session_id), event.id)
-        stream_id, _ = await pipe.execute()
+        count(pipe, names, "events_published", stream="session_log")
+        stream_id, *_ = await pipe.execute()
     return str(stream_id)
 
 

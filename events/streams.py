@@ -59,6 +59,29 @@ class Names:
         """Hash kept by the session's host: status, agent_type, host, heartbeat (expires with the host)."""
         return f"{self.prefix}session:{session_id}:state"
 
+    def dramatiq_namespace(self) -> str:
+        return f"{self.prefix}dramatiq"
+
+    def dramatiq_queue(self, queue: str) -> str:
+        """The Redis broker's list of messages ready on ``queue``."""
+        return f"{self.dramatiq_namespace()}:{queue}"
+
+    def dramatiq_delayed(self, queue: str) -> str:
+        """The Redis broker's hash of messages waiting for a retry's back-off on ``queue``."""
+        return f"{self.dramatiq_namespace()}:{queue}.DQ.msgs"
+
+    def metrics(self) -> str:
+        """Hash of the cluster-wide counters and histograms (see events.metrics)."""
+        return f"{self.prefix}metrics"
+
+    def active_sessions(self) -> str:
+        """Sorted set of hosted sessions (``agent_type:session_id``), scored by heartbeat expiry."""
+        return f"{self.prefix}sessions:active"
+
+    def stream_label(self, key: str) -> str:
+        """A stream's metric label: its key without the deployment prefix."""
+        return key.removeprefix(self.prefix)
+
     def processed(self, event_id: str) -> str:
         """Marks an event whose effect is durable, for idempotent handlers."""
         return f"{self.prefix}done:{event_id}"

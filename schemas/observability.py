@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from schemas.settings import Settings
@@ -15,6 +18,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)
 # The correlation id of the work in hand: an HTTP request in the ingress, an event in a worker.
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 REDACTED = "[redacted]"
+_listener: QueueListener | None = None
 _SECRET_HEADERS = {"authorization", "cookie", "x-agentapi-signature", "x-session-token"}
 
 # What a secret looks like in a log line: an Authorization header value, a JWT, a provider key,
@@ -92,11 +96,28 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: Settings, component: str = "agentapi") -> None:
-    """Root logging at the configured level, as JSON lines or text; every handler redacts credentials."""
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    for handler in logging.getLogger().handlers:
-        if settings.log_format == "json":
-            handler.setFormatter(JsonFormatter(component))
+    """Root logging at the configured level, as JSON lines or text; every handler redacts credentials.
+
+    Records are formatted in the thread that logs them (the correlation id is a context variable)
+    and written to stderr by a listener thread, so a slow reader of the output never blocks the
+    event loop. A root logger that already has handlers (a test runner's) keeps them.
+    """
+    global _listener
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    if not root.handlers:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        output = logging.StreamHandler()
+        output.setFormatter(logging.Formatter("%(message)s"))
+        _listener = QueueListener(records, output)
+        _listener.start()
+        atexit.register(_listener.stop)
+        root.addHandler(QueueHandler(records))
+    for handler in root.handlers:
+        if isinstance(handler, QueueHandler):
+            handler.setFormatter(
+                JsonFormatter(component) if settings.log_format == "json" else logging.Formatter(LOG_FORMAT)
+            )
         for kind in (CorrelationFilter, RedactingFilter):
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())

@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
 
+    # When set, /metrics wants "Authorization: Bearer <token>"; otherwise keep it off the public network.
+    metrics_token: SecretStr | None = Field(None, validation_alias=_env("METRICS_TOKEN"))
     sentry_dsn: SecretStr | None = Field(None, validation_alias=_env("SENTRY_DSN", "SENTRY_DSN"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_env("LOG_LEVEL")

@@ -1,4 +1,4 @@
-"""kill -9 of the worker process hosting a session: another worker process takes it over."""
+"""The worker process hosting a session stops (kill -9, or SIGTERM): another worker takes it over."""
 
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ async def wait_stable(client: httpx.AsyncClient, base: str, headers: dict[str, s
     raise AssertionError("the agent never became stable")
 
 
-async def test_a_killed_host_is_replaced_and_the_conversation_goes_on(stack: Stack) -> None:
+@pytest.mark.parametrize("stop_with", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "graceful-stop"])
+async def test_a_stopped_host_is_replaced_and_the_conversation_goes_on(stack: Stack, stop_with: int) -> None:
+    """kill -9: the session is requeued once the dead worker's heartbeat lapses. SIGTERM: the
+    host hands the session back to the queue itself and the worker exits cleanly."""
     stack.start_worker("sessions")
     headers = stack.headers()
     names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
@@ -43,8 +46,8 @@ async def test_a_killed_host_is_replaced_and_the_conversation_goes_on(stack: Sta
         host = (await store.hgetall(names.session_state(session_id)))["host"]
         host_pid = int(host.rsplit(":", 1)[1])
         victim = next(proc for proc in stack.workers if proc.pid == host_pid)
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
+        os.killpg(victim.pid, stop_with)
+        assert victim.wait(timeout=30) == (0 if stop_with == signal.SIGTERM else -signal.SIGKILL)
         killed_at = time.monotonic()
         recovered = await read_events(
             client,
@@ -55,7 +58,7 @@ async def test_a_killed_host_is_replaced_and_the_conversation_goes_on(stack: Sta
         took = time.monotonic() - killed_at
         new_host = json.loads(recovered[-1].data)["worker"]
         assert new_host != host, "another worker process hosts the session"
-        print(f"\nrecovered on {new_host} {took:.1f} s after kill -9 of {host}")
+        print(f"\nrecovered on {new_host} {took:.1f} s after signal {stop_with} to {host}")
 
         await wait_stable(client, base, headers)
         assert (

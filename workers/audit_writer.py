@@ -133,7 +133,7 @@ class AuditWriter:
                         await write_batch(engine, [event for _, event in events])
                     done = [entry_id for entry_id, _ in events]
                     if done:
-                        await asyncio.to_thread(self.client.xack, self.consumer.stream, DISPATCH_GROUP, *done)
+                        await asyncio.to_thread(self._ack, done)
                     backoff = 0.5
                 except (OperationalError, DBAPIError, OSError) as exc:
                     # The database is away: keep everything pending and try again shortly.
@@ -142,11 +142,22 @@ class AuditWriter:
                     )
                     await asyncio.to_thread(stop.wait, backoff)
                     backoff = min(backoff * 2, 10.0)
-                except redis.ConnectionError as exc:
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
                     log.warning("audit writer lost Redis, retrying: %s", exc)
                     await asyncio.to_thread(stop.wait, 1.0)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # A Redis that restarted empty has lost the group.
+                    await asyncio.to_thread(self.consumer.ensure_group)
         finally:
             await engine.dispose()
+
+    def _ack(self, entry_ids: list[str]) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(self.consumer.stream, DISPATCH_GROUP, *entry_ids)
+            self.consumer.counted(pipe, "acked", len(entry_ids))
+            pipe.execute()
 
     def _read(self) -> list[tuple[str, dict[str, str]]]:
         """Entries another writer left unacknowledged first (it died), then new ones."""

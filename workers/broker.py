@@ -18,6 +18,7 @@ from dramatiq.middleware import (
 
 from events.streams import Names, WorkKind
 from schemas.settings import Settings
+from workers.actor_metrics import ActorMetrics
 from workers.idempotency import Idempotency
 
 QUEUES = [kind.value for kind in WorkKind]
@@ -33,7 +34,7 @@ def make_broker(settings: Settings) -> RedisBroker:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     broker = RedisBroker(
         url=settings.redis_url,
-        namespace=f"{settings.redis_prefix}dramatiq",
+        namespace=names.dramatiq_namespace(),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
         middleware=[
@@ -46,6 +47,7 @@ def make_broker(settings: Settings) -> RedisBroker:
             CurrentMessage(),
             AsyncIO(),
             Idempotency(client, names),
+            ActorMetrics(client, names),
         ],
     )
     for queue in QUEUES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class WorkerContext:
     settings: Settings
     names: Names = field(init=False)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Set when the worker process begins to stop: session hosts hand their sessions to other workers.
+    draining: threading.Event = field(default_factory=threading.Event)
     _redis: redis.asyncio.Redis | None = None
     _engine: AsyncEngine | None = None
 

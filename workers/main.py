@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     configure_process(settings, "worker")
     broker = make_broker(settings)
-    set_context(WorkerContext(settings))
+    context = WorkerContext(settings)
+    set_context(context)
     from workers.actors import load_actors
 
     actors = load_actors()
@@ -46,6 +47,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
 
     def shutdown(signum: int, _: object) -> None:
         log.info("worker stopping on signal %d", signum)
+        context.draining.set()
         stop.set()
 
     signal.signal(signal.SIGTERM, shutdown)

@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dramatiq import Retry
 from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -47,6 +48,8 @@ STATE_TTL_SECONDS = 10
 LEASE_SECONDS = 5
 INPUT_BLOCK_MS = 250
 DISK_CHECK_SECONDS = 2.0
+# How soon a handed-over session is offered to the other workers.
+HANDOVER_DELAY_MS = 200
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
@@ -54,6 +57,13 @@ class SessionEnded(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class HandedOver(Retry):
+    """This worker is stopping: the session goes back to the queue for another host to take over."""
+
+    def __init__(self) -> None:
+        super().__init__("worker shutting down; handing the session over", delay=HANDOVER_DELAY_MS)
 
 
 def workspace_for(context: WorkerContext, event: Event) -> Path:
@@ -105,6 +115,8 @@ class SessionHost:
         self.conversation: Conversation | None = None
         self._persisted: dict[int, str] = {}
         self._gateway_key: str | None = None
+        # Counted in the active-sessions gauge (by agent type) while the heartbeat keeps it fresh.
+        self._active_member = f"{self.agent_type}:{self.session_id}"
 
     async def run(self) -> None:
         log.info("hosting session %s (%s) on %s", self.session_id, self.agent_type, self.context.worker_id)
@@ -123,17 +135,28 @@ class SessionHost:
         except (AdapterUnavailable, ValueError, OSError) as exc:
             await self._finish("failed", f"could not start the agent: {exc}")
             return
-        reason = "exited"
+        stopped: SessionEnded | HandedOver = SessionEnded("exited")
         try:
-            await asyncio.gather(
-                self._report(), self._consume_input(), self._heartbeat(), self._watch_limits()
-            )
-        except SessionEnded as ended:
-            reason = ended.reason
+            # A task group, unlike gather, cancels the other loops when one of them ends the session.
+            async with asyncio.TaskGroup() as loops:
+                for loop in (
+                    self._report(),
+                    self._consume_input(),
+                    self._heartbeat(),
+                    self._watch_limits(),
+                    self._watch_draining(),
+                ):
+                    loops.create_task(loop)
+        except* (SessionEnded, HandedOver) as group:
+            stopped = group.exceptions[0]  # type: ignore[assignment]
         finally:
             await self.conversation.stop()
             await self._persist_messages()
-        await self._finish("ended", reason)
+        if isinstance(stopped, HandedOver):
+            await self._release()
+            log.info("handing session %s over: this worker is stopping", self.session_id)
+            raise stopped
+        await self._finish("ended", stopped.reason)
 
     async def _load_row(self) -> UserSession | None:
         async with tenant_transaction(self.context.engine, self.tenant) as db:
@@ -284,7 +307,15 @@ class SessionHost:
             await self.context.redis.expire(self.names.claim(self.event.id), LEASE_SECONDS)
             if self._gateway_key:
                 await self.context.redis.expire(self._gateway_key, STATE_TTL_SECONDS)
+            await self.context.redis.zadd(
+                self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS}
+            )
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _watch_draining(self) -> None:
+        while not self.context.draining.is_set():
+            await asyncio.sleep(0.25)
+        raise HandedOver()
 
     async def _watch_limits(self) -> None:
         assert self.conversation is not None
@@ -376,11 +407,16 @@ class SessionHost:
                 )
         self._persisted.update({m.id: m.content for m in changed})
 
-    async def _finish(self, status: str, reason: str) -> None:
+    async def _release(self) -> None:
+        """Forget this host's hold on the session: its state, gauge entry and gateway token."""
         with contextlib.suppress(Exception):
             await self.context.redis.delete(self.names.session_state(self.session_id))
+            await self.context.redis.zrem(self.names.active_sessions(), self._active_member)
             if self._gateway_key:
                 await self.context.redis.delete(self._gateway_key)
+
+    async def _finish(self, status: str, reason: str) -> None:
+        await self._release()
         await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})

@@ -18,6 +18,7 @@ from sqlmodel import select
 
 from events.audit import audit_event, redact_details
 from events.envelope import Event, EventType
+from events.metrics import count
 from events.publisher import publish
 from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
@@ -168,6 +169,12 @@ class ToolService:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         payload["duration_ms"] = duration_ms
         await self._answer(event, result_type, payload)
+        await count(
+            self.context.redis,
+            self.context.names,
+            "tool_calls",
+            outcome=str(payload.get("error_code", "success")),
+        )
         await publish(
             self.context.redis,
             self.context.names,

@@ -40,6 +40,8 @@ async def ready(state: State) -> Response[dict[str, object]]:
             checks[name] = "ok"
         except (TimeoutError, SQLAlchemyError, RedisError, OSError) as exc:
             checks[name] = f"unavailable: {type(exc).__name__}"
+    if res.draining.is_set():
+        checks["process"] = "unavailable: shutting down"
     ok = all(value == "ok" for value in checks.values())
     return Response(
         {"status": "ready" if ok else "unavailable", "checks": checks},

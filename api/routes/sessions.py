@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -17,6 +17,7 @@ from litestar.exceptions import (
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 from pydantic import BaseModel, Field, field_validator, model_validator
+from redis.exceptions import RedisError
 from sqlmodel import col, func, select
 
 from api.auth import Principal
@@ -24,7 +25,7 @@ from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.prompts import composed_prompt
-from api.sse import parse_last_event_id, session_event_stream
+from api.sse import parse_last_event_id, session_event_stream, until_draining
 from api.state import Resources, resources
 from api.tenancy import tenant_context
 from events.envelope import Event, EventType
@@ -246,9 +247,14 @@ class SessionController(Controller):
         after = parse_last_event_id(last_event_id)
         if last_event_id and after is None:
             raise ValidationException("Last-Event-ID must be an event-log id such as 1732460000000-0")
+        # Once the stream has begun, an error can only cut it: find out Redis is away while a 503 can still be sent.
+        await res.redis.ping()
         return ServerSentEvent(
-            session_event_stream(
-                res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
+            until_draining(
+                session_event_stream(
+                    res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
+                ),
+                res.draining,
             ),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -291,7 +297,18 @@ async def start_session(
             "system_prompt": system_prompt,
         },
     )
-    await publish(res.redis, res.names, event)
+    try:
+        await publish(res.redis, res.names, event)
+    except (RedisError, OSError):
+        # Nobody will ever host it: end the row now, or it would count against the caller's
+        # session quota forever. The caller gets a 503 and tries again.
+        async with tenant_transaction(res.engine, ctx) as db:
+            stored = await db.get(UserSession, row.id)
+            if stored is not None:
+                stored.status, stored.end_reason = "failed", "not_started:event_bus_unavailable"
+                stored.ended_at = datetime.now(UTC)
+                db.add(stored)
+        raise
     return row, event
 
 

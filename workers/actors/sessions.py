@@ -6,13 +6,23 @@ import dramatiq
 
 from events.envelope import Event
 from workers.context import current, working_on
-from workers.session_host import SessionHost
+from workers.session_host import HandedOver, SessionHost
 
 # The host enforces the session's lifetime itself; Dramatiq's limit is only a backstop.
 TIME_LIMIT_MS = (current().settings.session_max_lifetime + 300) * 1000
 
 
-@dramatiq.actor(queue_name="sessions", actor_name="run_session", max_retries=3, time_limit=TIME_LIMIT_MS)
+MAX_FAILURES = 3
+
+
+def retry_when(retries: int, exception: BaseException) -> bool:
+    """A handover is not a failure: it may happen at every deploy of a long session."""
+    return isinstance(exception, HandedOver) or retries < MAX_FAILURES
+
+
+@dramatiq.actor(
+    queue_name="sessions", actor_name="run_session", retry_when=retry_when, time_limit=TIME_LIMIT_MS
+)
 async def run_session(envelope: str) -> None:
     with working_on(Event.from_wire(envelope)) as event:
         await SessionHost(current(), event).run()

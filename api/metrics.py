@@ -1,0 +1,134 @@
+"""``/metrics`` for Prometheus: this process's HTTP figures and SSE subscribers, plus the cluster's
+streams, queues, sessions and worker counters read from Redis at scrape time."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException
+from litestar.middleware.base import DefineMiddleware
+from litestar.plugins.prometheus import PrometheusConfig
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError, ResponseError
+
+from api.state import Resources, resources
+from events.metrics import PREFIX, families
+from events.streams import DISPATCH_GROUP, WorkKind
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def http_metrics_middleware() -> DefineMiddleware:
+    """Request rate and latency by route template (never the raw path: ids would explode the series)."""
+    return PrometheusConfig(
+        app_name="agentapi", prefix=f"{PREFIX}http", group_path=True, exclude=["^/metrics"]
+    ).middleware
+
+
+def _gauge(name: str, help_: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, help_, labels=list(labels))
+
+
+async def _streams(res: Resources) -> list[Metric]:
+    length = _gauge("stream_length", "Entries in a stream", ["stream"])
+    pending = _gauge(
+        "stream_pending", "Entries delivered to a consumer group but not acknowledged", ["stream", "group"]
+    )
+    lag = _gauge("stream_lag", "Entries not yet delivered to a consumer group", ["stream", "group"])
+    for kind in WorkKind:
+        key = res.names.work(kind)
+        label = res.names.stream_label(key)
+        length.add_metric([label], await res.redis.xlen(key))
+        try:
+            groups = await res.redis.xinfo_groups(key)
+        except ResponseError:  # the stream does not exist yet
+            groups = []
+        for group in groups:
+            if group["name"] == DISPATCH_GROUP:
+                pending.add_metric([label, group["name"]], group["pending"])
+                lag.add_metric([label, group["name"]], group.get("lag") or 0)
+    length.add_metric(["dead"], await res.redis.xlen(res.names.dead_letter()))
+    return [length, pending, lag]
+
+
+async def _queues(res: Resources) -> Metric:
+    depth = _gauge(
+        "queue_depth",
+        "Dramatiq messages by queue and state: ready (not yet taken), in_flight (taken, not acknowledged),"
+        " delayed (retry back-off)",
+        ["queue", "state"],
+    )
+    for kind in WorkKind:
+        queue = res.names.dramatiq_queue(kind.value)
+        ready = await res.redis.llen(queue)
+        # The broker keeps each message's body until it is acknowledged: waiting, prefetched or running.
+        unacked = await res.redis.hlen(f"{queue}.msgs")
+        depth.add_metric([kind.value, "ready"], ready)
+        depth.add_metric([kind.value, "in_flight"], max(unacked - ready, 0))
+        depth.add_metric(
+            [kind.value, "delayed"], await res.redis.hlen(res.names.dramatiq_delayed(kind.value))
+        )
+    return depth
+
+
+async def _sessions(res: Resources) -> Metric:
+    key = res.names.active_sessions()
+    # Hosts that died without cleaning up stop heartbeating; their entries expire here.
+    await res.redis.zremrangebyscore(key, "-inf", time.time())
+    members = await res.redis.zrange(key, 0, -1)
+    by_agent = Counter(member.rpartition(":")[0] for member in members)
+    active = _gauge("active_sessions", "Sessions with a live host, by agent type", ["agent_type"])
+    for agent_type, number in sorted(by_agent.items()):
+        active.add_metric([agent_type], number)
+    return active
+
+
+async def cluster_metrics(res: Resources) -> list[Metric]:
+    """Everything read from Redis; ``agentapi_cluster_metrics_up`` says whether that worked."""
+    up = _gauge("cluster_metrics_up", "1 when the cluster-wide figures could be read from Redis")
+    try:
+        found = [*families(await res.redis.hgetall(res.names.metrics()))]
+        found += await _streams(res)
+        found += [await _queues(res), await _sessions(res)]
+    except (RedisError, OSError) as exc:
+        log.warning("metrics: Redis unavailable: %s", exc)
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    return [up, *found]
+
+
+def _process_metrics(res: Resources) -> list[Metric]:
+    subscribers = _gauge("sse_subscribers", "Open SSE subscriptions to session logs in this ingress process")
+    subscribers.add_metric([], res.hub.subscriber_count)
+    return [subscribers]
+
+
+class _Snapshot(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(request: Request, state: State) -> Response[bytes]:
+    res = resources(state)
+    token = res.settings.metrics_token
+    if token is not None and not hmac.compare_digest(
+        request.headers.get("authorization", "").encode(), f"Bearer {token.get_secret_value()}".encode()
+    ):
+        raise NotAuthorizedException("/metrics needs the metrics token (AGENTAPI_METRICS_TOKEN)")
+    snapshot = CollectorRegistry(auto_describe=False)
+    snapshot.register(_Snapshot([*_process_metrics(res), *await cluster_metrics(res)]))
+    return Response(generate_latest(REGISTRY) + generate_latest(snapshot), media_type=CONTENT_TYPE)

@@ -1,0 +1,119 @@
+"""Cluster-wide counters and histograms, kept in one Redis hash.
+
+Workers are many short-lived processes on many hosts and none of them serves HTTP, so what they
+count (events consumed, actor durations, tool calls) is added to a hash every process shares; the
+ingress exposes it at ``/metrics``. Values are cluster totals: every ingress replica shows the same
+figures, so aggregate them with ``max`` rather than ``sum``.
+
+Each function takes the Redis object to queue the command on: a pipeline (nothing to await, the
+command runs with the pipeline), an asyncio client (await the result) or a blocking client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from events.streams import Names
+
+PREFIX = "agentapi_"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+COUNTERS = {
+    family.name: family
+    for family in (
+        Family("events_published", "Events appended to a stream, by stream", ("stream",)),
+        Family(
+            "events_consumed",
+            "Stream entries a consumer finished with, by stream and outcome (acked, failed, dead_lettered)",
+            ("stream", "outcome"),
+        ),
+        Family("tool_calls", "MCP tool calls, by outcome (success or the error code)", ("outcome",)),
+    )
+}
+HISTOGRAMS = {
+    family.name: family
+    for family in (
+        Family(
+            "actor_duration_seconds",
+            "Time Dramatiq actors spent on a message, by actor and outcome",
+            ("actor", "outcome"),
+            (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200, math.inf),
+        ),
+    )
+}
+
+
+def _field(name: str, labels: Mapping[str, str]) -> str:
+    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+
+
+def _checked(family: Family | None, name: str, labels: Mapping[str, str]) -> Family:
+    if family is None or set(labels) != set(family.labels):
+        raise ValueError(f"unknown metric {name} or labels {sorted(labels)}")
+    return family
+
+
+def count(target: Any, names: Names, name: str, amount: int = 1, **labels: str) -> Any:
+    """Adds ``amount`` to the counter ``name`` with ``labels``."""
+    _checked(COUNTERS.get(name), name, labels)
+    return target.hincrby(names.metrics(), _field(name, labels), amount)
+
+
+def observe(pipe: Any, names: Names, name: str, value: float, **labels: str) -> None:
+    """Records ``value`` in the histogram ``name``; ``pipe`` must be a pipeline (several commands)."""
+    family = _checked(HISTOGRAMS.get(name), name, labels)
+    key = names.metrics()
+    for bound in family.buckets:
+        if value <= bound:
+            pipe.hincrby(key, _field(name, {**labels, "le": _bound(bound)}), 1)
+    pipe.hincrbyfloat(key, _field(f"{name}:sum", labels), value)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def families(stored: Mapping[str, str]) -> Iterable[Metric]:
+    """Prometheus metric families from the hash's contents (``HGETALL``)."""
+    values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for raw_field, raw_value in stored.items():
+        try:
+            name, pairs = json.loads(raw_field)
+            labels = tuple((str(k), str(v)) for k, v in pairs)
+            values.setdefault(str(name), {})[labels] = float(raw_value)
+        except (ValueError, TypeError):
+            continue
+    for family in COUNTERS.values():
+        counter = CounterMetricFamily(PREFIX + family.name, family.help, labels=family.labels)
+        for labels, value in sorted(values.get(family.name, {}).items()):
+            counter.add_metric([dict(labels)[label] for label in family.labels], value)
+        yield counter
+    for family in HISTOGRAMS.values():
+        histogram = HistogramMetricFamily(PREFIX + family.name, family.help, labels=family.labels)
+        series: dict[tuple[str, ...], dict[str, float]] = {}
+        for labels, value in values.get(family.name, {}).items():
+            as_dict = dict(labels)
+            series.setdefault(tuple(as_dict[label] for label in family.labels), {})[as_dict["le"]] = value
+        sums = values.get(f"{family.name}:sum", {})
+        for key, buckets in sorted(series.items()):
+            total = sums.get(tuple(sorted(zip(family.labels, key, strict=True))), 0.0)
+            histogram.add_metric(
+                list(key),
+                [(_bound(bound), buckets.get(_bound(bound), 0.0)) for bound in family.buckets],
+                total,
+            )
+        yield histogram

@@ -1,0 +1,61 @@
+"""Dramatiq middleware timing every actor run into the cluster-wide histogram (events.metrics)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from dramatiq import Broker, Message, Middleware
+
+from events.metrics import observe
+from events.streams import Names
+
+log = logging.getLogger(__name__)
+
+
+class ActorMetrics(Middleware):
+    def __init__(self, client: redis.Redis, names: Names) -> None:
+        self.client = client
+        self.names = names
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def before_process_message(self, broker: Broker, message: Message[Any]) -> None:
+        with self._lock:
+            self._started[message.message_id] = time.monotonic()
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: Message[Any],
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        self._record(message, "failed" if exception is not None else "ok")
+
+    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+        self._record(message, "skipped")
+
+    def _record(self, message: Message[Any], outcome: str) -> None:
+        with self._lock:
+            started = self._started.pop(message.message_id, None)
+        if started is None:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                observe(
+                    pipe,
+                    self.names,
+                    "actor_duration_seconds",
+                    time.monotonic() - started,
+                    actor=message.actor_name,
+                    outcome=outcome,
+                )
+                pipe.execute()
+        except redis.RedisError as exc:
+            # A metric is never worth failing the message over.
+            log.warning("could not record the duration of %s: %s", message.actor_name, exc)
