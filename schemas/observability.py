@@ -147,9 +147,16 @@ def init_sentry(settings: Settings, component: str) -> bool:
     if settings.sentry_dsn is None:
         return False
     import sentry_sdk
+    from sentry_sdk.integrations import Integration
+    from sentry_sdk.integrations.dramatiq import DramatiqIntegration
+    from sentry_sdk.integrations.litestar import LitestarIntegration
 
+    integrations: list[Integration] = [
+        LitestarIntegration() if component == "ingress" else DramatiqIntegration()
+    ]
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
+        integrations=integrations,
         environment=settings.environment,
         server_name=component,
         send_default_pii=False,
