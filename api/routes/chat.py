@@ -9,6 +9,7 @@ from uuid import UUID
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import PermissionDeniedException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response, ServerSentEvent
 from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -58,7 +59,12 @@ class ChatOut(BaseModel):
     event_id: str | None = None
 
 
-@post("/api/v1/chat", tags=["chat"], status_code=202)
+@post(
+    "/api/v1/chat",
+    tags=["chat"],
+    status_code=202,
+    responses={200: ResponseSpec(data_container=ChatOut, description="Delivered to an existing session")},
+)
 async def chat(data: ChatIn, request: Request[Principal, str, State], state: State) -> Response[ChatOut]:
     """Send a message to one of your sessions (200), or start a session with it (202)."""
     res = resources(state)
