@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from litestar.response import ServerSentEventMessage
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from redis.asyncio import Redis
 
 from api.event_hub import EventHub, LogEntry, Subscription, stream_id_key
@@ -89,6 +89,17 @@ async def until_draining(
         shutting_down.cancel()
         with contextlib.suppress(RuntimeError):
             await events.aclose()  # type: ignore[attr-defined]
+
+
+async def sse_response(
+    redis: Redis, events: AsyncIterator[ServerSentEventMessage], draining: asyncio.Event
+) -> ServerSentEvent:
+    """The SSE response for ``events``, ended early by a shutdown (see :func:`until_draining`)."""
+    # Once the stream has begun, an error can only cut it: find out Redis is away while a 503 can still be sent.
+    await redis.ping()
+    return ServerSentEvent(
+        until_draining(events, draining), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def to_sse(entry: LogEntry) -> ServerSentEventMessage:

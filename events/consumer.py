@@ -32,6 +32,11 @@ class PoisonEvent(Exception):
     """The entry can never be handled (unparseable, no handler): dead-letter it at once."""
 
 
+def lost_group(exc: ResponseError) -> bool:
+    """A Redis that restarted empty has lost every consumer group: create it again and carry on."""
+    return "NOGROUP" in str(exc)
+
+
 @dataclass
 class StreamConsumer:
     client: redis.Redis  # decode_responses=True
@@ -62,8 +67,7 @@ class StreamConsumer:
                 log.warning("consumer %s lost Redis, retrying: %s", self.stream, exc)
                 stop.wait(1.0)
             except ResponseError as exc:
-                # A Redis that restarted empty has lost the group: create it again and carry on.
-                if "NOGROUP" not in str(exc):
+                if not lost_group(exc):
                     raise
                 log.warning("consumer group of %s is gone, recreating it", self.stream)
 
@@ -117,9 +121,13 @@ class StreamConsumer:
                 )
                 self.counted(self.client, "failed")
             return
+        self.ack(entry_id)
+
+    def ack(self, *entry_ids: str) -> None:
+        """Acknowledge handled entries, counting them in the same round trip."""
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(self.stream, self.group, entry_id)
-            self.counted(pipe, "acked")
+            pipe.xack(self.stream, self.group, *entry_ids)
+            self.counted(pipe, "acked", len(entry_ids))
             pipe.execute()
 
     def counted(self, target: Any, outcome: str, amount: int = 1) -> Any:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
-from events.consumer import StreamConsumer
+from events.consumer import StreamConsumer, lost_group
 from events.envelope import Event, EventType
 from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
 from schemas.audit_chain import PLATFORM, row_hash
@@ -133,7 +133,7 @@ class AuditWriter:
                         await write_batch(engine, [event for _, event in events])
                     done = [entry_id for entry_id, _ in events]
                     if done:
-                        await asyncio.to_thread(self._ack, done)
+                        await asyncio.to_thread(self.consumer.ack, *done)
                     backoff = 0.5
                 except (OperationalError, DBAPIError, OSError) as exc:
                     # The database is away: keep everything pending and try again shortly.
@@ -146,18 +146,11 @@ class AuditWriter:
                     log.warning("audit writer lost Redis, retrying: %s", exc)
                     await asyncio.to_thread(stop.wait, 1.0)
                 except redis.ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
+                    if not lost_group(exc):
                         raise
-                    # A Redis that restarted empty has lost the group.
                     await asyncio.to_thread(self.consumer.ensure_group)
         finally:
             await engine.dispose()
-
-    def _ack(self, entry_ids: list[str]) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(self.consumer.stream, DISPATCH_GROUP, *entry_ids)
-            self.consumer.counted(pipe, "acked", len(entry_ids))
-            pipe.execute()
 
     def _read(self) -> list[tuple[str, dict[str, str]]]:
         """Entries another writer left unacknowledged first (it died), then new ones."""

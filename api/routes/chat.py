@@ -26,7 +26,7 @@ from api.routes.sessions import (
     find_session,
     start_session,
 )
-from api.sse import chat_event_stream, until_draining
+from api.sse import chat_event_stream, sse_response
 from api.state import resources
 from api.tenancy import tenant_context
 from schemas.db import tenant_transaction
@@ -111,14 +111,8 @@ async def chat_stream(request: Request[Principal, str, State], state: State) -> 
             )
             return [str(session_id) for session_id in rows]
 
-    # Once the stream has begun, an error can only cut it: find out Redis is away while a 503 can still be sent.
-    await res.redis.ping()
-    return ServerSentEvent(
-        until_draining(
-            chat_event_stream(
-                res.redis, res.names, res.hub, active_sessions, res.settings.sse_heartbeat_seconds
-            ),
-            res.draining,
-        ),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return await sse_response(
+        res.redis,
+        chat_event_stream(res.redis, res.names, res.hub, active_sessions, res.settings.sse_heartbeat_seconds),
+        res.draining,
     )

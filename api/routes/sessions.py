@@ -25,7 +25,7 @@ from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.prompts import composed_prompt
-from api.sse import parse_last_event_id, session_event_stream, until_draining
+from api.sse import parse_last_event_id, session_event_stream, sse_response
 from api.state import Resources, resources
 from api.tenancy import tenant_context
 from events.envelope import Event, EventType
@@ -247,16 +247,12 @@ class SessionController(Controller):
         after = parse_last_event_id(last_event_id)
         if last_event_id and after is None:
             raise ValidationException("Last-Event-ID must be an event-log id such as 1732460000000-0")
-        # Once the stream has begun, an error can only cut it: find out Redis is away while a 503 can still be sent.
-        await res.redis.ping()
-        return ServerSentEvent(
-            until_draining(
-                session_event_stream(
-                    res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
-                ),
-                res.draining,
+        return await sse_response(
+            res.redis,
+            session_event_stream(
+                res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
             ),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            res.draining,
         )
 
 
