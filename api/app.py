@@ -24,11 +24,14 @@ from api.routes.audit import query_audit
 from api.routes.chat import chat, chat_stream
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
+from api.routes.mcp_oauth import oauth_callback, oauth_callback_post, oauth_disconnect, oauth_init
 from api.routes.orgs import OrgController
 from api.routes.prompts import PromptController
 from api.routes.sessions import SessionController
 from api.routes.tenant_settings import read_settings, write_settings
+from api.routes.uploads import upload_file
 from api.routes.users import erase_user, export_user
+from api.routes.webhooks import WebhookController, receive_delivery
 from api.state import lifespan, resources
 from api.tenancy import membership_middleware
 from schemas.observability import configure_process
@@ -64,9 +67,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ready,
             metrics,
             SessionController,
+            upload_file,
+            WebhookController,
+            receive_delivery,
             McpConfigurationController,
             test_configuration,
             call_tool,
+            oauth_init,
+            oauth_callback,
+            oauth_callback_post,
+            oauth_disconnect,
             mcp_gateway,
             export_user,
             erase_user,

@@ -287,7 +287,8 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
     if status == 400 and isinstance(exc.__cause__, SerializationException):
         return _malformed_body(request, str(exc.__cause__))
     headers: dict[str, str] = {str(k): str(v) for k, v in (exc.headers or {}).items()}
-    detail = exc.detail if exc.detail and exc.detail != _phrase(status) else _DEFAULT_DETAIL.get(status)
+    specific = bool(exc.detail) and exc.detail != _phrase(status)
+    detail = exc.detail if specific else _DEFAULT_DETAIL.get(status)
     extensions: dict[str, Any] = {}
 
     if status == 401 and not _has_header(headers, "WWW-Authenticate"):
@@ -296,7 +297,7 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
         headers["WWW-Authenticate"] = www_authenticate()
     elif status == 405:
         detail = f"method {request.method} is not allowed on this resource"
-    elif status == 413:
+    elif status == 413 and not specific:
         limit = _body_limit(request)
         detail = f"request body exceeds the limit of {limit} bytes" if limit else "request body too large"
         extensions["limit_bytes"] = limit

@@ -1,7 +1,11 @@
-"""Request rate limits per user and per organization, counted in Redis so every ingress process
-shares them. Fixed one-minute windows: simple, and two Redis commands per request.
+"""Request rate limits per user and per organization, kept in Redis so every ingress process
+shares them. GCRA (a token bucket stored as one timestamp per key): a limit of N a minute allows a
+burst of N, then one request every 60/N seconds. Unlike fixed windows it has no boundary at which a
+client gets 2N, and its answers do not depend on when in the minute a burst begins.
 
-Past a limit the answer is 429 problem+json with ``Retry-After`` (seconds to the next window).
+Both limits are checked and charged in one Lua script (one round trip); a refused request charges
+neither, so a client retrying too early does not push its own wait further out.
+Past a limit the answer is 429 problem+json with ``Retry-After`` (seconds until one more is allowed).
 If Redis cannot count, the request goes through: the limits protect capacity, and the endpoints
 that need Redis answer 503 by themselves.
 """
@@ -9,7 +13,7 @@ that need Redis answer 503 by themselves.
 from __future__ import annotations
 
 import logging
-import time
+import math
 
 from litestar.exceptions import TooManyRequestsException
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -19,7 +23,27 @@ from api.auth import Principal
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 60
+PERIOD_SECONDS = 60
+# KEYS: one per limit. ARGV: the period, then each key's limit. Returns {0} when allowed, else
+# {the refused key's 1-based index, milliseconds until it allows one more}.
+GCRA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local period = tonumber(ARGV[1]) * 1000
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local interval = period / tonumber(ARGV[i + 1])
+  local tat = math.max(tonumber(redis.call('GET', key) or now), now) + interval
+  if tat - period > now then
+    return {i, math.ceil(tat - period - now)}
+  end
+  tats[i] = tat
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%d', math.floor(tats[i])), 'PX', math.ceil(tats[i] - now))
+end
+return {0}
+"""
 
 
 def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
@@ -38,29 +62,19 @@ async def _check(scope: Scope, principal: Principal) -> None:
     except KeyError:
         return
     settings = res.settings
-    now = time.time()
-    window = int(now // WINDOW_SECONDS)
-    retry_after = str(max(1, int((window + 1) * WINDOW_SECONDS - now)))
-    user_key = f"{res.names.prefix}rl:user:{principal.user_id}:{window}"
-    org_key = f"{res.names.prefix}rl:org:{principal.org_id}:{window}" if principal.org_id else None
+    keys, limits = [f"{res.names.prefix}rl:user:{principal.user_id}"], [settings.rate_limit_per_user]
+    if principal.org_id:
+        keys.append(f"{res.names.prefix}rl:org:{principal.org_id}")
+        limits.append(settings.rate_limit_per_org)
     try:
-        async with res.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(user_key)
-            pipe.expire(user_key, WINDOW_SECONDS * 2)
-            if org_key:
-                pipe.incr(org_key)
-                pipe.expire(org_key, WINDOW_SECONDS * 2)
-            counts = await pipe.execute()
+        answer = await res.redis.register_script(GCRA)(keys, [PERIOD_SECONDS, *limits])
     except (RedisError, OSError) as exc:
         log.warning("rate limits not counted (Redis unavailable): %s", exc)
         return
-    if int(counts[0]) > settings.rate_limit_per_user:
+    refused = int(answer[0])
+    if refused:
+        who = "this user" if refused == 1 else "this organization"
         raise TooManyRequestsException(
-            f"more than {settings.rate_limit_per_user} requests a minute from this user; slow down",
-            headers={"Retry-After": retry_after},
-        )
-    if org_key and int(counts[2]) > settings.rate_limit_per_org:
-        raise TooManyRequestsException(
-            f"more than {settings.rate_limit_per_org} requests a minute from this organization; slow down",
-            headers={"Retry-After": retry_after},
+            f"more than {limits[refused - 1]} requests a minute from {who}; slow down",
+            headers={"Retry-After": str(max(1, math.ceil(int(answer[1]) / 1000)))},
         )

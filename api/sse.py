@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -63,30 +64,58 @@ def sse_data(event: Event) -> dict[str, Any]:
     return {**payload, **meta}
 
 
+# What the follower hands over besides messages: the source ended, the process is draining.
+_END, _DRAINED = object(), object()
+
+
 async def until_draining(
     events: AsyncIterator[ServerSentEventMessage], draining: asyncio.Event
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Relays ``events`` until the process starts shutting down, then ends the stream with a hint
-    to reconnect soon: another replica picks the client up where Last-Event-ID says."""
-    shutting_down = asyncio.ensure_future(draining.wait())
+    to reconnect soon: another replica picks the client up where Last-Event-ID says.
+
+    One task follows the source and one waits for the shutdown, for the stream's whole life: racing
+    the two anew for every event would cost a task and a wait per event and subscriber, which is
+    most of the work of a fan-out to thousands."""
+    handoff: asyncio.Queue[object] = asyncio.Queue(1)
+
+    async def follow() -> None:
+        try:
+            async for message in events:
+                await handoff.put(message)
+        except Exception as exc:  # raised again below, in the response's task
+            await handoff.put(exc)
+        else:
+            await handoff.put(_END)
+
+    async def watch() -> None:
+        await draining.wait()
+        following.cancel()
+        # A message taken but not yet sent is not lost: Last-Event-ID replays it on the reconnect.
+        while not handoff.empty():
+            handoff.get_nowait()
+        handoff.put_nowait(_DRAINED)
+
+    following = asyncio.create_task(follow(), name="sse-follow")
+    watching = asyncio.create_task(watch(), name="sse-drain")
     try:
         while True:
-            following = asyncio.ensure_future(anext(events))
-            await asyncio.wait({following, shutting_down}, return_when=asyncio.FIRST_COMPLETED)
-            if not following.done():
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
+            item = await handoff.get()
+            if item is _END:
+                return
+            if item is _DRAINED:
                 yield ServerSentEventMessage(
                     comment="shutting down: reconnect", retry=DRAIN_RETRY_MS, data=None
                 )
                 return
-            try:
-                yield following.result()
-            except StopAsyncIteration:
-                return
+            if isinstance(item, Exception):
+                raise item
+            assert isinstance(item, ServerSentEventMessage)
+            yield item
     finally:
-        shutting_down.cancel()
+        for task in (following, watching):
+            task.cancel()
+        await asyncio.gather(following, watching, return_exceptions=True)
         with contextlib.suppress(RuntimeError):
             await events.aclose()  # type: ignore[attr-defined]
 
@@ -102,10 +131,24 @@ async def sse_response(
     )
 
 
+class SharedMessage(ServerSentEventMessage):
+    """One log entry's SSE message, sent to every subscriber of its session: encoded once."""
+
+    @functools.cached_property
+    def encoded(self) -> bytes:
+        return super().encode()
+
+    def encode(self) -> bytes:
+        return self.encoded
+
+
+# Every live subscriber of a session converts the same entries: each is parsed and encoded once
+# per process while it is among the most recent (entries can be large screens, so not many).
+@functools.lru_cache(maxsize=256)
 def to_sse(entry: LogEntry) -> ServerSentEventMessage:
     stream_id, raw = entry
     event = Event.from_wire(raw)
-    return ServerSentEventMessage(
+    return SharedMessage(
         data=json.dumps(sse_data(event), separators=(",", ":")), event=sse_name(event.type), id=stream_id
     )
 
@@ -142,7 +185,7 @@ async def session_event_stream(
                     yield to_sse(entry)
                 continue
             try:
-                entry = await asyncio.wait_for(subscription.queue.get(), heartbeat_seconds)
+                entry = await subscription.next(heartbeat_seconds)
             except TimeoutError:
                 yield ServerSentEventMessage(comment="ping", data=None)
                 continue

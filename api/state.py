@@ -14,9 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import TokenVerifier
 from api.event_hub import EventHub
+from events.connection import pooled_redis
 from events.streams import Names
 from schemas.db import create_engine
 from schemas.settings import Settings
+
+# A request waits this long for a Redis connection in a burst, then gets a 503 with Retry-After.
+REDIS_CONNECTION_WAIT_SECONDS = 5
 
 
 @dataclass
@@ -39,7 +43,9 @@ def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-        redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        redis = pooled_redis(
+            settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS, health_check_interval=30
+        )
         names = Names(settings.redis_prefix)
         hub = EventHub(redis, names)
         verifier = TokenVerifier(settings)

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import select
 
 from api.auth import Principal
+from api.single_flight import SingleFlight
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import Membership, Organization, User
 
@@ -32,6 +33,8 @@ ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 CACHE_SECONDS = 5.0
 # (org, user) -> (valid until, membership role or None when removed)
 _cache: dict[tuple[UUID, UUID], tuple[float, str | None]] = {}
+# Concurrent first lookups of one membership (the token's role and email decide a provisioning).
+_lookups: SingleFlight[tuple[UUID, UUID, str, str | None], str | None] = SingleFlight()
 # Superadmins whose user row this process has made sure of.
 _user_rows: set[UUID] = set()
 
@@ -56,6 +59,14 @@ async def membership_role(engine, principal: Principal) -> str | None:  # type: 
     cached = _cache.get(key)
     if cached and cached[0] > time.monotonic():
         return cached[1]
+    return await _lookups.run(
+        (*key, principal.role, principal.email), lambda: _load_membership(engine, principal)
+    )
+
+
+async def _load_membership(engine, principal: Principal) -> str | None:  # type: ignore[no-untyped-def]
+    assert principal.org_id is not None
+    key = (principal.org_id, principal.user_id)
     ctx = TenantContext(org_id=principal.org_id, user_id=principal.user_id, role="member")
     async with tenant_transaction(engine, ctx) as db:
         member = (

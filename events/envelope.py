@@ -29,9 +29,24 @@ class EventType(StrEnum):
     TOOL_CALL_FAILED = "tool_call.failed"
     MCP_TEST_REQUESTED = "mcp.test_requested"
     MCP_TEST_COMPLETED = "mcp.test_completed"
+    MCP_OAUTH_REFRESH_REQUESTED = "mcp.oauth_refresh_requested"
+    MCP_OAUTH_NEEDS_REAUTH = "mcp.oauth_needs_reauth"
     WEBHOOK_RECEIVED = "webhook.received"
+    WEBHOOK_NOTIFY_REQUESTED = "webhook.notify_requested"
     AUDIT_RECORDED = "audit.recorded"
     USER_ERASED = "user.erased"
+
+
+# Results an organization may subscribe outbound webhooks to.
+NOTIFIED_TYPES = frozenset(
+    {
+        EventType.SESSION_ENDED,
+        EventType.SESSION_FAILED,
+        EventType.MESSAGE_COMPLETED,
+        EventType.TOOL_CALL_COMPLETED,
+        EventType.TOOL_CALL_FAILED,
+    }
+)
 
 
 def new_event_id() -> str:

@@ -40,6 +40,7 @@ async def read_log(
 
 
 REPLY_TTL_SECONDS = 300
+BLOCK_SLICE_SECONDS = 2.0
 
 
 async def append_reply(redis: Redis, names: Names, request_id: str, event: Event) -> None:
@@ -63,8 +64,9 @@ async def await_reply(redis: Redis, names: Names, request_id: str, timeout: floa
         remaining = loop_deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             return None
-        # Blocks in slices so a dropped connection or a cancelled request frees its connection soon.
-        block_ms = max(1, int(min(remaining, 5.0) * 1000))
+        # Blocks in slices so a dropped connection or a cancelled request frees its connection soon,
+        # each well inside the client's socket timeout (redis-py's default is 5 s).
+        block_ms = max(1, int(min(remaining, BLOCK_SLICE_SECONDS) * 1000))
         answer = await redis.xread({key: "0-0"}, count=1, block=block_ms)
         if answer:
             _, entries = answer[0]

@@ -30,7 +30,9 @@ WORK_ROUTES: dict[EventType, WorkKind] = {
     EventType.MCP_TEST_REQUESTED: WorkKind.TOOLS,
     EventType.AUDIT_RECORDED: WorkKind.AUDIT,
     EventType.WEBHOOK_RECEIVED: WorkKind.DEFAULT,
+    EventType.WEBHOOK_NOTIFY_REQUESTED: WorkKind.DEFAULT,
     EventType.USER_ERASED: WorkKind.DEFAULT,
+    EventType.MCP_OAUTH_REFRESH_REQUESTED: WorkKind.DEFAULT,
 }
 
 
@@ -54,6 +56,14 @@ class Names:
 
     def session_channel(self, session_id: UUID | str) -> str:
         return f"{self.prefix}session:{session_id}:notify"
+
+    def session_upload(self, session_id: UUID | str, upload_id: str) -> str:
+        """An uploaded file (base64) waiting for the session's host to place it in the workspace."""
+        return f"{self.prefix}session:{session_id}:upload:{upload_id}"
+
+    def webhook_delivery_seen(self, webhook_id: UUID | str, delivery_id: str) -> str:
+        """Set for 24 h once an inbound delivery id was accepted, so a replay is refused."""
+        return f"{self.prefix}webhook:{webhook_id}:delivery:{delivery_id}"
 
     def session_state(self, session_id: UUID | str) -> str:
         """Hash kept by the session's host: status, agent_type, host, heartbeat (expires with the host)."""
@@ -101,6 +111,18 @@ class Names:
     def breaker(self, config_id: UUID | str) -> str:
         """Circuit-breaker hash of one MCP server, shared by every tools worker."""
         return f"{self.prefix}mcp:{config_id}:breaker"
+
+    def oauth_state(self, state: str) -> str:
+        """A pending MCP authorization (JSON), by its ``state`` parameter; single use, short-lived."""
+        return f"{self.prefix}oauth:state:{state}"
+
+    def oauth_state_used(self, state: str) -> str:
+        """Who a consumed ``state`` belonged to, kept a while so a replay is named and audited."""
+        return f"{self.prefix}oauth:used:{state}"
+
+    def oauth_refresh_lock(self, grant_id: UUID | str) -> str:
+        """Held while one worker refreshes a grant, so a rotating refresh token is spent once."""
+        return f"{self.prefix}oauth:refresh:{grant_id}"
 
     def gateway_token(self, token_hash: str) -> str:
         """A session's MCP gateway token (by its SHA-256), valid while the session's host lives."""

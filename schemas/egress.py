@@ -74,7 +74,7 @@ def _refusal(address: IPAddress) -> str | None:
     return None
 
 
-async def resolve(host: str, port: int) -> list[IPAddress]:
+async def resolve(host: str, port: int, field: str = "endpoint_url") -> list[IPAddress]:
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
@@ -83,7 +83,7 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise EgressRefused("endpoint_url", f"host {host!r} does not resolve ({exc.strerror})") from exc
+        raise EgressRefused(field, f"host {host!r} does not resolve ({exc.strerror})") from exc
     return sorted({ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, key=str)
 
 
@@ -101,7 +101,7 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise EgressRefused(field, "has an invalid port") from exc
-    addresses = await resolve(host, port)
+    addresses = await resolve(host, port, field)
     if any(address in METADATA_ADDRESSES for address in addresses):
         raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
     loopback = bool(addresses) and all(

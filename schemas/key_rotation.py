@@ -19,7 +19,7 @@ from schemas.db import TenantContext, tenant_transaction
 # Every column that holds a ciphertext, by table.
 ENCRYPTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "mcp_configurations": ("encrypted_secret",),
-    "mcp_oauth_tokens": ("encrypted_access_token", "encrypted_refresh_token"),
+    "mcp_oauth_tokens": ("encrypted_access_token", "encrypted_refresh_token", "encrypted_client_secret"),
     "tenant_settings": ("encrypted_secrets",),
     "webhooks": ("encrypted_secret",),
 }

@@ -7,6 +7,8 @@ connection without tenant context sees no rows at all.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from schemas.tables import TENANT_TABLES
 
 HELPERS = [
@@ -55,9 +57,12 @@ POLICIES: dict[str, tuple[str, str]] = {
 ORGANIZATION_POLICY = ("id = app_org_id() OR app_is_superadmin()", "app_is_superadmin()")
 
 
-def policy_statements() -> list[str]:
+def policy_statements(tables: Iterable[str] | None = None) -> list[str]:
+    """The helper functions and each table's policy (every tenant table unless ``tables`` is given:
+    a migration names the tables that exist at its revision)."""
     statements = list(HELPERS)
-    for table, kind in TENANT_TABLES.items():
+    for table in TENANT_TABLES if tables is None else tables:
+        kind = TENANT_TABLES[table]
         using, check = ORGANIZATION_POLICY if table == "organizations" else POLICIES[kind]
         statements += [
             f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
@@ -67,12 +72,14 @@ def policy_statements() -> list[str]:
     return statements
 
 
-def grant_statements(role: str) -> list[str]:
+def grant_statements(role: str, tables: Iterable[str] | None = None) -> list[str]:
     """The service role may read and write tenant tables, but never rewrite the audit trail."""
-    tables = ", ".join(table for table in TENANT_TABLES if table != "audit_logs")
+    writable = ", ".join(
+        table for table in (TENANT_TABLES if tables is None else tables) if table != "audit_logs"
+    )
     return [
         f"GRANT USAGE ON SCHEMA public TO {role}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {writable} TO {role}",
         f"GRANT SELECT, INSERT ON audit_logs TO {role}",
         f"GRANT EXECUTE ON FUNCTION app_org_id(), app_user_id(), app_role(), app_is_superadmin(),"
         f" app_is_org_admin() TO {role}",

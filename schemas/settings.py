@@ -19,6 +19,10 @@ from schemas.crypto import KeyRing, KeyRingError
 
 # The ingress path of the per-session MCP gateway.
 GATEWAY_PATH = "/api/v1/mcp/gateway"
+# Where uploaded files land inside a session's workspace.
+UPLOADS_DIR = "uploads"
+# Where authorization servers send the browser back after a user approves an MCP connection.
+OAUTH_CALLBACK_PATH = "/api/v1/mcp/oauth/callback"
 
 
 def _env(name: str, *plain: str) -> AliasChoices:
@@ -66,6 +70,9 @@ class Settings(BaseSettings):
     event_log_maxlen: int = Field(10_000, ge=100, validation_alias=_env("EVENT_LOG_MAXLEN"))
     # A work-stream entry read but not acknowledged for this long is taken over by another dispatcher.
     dispatch_claim_idle_ms: int = Field(30_000, ge=100, validation_alias=_env("DISPATCH_CLAIM_IDLE_MS"))
+    # An idle tools worker polls its Dramatiq queue with a backoff up to this; it bounds the wait a
+    # tool call can sit in the queue, at the cost of one Redis script call per poll.
+    worker_poll_max_ms: int = Field(10, ge=5, le=5_000, validation_alias=_env("WORKER_POLL_MAX_MS"))
 
     jwt_secret: SecretStr | None = Field(None, validation_alias=_env("JWT_SECRET", "SUPABASE_JWT_SECRET"))
     supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "SUPABASE_URL"))
@@ -115,6 +122,35 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias=_env("ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
     )
+    # An OpenAI-compatible endpoint (Responses API for codex; chat completions for aider, goose, droid).
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL", "OPENAI_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY", "OPENAI_API_KEY"))
+    openai_model: str | None = Field(None, min_length=1, validation_alias=_env("OPENAI_MODEL"))
+    gemini_base_url: str | None = Field(
+        None, validation_alias=_env("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
+    )
+    gemini_api_key: SecretStr | None = Field(None, validation_alias=_env("GEMINI_API_KEY", "GEMINI_API_KEY"))
+    gemini_model: str | None = Field(None, min_length=1, validation_alias=_env("GEMINI_MODEL"))
+    # Droid signs in to Factory with this key even when it uses the OpenAI-compatible endpoint above.
+    factory_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("FACTORY_API_KEY", "FACTORY_API_KEY")
+    )
+    # Deployment defaults for CCRouter's Gemini/Vertex providers (the seed's names); a tenant's own
+    # ccrouter settings and secrets take precedence.
+    vertex_ai_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("VERTEX_AI_API_KEY", "VERTEX_AI_API_KEY")
+    )
+    vertex_ai_project_id: str | None = Field(
+        None, validation_alias=_env("VERTEX_AI_PROJECT_ID", "VERTEX_AI_PROJECT_ID")
+    )
+    vertex_ai_location: str | None = Field(
+        None, validation_alias=_env("VERTEX_AI_LOCATION", "VERTEX_AI_LOCATION")
+    )
+    # Outbound webhooks: attempts before a delivery is dead-lettered, and the first retry's delay
+    # (doubling after each failure).
+    webhook_max_attempts: int = Field(8, ge=1, le=30, validation_alias=_env("WEBHOOK_MAX_ATTEMPTS"))
+    webhook_backoff_seconds: float = Field(5.0, gt=0, validation_alias=_env("WEBHOOK_BACKOFF_SECONDS"))
+    webhook_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("WEBHOOK_TIMEOUT_SECONDS"))
     # Admin-allowlisted commands for `custom` sessions, by name: {"name": ["argv", ...]} as JSON.
     custom_agents: dict[str, list[str]] = Field(default_factory=dict, validation_alias=_env("CUSTOM_AGENTS"))
 
@@ -132,6 +168,17 @@ class Settings(BaseSettings):
     mcp_breaker_threshold: int = Field(5, ge=1, validation_alias=_env("MCP_BREAKER_THRESHOLD"))
     mcp_breaker_reset_seconds: float = Field(30.0, gt=0, validation_alias=_env("MCP_BREAKER_RESET_SECONDS"))
     mcp_tools_cache_seconds: int = Field(300, ge=0, validation_alias=_env("MCP_TOOLS_CACHE_SECONDS"))
+    # OAuth connections to MCP servers: how long an authorization may take, how early tokens are
+    # refreshed, and which frontend pages (URL prefixes) may receive the code instead of the callback.
+    mcp_oauth_state_ttl_seconds: int = Field(
+        600, ge=30, le=3600, validation_alias=_env("MCP_OAUTH_STATE_TTL_SECONDS")
+    )
+    mcp_oauth_refresh_margin_seconds: int = Field(
+        300, ge=0, le=86400, validation_alias=_env("MCP_OAUTH_REFRESH_MARGIN_SECONDS")
+    )
+    mcp_oauth_redirect_allowlist: list[str] = Field(
+        default_factory=list, validation_alias=_env("MCP_OAUTH_REDIRECT_ALLOWLIST")
+    )
     # How agents reach the ingress (the MCP gateway URL handed to each session).
     public_base_url: str = Field("http://127.0.0.1:8000", validation_alias=_env("PUBLIC_BASE_URL"))
 
@@ -200,9 +247,17 @@ class Settings(BaseSettings):
             raise KeyRingError("AGENTAPI_ENCRYPTION_KEYS is not set: this deployment cannot store secrets")
         return _parse_key_ring(self.encryption_keys.get_secret_value())
 
+    def workspace_of(self, org_id: object, user_id: object, session_id: object) -> Path:
+        """A session's workspace, ``WORKSPACE_ROOT/{org}/{user}/{session}``, as an absolute path."""
+        return (self.workspace_root / str(org_id) / str(user_id) / str(session_id)).absolute()
+
     def gateway_url(self, session_id: object) -> str:
         """Where a session's agent reaches its MCP gateway on the ingress."""
         return f"{self.public_base_url.rstrip('/')}{GATEWAY_PATH}/{session_id}"
+
+    def oauth_callback_url(self) -> str:
+        """The redirect URI authorization servers send users back to when the frontend names none."""
+        return f"{self.public_base_url.rstrip('/')}{OAUTH_CALLBACK_PATH}"
 
     @property
     def effective_jwks_url(self) -> str | None:

@@ -209,6 +209,9 @@ class McpOAuthToken(SQLModel, table=True):
     expires_at: datetime | None = _ts(nullable=True)
     scopes: str | None = Field(default=None, max_length=2048)
     status: str = Field(default="connected", max_length=16)
+    # The client and authorization-server endpoints the grant was issued to (no secrets).
+    client: dict[str, Any] = _json()
+    encrypted_client_secret: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -288,6 +291,29 @@ class Webhook(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+class WebhookDelivery(SQLModel, table=True):
+    """One outbound notification to one subscription: its attempts, and where it ended."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("webhook_id", "event_id"),
+        _check_in("status", ("pending", "succeeded", "failed")),
+    )
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    org_id: UUID = _org_fk()
+    webhook_id: UUID = Field(foreign_key="webhooks.id", ondelete="CASCADE", index=True)
+    event_id: str = Field(max_length=64)
+    event_type: str = Field(max_length=64)
+    payload: dict[str, Any] = _json()
+    status: str = Field(default="pending", max_length=16, index=True)
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
 class AuditLog(SQLModel, table=True):
     __tablename__ = "audit_logs"
     __table_args__ = (
@@ -324,6 +350,7 @@ TENANT_TABLES = {
     "system_prompts": "prompt",
     "tenant_settings": "org",
     "webhooks": "org",
+    "webhook_deliveries": "org",
     "audit_logs": "org",
     "users": "users",
 }

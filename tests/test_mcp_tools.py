@@ -17,7 +17,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from tests.fixtures.stack import REPO, Stack, free_port
+from tests.fixtures.stack import REPO, Stack, free_port, wait_answering
 from tests.test_skeleton_e2e import ECHO, named, read_events
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,14 +47,7 @@ def http_server() -> Iterator[tuple[str, str]]:
         cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    for _ in range(100):
-        try:
-            httpx.get(url, timeout=0.5)
-            break
-        except httpx.HTTPError:
-            import time
-
-            time.sleep(0.1)
+    wait_answering(url)
     yield url, token
     proc.terminate()
     proc.wait(10)
@@ -170,6 +163,10 @@ async def test_fastmcp_server_over_http_with_bearer(
     progress = [json.loads(e.data) for e in events if e.event == "tool_call"]
     assert [p["progress"] for p in progress if p["type"] == "tool_call.progress"] == [1, 2, 3]
 
+    # A call longer than the Redis client's 5 s socket timeout is still waited for and answered.
+    slow = await call(client, tools_stack, session_id, config["id"], "progress", steps=130)
+    assert text_of(slow) == "done after 130 steps"
+
     wrong = await create_config(
         client,
         tools_stack,
@@ -179,7 +176,8 @@ async def test_fastmcp_server_over_http_with_bearer(
         bearer_token="wrong-token",
     )
     refused = await call(client, tools_stack, session_id, wrong["id"], "echo", text="x")
-    assert refused["ok"] is False and refused["error_code"] == "unavailable"
+    # A refused token is named as such and does not count against the server's breaker.
+    assert refused["ok"] is False and refused["error_code"] == "unauthorized" and "401" in refused["error"]
 
 
 async def test_server_everything_over_stdio(client: httpx.AsyncClient, tools_stack: Stack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import uuid
@@ -11,7 +12,10 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from events.streams import DISPATCH_GROUP, Names, WorkKind
 from tests.fixtures.stack import Stack, stop
 from tests.test_mcp_tools import FASTMCP_STDIO, call, create_config
 from tests.test_skeleton_e2e import ECHO, agent_said
@@ -51,6 +55,21 @@ async def test_metrics_need_the_scrape_token(stack: Stack) -> None:
             assert response.headers["content-type"].startswith("application/problem+json")
 
 
+async def dispatcher_group_created(stack: Stack, kind: WorkKind) -> None:
+    """Wait until a started worker's dispatcher has made its consumer group on the work stream."""
+    redis = Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    stream = Names(stack.env["AGENTAPI_REDIS_PREFIX"]).work(kind)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(ResponseError):  # no such stream yet
+                    if any(g["name"] == DISPATCH_GROUP for g in await redis.xinfo_groups(stream)):
+                        return
+                await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+
+
 async def test_every_family_counts_real_traffic(stack: Stack) -> None:
     stack.start_worker("tools", "audit")
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
@@ -76,7 +95,7 @@ async def test_every_family_counts_real_traffic(stack: Stack) -> None:
 
         # A pool that is down: its work waits in its stream, visible as consumer-group lag.
         default_pool = stack.start_worker("default")
-        await asyncio.sleep(3)  # its dispatcher creates the consumer group
+        await dispatcher_group_created(stack, WorkKind.DEFAULT)
         stop(default_pool)
         leaver = uuid.uuid4()
         leaver_headers = stack.headers(user_id=leaver)

@@ -13,6 +13,7 @@ from workers.agents.base import LaunchContext
 from workers.agents.custom import CustomAdapter
 from workers.conversation import AgentBusy, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
+from workers.screen_tracker import ScreenTracker
 
 ECHO_AGENT = Path(__file__).parent / "agents" / "echo_agent.py"
 TIMING = Timing(snapshot_interval=0.01, settle_seconds=0.4, echo_wait=1.0, enter_retry=1.0, enter_timeout=5.0)
@@ -110,6 +111,16 @@ async def test_busy_agent_refuses_input_and_raw_keys_reach_it(tmp_path: Path) ->
         assert len(conversation.messages) == count, "raw keys are not recorded as messages"
     finally:
         await conversation.stop()
+
+
+def test_a_user_message_restarts_the_settle_clock() -> None:
+    tracker = ScreenTracker(CustomAdapter().format_message, settle_seconds=2.0)
+    tracker.observe("Echo Agent\n> ", now=0.0)
+    assert tracker.tick(10.0) == "stable"
+    tracker.begin_user_message("hello", "Echo Agent\n> ", now=10.0)
+    # The agent has not drawn anything yet: the old, quiet screen is no reason to be stable.
+    assert tracker.tick(10.5) is None and tracker.status == "running"
+    assert tracker.tick(12.0) == "stable"
 
 
 async def test_trust_dialog_is_answered_once(tmp_path: Path) -> None:

@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events.envelope import Event
+from events.connection import pooled_redis
+from events.envelope import NOTIFIED_TYPES, Event, EventType
+from events.publisher import publish
 from events.results import append_result
 from events.streams import Names
 from schemas.db import create_engine
 from schemas.observability import correlation_id
 from schemas.settings import Settings
+from workers.input_streams import InputStreams
+
+# Hundreds of session hosts in one process may want Redis at once: they queue, not fail.
+REDIS_CONNECTION_WAIT_SECONDS = 20
 
 
 @dataclass
@@ -33,6 +39,7 @@ class WorkerContext:
     draining: threading.Event = field(default_factory=threading.Event)
     _redis: redis.asyncio.Redis | None = None
     _engine: AsyncEngine | None = None
+    _inputs: InputStreams | None = None
 
     def __post_init__(self) -> None:
         self.names = Names(self.settings.redis_prefix)
@@ -40,8 +47,17 @@ class WorkerContext:
     @property
     def redis(self) -> redis.asyncio.Redis:
         if self._redis is None:
-            self._redis = redis.asyncio.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            self._redis = pooled_redis(self.settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS)
         return self._redis
+
+    @property
+    def inputs(self) -> InputStreams:
+        """The hosted sessions' input streams, read together on a connection of their own."""
+        if self._inputs is None:
+            self._inputs = InputStreams(
+                redis.asyncio.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            )
+        return self._inputs
 
     @property
     def engine(self) -> AsyncEngine:
@@ -50,8 +66,12 @@ class WorkerContext:
         return self._engine
 
     async def emit(self, event: Event) -> str:
-        """Report a result to the session's subscribers."""
-        return await append_result(self.redis, self.names, event, self.settings.event_log_maxlen)
+        """Report a result to the session's subscribers (and to the org's webhook subscribers)."""
+        stream_id = await append_result(self.redis, self.names, event, self.settings.event_log_maxlen)
+        if event.type in NOTIFIED_TYPES:
+            notice = event.follow_up(EventType.WEBHOOK_NOTIFY_REQUESTED, {"event": event.to_wire()})
+            await publish(self.redis, self.names, notice)
+        return stream_id
 
 
 _context: WorkerContext | None = None

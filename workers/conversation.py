@@ -15,6 +15,8 @@ from workers.pty_session import PtySession
 from workers.screen_tracker import Message, ScreenTracker, Status
 
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+# How often an idle conversation looks at its terminal without being woken (a safety net only).
+IDLE_WAKE_SECONDS = 1.0
 
 
 class AgentBusy(Exception):
@@ -30,6 +32,8 @@ class Timing:
     snapshot_interval: float = 0.025
     settle_seconds: float = 2.0
     echo_wait: float = 2.0
+    # Gemini CLI takes an Enter within 40 ms of a paste as a newline, not a submit.
+    paste_enter_delay: float = 0.1
     enter_retry: float = 3.0
     enter_timeout: float = 15.0
 
@@ -84,7 +88,13 @@ class Conversation:
             status = self.tracker.tick(now)
             if status:
                 self.changes.put_nowait(Change(status=status))
-            await asyncio.sleep(self.timing.snapshot_interval)
+            if self.tracker.status == "stable" and self.pty.last_output == last_seen:
+                # An idle agent: sleep until the terminal is touched (hundreds share one loop).
+                self.pty.activity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.pty.activity.wait(), IDLE_WAKE_SECONDS)
+            else:
+                await asyncio.sleep(self.timing.snapshot_interval)
 
     def _answer_dialogs(self, screen: str) -> None:
         for rule in self.adapter.auto_responses:
@@ -100,6 +110,18 @@ class Conversation:
             return False
         return True
 
+    async def _screen_differs(self, screen: str, timeout: float) -> bool:
+        """Whether the screen shows something other than ``screen`` within ``timeout``. Output that
+        leaves it alike (Aider moves the cursor and waits for the model) is no reason to press
+        Enter again: each extra Enter would be an empty message."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not await self._screen_change(left):
+                return False
+            if self.pty.snapshot() != screen:
+                return True
+        return False
+
     async def send_user(self, text: str) -> Message:
         """Type a message the way the agent expects; returns once the agent visibly took it."""
         text = text.strip()
@@ -108,17 +130,19 @@ class Conversation:
         if self.status != "stable":
             raise AgentBusy("the agent is busy; wait until its status is stable")
         before = self.pty.snapshot()
-        user, _ = self.tracker.begin_user_message(text, before)
+        user, _ = self.tracker.begin_user_message(text, before, time.monotonic())
         self.changes.put_nowait(Change(message=user))
         self.changes.put_nowait(Change(status="running"))
         body = text.encode()
         self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
         await self._screen_change(self.timing.echo_wait)
+        if self.adapter.bracketed_paste:
+            await asyncio.sleep(self.timing.paste_enter_delay)
         echoed = self.pty.snapshot()
         deadline = time.monotonic() + self.timing.enter_timeout
         while True:
             self.pty.write(b"\r")
-            if await self._screen_change(self.timing.enter_retry) and self.pty.snapshot() != echoed:
+            if await self._screen_differs(echoed, self.timing.enter_retry):
                 return user
             if time.monotonic() >= deadline:
                 raise AgentNotResponding("the agent did not react to the message within 15 s")

@@ -5,17 +5,34 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from datetime import datetime
 
 import redis
 from dramatiq import Actor, Broker, Message
 
 from events.consumer import PoisonEvent, StreamConsumer
-from events.envelope import Event, EventType
+from events.envelope import Event, EventType, utcnow
 from events.streams import DISPATCH_GROUP, WORK_ROUTES, Names, WorkKind
 
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+# Dramatiq's Redis broker refuses delays of 7 days or more; later work is handed over in steps.
+MAX_DELAY_MS = 7 * 24 * 3600 * 1000 - 60_000
+
+
+def delay_ms(event: Event) -> int | None:
+    """Events carrying ``not_before`` (ISO time) wait on Dramatiq's delay queue until then."""
+    raw = event.payload.get("not_before")
+    if not raw:
+        return None
+    try:
+        wait = (datetime.fromisoformat(str(raw)) - utcnow()).total_seconds()
+    except (TypeError, ValueError) as exc:
+        raise PoisonEvent(f"not_before is not an ISO time: {raw!r}") from exc
+    return min(max(int(wait * 1000), 0), MAX_DELAY_MS) or None
 
 
 def enqueuer(broker: Broker, actors: dict[EventType, Actor]):  # type: ignore[no-untyped-def]
@@ -32,7 +49,8 @@ def enqueuer(broker: Broker, actors: dict[EventType, Actor]):  # type: ignore[no
                 kwargs={},
                 options={},
                 message_id=event.id,
-            )
+            ),
+            delay=delay_ms(event),
         )
 
     return enqueue

@@ -19,6 +19,8 @@ from workers.dispatcher import consumer_name, dispatchers
 
 log = logging.getLogger(__name__)
 
+IDLE_POLL_MS = 1_000
+
 
 def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     configure_process(settings, "worker")
@@ -36,7 +38,10 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     consumers = dispatchers(
         client, Names(settings.redis_prefix), broker, actors, dispatched, settings.dispatch_claim_idle_ms
     )
-    worker = Worker(broker, queues=set(queues), worker_threads=threads)
+    # Idle worker threads also wake at this interval, so only pools whose callers wait on each message
+    # (an agent's tool call) poll fast; a sessions pool holds hundreds of threads.
+    poll_ms = settings.worker_poll_max_ms if WorkKind.TOOLS in kinds else IDLE_POLL_MS
+    worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=poll_ms)
     worker.start()
     threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]
     if WorkKind.AUDIT in kinds:

@@ -8,14 +8,16 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx2
 from fastmcp import Client
+from fastmcp.client.auth.bearer import BearerAuth
 from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -35,6 +37,10 @@ class McpUnavailable(Exception):
 
 class McpTimeout(McpUnavailable):
     pass
+
+
+class McpUnauthorized(Exception):
+    """The server answered 401 to the token: for OAuth grants, worth one refresh and one retry."""
 
 
 class McpToolError(Exception):
@@ -63,13 +69,27 @@ class ServerSpec:
 ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
+class WatchedBearer(BearerAuth):
+    """fastmcp's bearer auth, remembering a 401: fastmcp reports it only as a generic MCP error."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.rejected = False
+
+    def auth_flow(self, request: httpx2.Request) -> Any:
+        request.headers["Authorization"] = f"Bearer {self.token.get_secret_value()}"
+        response = yield request
+        if response.status_code == 401:
+            self.rejected = True
+
+
 def _transport(spec: ServerSpec) -> Any:
     if spec.transport == "stdio":
         assert spec.command is not None
         # A server's stderr can echo its inputs; it stays out of the platform's logs.
         return StdioTransport(spec.command, list(spec.args), env=dict(spec.env), log_file=Path(os.devnull))
     assert spec.endpoint_url is not None
-    auth = spec.token  # fastmcp sends it as "Authorization: Bearer <token>"
+    auth = WatchedBearer(spec.token) if spec.token else None
     if spec.transport == "sse":
         return SSETransport(spec.endpoint_url, auth=auth)
     return StreamableHttpTransport(spec.endpoint_url, auth=auth)
@@ -106,7 +126,12 @@ class ClientPool:
         ):
             with attempt:
                 client = Client(_transport(spec), timeout=timeout, init_timeout=min(timeout, 30))
-                await client.__aenter__()
+                try:
+                    await client.__aenter__()
+                except Exception as exc:
+                    if _rejected(client):
+                        raise McpUnauthorized("the MCP server refused the token (401)") from exc
+                    raise
         assert client is not None
         self._clients[spec.pool_key] = client
         while len(self._clients) > MAX_POOLED_CLIENTS:
@@ -127,7 +152,8 @@ class ClientPool:
     async def list_tools(self, spec: ServerSpec) -> list[dict[str, Any]]:
         client = await self._guarded_connect(spec)
         try:
-            tools = await client.list_tools()
+            async with self._token_watched(spec, client):
+                tools = await client.list_tools()
         except MCPError as exc:
             await self.discard(spec)
             raise _classify(exc) from exc
@@ -154,9 +180,10 @@ class ClientPool:
                 await on_progress(done, total, message)
 
         try:
-            result = await client.call_tool(
-                name, arguments, timeout=timeout, progress_handler=progress, raise_on_error=False
-            )
+            async with self._token_watched(spec, client):
+                result = await client.call_tool(
+                    name, arguments, timeout=timeout, progress_handler=progress, raise_on_error=False
+                )
         except MCPError as exc:
             error = _classify(exc)
             if isinstance(error, McpUnavailable):
@@ -172,6 +199,18 @@ class ClientPool:
             raise McpToolError(text or f"tool {name} failed")
         return {"content": content, "structured_content": result.structured_content}
 
+    @contextlib.asynccontextmanager
+    async def _token_watched(self, spec: ServerSpec, client: Client[Any]) -> AsyncIterator[None]:
+        """A failure after a 401 is the token's fault, not the server's (an access token can
+        expire while its pooled session lives)."""
+        try:
+            yield
+        except (MCPError, RuntimeError, OSError) as exc:
+            if not _rejected(client):
+                raise
+            await self.discard(spec)
+            raise McpUnauthorized("the MCP server refused the token (401)") from exc
+
     async def _guarded_connect(self, spec: ServerSpec) -> Client[Any]:
         try:
             return await self._connect(spec)
@@ -179,6 +218,11 @@ class ClientPool:
             raise McpUnavailable(f"the MCP server refused the connection: {exc}") from exc
         except (RuntimeError, OSError) as exc:
             raise McpUnavailable(f"cannot connect to the MCP server: {exc}") from exc
+
+
+def _rejected(client: Client[Any]) -> bool:
+    auth = getattr(client.transport, "auth", None)
+    return isinstance(auth, WatchedBearer) and auth.rejected
 
 
 def _classify(exc: MCPError) -> Exception:

@@ -55,6 +55,12 @@ class _Screen(pyte.Screen):  # type: ignore[misc]
     def write_process_input(self, data: str) -> None:
         self._reply(data)
 
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        # ``CSI > … m`` is xterm's key-modifier mode (Gemini CLI sends it), not a rendition; pyte
+        # would raise on it and lose the rest of the chunk.
+        if not private:
+            super().select_graphic_rendition(*attrs)
+
 
 class PtySession:
     def __init__(
@@ -80,6 +86,8 @@ class PtySession:
         self._proc: subprocess.Popen[bytes] | None = None
         self._eof = asyncio.Event()
         self.last_output = time.monotonic()
+        # Set on every read, write and EOF, so a watcher of an idle terminal can wait instead of poll.
+        self.activity = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -128,6 +136,7 @@ class PtySession:
             return
         except OSError:
             data = b""
+        self.activity.set()
         if not data:
             self._close_master()
             return
@@ -142,6 +151,7 @@ class PtySession:
     def write(self, data: bytes) -> None:
         if self._master is None:
             raise ProcessLookupError("the process has exited")
+        self.activity.set()
         view = memoryview(data)
         while view:
             try:

@@ -77,13 +77,17 @@ class ScreenTracker:
         self.status = status
         return changed
 
-    def begin_user_message(self, text: str, screen_before: str) -> tuple[Message, Message]:
-        """Record the user's message and open the agent's reply against the current screen."""
+    def begin_user_message(self, text: str, screen_before: str, now: float) -> tuple[Message, Message]:
+        """Record the user's message and open the agent's reply against the current screen.
+
+        The settle clock restarts here: the agent has not drawn anything yet, and a tick before it
+        does must not call it stable again on the strength of the old, quiet screen."""
         user = Message(len(self.messages), "user", text)
         agent = Message(len(self.messages) + 1, "agent", "")
         self.messages += [user, agent]
         self._baseline = screen_before
         self._input = text
+        self._changed_at = now
         self.status = "running"
         return user, agent
 

@@ -11,6 +11,7 @@ timeout or the maximum lifetime, and the reason is reported.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dramatiq import Retry
+from pydantic import SecretStr
 from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -30,15 +32,18 @@ from sqlmodel import col, select, update
 from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.publisher import publish
+from schemas.crypto import DecryptionError, KeyRingError
 from schemas.db import TenantContext, tenant_transaction
-from schemas.settings import Settings
-from schemas.tables import SessionMessage, UserSession
+from schemas.settings import UPLOADS_DIR, Settings
+from schemas.tables import SessionMessage, TenantSettings, UserSession
+from schemas.tenant_secrets import open_tenant_secrets
 from workers.agents import AdapterUnavailable, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
 from workers.context import WorkerContext
 from workers.conversation import AgentBusy, Change, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
 from workers.screen_tracker import Message
+from workers.sidecars import SidecarProcess
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,6 @@ HEARTBEAT_SECONDS = 1.5
 STATE_TTL_SECONDS = 10
 # The idempotency lease of a live host; short, so a dead host's session is taken over quickly.
 LEASE_SECONDS = 5
-INPUT_BLOCK_MS = 250
 DISK_CHECK_SECONDS = 2.0
 # How soon a handed-over session is offered to the other workers.
 HANDOVER_DELAY_MS = 200
@@ -67,9 +71,19 @@ class HandedOver(Retry):
 
 
 def workspace_for(context: WorkerContext, event: Event) -> Path:
-    path = context.settings.workspace_root / str(event.org_id) / str(event.user_id) / str(event.session_id)
+    path = context.settings.workspace_of(event.org_id, event.user_id, event.session_id)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def place_upload(target: Path, content: bytes) -> None:
+    """Write an uploaded file readable by the agent only (blocking: run it in a thread)."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(content)
+    partial.chmod(0o600)
+    # A reader never sees half a file, and a redelivered upload simply replaces it.
+    partial.replace(target)
 
 
 def directory_bytes(path: Path) -> int:
@@ -93,12 +107,26 @@ def base_environment(home: Path) -> dict[str, str]:
 
 def provider_environment(settings: Settings) -> dict[str, str]:
     """The model endpoint and key the agent CLI needs; set by the deployment, never by a request."""
-    env: dict[str, str] = {}
-    if settings.anthropic_base_url:
-        env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
-    if settings.anthropic_api_key:
-        env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
-    return env
+    values = {
+        "ANTHROPIC_BASE_URL": settings.anthropic_base_url,
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key,
+        "OPENAI_BASE_URL": settings.openai_base_url,
+        "OPENAI_API_KEY": settings.openai_api_key,
+        "OPENAI_MODEL": settings.openai_model,
+        "GOOGLE_GEMINI_BASE_URL": settings.gemini_base_url,
+        "GEMINI_API_KEY": settings.gemini_api_key,
+        "GEMINI_MODEL": settings.gemini_model,
+        "FACTORY_API_KEY": settings.factory_api_key,
+        "VERTEX_AI_API_KEY": settings.vertex_ai_api_key,
+        "VERTEX_AI_PROJECT_ID": settings.vertex_ai_project_id,
+        "VERTEX_AI_LOCATION": settings.vertex_ai_location,
+    }
+    # Each adapter passes on only the variables of its own CLI.
+    return {
+        name: value.get_secret_value() if isinstance(value, SecretStr) else value
+        for name, value in values.items()
+        if value
+    }
 
 
 class SessionHost:
@@ -115,10 +143,14 @@ class SessionHost:
         self.conversation: Conversation | None = None
         self._persisted: dict[int, str] = {}
         self._gateway_key: str | None = None
+        self._sidecars: list[SidecarProcess] = []
         # Counted in the active-sessions gauge (by agent type) while the heartbeat keeps it fresh.
         self._active_member = f"{self.agent_type}:{self.session_id}"
 
     async def run(self) -> None:
+        if self.context.draining.is_set():
+            # A stopping worker's idle threads can still take a message; it belongs to another worker.
+            raise HandedOver()
         log.info("hosting session %s (%s) on %s", self.session_id, self.agent_type, self.context.worker_id)
         row = await self._load_row()
         if row is None or row.status in ("ended", "failed"):
@@ -133,8 +165,12 @@ class SessionHost:
             adapter = get_adapter(self.agent_type)
             self.conversation = await self._launch(adapter, recovering)
         except (AdapterUnavailable, ValueError, OSError) as exc:
+            await self._stop_sidecars()
             await self._finish("failed", f"could not start the agent: {exc}")
             return
+        except BaseException:
+            await self._stop_sidecars()
+            raise
         stopped: SessionEnded | HandedOver = SessionEnded("exited")
         try:
             # A task group, unlike gather, cancels the other loops when one of them ends the session.
@@ -144,13 +180,13 @@ class SessionHost:
                     self._consume_input(),
                     self._heartbeat(),
                     self._watch_limits(),
-                    self._watch_draining(),
                 ):
                     loops.create_task(loop)
         except* (SessionEnded, HandedOver) as group:
             stopped = group.exceptions[0]  # type: ignore[assignment]
         finally:
-            await self.conversation.stop()
+            # The router can go while the agent exits: each has its own grace period.
+            await asyncio.gather(self.conversation.stop(), self._stop_sidecars())
             await self._persist_messages()
         if isinstance(stopped, HandedOver):
             await self._release()
@@ -189,6 +225,7 @@ class SessionHost:
             resume=recovering,
             mcp_gateway_url=self.settings.gateway_url(self.session_id),
             mcp_gateway_token=gateway_token,
+            **(await self._tenant_configuration() if getattr(adapter, "uses_tenant_settings", False) else {}),
         )
         adapter.prepare(ctx)
         env = {**base_environment(home), **adapter.environment(ctx)}
@@ -198,6 +235,10 @@ class SessionHost:
             file_size_bytes=self.settings.agent_rlimit_fsize_bytes,
             processes=self.settings.agent_rlimit_nproc,
         )
+        for spec in getattr(adapter, "sidecars", lambda _: [])(ctx):
+            sidecar = SidecarProcess(spec)
+            self._sidecars.append(sidecar)
+            await sidecar.start(workspace, base_environment(home), limits)
         pty = PtySession(adapter.command(ctx), cwd=workspace, env=env, limits=limits)
         conversation = Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
         await self._set_state("running")
@@ -226,6 +267,24 @@ class SessionHost:
                 self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
             )
         return conversation
+
+    async def _tenant_configuration(self) -> dict[str, object]:
+        """The organization's settings and opened secrets, for an adapter that builds its config from them."""
+        async with tenant_transaction(self.context.engine, self.tenant) as db:
+            row = (
+                await db.exec(select(TenantSettings).where(TenantSettings.org_id == self.event.org_id))
+            ).first()
+        if row is None:
+            return {}
+        try:
+            secrets_ = open_tenant_secrets(self.settings.key_ring(), row)
+        except (KeyRingError, DecryptionError) as exc:
+            raise ValueError(f"the organization's secrets cannot be opened: {exc}") from exc
+        return {"tenant_settings": dict(row.settings), "tenant_secrets": secrets_}
+
+    async def _stop_sidecars(self) -> None:
+        while self._sidecars:
+            await self._sidecars.pop().stop()
 
     async def _issue_gateway_token(self) -> str:
         """A fresh MCP gateway token for this host's agent; Redis knows only its hash, and only
@@ -263,18 +322,18 @@ class SessionHost:
     async def _consume_input(self) -> None:
         assert self.conversation is not None
         stream = self.names.session_input(self.session_id)
-        while True:
-            reply = await self.context.redis.xread(
-                {stream: self.last_input_id}, count=1, block=INPUT_BLOCK_MS
-            )
-            if self.conversation.pty.exited:
-                raise SessionEnded("exited")
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    await self._handle_input(fields)
-                    self.last_input_id = entry_id
-                    self.last_activity = time.monotonic()
-                    await self._update_row(last_input_id=entry_id)
+        entries = self.context.inputs.subscribe(stream, self.last_input_id)
+        try:
+            while True:
+                entry_id, fields = await entries.get()
+                if self.conversation.pty.exited:
+                    raise SessionEnded("exited")
+                await self._handle_input(fields)
+                self.last_input_id = entry_id
+                self.last_activity = time.monotonic()
+                await self._update_row(last_input_id=entry_id)
+        finally:
+            self.context.inputs.unsubscribe(stream)
 
     async def _handle_input(self, fields: dict[str, str]) -> None:
         assert self.conversation is not None
@@ -283,6 +342,9 @@ class SessionHost:
             raise SessionEnded("stopped")
         if kind == "raw":
             self.conversation.send_raw(fields.get("content", "").encode())
+            return
+        if kind == "upload":
+            await self._place_upload(fields)
             return
         # The ingress only queues a user message while the agent is stable; the first prompt may
         # arrive while it starts, so wait for it to settle rather than lose the message.
@@ -296,26 +358,37 @@ class SessionHost:
             except ValueError:
                 return
 
+    async def _place_upload(self, fields: dict[str, str]) -> None:
+        """Put an uploaded file where the ingress said it would be, before any later input runs."""
+        encoded = await self.context.redis.get(fields["key"])
+        if encoded is None:
+            log.warning(
+                "upload %s for session %s expired before it was placed", fields["key"], self.session_id
+            )
+            return
+        workspace = self.settings.workspace_of(self.event.org_id, self.event.user_id, self.session_id)
+        await asyncio.to_thread(
+            place_upload, workspace / UPLOADS_DIR / fields["name"], base64.b64decode(encoded)
+        )
+        await self.context.redis.delete(fields["key"])
+
     async def _heartbeat(self) -> None:
         while True:
-            await self.context.redis.hset(
-                self.names.session_state(self.session_id),
-                mapping={"host": self.context.worker_id, "heartbeat": str(time.time())},
-            )
-            await self.context.redis.expire(self.names.session_state(self.session_id), STATE_TTL_SECONDS)
-            # Keep the idempotency lease while the session lives, so a duplicate never starts a second host.
-            await self.context.redis.expire(self.names.claim(self.event.id), LEASE_SECONDS)
-            if self._gateway_key:
-                await self.context.redis.expire(self._gateway_key, STATE_TTL_SECONDS)
-            await self.context.redis.zadd(
-                self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS}
-            )
+            # One round trip: a worker beats for hundreds of sessions.
+            async with self.context.redis.pipeline(transaction=False) as beat:
+                state = self.names.session_state(self.session_id)
+                beat.hset(state, mapping={"host": self.context.worker_id, "heartbeat": str(time.time())})
+                beat.expire(state, STATE_TTL_SECONDS)
+                # Keep the idempotency lease while the session lives, so a duplicate never starts a
+                # second host.
+                beat.expire(self.names.claim(self.event.id), LEASE_SECONDS)
+                if self._gateway_key:
+                    beat.expire(self._gateway_key, STATE_TTL_SECONDS)
+                beat.zadd(
+                    self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS}
+                )
+                await beat.execute()
             await asyncio.sleep(HEARTBEAT_SECONDS)
-
-    async def _watch_draining(self) -> None:
-        while not self.context.draining.is_set():
-            await asyncio.sleep(0.25)
-        raise HandedOver()
 
     async def _watch_limits(self) -> None:
         assert self.conversation is not None
@@ -325,6 +398,8 @@ class SessionHost:
             now = time.monotonic()
             if self.conversation.pty.exited:
                 raise SessionEnded("exited")
+            if self.context.draining.is_set():
+                raise HandedOver()
             if now - started >= self.settings.session_max_lifetime:
                 raise SessionEnded("max_lifetime")
             quota = self.settings.workspace_quota_bytes

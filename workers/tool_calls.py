@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -24,10 +25,20 @@ from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
 from schemas.egress import EgressRefused
+from schemas.oauth_client import OAuthFlowError
+from schemas.oauth_grants import ACCESS, is_due, open_secret
 from schemas.tables import McpConfiguration, McpOAuthToken
 from workers.circuit_breaker import CircuitBreaker, CircuitOpen
 from workers.context import WorkerContext
-from workers.mcp_client import ClientPool, McpTimeout, McpToolError, McpUnavailable, ServerSpec
+from workers.mcp_client import (
+    ClientPool,
+    McpTimeout,
+    McpToolError,
+    McpUnauthorized,
+    McpUnavailable,
+    ServerSpec,
+)
+from workers.oauth_refresh import NeedsReauth, TokenRefresher, reconnect_hint
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +51,28 @@ class ToolRequestError(Exception):
         self.code = code
 
 
+# Failures answered to the caller as a result; anything else is a bug and goes to Dramatiq/Sentry.
+REPORTED_FAILURES = (
+    ToolRequestError,
+    McpToolError,
+    McpUnavailable,
+    McpUnauthorized,
+    CircuitOpen,
+    EgressRefused,
+)
+
+
 class ToolService:
     def __init__(self, context: WorkerContext) -> None:
         self.context = context
         settings = context.settings
         self.pool = ClientPool(settings)
+        self.refresher = TokenRefresher(context)
         self.breaker = CircuitBreaker(
             context.redis, context.names, settings.mcp_breaker_threshold, settings.mcp_breaker_reset_seconds
         )
 
-    async def load(self, event: Event) -> tuple[McpConfiguration, ServerSpec]:
+    async def load(self, event: Event) -> tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]:
         raw_id = event.payload.get("config_id")
         try:
             config_id = UUID(str(raw_id))
@@ -57,6 +80,7 @@ class ToolService:
             raise ToolRequestError("not_found", "no such MCP configuration") from exc
         # The requester's own context: RLS shows org configs and only their own user configs.
         ctx = TenantContext(org_id=event.org_id, user_id=event.user_id, role="member")
+        grant: McpOAuthToken | None = None
         async with tenant_transaction(self.context.engine, ctx) as db:
             row = (
                 await db.exec(
@@ -67,8 +91,20 @@ class ToolService:
             ).first()
             if row is None or not row.enabled:
                 raise ToolRequestError("not_found", "no such MCP configuration, or it is disabled")
-            token = await self._token(db, row, event)
-        spec = ServerSpec(
+            if row.auth_type == "oauth":
+                grant = (
+                    await db.exec(
+                        select(McpOAuthToken).where(
+                            McpOAuthToken.configuration_id == row.id, McpOAuthToken.user_id == event.user_id
+                        )
+                    )
+                ).first()
+        if grant is not None and grant.status == "connected" and is_due(grant, self.context.settings):
+            grant = await self._refreshed(row, grant, event)
+        return row, self._spec(row, self._token(row, grant, event)), grant
+
+    def _spec(self, row: McpConfiguration, token: str | None) -> ServerSpec:
+        return ServerSpec(
             config_id=row.id,
             version=row.updated_at,
             transport=row.transport,
@@ -78,9 +114,8 @@ class ToolService:
             env=tuple(sorted(row.env.items())),
             token=token,
         )
-        return row, spec
 
-    async def _token(self, db: Any, row: McpConfiguration, event: Event) -> str | None:
+    def _token(self, row: McpConfiguration, grant: McpOAuthToken | None, event: Event) -> str | None:
         ring = self.context.settings.key_ring()
         try:
             if row.auth_type == "bearer" and row.encrypted_secret:
@@ -89,22 +124,16 @@ class ToolService:
                     SecretRef("mcp_configurations", "encrypted_secret", row.id, row.org_id),
                 )
             if row.auth_type == "oauth":
-                grant = (
-                    await db.exec(
-                        select(McpOAuthToken).where(
-                            McpOAuthToken.configuration_id == row.id, McpOAuthToken.user_id == event.user_id
-                        )
-                    )
-                ).first()
-                if grant is None or grant.status != "connected":
+                if grant is None:
                     raise ToolRequestError(
                         "needs_auth",
-                        f"{row.name} needs authorization: connect it with POST /api/v1/mcp/oauth/init",
+                        f"{row.name} is not connected: connect it with POST /api/v1/mcp/oauth/init",
                     )
-                return ring.decrypt(
-                    grant.encrypted_access_token,
-                    SecretRef("mcp_oauth_tokens", "encrypted_access_token", grant.id, grant.org_id),
-                )
+                if grant.status != "connected":
+                    raise ToolRequestError(
+                        "needs_reauth", reconnect_hint(row.name, "the authorization was withdrawn or expired")
+                    )
+                return open_secret(ring, grant, ACCESS)
         except DecryptionError as exc:
             log.error("secret of MCP configuration %s does not open: %s", row.id, exc)
             raise ToolRequestError(
@@ -112,20 +141,49 @@ class ToolService:
             ) from exc
         return None
 
+    async def _refreshed(
+        self, row: McpConfiguration, grant: McpOAuthToken, event: Event, *, stale: bool = False
+    ) -> McpOAuthToken:
+        """The grant after a refresh (``stale``: the server just refused its access token)."""
+        try:
+            return await self.refresher.refresh(
+                grant, stale_access=grant.encrypted_access_token if stale else None, request=event
+            )
+        except NeedsReauth as exc:
+            raise ToolRequestError("needs_reauth", reconnect_hint(row.name, str(exc))) from exc
+        except OAuthFlowError as exc:
+            raise ToolRequestError(
+                "auth_unavailable", f"{row.name}: refreshing its token failed: {exc}"
+            ) from exc
+
+    async def _authorized(
+        self, event: Event, work: Callable[[ServerSpec], Awaitable[Any]]
+    ) -> tuple[McpConfiguration, Any]:
+        """Runs ``work`` against the request's server; when the server refuses an OAuth grant's
+        access token, the grant is refreshed once and the work tried once more."""
+        row, spec, grant = await self.load(event)
+        try:
+            return row, await self._guarded(spec, work(spec))
+        except McpUnauthorized:
+            if grant is None:
+                raise
+        grant = await self._refreshed(row, grant, event, stale=True)
+        retry = self._spec(row, self._token(row, grant, event))
+        return row, await self._guarded(retry, work(retry))
+
     async def list_tools(self, event: Event) -> None:
         """``mcp.test_requested``: connect, list the tools, cache them for the gateway, answer."""
         started = time.monotonic()
         payload: dict[str, Any]
         try:
-            row, spec = await self.load(event)
-            tools = await self._guarded(spec, self.pool.list_tools(spec))
+            row, tools = await self._authorized(event, self.pool.list_tools)
             await self.context.redis.set(
                 self.context.names.mcp_tools(row.id),
                 json.dumps({"version": row.updated_at.isoformat(), "tools": tools}),
                 ex=max(self.context.settings.mcp_tools_cache_seconds, 1),
             )
             payload = {"ok": True, "config_id": str(row.id), "tools": tools}
-        except (ToolRequestError, McpToolError, McpUnavailable, CircuitOpen, EgressRefused) as exc:
+        except REPORTED_FAILURES as exc:
             payload = {"ok": False, "config_id": str(event.payload.get("config_id")), **_error(exc)}
         payload["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         await self._answer(event, EventType.MCP_TEST_COMPLETED, payload)
@@ -139,7 +197,6 @@ class ToolService:
         outcome, result_type = "success", EventType.TOOL_CALL_COMPLETED
         payload: dict[str, Any] = {"call_id": event.id, "config_id": config_id, "tool": tool}
         try:
-            _, spec = await self.load(event)
 
             async def on_progress(done: float, total: float | None, message: str | None) -> None:
                 if event.session_id is not None:
@@ -156,11 +213,11 @@ class ToolService:
                     )
 
             timeout = float(event.payload.get("timeout") or self.context.settings.mcp_call_timeout_seconds)
-            result = await self._guarded(
-                spec, self.pool.call_tool(spec, tool, dict(arguments), timeout, on_progress)
+            _, result = await self._authorized(
+                event, lambda spec: self.pool.call_tool(spec, tool, dict(arguments), timeout, on_progress)
             )
             payload |= {"ok": True, **result}
-        except (ToolRequestError, McpToolError, McpUnavailable, CircuitOpen, EgressRefused) as exc:
+        except REPORTED_FAILURES as exc:
             outcome, result_type = (
                 ("error" if isinstance(exc, McpToolError) else "failure"),
                 EventType.TOOL_CALL_FAILED,
@@ -234,10 +291,11 @@ class ToolService:
             correlation_id=request.correlation_id,
             payload=payload,
         )
-        if request.session_id is not None:
-            await self.context.emit(answer)
+        # The caller blocks on the reply; the session's stream can learn of it a moment later.
         if request.payload.get("reply"):
             await append_reply(self.context.redis, self.context.names, request.id, answer)
+        if request.session_id is not None:
+            await self.context.emit(answer)
 
 
 def _error(exc: Exception) -> dict[str, str]:
@@ -251,6 +309,8 @@ def _error(exc: Exception) -> dict[str, str]:
         code = "unavailable"
     elif isinstance(exc, EgressRefused):
         code = "egress_refused"
+    elif isinstance(exc, McpUnauthorized):
+        code = "unauthorized"
     else:
         code = "tool_error"
     return {"error_code": code, "error": str(exc)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from uuid import UUID, uuid4
 
 from litestar import Controller, Request, delete, get, post, put
@@ -38,12 +38,35 @@ from events.results import await_reply
 from schemas.crypto import KeyRingError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
 from schemas.egress import EgressRefused, check_endpoint, check_stdio
-from schemas.tables import McpConfiguration, utcnow
+from schemas.oauth_grants import revoke_grants
+from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 ADMIN_ROLES = ("admin", "owner", "superadmin")
 # How long a request waits for a worker's answer before it returns 202 and the event id.
 DEFAULT_WAIT_SECONDS = 30.0
+
+
+Connection = Literal["connected", "needs_reauth", "not_connected"]
+
+
+class OAuthSettingsIn(StrictBody):
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="a client registered beforehand; else registered dynamically",
+    )
+    client_secret: str | None = Field(
+        None, min_length=1, max_length=4096, description="the configured client's secret; write-only"
+    )
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] | None = None
+    scopes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=64
+    )
+    authorization_server: str | None = Field(
+        None, max_length=2048, description="issuer URL, for servers that publish no RFC 9728 metadata"
+    )
 
 
 class ConfigIn(StrictBody):
@@ -60,7 +83,9 @@ class ConfigIn(StrictBody):
     bearer_token: str | None = Field(
         None, min_length=1, max_length=8192, description="for auth_type bearer; write-only"
     )
-    oauth: dict[str, Any] = Field(default_factory=dict, description="client settings for auth_type oauth")
+    oauth: OAuthSettingsIn = Field(
+        default_factory=OAuthSettingsIn, description="client settings for auth_type oauth"
+    )
     enabled: bool = True
 
     @model_validator(mode="after")
@@ -81,7 +106,19 @@ class ConfigIn(StrictBody):
                 raise ValueError("command and args are for stdio servers only")
         if self.bearer_token is not None and self.auth_type != "bearer":
             raise ValueError("bearer_token is only accepted with auth_type bearer")
+        if self.oauth.client_secret is not None and (self.auth_type != "oauth" or not self.oauth.client_id):
+            raise ValueError(
+                "oauth.client_secret is only accepted with auth_type oauth and an oauth.client_id"
+            )
         return self
+
+    @property
+    def secret(self) -> str | None:
+        """The write-only secret to seal: a bearer token or an OAuth client's secret."""
+        return self.bearer_token if self.auth_type == "bearer" else self.oauth.client_secret
+
+    def stored_oauth(self) -> dict[str, Any]:
+        return self.oauth.model_dump(exclude={"client_secret"}, exclude_none=True, exclude_defaults=True)
 
 
 class ConfigOut(BaseModel):
@@ -97,6 +134,9 @@ class ConfigOut(BaseModel):
     env_keys: list[str] = Field(description="names of the variables set; values are not returned")
     auth_type: str
     has_secret: bool
+    connection: Connection | None = Field(
+        None, description="auth_type oauth: the caller's connection to the server"
+    )
     enabled: bool
     created_at: datetime
     updated_at: datetime
@@ -126,7 +166,7 @@ class WorkAnswer(BaseModel):
     result: dict[str, Any] | None = None
 
 
-def config_out(row: McpConfiguration) -> ConfigOut:
+def config_out(row: McpConfiguration, grants: dict[UUID, str] | None = None) -> ConfigOut:
     return ConfigOut(
         id=row.id,
         org_id=row.org_id,
@@ -140,6 +180,9 @@ def config_out(row: McpConfiguration) -> ConfigOut:
         env_keys=sorted(row.env),
         auth_type=row.auth_type,
         has_secret=row.encrypted_secret is not None,
+        connection=cast(Connection, (grants or {}).get(row.id, "not_connected"))
+        if row.auth_type == "oauth"
+        else None,
         enabled=row.enabled,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -154,6 +197,18 @@ def effective(query: Any, ctx: TenantContext) -> Any:
     )
 
 
+async def connections(db: Any, ctx: TenantContext, config_ids: list[UUID]) -> dict[UUID, str]:
+    """The caller's OAuth connection state per configuration (never the tokens)."""
+    if not config_ids:
+        return {}
+    rows = await db.exec(
+        select(McpOAuthToken.configuration_id, McpOAuthToken.status).where(
+            McpOAuthToken.user_id == ctx.user_id, col(McpOAuthToken.configuration_id).in_(config_ids)
+        )
+    )
+    return {config_id: status for config_id, status in rows}
+
+
 async def _validate(data: ConfigIn, res: Resources) -> None:
     try:
         if data.transport == "stdio":
@@ -162,11 +217,11 @@ async def _validate(data: ConfigIn, res: Resources) -> None:
         else:
             assert data.endpoint_url is not None
             await check_endpoint(data.endpoint_url, res.settings)
+        if data.oauth.authorization_server:
+            await check_endpoint(data.oauth.authorization_server, res.settings, "oauth.authorization_server")
     except EgressRefused as exc:
         raise ValidationException(str(exc), extra=[{"key": exc.field, "message": exc.reason}]) from exc
-    if data.auth_type == "bearer" and data.bearer_token is None:
-        return
-    if data.auth_type == "bearer":
+    if data.secret is not None:
         try:
             res.settings.key_ring()
         except KeyRingError as exc:
@@ -237,11 +292,11 @@ class McpConfigurationController(Controller):
             command=data.command,
             args=data.args,
             env=data.env,
-            oauth=data.oauth,
+            oauth=data.stored_oauth(),
             enabled=data.enabled,
         )
-        if data.bearer_token is not None:
-            row.encrypted_secret = _seal(res, row, data.bearer_token)
+        if data.secret is not None:
+            row.encrypted_secret = _seal(res, row, data.secret)
         try:
             async with tenant_transaction(res.engine, ctx) as db:
                 db.add(row)
@@ -272,9 +327,10 @@ class McpConfigurationController(Controller):
         query = query.order_by(col(McpConfiguration.name), col(McpConfiguration.id)).limit(limit + 1)
         async with tenant_transaction(res.engine, ctx) as db:
             rows = list(await db.exec(query))
-        page = rows[:limit]
+            page = rows[:limit]
+            grants = await connections(db, ctx, [r.id for r in page if r.auth_type == "oauth"])
         return ConfigPage(
-            configurations=[config_out(r) for r in page],
+            configurations=[config_out(r, grants) for r in page],
             next_cursor=encode_cursor(page[-1].name, page[-1].id) if len(rows) > limit else None,
         )
 
@@ -283,7 +339,10 @@ class McpConfigurationController(Controller):
         self, config_id: UUID, request: Request[Principal, str, State], state: State
     ) -> ConfigOut:
         res = resources(state)
-        return config_out(await find_config(res, tenant_context(request.user), config_id))
+        ctx = tenant_context(request.user)
+        row = await find_config(res, ctx, config_id)
+        async with tenant_transaction(res.engine, ctx) as db:
+            return config_out(row, await connections(db, ctx, [row.id]))
 
     @put("/{config_id:uuid}")
     async def replace(
@@ -300,11 +359,16 @@ class McpConfigurationController(Controller):
                 extra=[{"key": "scope", "message": f"is {row.scope}"}],
             )
         await _validate(data, res)
-        if data.auth_type == "bearer" and data.bearer_token is None and row.encrypted_secret is None:
+        if (
+            data.auth_type == "bearer"
+            and data.bearer_token is None
+            and (row.encrypted_secret is None or row.auth_type != "bearer")
+        ):
             raise ValidationException(
                 "bearer_token is required",
                 extra=[{"key": "bearer_token", "message": "required for auth_type bearer"}],
             )
+        previous_auth = row.auth_type
         for name in (
             "name",
             "transport",
@@ -313,13 +377,17 @@ class McpConfigurationController(Controller):
             "args",
             "env",
             "auth_type",
-            "oauth",
             "enabled",
         ):
             setattr(row, name, getattr(data, name))
-        if data.bearer_token is not None:
-            row.encrypted_secret = _seal(res, row, data.bearer_token)
-        elif data.auth_type != "bearer":
+        row.oauth = data.stored_oauth()
+        if data.secret is not None:
+            row.encrypted_secret = _seal(res, row, data.secret)
+        elif (
+            data.auth_type != previous_auth
+            or data.auth_type == "none"
+            or (data.auth_type == "oauth" and not data.oauth.client_id)
+        ):
             row.encrypted_secret = None
         row.updated_at = utcnow()
         try:
@@ -334,11 +402,22 @@ class McpConfigurationController(Controller):
 
     @delete("/{config_id:uuid}", status_code=204)
     async def remove(self, config_id: UUID, request: Request[Principal, str, State], state: State) -> None:
-        """Delete a configuration with its stored secret and tokens."""
+        """Delete a configuration with its stored secret and tokens; OAuth grants (everyone's, for an
+        organization's server) are revoked at the authorization server first."""
         res = resources(state)
         ctx = tenant_context(request.user)
         row = await find_config(res, ctx, config_id)
         _may_change(ctx, row)
+        async with tenant_transaction(res.engine, ctx) as db:
+            grants = list(
+                await db.exec(select(McpOAuthToken).where(McpOAuthToken.configuration_id == row.id))
+            )
+        if grants:
+            try:
+                ring = res.settings.key_ring()
+            except KeyRingError as exc:
+                raise ClientException(str(exc), status_code=503) from exc
+            await revoke_grants(ring, grants, res.settings)
         async with tenant_transaction(res.engine, ctx) as db:
             stored = await db.get(McpConfiguration, row.id)
             if stored is not None:

@@ -25,6 +25,7 @@ from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.prompts import composed_prompt
+from api.single_flight import SingleFlight
 from api.sse import parse_last_event_id, session_event_stream, sse_response
 from api.state import Resources, resources
 from api.tenancy import tenant_context
@@ -350,12 +351,22 @@ async def _check_quota(res: Resources, ctx: TenantContext) -> None:
         )
 
 
+# A storm of identical lookups (thousands of SSE clients joining one session) shares one query.
+_session_lookups: SingleFlight[tuple[TenantContext, UUID], UserSession | None] = SingleFlight()
+
+
 async def find_session(state: State, principal: Principal, session_id: UUID) -> UserSession:
     """The caller's tenant's session, or 404: another org's id is indistinguishable from none."""
     res = resources(state)
     ctx = tenant_context(principal)
-    async with tenant_transaction(res.engine, ctx) as db:
-        row = (await db.exec(_scoped(select(UserSession), ctx).where(UserSession.id == session_id))).first()
+
+    async def lookup() -> UserSession | None:
+        async with tenant_transaction(res.engine, ctx) as db:
+            return (
+                await db.exec(_scoped(select(UserSession), ctx).where(UserSession.id == session_id))
+            ).first()
+
+    row = await _session_lookups.run((ctx, session_id), lookup)
     if row is None:
         raise NotFoundException("session not found")
     return row

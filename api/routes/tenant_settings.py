@@ -17,15 +17,19 @@ from litestar import Request, get, put
 from litestar.datastructures import State
 from litestar.exceptions import ClientException, PermissionDeniedException, ValidationException
 from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import select
 
 from api.auth import Principal
 from api.problems import StrictBody
 from api.state import Resources, resources
 from api.tenancy import tenant_context
-from schemas.crypto import KeyRingError, SecretRef
+from schemas.ccrouter import CCRouterSettings, missing_keys
+from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
+from schemas.egress import EgressRefused, check_endpoint
 from schemas.tables import TenantSettings, utcnow
+from schemas.tenant_secrets import open_tenant_secrets, secrets_ref
 
 ADMIN_ROLES = ("admin", "owner", "superadmin")
 MAX_SETTINGS_BYTES = 64 * 1024
@@ -48,15 +52,8 @@ class SettingsOut(BaseModel):
     updated_at: datetime | None
 
 
-def _ref(row: TenantSettings) -> SecretRef:
-    return SecretRef("tenant_settings", "encrypted_secrets", row.id, row.org_id)
-
-
 def open_secrets(res: Resources, row: TenantSettings) -> dict[str, str]:
-    """The organization's secrets in clear, for the workers that need them."""
-    if not row.encrypted_secrets:
-        return {}
-    return dict(json.loads(res.settings.key_ring().decrypt(row.encrypted_secrets, _ref(row))))
+    return open_tenant_secrets(res.settings.key_ring(), row)
 
 
 def _admin(principal: Principal) -> TenantContext:
@@ -81,6 +78,38 @@ def _out(org_id: UUID, row: TenantSettings | None, names: list[str]) -> Settings
 async def _load(res: Resources, ctx: TenantContext) -> TenantSettings | None:
     async with tenant_transaction(res.engine, ctx) as db:
         return (await db.exec(select(TenantSettings).where(TenantSettings.org_id == ctx.org_id))).first()
+
+
+async def _check_ccrouter(res: Resources, raw: object, secret_names: set[str]) -> None:
+    """422 naming each field of ``settings.ccrouter`` a session could not run with."""
+    try:
+        spec = CCRouterSettings.model_validate(raw)
+    except PydanticValidationError as exc:
+        raise ValidationException(
+            "settings.ccrouter is not a valid Claude Code Router configuration",
+            extra=[
+                {
+                    "key": "settings.ccrouter"
+                    + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]),
+                    "message": e["msg"],
+                }
+                for e in exc.errors(include_url=False, include_input=False)
+            ],
+        ) from exc
+    problems = []
+    for index, provider in enumerate(spec.providers):
+        try:
+            await check_endpoint(
+                provider.api_base_url, res.settings, f"settings.ccrouter.providers[{index}].api_base_url"
+            )
+        except EgressRefused as exc:
+            problems.append({"key": exc.field, "message": exc.reason})
+    problems += [
+        {"key": field, "message": "names no stored secret: add it under `secrets` (write-only)"}
+        for field in missing_keys(spec, secret_names, res.settings.vertex_ai_api_key is not None)
+    ]
+    if problems:
+        raise ValidationException("settings.ccrouter cannot run sessions as it is", extra=problems)
 
 
 @get("/api/v1/settings", tags=["settings"])
@@ -119,8 +148,10 @@ async def write_settings(
                 secrets.pop(name, None)
             else:
                 secrets[name] = value
+        if "ccrouter" in data.settings:
+            await _check_ccrouter(res, data.settings["ccrouter"], set(secrets))
         row.encrypted_secrets = (
-            res.settings.key_ring().encrypt(json.dumps(secrets), _ref(row)) if secrets else None
+            res.settings.key_ring().encrypt(json.dumps(secrets), secrets_ref(row)) if secrets else None
         )
     except KeyRingError as exc:
         raise ClientException(str(exc), status_code=503) from exc

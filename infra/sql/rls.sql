@@ -84,6 +84,12 @@ DROP POLICY IF EXISTS tenant_isolation ON webhooks;
 
 CREATE POLICY tenant_isolation ON webhooks USING (org_id = app_org_id() OR app_is_superadmin()) WITH CHECK (org_id = app_org_id() OR app_is_superadmin());
 
+ALTER TABLE webhook_deliveries ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS tenant_isolation ON webhook_deliveries;
+
+CREATE POLICY tenant_isolation ON webhook_deliveries USING (org_id = app_org_id() OR app_is_superadmin()) WITH CHECK (org_id = app_org_id() OR app_is_superadmin());
+
 ALTER TABLE audit_logs ENABLE ROW LEVEL SECURITY;
 
 DROP POLICY IF EXISTS tenant_isolation ON audit_logs;
@@ -98,7 +104,7 @@ CREATE POLICY tenant_isolation ON users USING (id = app_user_id() OR app_is_supe
 
 GRANT USAGE ON SCHEMA public TO agentapi_app;
 
-GRANT SELECT, INSERT, UPDATE, DELETE ON organizations, memberships, user_sessions, session_messages, session_workspaces, mcp_configurations, mcp_oauth_tokens, system_prompts, tenant_settings, webhooks, users TO agentapi_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON organizations, memberships, user_sessions, session_messages, session_workspaces, mcp_configurations, mcp_oauth_tokens, system_prompts, tenant_settings, webhooks, webhook_deliveries, users TO agentapi_app;
 
 GRANT SELECT, INSERT ON audit_logs TO agentapi_app;
 

@@ -65,6 +65,9 @@ def answer(text: str) -> None:
         with open("filler.bin", "wb") as handle:
             handle.write(os.urandom(int(words[1])))
         say(f"wrote {words[1]} bytes")
+    elif command == "/cat" and len(words) > 1:
+        with open(words[1], encoding="utf-8", errors="replace") as handle:
+            say("\r\n".join(handle.read().splitlines()))
     elif command == "/sleep" and len(words) > 1:
         say("working...")
         time.sleep(float(words[1]))

@@ -2,6 +2,10 @@
 
     python -m tests.fakes.mcp_server stdio
     python -m tests.fakes.mcp_server http --port P --token T
+    python -m tests.fakes.mcp_server oauth --port P --issuer URL --introspection-secret S
+
+``oauth`` accepts only access tokens the authorization server at ``--issuer`` vouches for (RFC 7662
+introspection, as its client ``resource_server``) and publishes RFC 9728 metadata naming it.
 
 Tools: ``echo``, ``add``, ``progress`` (reports progress, then answers), ``fail`` (a tool error),
 and ``hang`` (never answers, for timeouts and the circuit breaker).
@@ -78,14 +82,33 @@ class BearerOnly:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("transport", choices=["stdio", "http"])
+    parser.add_argument("transport", choices=["stdio", "http", "oauth"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default="")
+    parser.add_argument("--issuer", default="")
+    parser.add_argument("--introspection-secret", default="")
     args = parser.parse_args()
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
         return
     import uvicorn
+
+    if args.transport == "oauth":
+        from fastmcp.server.auth import RemoteAuthProvider
+        from fastmcp.server.auth.providers.introspection import IntrospectionTokenVerifier
+
+        server.auth = RemoteAuthProvider(
+            token_verifier=IntrospectionTokenVerifier(
+                introspection_url=f"{args.issuer}/introspect",
+                client_id="resource_server",
+                client_secret=args.introspection_secret,
+            ),
+            authorization_servers=[args.issuer],
+            base_url=f"http://127.0.0.1:{args.port}",
+        )
+        app = server.http_app(path="/mcp")
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+        return
 
     app = server.http_app(path="/mcp")
     uvicorn.run(

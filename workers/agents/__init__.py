@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+
 from workers.agents.base import AgentAdapter
 
 AGENT_TYPES = ("claude", "ccrouter", "codex", "gemini", "aider", "goose", "droid", "custom")
-ALIASES = {"ccr": "ccrouter", "claude-code": "claude"}
+ALIASES = {"ccr": "ccrouter", "claude-code": "claude", "factory": "droid"}
+# Adapter classes by agent type, imported on first use.
+ADAPTERS = {
+    "claude": "workers.agents.claude:ClaudeAdapter",
+    "ccrouter": "workers.agents.ccrouter:CCRouterAdapter",
+    "codex": "workers.agents.codex:CodexAdapter",
+    "gemini": "workers.agents.gemini:GeminiAdapter",
+    "aider": "workers.agents.aider:AiderAdapter",
+    "goose": "workers.agents.goose:GooseAdapter",
+    "droid": "workers.agents.droid:DroidAdapter",
+    "custom": "workers.agents.custom:CustomAdapter",
+}
 
 
 class AdapterUnavailable(LookupError):
@@ -24,12 +37,9 @@ def canonical_agent_type(name: str) -> str:
 
 def get_adapter(name: str) -> AgentAdapter:
     agent_type = canonical_agent_type(name)
-    if agent_type == "custom":
-        from workers.agents.custom import CustomAdapter
-
-        return CustomAdapter()
-    if agent_type == "claude":
-        from workers.agents.claude import ClaudeAdapter
-
-        return ClaudeAdapter()
-    raise AdapterUnavailable(f"the {agent_type} adapter is not available on this platform yet")
+    target = ADAPTERS.get(agent_type)
+    if target is None:
+        raise AdapterUnavailable(f"the {agent_type} adapter is not available on this platform yet")
+    module, cls = target.split(":")
+    adapter: AgentAdapter = getattr(importlib.import_module(module), cls)()
+    return adapter

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 
@@ -31,6 +31,10 @@ class LaunchContext:
     agent_env: dict[str, str] = field(default_factory=dict)
     # For `custom`: the admin-allowlisted command line.
     custom_command: tuple[str, ...] = ()
+    # The organization's tenant settings and opened secrets, only for adapters that declare
+    # ``uses_tenant_settings`` (ccrouter): they go into the session's private files, never its env.
+    tenant_settings: dict[str, Any] = field(default_factory=dict)
+    tenant_secrets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,22 @@ class AutoResponse:
     limit: int = 1
 
 
+@dataclass(frozen=True)
+class Sidecar:
+    """A helper process the agent needs for its lifetime (a local model router)."""
+
+    name: str
+    argv: list[str]
+    # Ready when something accepts connections on 127.0.0.1 at this port.
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
 class AgentAdapter(Protocol):
+    """Optional beyond this protocol: ``uses_tenant_settings: ClassVar[bool]`` (fill the context's
+    tenant settings and secrets) and ``sidecars(ctx) -> list[Sidecar]`` (started before the agent,
+    stopped with the session)."""
+
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]]
     # Whether user input is wrapped in bracketed paste before the Enter key.

@@ -10,17 +10,16 @@ prompt with no dialog and no call other than ``POST /v1/messages`` (with
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import ClassVar
 
 from workers.agents.base import AutoResponse, LaunchContext
+from workers.agents.binaries import agent_binary, repo_bin
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message
 
-REPO_BIN = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "claude"
+REPO_BIN = repo_bin("claude")
 PASSED_THROUGH = ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL")
 FOOTER = re.compile(r"\? for shortcuts|esc to interrupt|/effort|← for agents|ctrl\+[a-z] to ")
 # Progress lines: a spinner glyph, a word, then "…" or "for 3s" ("✻ Baked for 0s", "✶ Thinking…").
@@ -29,9 +28,7 @@ BULLET = re.compile(r"^(\s*)[●⏺]\s")
 
 
 def claude_binary() -> str:
-    return os.environ.get("AGENTAPI_CLAUDE_BIN") or (
-        str(REPO_BIN) if REPO_BIN.exists() else shutil.which("claude") or "claude"
-    )
+    return agent_binary("claude")
 
 
 class ClaudeAdapter:

@@ -17,6 +17,10 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Tenant tables later revisions create, with their own policies.
+LATER_TABLES = ("webhook_deliveries",)
+
+
 def _settings():  # type: ignore[no-untyped-def]
     return op.get_context().config.attributes["settings"]
 
@@ -27,7 +31,8 @@ def upgrade() -> None:
     settings = _settings()
     password = settings.db_service_password.get_secret_value() if settings.db_service_password else None
     op.execute(create_role_statement(settings.db_service_role, password))
-    for statement in [*policy_statements(), *grant_statements(settings.db_service_role)]:
+    tables = [table for table in TENANT_TABLES if table not in LATER_TABLES]
+    for statement in [*policy_statements(tables), *grant_statements(settings.db_service_role, tables)]:
         op.execute(statement)
 
 
@@ -35,6 +40,8 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     for table in TENANT_TABLES:
+        if table in LATER_TABLES:
+            continue
         op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
         op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     op.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {_settings().db_service_role}")

@@ -1,0 +1,319 @@
+"""Webhooks: inbound endpoints external systems sign their callbacks for, and outbound subscriptions
+to session events. Admins manage both; inbound deliveries are public but signed (schemas.webhook_signing).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.exceptions import (
+    ClientException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.params import Parameter
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from api.auth import Principal
+from api.correlation import current_correlation_id
+from api.problems import StrictBody
+from api.state import Resources, resources
+from api.tenancy import tenant_context
+from events.envelope import NOTIFIED_TYPES, Event, EventType
+from events.publisher import publish
+from schemas.crypto import KeyRingError
+from schemas.db import TenantContext, tenant_transaction
+from schemas.egress import EgressRefused, check_endpoint
+from schemas.tables import Webhook, WebhookDelivery
+from schemas.webhook_signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, secret_ref, verify
+from workers.agents import canonical_agent_type
+
+ADMIN_ROLES = ("admin", "owner", "superadmin")
+MAX_INBOUND_BYTES = 256 * 1024
+DEDUP_SECONDS = 24 * 3600
+# The public endpoint finds a webhook by id before it knows the organization.
+LOOKUP = TenantContext(org_id=None, user_id=None, role="superadmin")
+
+
+class Action(StrictBody):
+    type: Literal["start_session", "post_message"]
+    agent_type: str | None = Field(None, max_length=32)
+    custom_agent: str | None = Field(None, max_length=64)
+    session_id: UUID | None = None
+    template: str = Field(
+        min_length=1,
+        max_length=10_000,
+        description="the message; `{body}` is replaced by the delivery's body",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> Action:
+        if self.type == "start_session":
+            if not self.agent_type:
+                raise ValueError("start_session needs agent_type")
+            self.agent_type = canonical_agent_type(self.agent_type)
+        elif self.session_id is None:
+            raise ValueError("post_message needs session_id")
+        return self
+
+
+class WebhookIn(StrictBody):
+    name: str = Field(min_length=1, max_length=100)
+    direction: Literal["inbound", "outbound"]
+    action: Action | None = None
+    target_url: str | None = Field(None, max_length=2048)
+    event_types: list[str] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _shape(self) -> WebhookIn:
+        if self.direction == "inbound" and self.action is None:
+            raise ValueError("an inbound webhook needs an action")
+        if self.direction == "outbound":
+            if not self.target_url or not self.event_types:
+                raise ValueError("an outbound webhook needs target_url and event_types")
+            unknown = sorted(set(self.event_types) - {str(t) for t in NOTIFIED_TYPES})
+            if unknown:
+                raise ValueError(f"unknown event types {unknown}; one of {sorted(map(str, NOTIFIED_TYPES))}")
+        return self
+
+
+class WebhookOut(BaseModel):
+    id: UUID
+    name: str
+    direction: str
+    action: dict[str, Any]
+    target_url: str | None
+    event_types: list[str]
+    enabled: bool
+    created_at: datetime
+    deliveries_url: str | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="shown once: sign inbound deliveries / verify outbound ones with it")
+
+
+class DeliveryOut(BaseModel):
+    id: UUID
+    webhook_id: UUID
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class Accepted(BaseModel):
+    accepted: bool = True
+    event_id: str
+
+
+def _out(row: Webhook) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "direction": row.direction,
+        "action": row.action,
+        "target_url": row.target_url,
+        "event_types": row.event_types,
+        "enabled": row.enabled,
+        "created_at": row.created_at,
+        "deliveries_url": f"/api/v1/webhooks/{row.id}/deliveries" if row.direction == "inbound" else None,
+    }
+
+
+def _admin(principal: Principal) -> TenantContext:
+    ctx = tenant_context(principal)
+    if ctx.role not in ADMIN_ROLES:
+        raise PermissionDeniedException("only organization admins manage webhooks")
+    return ctx
+
+
+class WebhookController(Controller):
+    path = "/api/v1/webhooks"
+    tags = ("webhooks",)  # type: ignore[assignment]
+
+    @post("/", status_code=201)
+    async def create_webhook(
+        self, data: WebhookIn, request: Request[Principal, str, State], state: State
+    ) -> WebhookCreated:
+        """Create an inbound endpoint or an outbound subscription; the answer shows its secret, once."""
+        res = resources(state)
+        ctx = _admin(request.user)
+        assert ctx.org_id is not None
+        if data.target_url:
+            try:
+                await check_endpoint(data.target_url, res.settings, "target_url")
+            except EgressRefused as exc:
+                raise ValidationException(
+                    str(exc), extra=[{"key": exc.field, "message": exc.reason}]
+                ) from exc
+        action = data.action.model_dump(mode="json", exclude_none=True) if data.action else {}
+        if action:
+            # The action runs as the admin who created it (quotas and prompts are theirs).
+            action["run_as_user_id"] = str(ctx.user_id)
+        secret = secrets.token_urlsafe(32)
+        row = Webhook(
+            id=uuid4(),
+            org_id=ctx.org_id,
+            name=data.name,
+            direction=data.direction,
+            action=action,
+            target_url=data.target_url,
+            event_types=data.event_types,
+            encrypted_secret="",
+        )
+        try:
+            row.encrypted_secret = res.settings.key_ring().encrypt(secret, secret_ref(row))
+        except KeyRingError as exc:
+            raise ClientException(str(exc), status_code=503) from exc
+        try:
+            async with tenant_transaction(res.engine, ctx) as db:
+                db.add(row)
+        except IntegrityError as exc:
+            raise ClientException(f"a webhook named {data.name!r} already exists", status_code=409) from exc
+        return WebhookCreated(**_out(row), secret=secret)
+
+    @get("/")
+    async def list_webhooks(self, request: Request[Principal, str, State], state: State) -> list[WebhookOut]:
+        res = resources(state)
+        ctx = _admin(request.user)
+        async with tenant_transaction(res.engine, ctx) as db:
+            rows = await db.exec(
+                select(Webhook).where(Webhook.org_id == ctx.org_id).order_by(col(Webhook.created_at))
+            )
+            return [WebhookOut(**_out(r)) for r in rows]
+
+    @get("/{webhook_id:uuid}")
+    async def get_webhook(
+        self, webhook_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> WebhookOut:
+        return WebhookOut(**_out(await _find(resources(state), _admin(request.user), webhook_id)))
+
+    @delete("/{webhook_id:uuid}", status_code=204)
+    async def delete_webhook(
+        self, webhook_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> None:
+        res = resources(state)
+        ctx = _admin(request.user)
+        row = await _find(res, ctx, webhook_id)
+        async with tenant_transaction(res.engine, ctx) as db:
+            await db.delete(await db.get(Webhook, row.id))
+
+    @get("/deliveries")
+    async def list_deliveries(
+        self,
+        request: Request[Principal, str, State],
+        state: State,
+        status: Annotated[Literal["pending", "succeeded", "failed"] | None, Parameter()] = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    ) -> list[DeliveryOut]:
+        """The outbound delivery log, newest first; `status=failed` is the dead-letter view."""
+        res = resources(state)
+        ctx = _admin(request.user)
+        query = select(WebhookDelivery).where(WebhookDelivery.org_id == ctx.org_id)
+        if status:
+            query = query.where(WebhookDelivery.status == status)
+        async with tenant_transaction(res.engine, ctx) as db:
+            rows = await db.exec(query.order_by(col(WebhookDelivery.created_at).desc()).limit(limit))
+            return [DeliveryOut(**r.model_dump()) for r in rows]
+
+    @post("/deliveries/{delivery_id:uuid}/redeliver", status_code=202)
+    async def redeliver(
+        self, delivery_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> Accepted:
+        """Send a dead-lettered delivery again, with a fresh attempt budget."""
+        res = resources(state)
+        ctx = _admin(request.user)
+        async with tenant_transaction(res.engine, ctx) as db:
+            row = await db.get(WebhookDelivery, delivery_id)
+            if row is None or row.org_id != ctx.org_id:
+                raise NotFoundException("delivery not found")
+            if row.status != "failed":
+                raise ClientException(
+                    f"the delivery is {row.status}; only failed ones are redelivered", status_code=409
+                )
+            row.status, row.attempts = "pending", 0
+            db.add(row)
+        event = Event(
+            type=EventType.WEBHOOK_NOTIFY_REQUESTED,
+            org_id=ctx.org_id,  # type: ignore[arg-type]
+            user_id=ctx.user_id,
+            correlation_id=current_correlation_id(),
+            payload={"delivery_id": str(delivery_id)},
+        )
+        await publish(res.redis, res.names, event)
+        return Accepted(event_id=event.id)
+
+
+async def _find(res: Resources, ctx: TenantContext, webhook_id: UUID) -> Webhook:
+    async with tenant_transaction(res.engine, ctx) as db:
+        row = await db.get(Webhook, webhook_id)
+    if row is None or row.org_id != ctx.org_id:
+        raise NotFoundException("webhook not found")
+    return row
+
+
+@post(
+    "/api/v1/webhooks/{webhook_id:uuid}/deliveries",
+    tags=["webhooks"],
+    status_code=202,
+    request_max_body_size=MAX_INBOUND_BYTES,
+    exclude_from_auth=True,
+    security=[],
+)
+async def receive_delivery(webhook_id: UUID, request: Request[Any, Any, State], state: State) -> Accepted:
+    """A signed callback (no JWT): HMAC-SHA256 over `<timestamp>.<body>` in `X-Agentapi-Signature`,
+    a timestamp within 5 minutes, and a delivery id accepted once in 24 hours."""
+    res = resources(state)
+    body = await request.body()
+    async with tenant_transaction(res.engine, LOOKUP) as db:
+        row = await db.get(Webhook, webhook_id)
+    if row is None or row.direction != "inbound" or not row.enabled:
+        raise NotFoundException("webhook not found")
+    try:
+        secret = res.settings.key_ring().decrypt(row.encrypted_secret, secret_ref(row))
+    except (KeyRingError, ValueError) as exc:
+        raise ClientException("this webhook's secret cannot be opened", status_code=503) from exc
+    headers = request.headers
+    problem = verify(secret, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER), body)
+    if problem:
+        raise NotAuthorizedException(problem)
+    delivery_id = headers.get(DELIVERY_HEADER, "")
+    if not 1 <= len(delivery_id) <= 128:
+        raise ValidationException(f"{DELIVERY_HEADER} is required (1 to 128 characters)")
+    try:
+        document: Any = json.loads(body) if body else None
+    except ValueError:
+        document = body.decode(errors="replace")
+    seen = res.names.webhook_delivery_seen(webhook_id, delivery_id)
+    if not await res.redis.set(seen, "1", nx=True, ex=DEDUP_SECONDS):
+        raise ClientException(f"delivery {delivery_id!r} was already received", status_code=409)
+    event = Event(
+        type=EventType.WEBHOOK_RECEIVED,
+        org_id=row.org_id,
+        user_id=UUID(row.action["run_as_user_id"]),
+        session_id=UUID(row.action["session_id"]) if row.action.get("session_id") else None,
+        correlation_id=current_correlation_id(),
+        payload={"webhook_id": str(row.id), "delivery_id": delivery_id, "body": document},
+    )
+    try:
+        await publish(res.redis, res.names, event)
+    except Exception:
+        # Not published: let the sender's retry of the same delivery id through.
+        await res.redis.delete(seen)
+        raise
+    return Accepted(event_id=event.id)

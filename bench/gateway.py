@@ -1,0 +1,101 @@
+"""An MCP tool call through the session's gateway (ingress → tools worker → MCP server → back over
+Redis) vs a direct fastmcp Client call to the same server, one call at a time, in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+
+from bench.harness import Row, stack, start_echo, summary_ms
+from tests.fixtures.stack import REPO, Stack, free_port, stop, wait_answering
+
+
+def _mcp_server() -> tuple[subprocess.Popen[bytes], str, str]:
+    token, port = secrets.token_urlsafe(24), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), "--token", token],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    wait_answering(url)
+    return proc, url, token
+
+
+def _gateway_entry(s: Stack, session_id: str) -> tuple[str, str]:
+    """The gateway URL and session token the agent was given in its MCP config file."""
+    home = Path(s.env["AGENTAPI_WORKSPACE_ROOT"]) / str(s.org_id) / str(s.user_id) / session_id / ".home"
+    entry = json.loads((home / ".agentapi" / "mcp.json").read_text())["mcpServers"]["agentapi"]
+    return str(entry["url"]), str(entry["headers"]["Authorization"]).removeprefix("Bearer ")
+
+
+async def _timed_calls(client: Client, tool: str, count: int) -> list[float]:
+    samples = []
+    for index in range(count):
+        started = time.perf_counter()
+        result = await client.call_tool(tool, {"text": f"call {index}"})
+        samples.append(time.perf_counter() - started)
+        assert not result.is_error
+    return samples
+
+
+async def bench(quick: bool) -> list[Row]:
+    count = 100 if quick else 500
+    server, url, bearer = await asyncio.to_thread(_mcp_server)
+    try:
+        async with stack({"AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true"}) as s:
+            await asyncio.to_thread(s.start_worker, "tools")
+            headers = s.headers()
+            async with httpx.AsyncClient(base_url=s.base_url, timeout=60) as http:
+                created = await http.post(
+                    "/api/v1/mcp/configurations",
+                    json={
+                        "name": "bench",
+                        "transport": "http",
+                        "endpoint_url": url,
+                        "auth_type": "bearer",
+                        "bearer_token": bearer,
+                    },
+                    headers=headers,
+                )
+                created.raise_for_status()
+                session = await start_echo(http, s, headers)
+                gateway_url, session_token = _gateway_entry(s, session)
+                direct = Client(StreamableHttpTransport(url, auth=bearer), timeout=60)
+                gateway = Client(StreamableHttpTransport(gateway_url, auth=session_token), timeout=60)
+                async with direct, gateway:
+                    # Warm both paths (connections, the worker's client pool) before measuring.
+                    await _timed_calls(direct, "echo", 20)
+                    await _timed_calls(gateway, "bench__echo", 20)
+                    direct_samples, gateway_samples = [], []
+                    # Alternating rounds, so drift on the machine touches both paths alike.
+                    for _ in range(10):
+                        direct_samples += await _timed_calls(direct, "echo", count // 10)
+                        gateway_samples += await _timed_calls(gateway, "bench__echo", count // 10)
+                await http.delete(f"/api/v1/sessions/{session}", headers=headers)
+    finally:
+        await asyncio.to_thread(stop, server)
+    through, alone = summary_ms(gateway_samples), summary_ms(direct_samples)
+    added = round(through["p50_ms"] - alone["p50_ms"], 2)
+    return [
+        Row(
+            "gateway",
+            "added by the gateway at p50",
+            added,
+            "ms",
+            "<= 5 ms",
+            added <= 5,
+            {"gateway": through, "direct": alone, "calls": count},
+        )
+    ]

@@ -1,0 +1,169 @@
+"""What every bench shares: a running stack on a fresh database, load from other processes,
+percentiles, and the results table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from tests.fixtures.postgres import fresh_database
+from tests.fixtures.stack import Stack, running_stack
+
+RESULTS = Path(__file__).parent / "results"
+ECHO = {"agent_type": "custom", "custom_agent": "echo"}
+
+
+@dataclass
+class Row:
+    bench: str
+    figure: str
+    value: float
+    unit: str
+    target: str
+    meets: bool | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max of seconds, in milliseconds."""
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 50) * 1000, 2),
+        "p95_ms": round(percentile(values, 95) * 1000, 2),
+        "p99_ms": round(percentile(values, 99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2) if values else float("nan"),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else float("nan"),
+    }
+
+
+@contextmanager
+def _stack(overrides: dict[str, str] | None = None, worker: bool = True) -> Iterator[Stack]:
+    """The platform as in the tests: `agentapi serve` + a sessions worker, fresh database, own prefix."""
+    quiet = {
+        "AGENTAPI_LOG_LEVEL": "WARNING",
+        "AGENTAPI_MAX_SESSIONS_PER_USER": "100000",
+        "AGENTAPI_MAX_SESSIONS_PER_ORG": "100000",
+        "AGENTAPI_AGENT_SETTLE_SECONDS": "0.1",
+    }
+    with fresh_database() as db, tempfile.TemporaryDirectory(prefix="agentapi-bench-") as scratch:
+        with running_stack(
+            db, secrets.token_urlsafe(48), Path(scratch), {**quiet, **(overrides or {})}, worker
+        ) as s:
+            yield s
+
+
+@asynccontextmanager
+async def stack(overrides: dict[str, str] | None = None, worker: bool = True) -> AsyncIterator[Stack]:
+    """The stack, set up and torn down off the event loop (both block: migrations, seeding, stops)."""
+    manager = _stack(overrides, worker)
+    running = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield running
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+async def start_echo(client: httpx.AsyncClient, stack: Stack, headers: dict[str, str]) -> str:
+    """A new echo session, once its agent is stable."""
+    created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
+    await until_stable(client, created["events_url"], headers)
+    return str(created["id"])
+
+
+async def until_stable(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+    async with aconnect_sse(client, "GET", url, headers=headers) as source:
+        async for sse in source.aiter_sse():
+            if sse.event == "status_change" and json.loads(sse.data)["status"] == "stable":
+                return
+
+
+def _load_worker(args: tuple[str, list[tuple[str, str, dict[str, str], bytes]], int, float, Any]) -> None:
+    base_url, requests, concurrency, seconds, queue = args
+
+    async def main() -> None:
+        done = errors = 0
+        deadline = time.monotonic() + seconds
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+
+            async def loop(index: int) -> None:
+                nonlocal done, errors
+                while time.monotonic() < deadline:
+                    method, path, headers, body = requests[(index + done) % len(requests)]
+                    answer = await client.request(method, path, headers=headers, content=body)
+                    if answer.status_code < 300:
+                        done += 1
+                    else:
+                        errors += 1
+
+            await asyncio.gather(*(loop(i) for i in range(concurrency)))
+        queue.put((done, errors))
+
+    asyncio.run(main())
+
+
+def http_load(
+    base_url: str,
+    requests: list[tuple[str, str, dict[str, str], bytes]],
+    seconds: float,
+    processes: int = 2,
+    concurrency: int = 32,
+) -> dict[str, float]:
+    """Requests per second that answered < 300, from ``processes`` client processes for ``seconds``."""
+    queue: Any = multiprocessing.Queue()
+    workers = [
+        multiprocessing.Process(
+            target=_load_worker, args=((base_url, requests, concurrency, seconds, queue),)
+        )
+        for _ in range(processes)
+    ]
+    started = time.monotonic()
+    for proc in workers:
+        proc.start()
+    results = [queue.get(timeout=seconds + 120) for _ in workers]
+    for proc in workers:
+        proc.join()
+    elapsed = time.monotonic() - started
+    ok, errors = sum(r[0] for r in results), sum(r[1] for r in results)
+    return {"per_second": round(ok / elapsed, 1), "ok": ok, "errors": errors, "seconds": round(elapsed, 2)}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def write(rows: list[Row]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    (RESULTS / "latest.json").write_text(path.read_text())
+    return path
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| bench | figure | value | target | meets |", "|---|---|---|---|---|"]
+    for r in rows:
+        meets = "—" if r.meets is None else ("yes" if r.meets else "no")
+        lines.append(f"| {r.bench} | {r.figure} | {r.value:g} {r.unit} | {r.target} | {meets} |")
+    return "\n".join(lines)

@@ -1,0 +1,20 @@
+"""The platform's Redis client: one bounded pool per process, whose callers wait their turn for a
+connection instead of failing when a burst (thousands of SSE clients connecting, hundreds of
+session hosts heart-beating) wants more connections than the pool holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+POOL_CONNECTIONS = 100
+
+
+def pooled_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
+    """A client whose commands wait up to ``wait_seconds`` for a free connection, then raise
+    ``redis.ConnectionError`` (an outage to the caller: 503 in the ingress, a retry in a worker)."""
+    pool = BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=POOL_CONNECTIONS, timeout=wait_seconds, **options
+    )
+    return Redis(connection_pool=pool)

@@ -1,0 +1,56 @@
+"""What the real-CLI tests share: one conversation with an agent through the whole platform."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tests.fixtures.stack import Stack
+from tests.test_skeleton_e2e import agent_said, read_events
+
+
+@dataclass
+class Conversation:
+    session_id: str
+    messages: list[dict[str, Any]]
+
+    def contents(self, role: str) -> list[str]:
+        return [m["content"] for m in self.messages if m["role"] == role]
+
+
+async def converse(
+    stack: Stack, agent_type: str, prompt: str, reply: str, system_prompt: str
+) -> Conversation:
+    """Save ``system_prompt`` as the user's prompt, start a session with ``prompt`` and wait for
+    ``reply`` to complete; the session is deleted afterwards."""
+    headers = stack.headers()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        saved = await client.post(
+            "/api/v1/prompts",
+            json={"scope": "user", "name": f"{agent_type} adapter test", "content": system_prompt},
+            headers=headers,
+        )
+        assert saved.status_code == 201, saved.text
+        created = await client.post(
+            "/api/v1/sessions", json={"agent_type": agent_type, "prompt": prompt}, headers=headers
+        )
+        assert created.status_code == 202, created.text
+        session = created.json()
+        await read_events(client, session["events_url"], headers, until=agent_said(reply))
+        listed = await client.get(f"/api/v1/sessions/{session['id']}/messages", headers=headers)
+        await client.delete(f"/api/v1/sessions/{session['id']}", headers=headers)
+    return Conversation(session["id"], listed.json()["messages"])
+
+
+def gateway_statuses(stack: Stack, session_id: str) -> list[int]:
+    """The statuses the ingress answered the session's MCP gateway requests with (the gateway is
+    mounted, so its access log shows the path below the mount point)."""
+    pattern = re.compile(rf'"(POST|DELETE) /{session_id}/? HTTP/[\d.]+" (\d{{3}})')
+    return [
+        int(found.group(2))
+        for record in stack.log_records()
+        if record.get("logger") == "uvicorn.access" and (found := pattern.search(record["message"]))
+    ]

@@ -1,0 +1,45 @@
+"""One reader for every hosted session's input stream, on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import redis.asyncio
+
+from workers.input_streams import InputStreams
+
+URL = "redis://127.0.0.1:6379/0"
+
+
+async def test_each_session_gets_its_own_entries_in_order_from_where_it_left_off() -> None:
+    prefix = f"agentapi-test-inputs-{uuid.uuid4().hex[:8]}:"
+    writer = redis.asyncio.Redis.from_url(URL, decode_responses=True)
+    inputs = InputStreams(redis.asyncio.Redis.from_url(URL, decode_responses=True))
+    a, b = f"{prefix}a", f"{prefix}b"
+    try:
+        handled = await writer.xadd(a, {"n": "0"})
+        await writer.xadd(a, {"n": "1"})
+        from_a = inputs.subscribe(a, handled)  # a recovered host resumes after what it handled
+        from_b = inputs.subscribe(b, "0-0")
+        for n in range(2, 40):
+            await writer.xadd(a, {"n": str(n)})
+            await writer.xadd(b, {"n": str(-n)})
+        async with asyncio.timeout(10):
+            got_a = [(await from_a.get())[1]["n"] for _ in range(39)]
+            got_b = [(await from_b.get())[1]["n"] for _ in range(38)]
+        assert got_a == [str(n) for n in range(1, 40)]
+        assert got_b == [str(-n) for n in range(2, 40)]
+
+        # A stream nobody hosts any more is no longer read; the others still are.
+        inputs.unsubscribe(b)
+        await writer.xadd(b, {"n": "late"})
+        await writer.xadd(a, {"n": "40"})
+        async with asyncio.timeout(10):
+            assert (await from_a.get())[1]["n"] == "40"
+        await asyncio.sleep(0.5)
+        assert from_b.empty()
+    finally:
+        inputs.unsubscribe(a)
+        await writer.delete(a, b)
+        await writer.aclose()

@@ -1,0 +1,270 @@
+"""Webhooks on the running system: signed inbound deliveries drive sessions, outbound subscribers get
+signed notifications with retries and a dead-letter view. Receivers are real HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from schemas.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify
+from tests.fixtures.postgres import DbUrls
+from tests.fixtures.stack import Stack, seed_async
+from tests.test_skeleton_e2e import ECHO, agent_said, read_events
+
+pytestmark = pytest.mark.timeout(180)
+STACK_ENV = {
+    "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
+    "AGENTAPI_WEBHOOK_MAX_ATTEMPTS": "4",
+    "AGENTAPI_WEBHOOK_BACKOFF_SECONDS": "0.2",
+}
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+
+@dataclass
+class Receiver:
+    """Answers each POST with the next planned status (the last one repeats)."""
+
+    plan: list[int]
+    received: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                status = receiver.plan[min(len(receiver.received), len(receiver.plan) - 1)]
+                receiver.received.append(
+                    Received({k.lower(): v for k, v in self.headers.items()}, body, status)
+                )
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def succeeded(self) -> list[Received]:
+        return [r for r in self.received if 200 <= r.answered < 300]
+
+
+@pytest.fixture(scope="module")
+def default_pool(stack: Stack) -> Iterator[None]:
+    stack.start_worker("default")
+    yield
+
+
+async def create(client: httpx.AsyncClient, stack: Stack, **body: Any) -> dict[str, Any]:
+    answer = await client.post("/api/v1/webhooks", json=body, headers=stack.headers(role="admin"))
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+async def wait_for(condition: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def deliveries_published(stack: Stack, webhook_id: str) -> int:
+    """webhook.received events for one webhook on the default work stream (other tests' sessions
+    publish notices there too, so the stream's length says nothing)."""
+    client = redis.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"])
+    try:
+        entries = client.xrange(f"{stack.env['AGENTAPI_REDIS_PREFIX']}work:default")
+    finally:
+        client.close()
+    events = [json.loads(fields[b"e"]) for _, fields in entries]
+    return sum(e["type"] == "webhook.received" and e["payload"]["webhook_id"] == webhook_id for e in events)
+
+
+async def test_a_signed_delivery_starts_a_session_whose_reply_is_notified(
+    stack: Stack, default_pool: None
+) -> None:
+    subscriber = Receiver([200])
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        inbound = await create(
+            client,
+            stack,
+            name=f"ci-{uuid.uuid4().hex[:6]}",
+            direction="inbound",
+            action={"type": "start_session", **ECHO, "template": "build says {body}"},
+        )
+        outbound = await create(
+            client,
+            stack,
+            name=f"notify-{uuid.uuid4().hex[:6]}",
+            direction="outbound",
+            target_url=subscriber.url,
+            event_types=["message.completed"],
+        )
+        assert (
+            inbound["secret"]
+            and "secret"
+            not in (
+                await client.get(f"/api/v1/webhooks/{inbound['id']}", headers=stack.headers(role="admin"))
+            ).json()
+        )
+        body = json.dumps({"status": "green"}).encode()
+        delivery = await client.post(
+            inbound["deliveries_url"], content=body, headers=signed_headers(inbound["secret"], "d-1", body)
+        )
+        assert delivery.status_code == 202, delivery.text
+
+        expected = 'echo: build says {"status": "green"}'
+
+        def notified() -> bool:
+            return any(
+                json.loads(r.body)["payload"].get("content") == expected for r in subscriber.succeeded()
+            )
+
+        await wait_for(notified)
+        hit = next(
+            r for r in subscriber.succeeded() if json.loads(r.body)["payload"].get("content") == expected
+        )
+        assert (
+            verify(
+                outbound["secret"],
+                hit.headers[TIMESTAMP_HEADER.lower()],
+                hit.headers[SIGNATURE_HEADER.lower()],
+                hit.body,
+            )
+            is None
+        )
+        session_id = json.loads(hit.body)["session_id"]
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=stack.headers())
+        await client.delete(f"/api/v1/webhooks/{outbound['id']}", headers=stack.headers(role="admin"))
+
+
+async def test_bad_deliveries_are_refused_and_publish_nothing(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        hook = await create(
+            client,
+            stack,
+            name=f"strict-{uuid.uuid4().hex[:6]}",
+            direction="inbound",
+            action={"type": "start_session", **ECHO, "template": "{body}"},
+        )
+        url, secret, body = hook["deliveries_url"], hook["secret"], b'{"ok": true}'
+        accepted = await client.post(url, content=body, headers=signed_headers(secret, "once", body))
+        assert accepted.status_code == 202
+        assert deliveries_published(stack, hook["id"]) == 1
+        cases = [
+            (signed_headers("not-the-secret", "a", body), body, url, 401),
+            (signed_headers(secret, "b", body, now=time.time() - 600), body, url, 401),
+            (signed_headers(secret, "once", body), body, url, 409),
+            (signed_headers(secret, "c", b"x" * 300_000), b"x" * 300_000, url, 413),
+            (signed_headers(secret, "d", body), body, f"/api/v1/webhooks/{uuid.uuid4()}/deliveries", 404),
+            ({}, body, url, 401),
+        ]
+        for headers, content, target, status in cases:
+            answer = await client.post(target, content=content, headers=headers)
+            assert answer.status_code == status, (status, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+        assert deliveries_published(stack, hook["id"]) == 1, "a refused delivery was published"
+
+        member = await client.post(
+            "/api/v1/webhooks",
+            json={
+                "name": "x",
+                "direction": "inbound",
+                "action": {"type": "start_session", **ECHO, "template": "t"},
+            },
+            headers=stack.headers(),
+        )
+        assert member.status_code == 403
+        neighbour = stack.headers(role="admin", org_id=uuid.uuid4(), user_id=uuid.uuid4())
+        assert (await client.get(f"/api/v1/webhooks/{hook['id']}", headers=neighbour)).status_code in (
+            403,
+            404,
+        )
+        bad_target = await client.post(
+            "/api/v1/webhooks",
+            json={
+                "name": "y",
+                "direction": "outbound",
+                "target_url": "http://example.com/x",
+                "event_types": ["session.ended"],
+            },
+            headers=stack.headers(role="admin"),
+        )
+        assert bad_target.status_code == 422 and bad_target.json()["errors"][0]["field"] == "target_url"
+
+
+async def test_retries_until_success_and_dead_letters_what_never_succeeds(
+    stack: Stack, default_pool: None, pg_urls: DbUrls
+) -> None:
+    # An organization of its own: a session of another test ending in the shared one would be
+    # delivered to these hooks too and spend the receivers' plans.
+    stack = dataclasses.replace(stack, org_id=uuid.uuid4(), user_id=uuid.uuid4())
+    await seed_async(pg_urls.owner, stack.org_id, stack.user_id, "Webhook Retries Org")
+    flaky, broken = Receiver([500, 502, 503, 200]), Receiver([500])
+    admin = stack.headers(role="admin")
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        hooks = [
+            await create(
+                client,
+                stack,
+                name=f"{name}-{uuid.uuid4().hex[:6]}",
+                direction="outbound",
+                target_url=receiver.url,
+                event_types=["session.ended"],
+            )
+            for name, receiver in (("flaky", flaky), ("broken", broken))
+        ]
+        created = (
+            await client.post("/api/v1/sessions", json={**ECHO, "prompt": "hi"}, headers=stack.headers())
+        ).json()
+        await read_events(client, created["events_url"], stack.headers(), until=agent_said("echo: hi"))
+        await client.delete(f"/api/v1/sessions/{created['id']}", headers=stack.headers())
+
+        await wait_for(lambda: len(flaky.succeeded()) == 1 and len(broken.received) >= 4)
+
+        async def dead_letters() -> list[dict[str, Any]]:
+            answer = await client.get(
+                "/api/v1/webhooks/deliveries", params={"status": "failed"}, headers=admin
+            )
+            return [d for d in answer.json() if d["webhook_id"] == hooks[1]["id"]]
+
+        for _ in range(100):
+            if await dead_letters():
+                break
+            await asyncio.sleep(0.1)
+        failed = await dead_letters()
+        assert len(failed) == 1 and failed[0]["attempts"] == 4 and failed[0]["last_status_code"] == 500
+        await asyncio.sleep(1)
+        assert len(flaky.received) == 4 and len(flaky.succeeded()) == 1, "exactly one successful delivery"
+        assert len(broken.received) == 4, "no attempt beyond the budget"
+
+        broken.plan = [200]
+        again = await client.post(f"/api/v1/webhooks/deliveries/{failed[0]['id']}/redeliver", headers=admin)
+        assert again.status_code == 202
+        await wait_for(lambda: len(broken.succeeded()) == 1)
+        repeat = await client.post(f"/api/v1/webhooks/deliveries/{failed[0]['id']}/redeliver", headers=admin)
+        assert repeat.status_code == 409

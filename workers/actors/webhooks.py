@@ -1,0 +1,169 @@
+"""The ``default`` pool's webhook work: running inbound deliveries' actions, fanning results out to
+outbound subscriptions, and delivering those with exponential backoff into a dead-letter view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from uuid import UUID
+
+import dramatiq
+import httpx
+from litestar.exceptions import HTTPException
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from api.auth import Principal
+from api.routes.sessions import ACTIVE, CreateSession, start_session
+from events.envelope import Event
+from schemas.db import TenantContext, tenant_transaction
+from schemas.egress import EgressRefused, check_endpoint
+from schemas.tables import UserSession, Webhook, WebhookDelivery
+from schemas.webhook_signing import secret_ref, signed_headers
+from workers.context import WorkerContext, current, working_on
+
+log = logging.getLogger(__name__)
+
+
+def _admin(org_id: UUID | None) -> TenantContext:
+    return TenantContext(org_id=org_id, user_id=None, role="admin")
+
+
+def render(template: str, body: object) -> str:
+    """The action's message: ``{body}`` becomes the delivery's body (text as is, JSON as JSON)."""
+    return template.replace("{body}", body if isinstance(body, str) else json.dumps(body))
+
+
+@dramatiq.actor(queue_name="default", actor_name="run_webhook_action", max_retries=5)
+async def run_webhook_action(envelope: str) -> None:
+    """Carry out an inbound delivery's action: start a session, or post to one."""
+    with working_on(Event.from_wire(envelope)) as event:
+        context = current()
+        async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+            hook = await db.get(Webhook, UUID(str(event.payload["webhook_id"])))
+        if hook is None or not hook.enabled:
+            log.info("webhook %s is gone or disabled; delivery dropped", event.payload["webhook_id"])
+            return
+        action = hook.action
+        message = render(str(action["template"]), event.payload.get("body"))
+        if action["type"] == "start_session":
+            await _start(context, event, action, message)
+        else:
+            await _post(context, event, UUID(str(action["session_id"])), message)
+
+
+async def _start(context: WorkerContext, event: Event, action: dict[str, object], message: str) -> None:
+    principal = Principal(user_id=UUID(str(action["run_as_user_id"])), org_id=event.org_id, role="admin")
+    data = CreateSession(
+        agent_type=str(action["agent_type"]),
+        custom_agent=str(action["custom_agent"]) if action.get("custom_agent") else None,
+        prompt=message,
+        title=f"webhook delivery {event.payload.get('delivery_id')}",
+    )
+    try:
+        # The ingress's own path, so quotas, prompts and publish-after-commit are the same.
+        row, _ = await start_session(context, principal, data)  # type: ignore[arg-type]
+    except HTTPException as exc:
+        log.warning("webhook %s could not start a session: %s", event.payload["webhook_id"], exc.detail)
+        return
+    log.info("webhook %s started session %s", event.payload["webhook_id"], row.id)
+
+
+async def _post(context: WorkerContext, event: Event, session_id: UUID, message: str) -> None:
+    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+        row = await db.get(UserSession, session_id)
+    if row is None or row.org_id != event.org_id or row.status not in ACTIVE:
+        log.warning(
+            "webhook %s: session %s is not active; message dropped", event.payload["webhook_id"], session_id
+        )
+        return
+    # The host delivers input only once the agent is stable, so a busy agent gets it next.
+    await context.redis.xadd(context.names.session_input(session_id), {"type": "user", "content": message})
+
+
+@dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5)
+async def notify_webhooks(envelope: str) -> None:
+    """One delivery per subscription to the reported event (idempotent: one row per webhook and event),
+    or a redelivery an admin asked for."""
+    with working_on(Event.from_wire(envelope)) as event:
+        context = current()
+        if "delivery_id" in event.payload:
+            await _enqueue(str(event.payload["delivery_id"]), str(event.org_id))
+            return
+        source = Event.from_wire(str(event.payload["event"]))
+        async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+            hooks = [
+                hook
+                for hook in await db.exec(
+                    select(Webhook).where(
+                        Webhook.org_id == event.org_id, Webhook.direction == "outbound", Webhook.enabled
+                    )
+                )
+                if str(source.type) in hook.event_types
+            ]
+        for hook in hooks:
+            delivery = WebhookDelivery(
+                org_id=hook.org_id,
+                webhook_id=hook.id,
+                event_id=source.id,
+                event_type=str(source.type),
+                payload=json.loads(source.to_wire()),
+            )
+            try:
+                async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+                    db.add(delivery)
+            except IntegrityError:
+                continue  # a redelivered notice: this subscription has its delivery already
+            await _enqueue(str(delivery.id), str(event.org_id))
+
+
+async def _enqueue(delivery_id: str, org_id: str, delay_ms: int | None = None) -> None:
+    await asyncio.to_thread(deliver_webhook.send_with_options, args=(delivery_id, org_id), delay=delay_ms)
+
+
+@dramatiq.actor(queue_name="default", actor_name="deliver_webhook", max_retries=0)
+async def deliver_webhook(delivery_id: str, org_id: str) -> None:
+    """One signed POST; a failure schedules the next attempt (doubling delays) until the budget ends."""
+    context = current()
+    settings = context.settings
+    tenant = _admin(UUID(org_id))
+    async with tenant_transaction(context.engine, tenant) as db:
+        delivery = await db.get(WebhookDelivery, UUID(delivery_id))
+        hook = await db.get(Webhook, delivery.webhook_id) if delivery else None
+    if delivery is None or hook is None or delivery.status != "pending" or not hook.target_url:
+        return
+    secret = settings.key_ring().decrypt(hook.encrypted_secret, secret_ref(hook))
+    body = json.dumps(delivery.payload).encode()
+    code: int | None = None
+    try:
+        await check_endpoint(hook.target_url, settings, "target_url")
+        async with httpx.AsyncClient(
+            timeout=settings.webhook_timeout_seconds, follow_redirects=False
+        ) as client:
+            answer = await client.post(
+                hook.target_url, content=body, headers=signed_headers(secret, str(delivery.id), body)
+            )
+        code = answer.status_code
+        error = None if 200 <= code < 300 else f"answered {code}"
+    except (httpx.HTTPError, EgressRefused) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+    async with tenant_transaction(context.engine, tenant) as db:
+        row = await db.get(WebhookDelivery, delivery.id)
+        assert row is not None
+        row.attempts += 1
+        row.last_status_code, row.last_error, row.updated_at = code, error, datetime.now(UTC)
+        if error is None:
+            row.status, row.delivered_at = "succeeded", row.updated_at
+        elif row.attempts >= settings.webhook_max_attempts:
+            row.status = "failed"
+        db.add(row)
+        attempts, status = row.attempts, row.status
+    if status == "pending":
+        delay = settings.webhook_backoff_seconds * 2 ** (attempts - 1)
+        await _enqueue(delivery_id, org_id, int(delay * 1000))
+    elif status == "failed":
+        log.warning(
+            "webhook delivery %s failed %d times; it is in the dead-letter view", delivery_id, attempts
+        )

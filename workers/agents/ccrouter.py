@@ -1,0 +1,84 @@
+"""``ccrouter`` (alias ``ccr``): Claude Code through a Claude Code Router of the session's own, so an
+organization's sessions use its providers (OpenAI-compatible, Gemini, Vertex AI, ...).
+
+Per session: a fresh port and access key, the router's config.json with the tenant's provider keys
+in the session's HOME (mode 0600, the only place those keys are written), ``ccr start`` as a sidecar,
+and Claude Code with ``ANTHROPIC_BASE_URL`` at that router. Two sessions never share a router.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import replace
+from typing import ClassVar
+
+from pydantic import ValidationError
+
+from schemas.ccrouter import VERTEX_TRANSFORMERS, CCRouterSettings, router_config
+from workers.agents.base import LaunchContext, Sidecar
+from workers.agents.binaries import agent_binary
+from workers.agents.claude import ClaudeAdapter
+from workers.agents.custom import write_private
+from workers.sidecars import free_port
+
+
+class CCRouterAdapter(ClaudeAdapter):
+    name: ClassVar[str] = "ccrouter"
+    aliases: ClassVar[tuple[str, ...]] = ("ccr",)
+    uses_tenant_settings: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._claude: LaunchContext | None = None
+        self._router_env: dict[str, str] = {}
+
+    def prepare(self, ctx: LaunchContext) -> None:
+        try:
+            spec = CCRouterSettings.model_validate(ctx.tenant_settings.get("ccrouter"))
+        except ValidationError as exc:
+            raise ValueError(
+                "the organization has no valid ccrouter settings (PUT /api/v1/settings)"
+            ) from exc
+        # The deployment's VERTEX_AI_* values are defaults a tenant's own settings override.
+        defaults = ctx.agent_env
+        default_key = defaults.get("VERTEX_AI_API_KEY")
+        self.port, access_key = free_port(), secrets.token_urlsafe(24)
+        config = router_config(spec, ctx.tenant_secrets, self.port, access_key, default_key)
+        write_private(ctx.home / ".claude-code-router" / "config.json", json.dumps(config))
+        # The router keeps a reference count in its temp dir: the session's own, not the host's.
+        tmp = ctx.home / ".tmp"
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        self._router_env = {"TMPDIR": str(tmp)}
+        if any(p.transformer in VERTEX_TRANSFORMERS for p in spec.providers):
+            vertex = spec.vertex
+            project = (vertex and vertex.project_id) or defaults.get("VERTEX_AI_PROJECT_ID")
+            location = (vertex and vertex.location) or defaults.get("VERTEX_AI_LOCATION")
+            if project:
+                self._router_env["GOOGLE_CLOUD_PROJECT"] = project
+            if location:
+                self._router_env["GOOGLE_CLOUD_LOCATION"] = location
+            if vertex and vertex.credentials_secret in ctx.tenant_secrets:
+                credentials = ctx.home / ".agentapi" / "vertex-credentials.json"
+                write_private(credentials, ctx.tenant_secrets[vertex.credentials_secret])
+                self._router_env["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
+        # Claude Code sees only the router: its URL and the session's access key, never a provider key.
+        self._claude = replace(
+            ctx,
+            agent_env={
+                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{self.port}",
+                "ANTHROPIC_API_KEY": access_key,
+            },
+            tenant_settings={},
+            tenant_secrets={},
+        )
+        super().prepare(self._claude)
+
+    def sidecars(self, ctx: LaunchContext) -> list[Sidecar]:
+        return [Sidecar("ccr", [agent_binary("ccr"), "start"], self.port, self._router_env)]
+
+    def command(self, ctx: LaunchContext) -> list[str]:
+        return super().command(self._claude or ctx)
+
+    def environment(self, ctx: LaunchContext) -> dict[str, str]:
+        return super().environment(self._claude or ctx)

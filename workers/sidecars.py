@@ -1,0 +1,92 @@
+"""Helper processes an agent needs beside its PTY for the session's lifetime (Claude Code Router's
+server): started before the agent, ready once their port answers, killed with the session.
+
+Each runs in a process group of its own with the agent's rlimits, and dies with its host even when
+the host is killed -9 (PR_SET_PDEATHSIG), so a recovered session never finds a stale one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from workers.agents.base import Sidecar
+from workers.pty_session import ResourceLimits
+
+PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SidecarProcess:
+    def __init__(self, spec: Sidecar) -> None:
+        self.spec = spec
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def start(
+        self, cwd: Path, env: dict[str, str], limits: ResourceLimits, timeout: float = 30.0
+    ) -> None:
+        def in_child() -> None:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            limits.apply()
+
+        log_file = open(cwd / f".{self.spec.name}.log", "ab")  # noqa: ASYNC230 - closed below
+        try:
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 - short fork/exec
+                self.spec.argv,
+                cwd=cwd,
+                env={**env, **self.spec.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=in_child,
+                close_fds=True,
+            )
+        finally:
+            log_file.close()
+        deadline = time.monotonic() + timeout
+        while not await self._answers():
+            if self._proc.poll() is not None:
+                raise OSError(f"{self.spec.name} exited with {self._proc.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise OSError(
+                    f"{self.spec.name} did not answer on port {self.spec.port} within {timeout:.0f} s"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _answers(self) -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", self.spec.port)
+        except OSError:
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def stop(self, grace: float = 3.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + wait
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is not None:
+                break
+        self._proc = None
