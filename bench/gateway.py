@@ -8,6 +8,7 @@ import json
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,15 +22,21 @@ from tests.fixtures.stack import REPO, Stack, free_port, stop, wait_answering
 
 def _mcp_server() -> tuple[subprocess.Popen[bytes], str, str]:
     token, port = secrets.token_urlsafe(24), free_port()
+    # Its log is kept (not discarded) so a server that fails to start says why.
+    log = tempfile.NamedTemporaryFile(prefix="agentapi-bench-mcp-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), "--token", token],
         cwd=REPO,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    wait_answering(url)
+    try:
+        wait_answering(url, timeout=60, process=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        stop(proc)
+        raise RuntimeError(f"{exc}; its log: {log.name}") from exc
     return proc, url, token
 
 

@@ -68,7 +68,7 @@ def mcp_url(auth_server: FakeAuthorizationServer) -> Iterator[str]:
         cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    wait_answering(url)
+    wait_answering(url, process=proc)
     yield url
     proc.terminate()
     proc.wait(10)

@@ -47,7 +47,7 @@ def http_server() -> Iterator[tuple[str, str]]:
         cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    wait_answering(url)
+    wait_answering(url, process=proc)
     yield url, token
     proc.terminate()
     proc.wait(10)
