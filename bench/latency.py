@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 from httpx_sse import aconnect_sse
@@ -16,11 +17,17 @@ from bench.harness import Row, stack, start_echo, summary_ms
 async def bench(quick: bool) -> list[Row]:
     count = 100 if quick else 1000
     samples: list[float] = []
+    # Where the time goes: the POST's own round trip, and when the reply's event reached the log
+    # (its stream id is Redis's clock in ms) against when the SSE client had it.
+    accepted: list[float] = []
+    to_log: list[float] = []
+    relayed: list[float] = []
+    busy = 0
     async with stack() as s:
         headers = s.headers()
         async with httpx.AsyncClient(base_url=s.base_url, timeout=30) as client:
             session = await start_echo(client, s, headers)
-            events: asyncio.Queue[tuple[float, str, dict[str, object]]] = asyncio.Queue()
+            events: asyncio.Queue[tuple[float, str, str, dict[str, Any]]] = asyncio.Queue()
 
             async def listen() -> None:
                 async with aconnect_sse(
@@ -28,32 +35,56 @@ async def bench(quick: bool) -> list[Row]:
                 ) as src:
                     async for sse in src.aiter_sse():
                         if sse.data:
-                            await events.put((time.perf_counter(), sse.event, json.loads(sse.data)))
+                            await events.put((time.time(), sse.event, sse.id, json.loads(sse.data)))
 
             listener = asyncio.create_task(listen())
+            status, last_agent = "", -1
+
+            def note(name: str, data: dict[str, Any]) -> None:
+                nonlocal status, last_agent
+                if name == "status_change":
+                    status = str(data.get("status"))
+                elif name == "message_update" and data.get("role") == "agent":
+                    last_agent = max(last_agent, int(data["id"]))
+
+            async def until_stable() -> None:
+                while status != "stable" or not events.empty():
+                    _, name, _, data = await asyncio.wait_for(events.get(), 30)
+                    note(name, data)
+
             await asyncio.sleep(0.5)
-            while not events.empty():
-                events.get_nowait()
-            for number in range(count):
-                text = f"latency {number}"
-                started = time.perf_counter()
+            while len(samples) < count and busy < count:
+                await until_stable()
+                started = time.time()
                 answer = await client.post(
-                    f"/api/v1/sessions/{session}/message", json={"content": text}, headers=headers
+                    f"/api/v1/sessions/{session}/message",
+                    json={"content": f"latency {len(samples)}"},
+                    headers=headers,
                 )
+                answered = time.time()
                 if answer.status_code != 200:
-                    await asyncio.sleep(0.05)
+                    busy += 1
                     continue
-                first = None
+                status, before = "running", last_agent
                 while True:
-                    at, name, data = await asyncio.wait_for(events.get(), 30)
-                    if first is None and name == "message_update" and data.get("role") == "agent":
-                        first = at
-                    if name == "status_change" and data.get("status") == "stable" and first is not None:
+                    at, name, entry_id, data = await asyncio.wait_for(events.get(), 30)
+                    note(name, data)
+                    if last_agent > before:
+                        samples.append(at - started)
+                        accepted.append(answered - started)
+                        logged = int(entry_id.split("-")[0]) / 1000
+                        to_log.append(logged - started)
+                        relayed.append(at - logged)
                         break
-                samples.append(first - started)
             listener.cancel()
             await client.delete(f"/api/v1/sessions/{session}", headers=headers)
-    figures = summary_ms(samples)
+    figures = {
+        **summary_ms(samples),
+        "busy_409": busy,
+        "post_answered": summary_ms(accepted),
+        "reply_in_event_log": summary_ms(to_log),
+        "log_to_sse_client": summary_ms(relayed),
+    }
     return [
         Row(
             "latency",

@@ -32,8 +32,6 @@ class Timing:
     snapshot_interval: float = 0.025
     settle_seconds: float = 2.0
     echo_wait: float = 2.0
-    # Gemini CLI takes an Enter within 40 ms of a paste as a newline, not a submit.
-    paste_enter_delay: float = 0.1
     enter_retry: float = 3.0
     enter_timeout: float = 15.0
 
@@ -75,11 +73,11 @@ class Conversation:
                 await self._task
 
     async def _watch(self) -> None:
-        last_seen = -1.0
+        last_seen = looked_at = -1.0
         while not self.pty.exited:
             now = time.monotonic()
             if self.pty.last_output != last_seen:
-                last_seen = self.pty.last_output
+                last_seen, looked_at = self.pty.last_output, now
                 screen = self.pty.snapshot()
                 self._answer_dialogs(screen)
                 self._screen_changed.set()
@@ -94,7 +92,20 @@ class Conversation:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.pty.activity.wait(), IDLE_WAKE_SECONDS)
             else:
-                await asyncio.sleep(self.timing.snapshot_interval)
+                await self._until_output(last_seen, looked_at)
+
+    async def _until_output(self, last_seen: float, looked_at: float) -> None:
+        """While the agent works: wake for its next output, or after a snapshot interval to move the
+        settle clock on. A look costs a screen render (~1.5 ms), so output the agent draws by itself
+        (a TUI redraws in bursts) is looked at once per interval; the answer to our own input is
+        looked at as soon as it arrives, which is what the reply's first byte waits for."""
+        interval = self.timing.snapshot_interval
+        self.pty.activity.clear()
+        if self.pty.last_output == last_seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pty.activity.wait(), interval)
+        if self.pty.last_input < looked_at:
+            await asyncio.sleep(max(0.0, looked_at + interval - time.monotonic()))
 
     def _answer_dialogs(self, screen: str) -> None:
         for rule in self.adapter.auto_responses:
@@ -135,9 +146,10 @@ class Conversation:
         self.changes.put_nowait(Change(status="running"))
         body = text.encode()
         self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
+        pasted = time.monotonic()
         await self._screen_change(self.timing.echo_wait)
         if self.adapter.bracketed_paste:
-            await asyncio.sleep(self.timing.paste_enter_delay)
+            await asyncio.sleep(max(0.0, pasted + self.adapter.paste_enter_delay - time.monotonic()))
         echoed = self.pty.snapshot()
         deadline = time.monotonic() + self.timing.enter_timeout
         while True:

@@ -86,6 +86,7 @@ class PtySession:
         self._proc: subprocess.Popen[bytes] | None = None
         self._eof = asyncio.Event()
         self.last_output = time.monotonic()
+        self.last_input = 0.0
         # Set on every read, write and EOF, so a watcher of an idle terminal can wait instead of poll.
         self.activity = asyncio.Event()
 
@@ -151,6 +152,7 @@ class PtySession:
     def write(self, data: bytes) -> None:
         if self._master is None:
             raise ProcessLookupError("the process has exited")
+        self.last_input = time.monotonic()
         self.activity.set()
         view = memoryview(data)
         while view:

@@ -142,6 +142,8 @@ class SessionHost:
         self.last_activity = time.monotonic()
         self.conversation: Conversation | None = None
         self._persisted: dict[int, str] = {}
+        # Statuses whose row update (and, for stable, message upsert) is still to be written.
+        self._to_record: asyncio.Queue[str] = asyncio.Queue()
         self._gateway_key: str | None = None
         self._sidecars: list[SidecarProcess] = []
         # Counted in the active-sessions gauge (by agent type) while the heartbeat keeps it fresh.
@@ -177,6 +179,7 @@ class SessionHost:
             async with asyncio.TaskGroup() as loops:
                 for loop in (
                     self._report(),
+                    self._record(),
                     self._consume_input(),
                     self._heartbeat(),
                     self._watch_limits(),
@@ -300,6 +303,8 @@ class SessionHost:
         return token
 
     async def _report(self) -> None:
+        """Changes go to subscribers as they happen; the database follows in ``_record``, so a slow
+        write never holds back the next message update."""
         assert self.conversation is not None
         while True:
             change: Change = await self.conversation.changes.get()
@@ -314,10 +319,18 @@ class SessionHost:
                     last = self.conversation.messages[-1]
                     if last.content:
                         await self._emit(EventType.MESSAGE_COMPLETED, last.as_payload())
-                    await self._persist_messages()
-                    await self._update_row(status="stable")
-                else:
-                    await self._update_row(status="running")
+                self._to_record.put_nowait(change.status)
+
+    async def _record(self) -> None:
+        """The row's status and the messages of each finished turn. Statuses that queued up during
+        a write are written as one: the row only needs the latest."""
+        while True:
+            statuses = [await self._to_record.get()]
+            while not self._to_record.empty():
+                statuses.append(self._to_record.get_nowait())
+            if "stable" in statuses:
+                await self._persist_messages()
+            await self._update_row(status=statuses[-1])
 
     async def _consume_input(self) -> None:
         assert self.conversation is not None
@@ -438,8 +451,10 @@ class SessionHost:
 
     async def _set_state(self, status: str) -> None:
         key = self.names.session_state(self.session_id)
-        await self.context.redis.hset(key, mapping={"status": status, "agent_type": self.agent_type})
-        await self.context.redis.expire(key, STATE_TTL_SECONDS)
+        async with self.context.redis.pipeline(transaction=False) as state:
+            state.hset(key, mapping={"status": status, "agent_type": self.agent_type})
+            state.expire(key, STATE_TTL_SECONDS)
+            await state.execute()
 
     async def _update_row(self, **values: object) -> None:
         async with tenant_transaction(self.context.engine, self.tenant) as db:

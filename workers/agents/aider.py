@@ -42,6 +42,7 @@ class AiderAdapter:
     aliases: ClassVar[tuple[str, ...]] = ()
     # Aider's prompt_toolkit input takes a bracketed paste as one multi-line message.
     bracketed_paste: ClassVar[bool] = True
+    paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
 
     def prepare(self, ctx: LaunchContext) -> None:

@@ -67,6 +67,9 @@ class AgentAdapter(Protocol):
     aliases: ClassVar[tuple[str, ...]]
     # Whether user input is wrapped in bracketed paste before the Enter key.
     bracketed_paste: ClassVar[bool]
+    # Seconds from the paste to the Enter key: some TUIs take an Enter that follows a paste closely
+    # as a newline in the text instead of a submit (Gemini CLI: within 40 ms).
+    paste_enter_delay: ClassVar[float]
     auto_responses: ClassVar[tuple[AutoResponse, ...]]
 
     def prepare(self, ctx: LaunchContext) -> None:

@@ -35,6 +35,7 @@ class ClaudeAdapter:
     name: ClassVar[str] = "claude"
     aliases: ClassVar[tuple[str, ...]] = ("claude-code",)
     bracketed_paste: ClassVar[bool] = True
+    paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
 
     def prepare(self, ctx: LaunchContext) -> None:

@@ -47,6 +47,7 @@ class CodexAdapter:
     name: ClassVar[str] = "codex"
     aliases: ClassVar[tuple[str, ...]] = ()
     bracketed_paste: ClassVar[bool] = True
+    paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
 
     def prepare(self, ctx: LaunchContext) -> None:

@@ -26,6 +26,9 @@ class CustomAdapter:
     name: ClassVar[str] = "custom"
     aliases: ClassVar[tuple[str, ...]] = ()
     bracketed_paste: ClassVar[bool] = True
+    # No gap: the generic rules assume a CLI where an Enter is a submit, and a gap would be added to
+    # every reply's latency.
+    paste_enter_delay: ClassVar[float] = 0.0
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = (
         AutoResponse(re.compile(r"Do you trust the files in this folder\? \(y/n\)"), b"y"),
     )

@@ -37,6 +37,7 @@ class DroidAdapter:
     name: ClassVar[str] = "droid"
     aliases: ClassVar[tuple[str, ...]] = ("factory",)
     bracketed_paste: ClassVar[bool] = True
+    paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
 
     def prepare(self, ctx: LaunchContext) -> None:
