@@ -27,6 +27,7 @@ from mcp_types import ContentBlock
 from pydantic import TypeAdapter
 from sqlmodel import select
 
+from api.recent import Recent
 from api.routes.mcp import effective
 from api.state import Resources
 from events.envelope import Event, EventType
@@ -42,6 +43,10 @@ SCOPE_KEY = "agentapi.gateway"
 _CONTENT = TypeAdapter(list[ContentBlock])
 # How long listing waits for a tools worker to connect to a server whose tools are not cached.
 LIST_WAIT_SECONDS = 20.0
+# How long a caller's tool list is reused: fastmcp resolves every call by listing, and each listing
+# asks PostgreSQL. A configuration changed or disabled meanwhile is refused by the tools worker,
+# which loads it afresh for every call; only the names the agent sees lag by this much.
+LISTING_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,21 @@ class TenantTools(Provider):
     def __init__(self, get_resources: Callable[[], Resources]) -> None:
         super().__init__()
         self._resources = get_resources
+        self._listings: Recent[tuple[UUID, UUID], list[Tool]] = Recent(LISTING_SECONDS)
 
     async def _list_tools(self) -> Sequence[Tool]:
         try:
             identity = _identity()
         except ToolError:
             return []  # fastmcp asks outside any request (start-up, task discovery): nothing to show
+        key = (identity.org_id, identity.user_id)
+        listing = self._listings.get(key, None)
+        if listing is None:
+            listing = await self._listing(identity)
+            self._listings.put(key, listing)
+        return listing
+
+    async def _listing(self, identity: GatewayIdentity) -> list[Tool]:
         res = self._resources()
         ctx = TenantContext(org_id=identity.org_id, user_id=identity.user_id, role="member")
         async with tenant_transaction(res.engine, ctx) as db:

@@ -14,7 +14,6 @@ Platform superadmins act in any organization without a membership.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from uuid import UUID
 
@@ -25,14 +24,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import select
 
 from api.auth import Principal
+from api.recent import Recent
 from api.single_flight import SingleFlight
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import Membership, Organization, User
 
 ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 CACHE_SECONDS = 5.0
-# (org, user) -> (valid until, membership role or None when removed)
-_cache: dict[tuple[UUID, UUID], tuple[float, str | None]] = {}
+# (org, user) -> membership role, or None when removed
+_recent: Recent[tuple[UUID, UUID], str | None] = Recent(CACHE_SECONDS)
+_UNKNOWN = object()
 # Concurrent first lookups of one membership (the token's role and email decide a provisioning).
 _lookups: SingleFlight[tuple[UUID, UUID, str, str | None], str | None] = SingleFlight()
 # Superadmins whose user row this process has made sure of.
@@ -49,16 +50,16 @@ def tenant_context(principal: Principal) -> TenantContext:
 
 def forget_membership(org_id: UUID, user_id: UUID) -> None:
     """Drop a cached membership after it changed (other processes notice within CACHE_SECONDS)."""
-    _cache.pop((org_id, user_id), None)
+    _recent.forget((org_id, user_id))
 
 
 async def membership_role(engine, principal: Principal) -> str | None:  # type: ignore[no-untyped-def]
     """The membership's role, provisioning it on first sight; None when the member was removed."""
     assert principal.org_id is not None
     key = (principal.org_id, principal.user_id)
-    cached = _cache.get(key)
-    if cached and cached[0] > time.monotonic():
-        return cached[1]
+    cached = _recent.get(key, _UNKNOWN)
+    if cached is not _UNKNOWN:
+        return cached  # type: ignore[return-value]
     return await _lookups.run(
         (*key, principal.role, principal.email), lambda: _load_membership(engine, principal)
     )
@@ -95,7 +96,7 @@ async def _load_membership(engine, principal: Principal) -> str | None:  # type:
             result: str | None = role
         else:
             result = None if member[1] is not None else member[0]
-    _cache[key] = (time.monotonic() + CACHE_SECONDS, result)
+    _recent.put(key, result)
     return result
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
     AsyncIO,
@@ -29,10 +35,66 @@ HEARTBEAT_TIMEOUT_MS = 6_000
 MAINTENANCE_CHANCE = 100_000
 
 
+# Wake-up tokens kept per queue: enough for every idle consumer, bounded when none listens.
+WAKE_TOKENS = 64
+WAKE_TTL_SECONDS = 60
+
+
+class WakingRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, but an idle consumer waits for work instead of polling for it.
+
+    Dramatiq's consumer sleeps between fetches of an empty queue (growing up to the worker
+    timeout), so a message waits on average half a sleep before anyone looks: milliseconds an
+    agent's tool call pays every time, up to a second for the pools that poll slowly. Here every
+    enqueue also pushes a token on the queue's wake list, and an idle consumer blocks on that list
+    (at most the worker timeout, so it still heartbeats through its fetches, handles delayed
+    messages and notices a stop)."""
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakingConsumer
+
+    def wake_key(self, queue_name: str) -> str:
+        return f"{self.namespace}:{queue_name}.wake"
+
+    def do_enqueue(self, queue_name: str, *args: Any) -> Any:
+        result = self._dispatch("enqueue")(queue_name, *args)
+        key = self.wake_key(queue_name)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, 1)
+            pipe.ltrim(key, 0, WAKE_TOKENS - 1)
+            pipe.expire(key, WAKE_TTL_SECONDS)
+            pipe.execute()
+        return result
+
+
+class _WakingConsumer(_RedisConsumer):
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    message = Message.decode(self.message_cache.pop(0))
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                room = self.prefetch - self.outstanding_message_count
+                if room <= 0:
+                    # Busy with all it may hold: leave the wake-ups to consumers that have room.
+                    time.sleep(self.timeout / 1000)
+                    return None
+                self.message_cache = self.broker.do_fetch(self.queue_name, room)
+                if self.message_cache:
+                    continue
+                # A timeout of 0 would block for good.
+                self.broker.client.blpop([self.broker.wake_key(self.queue_name)], max(self.timeout, 1) / 1000)
+                return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+
 def make_broker(settings: Settings) -> RedisBroker:
     names = Names(settings.redis_prefix)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    broker = RedisBroker(
+    broker = WakingRedisBroker(
         url=settings.redis_url,
         namespace=names.dramatiq_namespace(),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
