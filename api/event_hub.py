@@ -32,19 +32,40 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# Queued in place of an entry when a subscriber has had nothing for a heartbeat period.
+IDLE: LogEntry = ("", "")
+
+
 @dataclass(eq=False)
 class Subscription:
     session_id: str
     queue: asyncio.Queue[LogEntry] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE_SIZE))
     lagged: bool = False
+    _busy: bool = False
+    _ticker: asyncio.TimerHandle | None = None
 
-    async def next(self, timeout: float) -> LogEntry:
-        """The next entry; TimeoutError after ``timeout`` seconds without one. An entry already
-        queued is taken without arming a timer: in a fan-out, that is most of them."""
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        async with asyncio.timeout(timeout):
-            return await self.queue.get()
+    async def next(self, heartbeat: float) -> LogEntry | None:
+        """The next entry, or None once a whole ``heartbeat`` period went by without one (between
+        one and two periods of quiet). One timer per subscriber ticks each period: a timeout per
+        wait would arm and cancel a timer for every event and subscriber, which in a fan-out to
+        thousands cost more than sending."""
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(heartbeat, self._tick, heartbeat)
+        entry = self.queue.get_nowait() if not self.queue.empty() else await self.queue.get()
+        if entry is IDLE:
+            return None
+        self._busy = True
+        return entry
+
+    def _tick(self, heartbeat: float) -> None:
+        if not self._busy and self.queue.empty():
+            self.queue.put_nowait(IDLE)
+        self._busy = False
+        self._ticker = asyncio.get_running_loop().call_later(heartbeat, self._tick, heartbeat)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
 
     def offer(self, entry: LogEntry) -> None:
         if self.lagged:
@@ -106,6 +127,7 @@ class EventHub:
         try:
             yield subscription
         finally:
+            subscription.close()
             channel.subscriptions.discard(subscription)
             if not channel.subscriptions and self._channels.get(name) is channel:
                 del self._channels[name]

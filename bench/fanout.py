@@ -10,8 +10,11 @@ import time
 from typing import Any
 
 import httpx
+import redis.asyncio
 
 from bench.harness import Row, stack, start_echo, summary_ms
+from events.envelope import Event
+from events.streams import FIELD, Names
 
 # Connections one subscriber tries before it counts as failed.
 ATTEMPTS = 4
@@ -95,6 +98,20 @@ def _subscribers(args: tuple[str, dict[str, str], int, str, Any, Any, Any]) -> N
     asyncio.run(main())
 
 
+async def _reply_logged(env: dict[str, str], session: str, marker: str) -> float:
+    """When the agent's reply carrying ``marker`` entered the session's log (its stream id)."""
+    client = redis.asyncio.Redis.from_url(env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    try:
+        entries = await client.xrange(Names(env["AGENTAPI_REDIS_PREFIX"]).session_log(session))
+    finally:
+        await client.aclose()
+    for entry_id, fields in entries:
+        event = Event.from_wire(fields[FIELD])
+        if event.payload.get("role") == "agent" and marker in str(event.payload.get("content", "")):
+            return int(entry_id.split("-")[0]) / 1000
+    return float("nan")
+
+
 async def bench(quick: bool) -> list[Row]:
     total, processes = (500, 2) if quick else (5000, 4)
     async with stack({"AGENTAPI_SSE_HEARTBEAT_SECONDS": "15"}) as s:
@@ -129,6 +146,7 @@ async def bench(quick: bool) -> list[Row]:
             await client.post(
                 f"/api/v1/sessions/{session}/message", json={"content": marker}, headers=headers
             )
+            answered_at = time.time()
             delays: list[float] = []
             failures: dict[str, int] = {}
             retries: dict[str, int] = {}
@@ -139,6 +157,7 @@ async def bench(quick: bool) -> list[Row]:
                     for name, n in more.items():
                         tally[name] = tally.get(name, 0) + n
             release.set()
+            logged_at = await _reply_logged(s.env, session, marker)
             for proc in procs:
                 proc.join(10)
             await client.delete(f"/api/v1/sessions/{session}", headers=headers)
@@ -150,6 +169,9 @@ async def bench(quick: bool) -> list[Row]:
         "delivered": len(delays),
         "failures": failures,
         "retries": retries,
+        # Where the time before the first delivery went: the POST's answer, the reply in the log.
+        "post_answered_ms": round((answered_at - posted) * 1000, 1),
+        "reply_logged_ms": round((logged_at - posted) * 1000, 1),
     }
     return [
         Row(
