@@ -18,9 +18,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.shutdown import DrainingServer
+    from schemas.gc_tuning import tune_gc
 
     settings = get_settings()
     app = create_app(settings)
+    tune_gc(settings)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -70,9 +70,12 @@ class Settings(BaseSettings):
     event_log_maxlen: int = Field(10_000, ge=100, validation_alias=_env("EVENT_LOG_MAXLEN"))
     # A work-stream entry read but not acknowledged for this long is taken over by another dispatcher.
     dispatch_claim_idle_ms: int = Field(30_000, ge=100, validation_alias=_env("DISPATCH_CLAIM_IDLE_MS"))
-    # An idle tools worker polls its Dramatiq queue with a backoff up to this; it bounds the wait a
-    # tool call can sit in the queue, at the cost of one Redis script call per poll.
+    # An idle tools worker waits this long for an enqueue's wake-up before it fetches again (an
+    # enqueue ends the wait at once; the period bounds how late acks and delayed messages are handled).
     worker_poll_max_ms: int = Field(10, ge=5, le=5_000, validation_alias=_env("WORKER_POLL_MAX_MS"))
+    # Allocations between the garbage collector's youngest-generation runs in `serve` and `worker`
+    # (Python's default is 700); 0 leaves Python's collector as it is. See schemas/gc_tuning.py.
+    gc_gen0_threshold: int = Field(50_000, ge=0, validation_alias=_env("GC_GEN0_THRESHOLD"))
 
     jwt_secret: SecretStr | None = Field(None, validation_alias=_env("JWT_SECRET", "SUPABASE_JWT_SECRET"))
     supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "SUPABASE_URL"))

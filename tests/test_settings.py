@@ -71,3 +71,17 @@ def test_production_needs_a_verifier_and_postgres() -> None:
     assert result.returncode == 2
     assert "PostgreSQL in production" in result.stderr or "JWT_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [("12345", "12345 True"), ("0", "700 False")])
+def test_gc_tuning_follows_its_setting(threshold: str, expected: str) -> None:
+    # In a process of its own: the test process's collector stays as it was.
+    probe = (
+        "import gc; from schemas.settings import Settings; from schemas.gc_tuning import tune_gc; "
+        "tune_gc(Settings(environment='test', jwt_secret='s' * 40)); "
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    env = {**os.environ, "AGENTAPI_GC_GEN0_THRESHOLD": threshold}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

@@ -10,6 +10,7 @@ import redis
 from dramatiq import Worker
 
 from events.streams import Names, WorkKind
+from schemas.gc_tuning import tune_gc
 from schemas.observability import configure_process
 from schemas.settings import Settings
 from workers.audit_writer import AuditWriter
@@ -30,6 +31,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     from workers.actors import load_actors
 
     actors = load_actors()
+    tune_gc(settings)
     kinds = [WorkKind(queue) for queue in queues]
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     stop = threading.Event()
