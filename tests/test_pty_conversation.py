@@ -187,3 +187,22 @@ def test_prepare_writes_private_files(tmp_path: Path) -> None:
     env = adapter.environment(ctx)
     assert Path(env["AGENTAPI_SYSTEM_PROMPT_FILE"]).read_text() == "be brief"
     assert oct(Path(env["AGENTAPI_MCP_CONFIG"]).stat().st_mode & 0o777) == "0o600"
+
+
+async def test_a_stable_change_carries_the_turn_it_completed(tmp_path: Path) -> None:
+    # Changes are read only after the next reply is on screen, as a busy reporter would: each
+    # "stable" must still name the message that was last when it happened, not the newest one.
+    conversation = await start_echo(tmp_path)
+    try:
+        assert await ask(conversation, "first turn") == "echo: first turn"
+        completed = []
+        while not conversation.changes.empty():
+            change = conversation.changes.get_nowait()
+            if change.status == "stable":
+                completed.append(change.completed)
+        assert [(m.id, m.content) for m in completed if m] == [
+            (0, "Echo Agent 1.0 — a test agent"),
+            (2, "echo: first turn"),
+        ]
+    finally:
+        await conversation.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from workers.agents.base import AgentAdapter
 from workers.pty_session import PtySession
@@ -40,6 +40,9 @@ class Timing:
 class Change:
     message: Message | None = None
     status: Status | None = None
+    # With status "stable": the turn's last message as it stood then. Read later, the conversation's
+    # last message could already be the next turn's reply (a fast agent answers within a few ms).
+    completed: Message | None = None
 
 
 class Conversation:
@@ -84,7 +87,9 @@ class Conversation:
                 for message in self.tracker.observe(screen, now):
                     self.changes.put_nowait(Change(message=message))
             status = self.tracker.tick(now)
-            if status:
+            if status == "stable":
+                self.changes.put_nowait(Change(status=status, completed=replace(self.tracker.messages[-1])))
+            elif status:
                 self.changes.put_nowait(Change(status=status))
             if self.tracker.status == "stable" and self.pty.last_output == last_seen:
                 # An idle agent: sleep until the terminal is touched (hundreds share one loop).

@@ -315,10 +315,8 @@ class SessionHost:
                 await self._emit(
                     EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
                 )
-                if change.status == "stable":
-                    last = self.conversation.messages[-1]
-                    if last.content:
-                        await self._emit(EventType.MESSAGE_COMPLETED, last.as_payload())
+                if change.completed is not None and change.completed.content:
+                    await self._emit(EventType.MESSAGE_COMPLETED, change.completed.as_payload())
                 self._to_record.put_nowait(change.status)
 
     async def _record(self) -> None:
