@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 SUBSCRIBER_QUEUE_SIZE = 1000
 
 
-def stream_id_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 # Queued in place of an entry when a subscriber has had nothing for a heartbeat period.
 IDLE: LogEntry = ("", "")
 

@@ -18,10 +18,10 @@ from typing import Any
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from redis.asyncio import Redis
 
-from api.event_hub import EventHub, LogEntry, Subscription, stream_id_key
+from api.event_hub import EventHub, LogEntry, Subscription
 from events.envelope import Event, EventType
 from events.results import read_log
-from events.streams import Names
+from events.streams import Names, stream_id_key
 
 # How many log entries one replay read fetches at a time.
 REPLAY_BATCH = 500

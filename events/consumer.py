@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -21,11 +22,12 @@ from redis.exceptions import ResponseError
 
 from events.envelope import Event
 from events.metrics import count
-from events.streams import FIELD, Names
+from events.streams import FIELD, Names, stream_id_key
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], None]
+TRIM_EVERY_SECONDS = 60.0
 
 
 class PoisonEvent(Exception):
@@ -49,6 +51,9 @@ class StreamConsumer:
     claim_idle_ms: int = 30_000
     block_ms: int = 1_000
     batch: int = 50
+    # Handled entries stay this long (to inspect, or to redeliver by hand), then go.
+    retain_ms: int = 300_000
+    _next_trim: float = field(default=0.0, init=False, repr=False)
 
     def ensure_group(self) -> None:
         try:
@@ -63,6 +68,7 @@ class StreamConsumer:
                 self.ensure_group()
                 while not stop.is_set():
                     self.poll_once()
+                    self.maybe_trim()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("consumer %s lost Redis, retrying: %s", self.stream, exc)
                 stop.wait(1.0)
@@ -70,6 +76,28 @@ class StreamConsumer:
                 if not lost_group(exc):
                     raise
                 log.warning("consumer group of %s is gone, recreating it", self.stream)
+
+    def maybe_trim(self) -> None:
+        """Trim the stream at most once per ``TRIM_EVERY_SECONDS``: without it a work stream keeps
+        every entry ever published (a tool call, a message, an audit record each)."""
+        now = time.monotonic()
+        if now >= self._next_trim:
+            self._next_trim = now + TRIM_EVERY_SECONDS
+            self.trim()
+
+    def trim(self) -> int:
+        """Drop the entries every group of the stream has been handed and has acknowledged, and that
+        are older than ``retain_ms``; returns how many went. Undelivered and pending entries stay."""
+        redis_now = self.client.time()
+        bound = (redis_now[0] * 1000 + redis_now[1] // 1000 - self.retain_ms, 0)
+        for group in self.client.xinfo_groups(self.stream):
+            bound = min(bound, stream_id_key(str(group["last-delivered-id"])))
+            pending = self.client.xpending(self.stream, group["name"])
+            if pending["pending"]:
+                bound = min(bound, stream_id_key(str(pending["min"])))
+        if bound <= (0, 0):
+            return 0
+        return int(self.client.xtrim(self.stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
 
     def poll_once(self) -> int:
         """Reclaim stale entries, then read new ones; returns how many entries were handled."""

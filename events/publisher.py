@@ -17,8 +17,8 @@ def work_stream(names: Names, event: Event) -> str:
 
 
 async def publish(redis: Redis, names: Names, event: Event) -> str:
-    """XADD the event to its work stream; returns the stream id. Work streams are never trimmed
-    here: an entry leaves only when a dispatcher has handed it to a queue and acknowledged it."""
+    """XADD the event to its work stream; returns the stream id. No MAXLEN here: an entry may
+    leave only after its consumer group acknowledged it (see ``StreamConsumer.trim``)."""
     stream = work_stream(names, event)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xadd(stream, {FIELD: event.to_wire()})

@@ -36,6 +36,12 @@ WORK_ROUTES: dict[EventType, WorkKind] = {
 }
 
 
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id ("<ms>-<seq>") as something that orders like Redis orders ids."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class Names:
     """Key names under one prefix (``REDIS_PREFIX``), so deployments and tests can share a Redis."""
 

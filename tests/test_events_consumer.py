@@ -100,3 +100,25 @@ def test_a_dead_consumers_entry_is_reclaimed_by_another(sync_redis: redis.Redis,
     alive.poll_once()
     assert seen == [event.id]
     assert sync_redis.xpending(dead.stream, dead.group)["pending"] == 0
+
+
+def test_trimming_drops_only_what_the_group_is_done_with(sync_redis: redis.Redis, names: Names) -> None:
+    def handler(event: Event) -> None:
+        if event.payload.get("fail"):
+            raise RuntimeError("not yet")
+
+    c = consumer(sync_redis, names, handler, retain_ms=0)
+    failing = session_event().model_copy(update={"payload": {"fail": 1}})
+    events = [session_event(), session_event(), failing, session_event()]
+    ids = [sync_redis.xadd(c.stream, {FIELD: e.to_wire()}) for e in events]
+    assert c.poll_once() == 4  # two acked, one pending (its handler failed), one more acked
+    undelivered = sync_redis.xadd(c.stream, {FIELD: session_event().to_wire()})
+    assert c.trim() == 2
+    assert [entry_id for entry_id, _ in sync_redis.xrange(c.stream)] == [*ids[2:], undelivered]
+
+
+def test_trimming_keeps_the_retention_window(sync_redis: redis.Redis, names: Names) -> None:
+    c = consumer(sync_redis, names, lambda e: None, retain_ms=600_000)
+    sync_redis.xadd(c.stream, {FIELD: session_event().to_wire()})
+    assert c.poll_once() == 1
+    assert c.trim() == 0 and sync_redis.xlen(c.stream) == 1

@@ -134,6 +134,7 @@ class AuditWriter:
                     done = [entry_id for entry_id, _ in events]
                     if done:
                         await asyncio.to_thread(self.consumer.ack, *done)
+                    await asyncio.to_thread(self.consumer.maybe_trim)
                     backoff = 0.5
                 except (OperationalError, DBAPIError, OSError) as exc:
                     # The database is away: keep everything pending and try again shortly.
