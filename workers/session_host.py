@@ -142,7 +142,7 @@ class SessionHost:
         self.last_activity = time.monotonic()
         self.conversation: Conversation | None = None
         self._persisted: dict[int, str] = {}
-        # Statuses whose row update (and, for stable, message upsert) is still to be written.
+        # Statuses whose row update is still to be written.
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
         self._gateway_key: str | None = None
         self._sidecars: list[SidecarProcess] = []
@@ -303,14 +303,17 @@ class SessionHost:
         return token
 
     async def _report(self) -> None:
-        """Changes go to subscribers as they happen; the database follows in ``_record``, so a slow
-        write never holds back the next message update."""
+        """Changes go to subscribers as they happen. The messages of a turn are stored before its
+        end is announced, so a client that saw ``message.completed`` reads them from GET /messages;
+        the row's status follows in ``_record``, so no other write holds back an event."""
         assert self.conversation is not None
         while True:
             change: Change = await self.conversation.changes.get()
             if change.message is not None:
                 await self._emit(EventType.MESSAGE_UPDATED, change.message.as_payload())
             if change.status is not None:
+                if change.status == "stable":
+                    await self._persist_messages()
                 await self._set_state(change.status)
                 await self._emit(
                     EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
@@ -320,15 +323,13 @@ class SessionHost:
                 self._to_record.put_nowait(change.status)
 
     async def _record(self) -> None:
-        """The row's status and the messages of each finished turn. Statuses that queued up during
-        a write are written as one: the row only needs the latest."""
+        """The row's status. Statuses that queued up during a write are written as one: the row
+        only needs the latest."""
         while True:
-            statuses = [await self._to_record.get()]
+            status = await self._to_record.get()
             while not self._to_record.empty():
-                statuses.append(self._to_record.get_nowait())
-            if "stable" in statuses:
-                await self._persist_messages()
-            await self._update_row(status=statuses[-1])
+                status = self._to_record.get_nowait()
+            await self._update_row(status=status)
 
     async def _consume_input(self) -> None:
         assert self.conversation is not None
