@@ -29,7 +29,7 @@ def _mcp_server() -> tuple[subprocess.Popen[bytes], str, str]:
     # Its log is kept (not discarded) so a server that fails to start says why.
     log = tempfile.NamedTemporaryFile(prefix="agentapi-bench-mcp-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), "--token", token],
+        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), f"--token={token}"],
         cwd=REPO,
         start_new_session=True,
         stdout=log,

@@ -62,8 +62,8 @@ def mcp_url(auth_server: FakeAuthorizationServer) -> Iterator[str]:
             str(port),
             "--issuer",
             auth_server.url,
-            "--introspection-secret",
-            auth_server.resource_server_secret,
+            # "=": a secret that starts with "-" would otherwise read as an option.
+            f"--introspection-secret={auth_server.resource_server_secret}",
         ],
         cwd=REPO,
     )

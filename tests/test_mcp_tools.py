@@ -42,8 +42,9 @@ FASTMCP_STDIO = {
 def http_server() -> Iterator[tuple[str, str]]:
     """The test MCP server over Streamable HTTP, accepting only its bearer token."""
     token, port = secrets.token_urlsafe(24), free_port()
+    # "--token=": one token in 64 starts with "-", which argparse would take for an option.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), "--token", token],
+        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), f"--token={token}"],
         cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}/mcp"
