@@ -147,8 +147,9 @@ class Conversation:
             raise AgentBusy("the agent is busy; wait until its status is stable")
         before = self.pty.snapshot()
         user, _ = self.tracker.begin_user_message(text, before, time.monotonic())
-        self.changes.put_nowait(Change(message=user))
+        # Busy first: a client that sees the user message and posts again must already get a 409.
         self.changes.put_nowait(Change(status="running"))
+        self.changes.put_nowait(Change(message=user))
         body = text.encode()
         self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
         pasted = time.monotonic()
