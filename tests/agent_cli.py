@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 
+from tests.fakes.model_server import FakeModelServer
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
+from workers.agents.base import AgentAdapter
+from workers.agents.binaries import repo_bin
+from workers.screen_tracker import new_lines
+
+GOLDEN = Path(__file__).parent / "golden"
+Fake = TypeVar("Fake", bound=FakeModelServer)
+
+
+def model_reply(text: str) -> str:
+    """What the fake models answer to ``text``: two lines, so formatting must keep a message whole."""
+    return f"FAKE-REPLY to '{text}'.\nA second line, as models write."
+
+
+@contextmanager
+def fake_upstream(binary: str, fake_class: type[Fake]) -> Iterator[Fake]:
+    """The CLI's fake model API, answering with :func:`model_reply`; the CLI must be installed."""
+    if not repo_bin(binary).exists():
+        pytest.fail(f"node_modules/.bin/{binary} is missing: run `npm ci` (the README's install command)")
+    with fake_class(model_reply) as fake:
+        yield fake
+
+
+def golden_reply(adapter: AgentAdapter, name: str) -> str:
+    """The adapter's message from the screens captured when the real CLI answered "Say hello"."""
+    before = (GOLDEN / name / "before.txt").read_text()
+    after = (GOLDEN / name / "after.txt").read_text()
+    return adapter.format_message(new_lines(before, after), "Say hello")
 
 
 @dataclass
@@ -54,3 +86,10 @@ def gateway_statuses(stack: Stack, session_id: str) -> list[int]:
         for record in stack.log_records()
         if record.get("logger") == "uvicorn.access" and (found := pattern.search(record["message"]))
     ]
+
+
+def assert_gateway_used(stack: Stack, session_id: str) -> None:
+    statuses = gateway_statuses(stack, session_id)
+    assert statuses and all(status < 300 for status in statuses), (
+        "it connected to its MCP gateway with its token"
+    )

@@ -5,31 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.agent_cli import fake_upstream, golden_reply, model_reply
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
-from workers.agents.claude import REPO_BIN, ClaudeAdapter
-from workers.screen_tracker import new_lines
+from workers.agents.claude import ClaudeAdapter
 
 pytestmark = pytest.mark.timeout(120)
-GOLDEN = Path(__file__).parent / "golden" / "claude"
 API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
-
-
-def reply(text: str) -> str:
-    return f"FAKE-REPLY to '{text}'.\nA second line, as models write."
 
 
 @pytest.fixture(scope="module")
 def fake_anthropic() -> Iterator[FakeAnthropic]:
-    if not REPO_BIN.exists():
-        pytest.fail("node_modules/.bin/claude is missing: run `npm ci` (the README's install command)")
-    with FakeAnthropic(reply) as fake:
+    with fake_upstream("claude", FakeAnthropic) as fake:
         yield fake
 
 
@@ -51,14 +43,14 @@ async def test_a_message_to_claude_comes_back_clean(fake_anthropic: FakeAnthropi
         )
         assert created.status_code == 202, created.text
         session = created.json()
-        await read_events(client, session["events_url"], headers, until=agent_said(reply("Say hello")))
+        await read_events(client, session["events_url"], headers, until=agent_said(model_reply("Say hello")))
         messages = (await client.get(f"/api/v1/sessions/{session['id']}/messages", headers=headers)).json()[
             "messages"
         ]
         user = [m for m in messages if m["role"] == "user"]
         agent = [m for m in messages if m["role"] == "agent"]
         assert [m["content"] for m in user] == ["Say hello"]
-        assert agent[-1]["content"] == reply("Say hello"), "one clean agent message, no TUI chrome"
+        assert agent[-1]["content"] == model_reply("Say hello"), "one clean agent message, no TUI chrome"
         assert "Claude Code" in agent[0]["content"], "message 0 is the start-up screen"
         await client.delete(f"/api/v1/sessions/{session['id']}", headers=headers)
 
@@ -69,10 +61,7 @@ async def test_a_message_to_claude_comes_back_clean(fake_anthropic: FakeAnthropi
 
 
 def test_format_message_on_a_captured_screen() -> None:
-    before = (GOLDEN / "before.txt").read_text()
-    after = (GOLDEN / "after.txt").read_text()
-    text = ClaudeAdapter().format_message(new_lines(before, after), "Say hello")
-    assert text == "FAKE-REPLY: Say hello\nsecond line of the reply"
+    assert golden_reply(ClaudeAdapter(), "claude") == "FAKE-REPLY: Say hello\nsecond line of the reply"
 
 
 def test_format_message_drops_progress_and_footer_lines() -> None:

@@ -7,32 +7,22 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.agent_cli import converse, gateway_statuses
+from tests.agent_cli import assert_gateway_used, converse, fake_upstream, golden_reply, model_reply
 from tests.fakes.gemini_api import FakeGemini
 from tests.fixtures.stack import Stack
-from workers.agents.binaries import repo_bin
 from workers.agents.gemini import GeminiAdapter
-from workers.screen_tracker import new_lines
 
 pytestmark = pytest.mark.timeout(120)
-GOLDEN = Path(__file__).parent / "golden" / "gemini"
 API_KEY = "gemini-test-key-0123456789"
 MODEL = "gemini-fake-pro"
 
 
-def reply(text: str) -> str:
-    return f"FAKE-REPLY to '{text}'.\nA second line, as models write."
-
-
 @pytest.fixture(scope="module")
 def fake_gemini() -> Iterator[FakeGemini]:
-    if not repo_bin("gemini").exists():
-        pytest.fail("node_modules/.bin/gemini is missing: run `npm ci` (the README's install command)")
-    with FakeGemini(reply) as fake:
+    with fake_upstream("gemini", FakeGemini) as fake:
         yield fake
 
 
@@ -48,9 +38,9 @@ def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fi
 
 async def test_a_message_to_gemini_comes_back_clean(fake_gemini: FakeGemini, stack: Stack) -> None:
     marker = f"house-rule-{uuid.uuid4().hex[:8]}"
-    talk = await converse(stack, "gemini", "Say hello", reply("Say hello"), f"Always follow {marker}.")
+    talk = await converse(stack, "gemini", "Say hello", model_reply("Say hello"), f"Always follow {marker}.")
     assert talk.contents("user") == ["Say hello"]
-    assert talk.contents("agent")[-1] == reply("Say hello"), "one clean agent message, no TUI chrome"
+    assert talk.contents("agent")[-1] == model_reply("Say hello"), "one clean agent message, no TUI chrome"
     assert "Gemini CLI" in talk.contents("agent")[0], "message 0 is the start-up screen"
 
     calls = fake_gemini.generate_requests()
@@ -61,17 +51,11 @@ async def test_a_message_to_gemini_comes_back_clean(fake_gemini: FakeGemini, sta
     assert asked and marker in json.dumps(asked[0].body["systemInstruction"]), (
         "the system prompt reached the model"
     )
-    statuses = gateway_statuses(stack, talk.session_id)
-    assert statuses and all(status < 300 for status in statuses), (
-        "it connected to its MCP gateway with its token"
-    )
+    assert_gateway_used(stack, talk.session_id)
 
 
 def test_format_message_on_a_captured_screen() -> None:
-    before = (GOLDEN / "before.txt").read_text()
-    after = (GOLDEN / "after.txt").read_text()
-    text = GeminiAdapter().format_message(new_lines(before, after), "Say hello")
-    assert text == "FAKE-REPLY: Say hello\nsecond line of the reply"
+    assert golden_reply(GeminiAdapter(), "gemini") == "FAKE-REPLY: Say hello\nsecond line of the reply"
 
 
 def test_format_message_drops_the_spinner_and_input_box() -> None:

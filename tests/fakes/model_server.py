@@ -106,4 +106,10 @@ class FakeModelServer:
 
             do_GET = do_POST = _serve
 
+            def do_HEAD(self) -> None:
+                # A CLI may check that its base URL is reachable before the first call.
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
         return Handler
