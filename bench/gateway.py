@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,27 +18,8 @@ from fastmcp.client.transports import StreamableHttpTransport
 from bench.harness import Row, stack, start_echo, summary_ms
 from events.envelope import Event
 from events.streams import FIELD, Names, WorkKind
-from tests.fixtures.stack import REPO, Stack, free_port, stop, wait_answering
-
-
-def _mcp_server() -> tuple[subprocess.Popen[bytes], str, str]:
-    token, port = secrets.token_urlsafe(24), free_port()
-    # Its log is kept (not discarded) so a server that fails to start says why.
-    log = tempfile.NamedTemporaryFile(prefix="agentapi-bench-mcp-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), f"--token={token}"],
-        cwd=REPO,
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        wait_answering(url, timeout=60, process=proc)
-    except (RuntimeError, TimeoutError) as exc:
-        stop(proc)
-        raise RuntimeError(f"{exc}; its log: {log.name}") from exc
-    return proc, url, token
+from tests.fixtures.mcp import start_mcp_server
+from tests.fixtures.stack import Stack, stop
 
 
 def _gateway_entry(s: Stack, session_id: str) -> tuple[str, str]:
@@ -90,7 +68,9 @@ def _ms(stream_id: str) -> float:
 
 async def bench(quick: bool) -> list[Row]:
     count = 100 if quick else 500
-    server, url, bearer = await asyncio.to_thread(_mcp_server)
+    bearer = secrets.token_urlsafe(24)
+    # "--token=": a token that starts with "-" would otherwise read as an option.
+    server, url = await asyncio.to_thread(start_mcp_server, "http", f"--token={bearer}", timeout=60)
     try:
         async with stack({"AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true"}) as s:
             await asyncio.to_thread(s.start_worker, "tools")

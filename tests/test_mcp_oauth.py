@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,7 +23,8 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.fakes.oauth_server import FakeAuthorizationServer
-from tests.fixtures.stack import REPO, Stack, free_port, wait_answering
+from tests.fixtures.mcp import mcp_server
+from tests.fixtures.stack import Stack, recording_client
 from tests.test_mcp_tools import agent_said_prefix, gateway_config
 from tests.test_skeleton_e2e import ECHO, named, read_events
 
@@ -51,27 +50,9 @@ def auth_server() -> Iterator[FakeAuthorizationServer]:
 
 @pytest.fixture(scope="module")
 def mcp_url(auth_server: FakeAuthorizationServer) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakes.mcp_server",
-            "oauth",
-            "--port",
-            str(port),
-            "--issuer",
-            auth_server.url,
-            # "=": a secret that starts with "-" would otherwise read as an option.
-            f"--introspection-secret={auth_server.resource_server_secret}",
-        ],
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    wait_answering(url, process=proc)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    secret = f"--introspection-secret={auth_server.resource_server_secret}"
+    with mcp_server("oauth", "--issuer", auth_server.url, secret) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +65,10 @@ def oauth_stack(stack: Stack) -> Stack:
 RESPONSES: list[bytes] = []
 
 
-async def _keep(response: httpx.Response) -> None:
-    if "text/event-stream" not in response.headers.get("content-type", ""):
-        RESPONSES.append(await response.aread())
-
-
 @pytest.fixture
 async def client(oauth_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=oauth_stack.base_url, timeout=60, event_hooks={"response": [_keep]}
-    ) as http:
+    async with recording_client(oauth_stack, RESPONSES) as http:
         yield http
-        listed = (await http.get("/api/v1/sessions?limit=100", headers=oauth_stack.headers())).json()
-        for session in listed["sessions"]:
-            if session["status"] not in ("ended", "failed"):
-                await http.delete(f"/api/v1/sessions/{session['id']}", headers=oauth_stack.headers())
 
 
 async def create_oauth_config(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +16,8 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from tests.fixtures.stack import REPO, Stack, free_port, wait_answering
+from tests.fixtures.mcp import mcp_server
+from tests.fixtures.stack import REPO, Stack, recording_client
 from tests.test_skeleton_e2e import ECHO, named, read_events
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,17 +41,9 @@ FASTMCP_STDIO = {
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[tuple[str, str]]:
     """The test MCP server over Streamable HTTP, accepting only its bearer token."""
-    token, port = secrets.token_urlsafe(24), free_port()
-    # "--token=": one token in 64 starts with "-", which argparse would take for an option.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.mcp_server", "http", "--port", str(port), f"--token={token}"],
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    wait_answering(url, process=proc)
-    yield url, token
-    proc.terminate()
-    proc.wait(10)
+    token = secrets.token_urlsafe(24)
+    with mcp_server("http", f"--token={token}") as url:
+        yield url, token
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +56,10 @@ def tools_stack(stack: Stack) -> Stack:
 RESPONSES: list[bytes] = []
 
 
-async def _keep(response: httpx.Response) -> None:
-    if "text/event-stream" not in response.headers.get("content-type", ""):
-        RESPONSES.append(await response.aread())
-
-
 @pytest.fixture
 async def client(tools_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=tools_stack.base_url, timeout=60, event_hooks={"response": [_keep]}
-    ) as http:
+    async with recording_client(tools_stack, RESPONSES) as http:
         yield http
-        # Each session holds a sessions-worker thread while it lives: free them for the next test.
-        listed = (await http.get("/api/v1/sessions?limit=100", headers=tools_stack.headers())).json()
-        for session in listed["sessions"]:
-            if session["status"] not in ("ended", "failed"):
-                await http.delete(f"/api/v1/sessions/{session['id']}", headers=tools_stack.headers())
 
 
 async def create_config(client: httpx.AsyncClient, stack: Stack, **body: object) -> dict[str, object]:
