@@ -268,3 +268,90 @@ async def test_retries_until_success_and_dead_letters_what_never_succeeds(
         await wait_for(lambda: len(broken.succeeded()) == 1)
         repeat = await client.post(f"/api/v1/webhooks/deliveries/{failed[0]['id']}/redeliver", headers=admin)
         assert repeat.status_code == 409
+
+
+async def test_admins_change_disable_and_rotate_webhooks(stack: Stack, pg_urls: DbUrls) -> None:
+    admin = stack.headers(role="admin")
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        hook = await create(
+            client,
+            stack,
+            name=f"editable-{uuid.uuid4().hex[:6]}",
+            direction="inbound",
+            action={"type": "start_session", **ECHO, "template": "{body}"},
+        )
+        path, url, body = f"/api/v1/webhooks/{hook['id']}", hook["deliveries_url"], b'{"n": 1}'
+
+        off = await client.patch(path, json={"enabled": False}, headers=admin)
+        assert off.status_code == 200 and off.json()["enabled"] is False, off.text
+        while_off = await client.post(url, content=body, headers=signed_headers(hook["secret"], "off", body))
+        assert while_off.status_code == 404, "a disabled webhook takes no deliveries"
+        renamed = f"renamed-{uuid.uuid4().hex[:6]}"
+        on = await client.patch(path, json={"enabled": True, "name": renamed}, headers=admin)
+        assert on.status_code == 200 and (on.json()["enabled"], on.json()["name"]) == (True, renamed)
+        assert on.json()["action"]["template"] == "{body}", "what was not sent is kept"
+
+        rotated = await client.post(f"{path}/secret", headers=admin)
+        assert rotated.status_code == 201 and rotated.json()["secret"] != hook["secret"]
+        old = await client.post(url, content=body, headers=signed_headers(hook["secret"], "old", body))
+        assert old.status_code == 401, "the old secret stops working at once"
+        new_secret = rotated.json()["secret"]
+        new = await client.post(url, content=body, headers=signed_headers(new_secret, "new", body))
+        assert new.status_code == 202, new.text
+        assert deliveries_published(stack, hook["id"]) == 1
+        shown = await client.get(path, headers=admin)
+        assert new_secret not in shown.text and hook["secret"] not in shown.text
+
+        outbound = await create(
+            client,
+            stack,
+            name=f"notify-{uuid.uuid4().hex[:6]}",
+            direction="outbound",
+            target_url=Receiver([200]).url,
+            event_types=["session.ended"],
+        )
+        out_path = f"/api/v1/webhooks/{outbound['id']}"
+        changed = await client.patch(
+            out_path, json={"event_types": ["session.ended", "message.completed"]}, headers=admin
+        )
+        assert changed.status_code == 200 and changed.json()["event_types"] == [
+            "session.ended",
+            "message.completed",
+        ]
+
+        refused = [
+            (path, {"direction": "outbound"}, 422, "direction"),
+            (path, {"name": None}, 422, "name"),
+            (path, {"target_url": "http://127.0.0.1:9/hook"}, 422, "target_url"),
+            (path, {}, 422, None),
+            (path, {"action": {"type": "post_message", "template": "t"}}, 422, None),
+            (path, {"name": outbound["name"]}, 409, None),
+            (out_path, {"action": {"type": "start_session", **ECHO, "template": "t"}}, 422, "action"),
+            (out_path, {"event_types": ["no.such.event"]}, 422, None),
+            (out_path, {"event_types": []}, 422, "event_types"),
+            (out_path, {"target_url": "http://example.com/x"}, 422, "target_url"),
+            (f"/api/v1/webhooks/{uuid.uuid4()}", {"enabled": False}, 404, None),
+        ]
+        for target, patch, status, field_name in refused:
+            answer = await client.patch(target, json=patch, headers=admin)
+            assert answer.status_code == status, (patch, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            if field_name:
+                assert field_name in [e["field"] for e in answer.json()["errors"]], answer.text
+        malformed = await client.patch(
+            path, content=b'{"enabled": fal', headers={**admin, "content-type": "application/json"}
+        )
+        assert malformed.status_code == 400, malformed.text
+
+        member = stack.headers()
+        assert (await client.patch(path, json={"enabled": False}, headers=member)).status_code == 403
+        assert (await client.post(f"{path}/secret", headers=member)).status_code == 403
+        neighbour = dataclasses.replace(stack, org_id=uuid.uuid4(), user_id=uuid.uuid4())
+        await seed_async(pg_urls.owner, neighbour.org_id, neighbour.user_id, "Webhook Neighbour Org")
+        other_admin = neighbour.headers(role="admin")
+        assert (await client.patch(path, json={"enabled": False}, headers=other_admin)).status_code == 404
+        assert (await client.post(f"{path}/secret", headers=other_admin)).status_code == 404
+        after = (await client.get(path, headers=admin)).json()
+        assert (after["enabled"], after["name"]) == (True, renamed), "refused changes changed nothing"
+        still = await client.post(url, content=body, headers=signed_headers(new_secret, "still", body))
+        assert still.status_code == 202, "the refused rotations left the secret alone"

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import (
     ClientException,
@@ -34,7 +34,7 @@ from events.publisher import publish
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
 from schemas.egress import EgressRefused, check_endpoint
-from schemas.tables import Webhook, WebhookDelivery
+from schemas.tables import Webhook, WebhookDelivery, utcnow
 from schemas.webhook_signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, secret_ref, verify
 from workers.agents import canonical_agent_type
 
@@ -81,10 +81,46 @@ class WebhookIn(StrictBody):
         if self.direction == "outbound":
             if not self.target_url or not self.event_types:
                 raise ValueError("an outbound webhook needs target_url and event_types")
-            unknown = sorted(set(self.event_types) - {str(t) for t in NOTIFIED_TYPES})
-            if unknown:
-                raise ValueError(f"unknown event types {unknown}; one of {sorted(map(str, NOTIFIED_TYPES))}")
+            _check_event_types(self.event_types)
         return self
+
+
+def _check_event_types(event_types: list[str]) -> None:
+    unknown = sorted(set(event_types) - {str(t) for t in NOTIFIED_TYPES})
+    if unknown:
+        raise ValueError(f"unknown event types {unknown}; one of {sorted(map(str, NOTIFIED_TYPES))}")
+
+
+class WebhookPatch(StrictBody):
+    """The fields to change; the direction is fixed (create another webhook for the other one)."""
+
+    name: str | None = Field(None, min_length=1, max_length=100)
+    enabled: bool | None = Field(
+        None, description="a disabled webhook refuses deliveries and gets no notices"
+    )
+    action: Action | None = Field(None, description="inbound webhooks only")
+    target_url: str | None = Field(None, max_length=2048, description="outbound webhooks only")
+    event_types: list[str] | None = Field(
+        None, min_length=1, max_length=20, description="outbound webhooks only"
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> WebhookPatch:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: send at least one field")
+        if self.event_types is not None:
+            _check_event_types(self.event_types)
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent, each refused when null (every field here has a value once set)."""
+        sent = {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+        nulls = [name for name, value in sent.items() if value is None]
+        if nulls:
+            raise ValidationException(
+                "fields cannot be null", extra=[{"key": name, "message": "cannot be null"} for name in nulls]
+            )
+        return sent
 
 
 class WebhookOut(BaseModel):
@@ -155,36 +191,68 @@ class WebhookController(Controller):
         ctx = _admin(request.user)
         assert ctx.org_id is not None
         if data.target_url:
-            try:
-                await check_endpoint(data.target_url, res.settings, "target_url")
-            except EgressRefused as exc:
-                raise ValidationException(
-                    str(exc), extra=[{"key": exc.field, "message": exc.reason}]
-                ) from exc
-        action = data.action.model_dump(mode="json", exclude_none=True) if data.action else {}
-        if action:
-            # The action runs as the admin who created it (quotas and prompts are theirs).
-            action["run_as_user_id"] = str(ctx.user_id)
-        secret = secrets.token_urlsafe(32)
+            await _check_target(res, data.target_url)
         row = Webhook(
             id=uuid4(),
             org_id=ctx.org_id,
             name=data.name,
             direction=data.direction,
-            action=action,
+            action=_stored_action(data.action, ctx),
             target_url=data.target_url,
             event_types=data.event_types,
             encrypted_secret="",
         )
-        try:
-            row.encrypted_secret = res.settings.key_ring().encrypt(secret, secret_ref(row))
-        except KeyRingError as exc:
-            raise ClientException(str(exc), status_code=503) from exc
+        secret = _new_secret(res, row)
         try:
             async with tenant_transaction(res.engine, ctx) as db:
                 db.add(row)
         except IntegrityError as exc:
             raise ClientException(f"a webhook named {data.name!r} already exists", status_code=409) from exc
+        return WebhookCreated(**_out(row), secret=secret)
+
+    @patch("/{webhook_id:uuid}")
+    async def update_webhook(
+        self, webhook_id: UUID, data: WebhookPatch, request: Request[Principal, str, State], state: State
+    ) -> WebhookOut:
+        """Change a webhook's name, enabled flag, action (inbound) or target and event types (outbound)."""
+        res = resources(state)
+        ctx = _admin(request.user)
+        row = await _find(res, ctx, webhook_id)
+        changes = data.changes()
+        wrong = sorted(
+            set(changes) & ({"target_url", "event_types"} if row.direction == "inbound" else {"action"})
+        )
+        if wrong:
+            raise ValidationException(
+                f"not a field of an {row.direction} webhook",
+                extra=[{"key": name, "message": f"not used by {row.direction} webhooks"} for name in wrong],
+            )
+        if "target_url" in changes:
+            await _check_target(res, changes["target_url"])
+        if "action" in changes:
+            changes["action"] = _stored_action(data.action, ctx)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        row.updated_at = utcnow()
+        try:
+            async with tenant_transaction(res.engine, ctx) as db:
+                await db.merge(row)
+        except IntegrityError as exc:
+            raise ClientException(f"a webhook named {row.name!r} already exists", status_code=409) from exc
+        return WebhookOut(**_out(row))
+
+    @post("/{webhook_id:uuid}/secret", status_code=201)
+    async def rotate_secret(
+        self, webhook_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> WebhookCreated:
+        """Replace the webhook's secret at once (the old one stops working); the answer shows it, once."""
+        res = resources(state)
+        ctx = _admin(request.user)
+        row = await _find(res, ctx, webhook_id)
+        secret = _new_secret(res, row)
+        row.updated_at = utcnow()
+        async with tenant_transaction(res.engine, ctx) as db:
+            await db.merge(row)
         return WebhookCreated(**_out(row), secret=secret)
 
     @get("/")
@@ -257,6 +325,32 @@ class WebhookController(Controller):
         )
         await publish(res.redis, res.names, event)
         return Accepted(event_id=event.id)
+
+
+async def _check_target(res: Resources, url: str) -> None:
+    """Outbound targets pass the same egress rules as MCP endpoints."""
+    try:
+        await check_endpoint(url, res.settings, "target_url")
+    except EgressRefused as exc:
+        raise ValidationException(str(exc), extra=[{"key": exc.field, "message": exc.reason}]) from exc
+
+
+def _stored_action(action: Action | None, ctx: TenantContext) -> dict[str, Any]:
+    stored = action.model_dump(mode="json", exclude_none=True) if action else {}
+    if stored:
+        # The action runs as the admin who set it (quotas and prompts are theirs).
+        stored["run_as_user_id"] = str(ctx.user_id)
+    return stored
+
+
+def _new_secret(res: Resources, row: Webhook) -> str:
+    """A fresh secret, sealed into ``row``; the plain one is for the answer only."""
+    secret = secrets.token_urlsafe(32)
+    try:
+        row.encrypted_secret = res.settings.key_ring().encrypt(secret, secret_ref(row))
+    except KeyRingError as exc:
+        raise ClientException(str(exc), status_code=503) from exc
+    return secret
 
 
 async def _find(res: Resources, ctx: TenantContext, webhook_id: UUID) -> Webhook:
