@@ -43,3 +43,26 @@ async def test_each_session_gets_its_own_entries_in_order_from_where_it_left_off
         inputs.unsubscribe(a)
         await writer.delete(a, b)
         await writer.aclose()
+
+
+async def test_the_reader_outlives_the_loss_of_its_connection() -> None:
+    stream = f"agentapi-test-inputs-{uuid.uuid4().hex[:8]}:a"
+    name = f"input-reader-{uuid.uuid4().hex[:8]}"
+    writer = redis.asyncio.Redis.from_url(URL, decode_responses=True)
+    inputs = InputStreams(redis.asyncio.Redis.from_url(URL, decode_responses=True, client_name=name))
+    try:
+        queue = inputs.subscribe(stream, "0-0")
+        await writer.xadd(stream, {"n": "1"})
+        async with asyncio.timeout(10):
+            assert (await queue.get())[1]["n"] == "1"
+        readers = [c for c in await writer.client_list() if c.get("name") == name]
+        assert readers, "the reader holds a named connection"
+        for reader in readers:
+            await writer.client_kill_filter(_id=reader["id"])
+        await writer.xadd(stream, {"n": "2"})
+        async with asyncio.timeout(10):
+            assert (await queue.get())[1]["n"] == "2", "the entry after the loss still arrives"
+    finally:
+        inputs.unsubscribe(stream)
+        await writer.delete(stream)
+        await writer.aclose()

@@ -48,8 +48,13 @@ class InputStreams:
         while self._after:
             try:
                 reply = await self._client.xread(dict(self._after), count=BATCH, block=BLOCK_MS)
-            except RedisError as exc:
-                log.warning("reading session input streams failed (%s); retrying", exc)
+            except Exception as exc:
+                # Every hosted session's input stops while this task is down: it must outlive any failure.
+                log.warning(
+                    "reading session input streams failed (%s); retrying",
+                    exc,
+                    exc_info=not isinstance(exc, RedisError),
+                )
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             for stream, entries in reply or []:
