@@ -4,6 +4,9 @@ custom adapter's formatting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -158,6 +161,60 @@ async def test_terminate_kills_the_process_group(tmp_path: Path) -> None:
     out, _ = await proc.communicate()
     alive = [stat for stat in out.decode().split() if not stat.startswith("Z")]
     assert alive == [], "no process of the group survives (zombies wait for init to reap them)"
+
+
+# A host that starts an agent which ignores SIGHUP (so the PTY's hangup alone would not end it),
+# prints the agent's pid and waits to be killed.
+STUBBORN_AGENT = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
+HOST = f"""
+import asyncio, sys
+from pathlib import Path
+from workers.pty_session import PtySession
+
+async def main():
+    pty = PtySession([sys.executable, "-c", {STUBBORN_AGENT!r}], cwd=Path(sys.argv[1]), env={BASE_ENV!r})
+    await pty.start()
+    while "ready" not in pty.snapshot():
+        await asyncio.sleep(0.01)
+    print(pty.pid, flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+async def test_the_agent_dies_with_its_host_even_on_kill_9(tmp_path: Path) -> None:
+    host = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOST,
+        str(tmp_path),
+        cwd=Path(__file__).parents[1],
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert host.stdout is not None
+    agent_pid = int(await asyncio.wait_for(host.stdout.readline(), 20))
+    try:
+        assert _running(agent_pid)
+        host.kill()
+        await host.wait()
+        for _ in range(100):
+            if not _running(agent_pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not _running(agent_pid), "the agent outlived its killed host"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent_pid, signal.SIGKILL)
 
 
 async def test_fifty_sessions_in_one_loop(tmp_path: Path) -> None:

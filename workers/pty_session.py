@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import ctypes
 import fcntl
 import os
 import resource
@@ -23,6 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyte
+
+PR_SET_PDEATHSIG = 1
+# Looked up in the parent: the child between fork and exec should do as little as it can.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a child before exec: be killed when the host process dies, even by kill -9, so a session
+    recovered elsewhere never shares its workspace with a stale agent (one that ignores the PTY's
+    hangup would outlive its host). Linux sends the signal when the thread that forked exits; hosts
+    fork from their event loop's thread, which lives as long as the process."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the host died before the prctl took effect
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -101,9 +116,10 @@ class PtySession:
     async def start(self) -> None:
         master, slave = os.openpty()
         _set_size(slave, self.screen.columns, self.screen.lines)
-        limits = self.limits
+        limits, host_pid = self.limits, os.getpid()
 
         def in_child() -> None:
+            die_with_parent(host_pid)
             # A new session (start_new_session) whose controlling terminal is the PTY.
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             limits.apply()

@@ -2,14 +2,13 @@
 server): started before the agent, ready once their port answers, killed with the session.
 
 Each runs in a process group of its own with the agent's rlimits, and dies with its host even when
-the host is killed -9 (PR_SET_PDEATHSIG), so a recovered session never finds a stale one.
+the host is killed -9 (like the agent: PR_SET_PDEATHSIG), so a recovered session never finds a stale one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -18,9 +17,7 @@ import time
 from pathlib import Path
 
 from workers.agents.base import Sidecar
-from workers.pty_session import ResourceLimits
-
-PR_SET_PDEATHSIG = 1
+from workers.pty_session import ResourceLimits, die_with_parent
 
 
 def free_port() -> int:
@@ -37,8 +34,10 @@ class SidecarProcess:
     async def start(
         self, cwd: Path, env: dict[str, str], limits: ResourceLimits, timeout: float = 30.0
     ) -> None:
+        host_pid = os.getpid()
+
         def in_child() -> None:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            die_with_parent(host_pid)
             limits.apply()
 
         log_file = open(cwd / f".{self.spec.name}.log", "ab")  # noqa: ASYNC230 - closed below
