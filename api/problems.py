@@ -355,6 +355,10 @@ def _internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
     )
 
 
+# How long a client should wait before retrying after an outage (503 Retry-After, SSE retry).
+OUTAGE_RETRY_AFTER_SECONDS = 5
+
+
 def default_outage_exceptions() -> tuple[type[BaseException], ...]:
     """Errors that mean Redis or the database is unreachable or overloaded, not that the request is wrong."""
     found: list[type[BaseException]] = [ConnectionError]
@@ -412,7 +416,7 @@ ExceptionHandlerMap = dict[type[Exception] | int, Callable[[Request[Any, Any, An
 def make_exception_handlers(
     outage_exceptions: Iterable[type[BaseException]] | None = None,
     *,
-    outage_retry_after_seconds: int = 5,
+    outage_retry_after_seconds: int = OUTAGE_RETRY_AFTER_SECONDS,
 ) -> ExceptionHandlerMap:
     """The app's ``exception_handlers``: every error becomes problem+json.
 

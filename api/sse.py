@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,15 +20,21 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from redis.asyncio import Redis
 
 from api.event_hub import EventHub, LogEntry, Subscription
+from api.problems import OUTAGE_RETRY_AFTER_SECONDS, default_outage_exceptions
 from events.envelope import Event, EventType
 from events.results import read_log
 from events.streams import Names, stream_id_key
+
+log = logging.getLogger(__name__)
 
 # How many log entries one replay read fetches at a time.
 REPLAY_BATCH = 500
 RETRY_MS = 2000
 # After a drain, reconnect almost at once: the client should land on a replica that stays.
 DRAIN_RETRY_MS = 250
+# After an outage (Redis or the database away or out of connections), as long as a 503 says.
+OUTAGE_RETRY_MS = OUTAGE_RETRY_AFTER_SECONDS * 1000
+OUTAGES = default_outage_exceptions()
 # Sessions one chat stream follows at most.
 MAX_CHAT_SESSIONS = 50
 
@@ -120,6 +127,17 @@ async def until_draining(
             if item is _DRAINED:
                 yield ServerSentEventMessage(
                     comment="shutting down: reconnect", retry=DRAIN_RETRY_MS, data=None
+                )
+                return
+            if isinstance(item, OUTAGES):
+                # The response has started, so no 503 can be sent any more: end the stream cleanly
+                # and let the client come back after a while with Last-Event-ID (an exception here
+                # would only abort the connection, with a traceback per subscriber).
+                log.warning(
+                    "event stream ended by a backing service outage: %s: %s", type(item).__name__, item
+                )
+                yield ServerSentEventMessage(
+                    comment="backing service unavailable: reconnect", retry=OUTAGE_RETRY_MS, data=None
                 )
                 return
             if isinstance(item, Exception):

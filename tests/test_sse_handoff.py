@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from litestar.response import ServerSentEventMessage
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.event_hub import Subscription
+from api.problems import OUTAGE_RETRY_AFTER_SECONDS
 from api.sse import DRAIN_RETRY_MS, FrameBatch, until_draining
 
 
@@ -37,10 +39,19 @@ async def test_ready_messages_leave_as_one_chunk_in_order() -> None:
 
 async def test_a_source_error_comes_after_the_ready_messages() -> None:
     sent: list[ServerSentEventMessage] = []
-    with pytest.raises(ConnectionError):
-        async for message in until_draining(source_of(frames(3), ConnectionError("gone")), asyncio.Event()):
+    with pytest.raises(RuntimeError):
+        async for message in until_draining(source_of(frames(3), RuntimeError("a bug")), asyncio.Event()):
             sent.append(message)
     assert b"".join(m.encode() for m in sent) == b"".join(m.encode() for m in frames(3))
+
+
+async def test_an_outage_ends_the_stream_with_a_later_reconnect_hint() -> None:
+    """Redis out of connections after the response started: what was ready is sent, then the stream
+    ends cleanly with a retry as long as a 503's Retry-After, for a Last-Event-ID reconnect."""
+    outage = RedisConnectionError("No connection available.")
+    sent = [m async for m in until_draining(source_of(frames(3), outage), asyncio.Event())]
+    assert b"".join(m.encode() for m in sent[:-1]) == b"".join(m.encode() for m in frames(3))
+    assert sent[-1].retry == OUTAGE_RETRY_AFTER_SECONDS * 1000 and "reconnect" in str(sent[-1].comment)
 
 
 async def test_a_shutdown_ends_the_stream_with_a_reconnect_hint() -> None:
