@@ -271,21 +271,25 @@ async def chat_event_stream(
     that needs a session's history reads that session's own stream with Last-Event-ID.
     """
     yield ServerSentEventMessage(comment="connected", retry=RETRY_MS, data=None)
-    merged: asyncio.Queue[ServerSentEventMessage] = asyncio.Queue(1000)
+    # A pump's failure comes through the queue too: the stream must not go on without that session.
+    merged: asyncio.Queue[ServerSentEventMessage | Exception] = asyncio.Queue(1000)
     pumps: dict[str, asyncio.Task[None]] = {}
 
     async def pump(session_id: str) -> None:
-        tail = await redis.xrevrange(names.session_log(session_id), count=1)
-        after = tail[0][0] if tail else None
-        async for message in session_event_stream(redis, names, hub, session_id, after or "0-0", 3600):
-            if message.data is not None:
-                data = json.loads(str(message.data))
-                data["session_id"] = session_id
-                await merged.put(
-                    ServerSentEventMessage(
-                        data=json.dumps(data, separators=(",", ":")), event=message.event, id=message.id
+        try:
+            tail = await redis.xrevrange(names.session_log(session_id), count=1)
+            after = tail[0][0] if tail else None
+            async for message in session_event_stream(redis, names, hub, session_id, after or "0-0", 3600):
+                if message.data is not None:
+                    data = json.loads(str(message.data))
+                    data["session_id"] = session_id
+                    await merged.put(
+                        ServerSentEventMessage(
+                            data=json.dumps(data, separators=(",", ":")), event=message.event, id=message.id
+                        )
                     )
-                )
+        except Exception as exc:
+            await merged.put(exc)
 
     loop = asyncio.get_running_loop()
     next_refresh = 0.0
@@ -297,9 +301,13 @@ async def chat_event_stream(
                         pumps[session_id] = asyncio.create_task(pump(session_id), name=f"chat-{session_id}")
                 next_refresh = loop.time() + refresh_seconds
             try:
-                yield await asyncio.wait_for(merged.get(), min(heartbeat_seconds, refresh_seconds))
+                item = await asyncio.wait_for(merged.get(), min(heartbeat_seconds, refresh_seconds))
             except TimeoutError:
                 yield ServerSentEventMessage(comment="ping", data=None)
+                continue
+            if isinstance(item, Exception):
+                raise item
+            yield item
     finally:
         for task in pumps.values():
             task.cancel()

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from litestar.response import ServerSentEventMessage
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from api.event_hub import Subscription
+from api.event_hub import EventHub, Subscription
 from api.problems import OUTAGE_RETRY_AFTER_SECONDS
-from api.sse import DRAIN_RETRY_MS, FrameBatch, until_draining
+from api.sse import DRAIN_RETRY_MS, FrameBatch, chat_event_stream, until_draining
+from events.streams import Names
+from tests.fixtures.stack import free_port
 
 
 def frames(count: int) -> list[ServerSentEventMessage]:
@@ -85,3 +88,22 @@ async def test_a_quiet_subscriber_gets_heartbeats_between_entries() -> None:
         assert await subscription.next(0.05) is None
     finally:
         subscription.close()
+
+
+async def test_a_chat_stream_ends_with_a_reconnect_hint_when_a_session_cannot_be_read() -> None:
+    """A session's pump that fails (here: Redis refuses connections) ends the whole chat stream,
+    which otherwise would go on without that session's events."""
+    unreachable = Redis(host="127.0.0.1", port=free_port())
+    names = Names("agentapi-test-chat:")
+
+    async def active_sessions() -> list[str]:
+        return ["a-session"]
+
+    try:
+        chat = chat_event_stream(unreachable, names, EventHub(unreachable, names), active_sessions, 5.0)
+        async with asyncio.timeout(30):
+            sent = [m async for m in until_draining(chat, asyncio.Event())]
+    finally:
+        await unreachable.aclose()
+    assert sent[0].comment == "connected"
+    assert sent[-1].retry == OUTAGE_RETRY_AFTER_SECONDS * 1000 and "reconnect" in str(sent[-1].comment)
