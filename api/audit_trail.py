@@ -4,13 +4,15 @@ An ASGI middleware, so no route can forget it: after the response is sent it pub
 (the verified principal), what (method and route template), which resource (the route's first
 path parameter), the outcome from the status code, the client's IP and user agent, and the
 correlation id. Requests refused before a principal is known (401) name no organization, so they
-cannot join an organization's chain; they are logged instead.
+cannot join an organization's chain; they are logged instead, unless a public route (a signed
+webhook delivery) has named the organization whose resource the request is for (``audit_under``).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from uuid import UUID
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from redis.exceptions import RedisError
@@ -24,6 +26,15 @@ from schemas.settings import GATEWAY_PATH
 log = logging.getLogger("agentapi.audit")
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+# Where a public route leaves the organization a request without a principal is recorded under.
+PUBLIC_ORG_KEY = "agentapi.audit_org_id"
+
+
+def audit_under(scope: Scope, org_id: UUID) -> None:
+    """Record this request, which has no principal, in ``org_id``'s trail (with no actor): for
+    public routes, once they know whose resource the request is for, so that what they refuse or
+    accept from then on (a bad signature, a replay, an accepted delivery) is on record."""
+    scope[PUBLIC_ORG_KEY] = org_id  # type: ignore[literal-required]
 
 
 def outcome_of(status: int) -> str:
@@ -86,17 +97,21 @@ async def _record(scope: Scope, status: int) -> None:
     client = scope.get("client")
     ip = client[0] if client else None
     action = f"{scope['method']} {template}"
-    if not isinstance(principal, Principal) or principal.org_id is None:
-        log.warning("refused %s from %s (%d): no verified tenant to record it under", action, ip, status)
+    if isinstance(principal, Principal) and principal.org_id is not None:
+        org_id, actor, role = principal.org_id, principal.user_id, principal.role
+    elif scope.get(PUBLIC_ORG_KEY) is not None:
+        org_id, actor, role = scope[PUBLIC_ORG_KEY], None, "public"  # type: ignore[literal-required]
+    else:
+        log.warning("%s from %s (%d) names no verified tenant to record it under", action, ip, status)
         return
     event = audit_event(
-        org_id=principal.org_id,
-        actor_user_id=principal.user_id,
+        org_id=org_id,
+        actor_user_id=actor,
         action=action[:100],
         outcome=outcome_of(status),
         resource_type=resource_type,
         resource_id=resource_id,
-        details={"status": status, "role": principal.role},
+        details={"status": status, "role": role},
         ip=ip,
         user_agent=_header(scope, b"user-agent"),
         correlation_id=current_correlation_id(),

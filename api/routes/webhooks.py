@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from api.audit_trail import audit_under
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.problems import StrictBody
@@ -373,11 +374,13 @@ async def receive_delivery(webhook_id: UUID, request: Request[Any, Any, State], 
     """A signed callback (no JWT): HMAC-SHA256 over `<timestamp>.<body>` in `X-Agentapi-Signature`,
     a timestamp within 5 minutes, and a delivery id accepted once in 24 hours."""
     res = resources(state)
-    body = await request.body()
     async with tenant_transaction(res.engine, LOOKUP) as db:
         row = await db.get(Webhook, webhook_id)
     if row is None or row.direction != "inbound" or not row.enabled:
         raise NotFoundException("webhook not found")
+    # From here every answer (too large, bad signature, replay, accepted) is in the org's trail.
+    audit_under(request.scope, row.org_id)
+    body = await request.body()
     try:
         secret = res.settings.key_ring().decrypt(row.encrypted_secret, secret_ref(row))
     except (KeyRingError, ValueError) as exc:
