@@ -1,11 +1,11 @@
-"""What every bench shares: a running stack on a fresh database, load from other processes,
-percentiles, and the results table."""
+"""What every bench shares: a running stack on a fresh database, percentiles, and the results table.
+
+HTTP load comes from `bench/wrk.py` (a C load generator), never from a Python client."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import secrets
 import statistics
 import tempfile
@@ -93,57 +93,6 @@ async def until_stable(client: httpx.AsyncClient, url: str, headers: dict[str, s
         async for sse in source.aiter_sse():
             if sse.event == "status_change" and json.loads(sse.data)["status"] == "stable":
                 return
-
-
-def _load_worker(args: tuple[str, list[tuple[str, str, dict[str, str], bytes]], int, float, Any]) -> None:
-    base_url, requests, concurrency, seconds, queue = args
-
-    async def main() -> None:
-        done = errors = 0
-        deadline = time.monotonic() + seconds
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
-
-            async def loop(index: int) -> None:
-                nonlocal done, errors
-                while time.monotonic() < deadline:
-                    method, path, headers, body = requests[(index + done) % len(requests)]
-                    answer = await client.request(method, path, headers=headers, content=body)
-                    if answer.status_code < 300:
-                        done += 1
-                    else:
-                        errors += 1
-
-            await asyncio.gather(*(loop(i) for i in range(concurrency)))
-        queue.put((done, errors))
-
-    asyncio.run(main())
-
-
-def http_load(
-    base_url: str,
-    requests: list[tuple[str, str, dict[str, str], bytes]],
-    seconds: float,
-    processes: int = 2,
-    concurrency: int = 32,
-) -> dict[str, float]:
-    """Requests per second that answered < 300, from ``processes`` client processes for ``seconds``."""
-    queue: Any = multiprocessing.Queue()
-    workers = [
-        multiprocessing.Process(
-            target=_load_worker, args=((base_url, requests, concurrency, seconds, queue),)
-        )
-        for _ in range(processes)
-    ]
-    started = time.monotonic()
-    for proc in workers:
-        proc.start()
-    results = [queue.get(timeout=seconds + 120) for _ in workers]
-    for proc in workers:
-        proc.join()
-    elapsed = time.monotonic() - started
-    ok, errors = sum(r[0] for r in results), sum(r[1] for r in results)
-    return {"per_second": round(ok / elapsed, 1), "ok": ok, "errors": errors, "seconds": round(elapsed, 2)}
 
 
 def rss_bytes(pid: int) -> int:
