@@ -8,7 +8,7 @@ Create Date: 2026-11-24 19:41:51.942694
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 from sqlalchemy.dialects import postgresql
 

@@ -44,7 +44,9 @@ def upgrade() -> None:
     op.create_index(f"ix_{TABLE}_webhook_id", TABLE, ["webhook_id"])
     op.create_index(f"ix_{TABLE}_status", TABLE, ["status"])
     if op.get_bind().dialect.name == "postgresql":
-        settings = op.get_context().config.attributes["settings"]
+        config = op.get_context().config
+        assert config is not None, "migrations run through schemas.migrate, which passes the settings"
+        settings = config.attributes["settings"]
         for statement in [*policy_statements([TABLE]), *grant_statements(settings.db_service_role, [TABLE])]:
             op.execute(statement)
 
