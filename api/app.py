@@ -14,12 +14,14 @@ from litestar.types import Receive, Scope, Send
 
 from api.audit_trail import audit_trail_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
+from api.console import console_assets, console_login, console_page, root
 from api.correlation import correlation_middleware
 from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
 from api.metrics import http_metrics_middleware, metrics
 from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
+from api.routes.agents import list_agents
 from api.routes.audit import query_audit
 from api.routes.chat import chat, chat_stream
 from api.routes.health import health, ready
@@ -87,6 +89,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             chat_stream,
             read_settings,
             write_settings,
+            list_agents,
+            root,
+            console_page,
+            console_assets,
+            console_login,
         ],
         middleware=[
             http_metrics_middleware(),

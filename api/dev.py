@@ -31,6 +31,8 @@ from schemas.settings import Settings, load_settings
 DEV_ORG_ID = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 DEV_USER_ID = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
 DEV_TOKEN_TTL = 7 * 24 * 3600
+# How long the printed console link signs in (once).
+CONSOLE_LINK_TTL = 24 * 3600
 
 
 def _free_port() -> int:
@@ -96,6 +98,22 @@ def _settings_from(env: dict[str, str]) -> Settings:
         os.environ.update(saved)
 
 
+def issue_console_login(redis_url: str, prefix: str, token: str, ttl_seconds: int = CONSOLE_LINK_TTL) -> str:
+    """A one-time code the console trades for ``token`` (``POST /api/v1/console/login``), so the printed
+    link carries no token and stops working once used."""
+    import redis
+
+    from events.streams import Names
+
+    code = secrets.token_urlsafe(32)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(Names(prefix).console_login(code), token, ex=ttl_seconds)
+    finally:
+        client.close()
+    return code
+
+
 def _wait_ready(port: int, procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
     import httpx
 
@@ -154,9 +172,11 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
             email="dev@example.com",
         )
         base = f"http://{host}:{port}"
+        code = issue_console_login(settings.redis_url, settings.redis_prefix, token)
         example = json.dumps({"agent_type": "custom", "custom_agent": "echo", "prompt": "hello"})
         print(
-            f"\nagentapi dev is up at {base}  (SQLite {settings.database_url}, embedded Redis :{redis_port})\n"
+            f"\nconsole (signs you in once): {base}/console#login={code}\n\n"
+            f"agentapi dev is up at {base}  (SQLite {settings.database_url}, embedded Redis :{redis_port})\n"
             f"token (owner of Dev Org, 7 days):\n{token}\n\n"
             f"try:\n  curl -s -X POST {base}/api/v1/sessions -H 'Authorization: Bearer {token}' "
             f"-H 'Content-Type: application/json' -d '{example}'\n"

@@ -118,6 +118,10 @@ class Names:
         """Circuit-breaker hash of one MCP server, shared by every tools worker."""
         return f"{self.prefix}mcp:{config_id}:breaker"
 
+    def console_login(self, code: str) -> str:
+        """A one-time console sign-in (the token it stands for), written by ``agentapi dev``."""
+        return f"{self.prefix}console:login:{code}"
+
     def oauth_state(self, state: str) -> str:
         """A pending MCP authorization (JSON), by its ``state`` parameter; single use, short-lived."""
         return f"{self.prefix}oauth:state:{state}"

@@ -88,6 +88,23 @@ def test_dev_runs_a_session_end_to_end_and_stops_cleanly(tmp_path: Path) -> None
                 break
             time.sleep(0.25)
         assert reply == "echo: hello dev"
+        # The console link comes first in what dev prints (child processes' logs may precede it); its
+        # one-time code signs the dev owner in once.
+        lines = list(output)
+        first = next(i for i, line in enumerate(lines) if line.startswith("console ("))
+        assert first < next(i for i, line in enumerate(lines) if line.startswith("agentapi dev is up"))
+        link = re.fullmatch(rf"console \(signs you in once\): {base}/console#login=([\w-]+)\n", lines[first])
+        assert link, lines[first]
+        traded = httpx.post(f"{base}/api/v1/console/login", json={"code": link.group(1)}, timeout=10)
+        assert traded.status_code == 200, traded.text
+        assert httpx.get(
+            f"{base}/api/v1/sessions",
+            headers={"Authorization": f"Bearer {traded.json()['token']}"},
+            timeout=10,
+        ).is_success
+        again = httpx.post(f"{base}/api/v1/console/login", json={"code": link.group(1)}, timeout=10)
+        assert again.status_code == 404
+        assert again.headers["content-type"].startswith("application/problem+json")
         assert re.search(r"sqlite", "".join(output)) and re.search(r"embedded Redis", "".join(output))
 
         proc.send_signal(signal.SIGINT)
