@@ -5,6 +5,10 @@ encrypts, every key decrypts, so a rotation adds a key in front, re-encrypts (``
 rotate``), then drops the old one. A ciphertext is ``v1.<key_id>.<base64url(nonce || ct+tag)>`` and
 its associated data is the row's identity (table, column, row id, org id): a ciphertext copied to
 another row or tenant fails to decrypt instead of handing over someone else's secret.
+
+Bytes (workspace snapshots) are sealed the same way in a binary frame, ``v1 || len(key_id) ||
+key_id || nonce || ct+tag``, with the caller's associated data; ``derive_key`` gives a keyed-hash
+key per purpose from the primary key, so object names can be content hashes that leak nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 VERSION = "v1"
 NONCE_BYTES = 12
@@ -60,6 +66,7 @@ class KeyRing:
             seen.add(key_id)
         self._keys = {key_id: AESGCM(key) for key_id, key in keys}
         self.primary_id = keys[0][0]
+        self._primary_key = keys[0][1]
 
     @classmethod
     def parse(cls, spec: str) -> KeyRing:
@@ -105,6 +112,39 @@ class KeyRing:
                 f"secret in {ref.table}.{ref.column} of row {ref.row_id} does not open under this row's"
                 " identity: it was tampered with or copied from another row or tenant"
             ) from exc
+
+    def seal_bytes(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        key_id = self.primary_id.encode()
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._keys[self.primary_id].encrypt(nonce, plaintext, associated_data)
+        return VERSION.encode() + bytes([len(key_id)]) + key_id + nonce + sealed
+
+    def open_bytes(self, frame: bytes, associated_data: bytes) -> bytes:
+        """The plaintext of ``seal_bytes``; DecryptionError when the frame was tampered with, sealed
+        under another key ring, or sealed with other associated data (another tenant's object)."""
+        head = len(VERSION)
+        if len(frame) < head + 1 or frame[:head] != VERSION.encode():
+            raise DecryptionError("not a sealed object of this service")
+        key_end = head + 1 + frame[head]
+        key_id = frame[head + 1 : key_end].decode(errors="replace")
+        aead = self._keys.get(key_id)
+        if aead is None:
+            raise DecryptionError(f"object was sealed with key {key_id!r}, which is not in the key ring")
+        try:
+            return aead.decrypt(
+                frame[key_end : key_end + NONCE_BYTES], frame[key_end + NONCE_BYTES :], associated_data
+            )
+        except (InvalidTag, ValueError) as exc:
+            raise DecryptionError(
+                "object does not open under this identity: it was tampered with or belongs to another"
+                " tenant or session"
+            ) from exc
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose`` (HKDF-SHA256 of the primary key): changes with rotation."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+            self._primary_key
+        )
 
     def needs_rotation(self, ciphertext: str) -> bool:
         return _split(ciphertext)[1] != self.primary_id

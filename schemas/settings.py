@@ -23,6 +23,8 @@ GATEWAY_PATH = "/api/v1/mcp/gateway"
 UPLOADS_DIR = "uploads"
 # Where authorization servers send the browser back after a user approves an MCP connection.
 OAUTH_CALLBACK_PATH = "/api/v1/mcp/oauth/callback"
+# Object stores a workspace snapshot can go to (S3 covers R2, MinIO and GCS's S3 API by endpoint).
+WORKSPACE_STORE_SCHEMES = ("s3", "gs", "file")
 
 
 def _env(name: str, *plain: str) -> AliasChoices:
@@ -90,6 +92,13 @@ class Settings(BaseSettings):
 
     workspace_root: Path = Field(
         Path("./.agentapi/workspaces"), validation_alias=_env("WORKSPACE_ROOT", "WORKSPACE_ROOT")
+    )
+    # Where workspace snapshots go so a session can move to another host ("s3://bucket/prefix" with
+    # the AWS_* variables, "gs://…", or "file:///path"); unset, workspaces stay on WORKSPACE_ROOT only.
+    workspace_store_url: str | None = Field(None, validation_alias=_env("WORKSPACE_STORE_URL"))
+    # Quiet seconds after a completed turn before its workspace is snapshotted (turns in between coalesce).
+    workspace_snapshot_debounce_seconds: float = Field(
+        5.0, ge=0, validation_alias=_env("WORKSPACE_SNAPSHOT_DEBOUNCE_SECONDS")
     )
     max_sessions_per_user: int = Field(
         5, ge=1, validation_alias=_env("MAX_SESSIONS_PER_USER", "MAX_CONCURRENT_SESSIONS")
@@ -207,6 +216,15 @@ class Settings(BaseSettings):
     def _async_driver(cls, value: str | None) -> str | None:
         return async_database_url(value) if value else value
 
+    @field_validator("workspace_store_url")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        if value and value.partition("://")[0] not in WORKSPACE_STORE_SCHEMES:
+            raise ValueError(
+                f"must be a URL with one of the schemes {', '.join(WORKSPACE_STORE_SCHEMES)} (got {value!r})"
+            )
+        return value or None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -241,6 +259,14 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.encryption_keys is None:
             raise ValueError(
                 "AGENTAPI_ENCRYPTION_KEYS is required in production (generate one with: agentapi keys generate)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _snapshots_need_keys(self) -> Settings:
+        if self.workspace_store_url and self.encryption_keys is None:
+            raise ValueError(
+                "AGENTAPI_WORKSPACE_STORE_URL needs AGENTAPI_ENCRYPTION_KEYS: snapshots are encrypted"
             )
         return self
 

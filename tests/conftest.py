@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.auth",
     "tests.fixtures.stack",
+    "tests.fixtures.s3",
 ]
 
 # Markers by place, so a new test file in these folders is marked without remembering to: the fast

@@ -44,6 +44,7 @@ from workers.conversation import AgentBusy, Change, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
 from workers.screen_tracker import Message
 from workers.sidecars import SidecarProcess
+from workers.workspace_sync import workspace_store_for
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,13 @@ class SessionHost:
         self._sidecars: list[SidecarProcess] = []
         # Counted in the active-sessions gauge (by agent type) while the heartbeat keeps it fresh.
         self._active_member = f"{self.agent_type}:{self.session_id}"
+        self.snapshots = workspace_store_for(
+            self.settings,
+            event.org_id,
+            event.user_id,  # type: ignore[arg-type]
+            event.session_id,  # type: ignore[arg-type]
+            self.settings.workspace_of(event.org_id, event.user_id, event.session_id),
+        )
 
     async def run(self) -> None:
         if self.context.draining.is_set():
@@ -183,6 +191,7 @@ class SessionHost:
                     self._consume_input(),
                     self._heartbeat(),
                     self._watch_limits(),
+                    self.snapshots.run(),
                 ):
                     loops.create_task(loop)
         except* (SessionEnded, HandedOver) as group:
@@ -192,6 +201,7 @@ class SessionHost:
             await asyncio.gather(self.conversation.stop(), self._stop_sidecars())
             await self._persist_messages()
         if isinstance(stopped, HandedOver):
+            await self._snapshot_for_handover()
             await self._release()
             log.info("handing session %s over: this worker is stopping", self.session_id)
             raise stopped
@@ -212,6 +222,9 @@ class SessionHost:
 
     async def _launch(self, adapter: AgentAdapter, recovering: bool) -> Conversation:
         workspace = workspace_for(self.context, self.event)
+        if recovering:
+            # The previous host may have been another machine: bring its last snapshot here first.
+            await self.snapshots.restore()
         home = workspace / ".home"
         home.mkdir(mode=0o700, exist_ok=True)
         custom = self.event.payload.get("custom_agent")
@@ -314,6 +327,7 @@ class SessionHost:
             if change.status is not None:
                 if change.status == "stable":
                     await self._persist_messages()
+                    self.snapshots.turn_completed()
                 await self._set_state(change.status)
                 await self._emit(
                     EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
@@ -504,8 +518,20 @@ class SessionHost:
             if self._gateway_key:
                 await self.context.redis.delete(self._gateway_key)
 
+    async def _snapshot_for_handover(self) -> None:
+        """The agent has stopped: its files go to the store for the next host (a failure is logged;
+        the next host then starts from the last debounced snapshot)."""
+        try:
+            await self.snapshots.snapshot()
+        except Exception:
+            log.exception("hand-over snapshot of session %s failed", self.session_id)
+
     async def _finish(self, status: str, reason: str) -> None:
         await self._release()
+        try:
+            await self.snapshots.erase()
+        except Exception:
+            log.exception("snapshots of ended session %s not erased", self.session_id)
         await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})

@@ -3,7 +3,7 @@
 It draws an input box at the bottom like Claude Code does, reads raw keystrokes (bracketed paste
 aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly,
 ``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/write BYTES`` fills
-a file in the workspace, ``/env`` prints the environment, ``/exit``, ``/crash``.
+a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``.
 ``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first.
 """
 
@@ -65,6 +65,11 @@ def answer(text: str) -> None:
         with open("filler.bin", "wb") as handle:
             handle.write(os.urandom(int(words[1])))
         say(f"wrote {words[1]} bytes")
+    elif command == "/put" and len(words) > 2:
+        os.makedirs(os.path.dirname(words[1]) or ".", exist_ok=True)
+        with open(words[1], "w", encoding="utf-8") as handle:
+            handle.write(" ".join(words[2:]))
+        say(f"put {words[1]}")
     elif command == "/cat" and len(words) > 1:
         with open(words[1], encoding="utf-8", errors="replace") as handle:
             say("\r\n".join(handle.read().splitlines()))
