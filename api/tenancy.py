@@ -3,8 +3,12 @@
 A middleware after authentication looks up the caller's membership of the token's organization
 on every request (cached per process for a few seconds):
 
-- none yet, and the organization exists: the user row and membership are provisioned with the
-  token's role (the first request of a valid user); the organization does not exist: 403;
+- none yet, and the organization exists: what happens is the organization's ``auto_provision``
+  setting (tenant settings): ``member`` (the default) provisions the user row and a ``member``
+  membership, ``token_role`` provisions with the token's role (Supabase-style, for organizations
+  whose identity provider decides roles), ``off`` answers 403 until an admin adds the user. A
+  token alone never made anyone an owner unless the organization said so; each provisioning is
+  audited. The organization does not exist: 403;
 - removed (``removed_at`` set): 403, whatever the token says, until an admin adds them again;
 - otherwise the effective role is the lesser of the token's role and the membership's, so a
   demotion here takes effect at once and a token alone cannot raise anyone's role.
@@ -14,20 +18,32 @@ Platform superadmins act in any organization without a membership.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from uuid import UUID
 
 from litestar.exceptions import PermissionDeniedException
 from litestar.types import ASGIApp, Receive, Scope, Send
+from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import select
 
 from api.auth import Principal
+from api.correlation import current_correlation_id
 from api.recent import Recent
 from api.single_flight import SingleFlight
+from api.state import Resources
+from events.audit import audit_event
+from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
-from schemas.tables import Membership, Organization, User
+from schemas.tables import Membership, Organization, TenantSettings, User
+
+log = logging.getLogger("agentapi.tenancy")
+
+AUTO_PROVISION_KEY = "auto_provision"
+AUTO_PROVISION_POLICIES = ("off", "member", "token_role")
+AUTO_PROVISION_DEFAULT = "member"
 
 ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 CACHE_SECONDS = 5.0
@@ -53,7 +69,7 @@ def forget_membership(org_id: UUID, user_id: UUID) -> None:
     _recent.forget((org_id, user_id))
 
 
-async def membership_role(engine, principal: Principal) -> str | None:  # type: ignore[no-untyped-def]
+async def membership_role(res: Resources, principal: Principal) -> str | None:
     """The membership's role, provisioning it on first sight; None when the member was removed."""
     assert principal.org_id is not None
     key = (principal.org_id, principal.user_id)
@@ -61,15 +77,16 @@ async def membership_role(engine, principal: Principal) -> str | None:  # type: 
     if cached is not _UNKNOWN:
         return cached  # type: ignore[return-value]
     return await _lookups.run(
-        (*key, principal.role, principal.email), lambda: _load_membership(engine, principal)
+        (*key, principal.role, principal.email), lambda: _load_membership(res, principal)
     )
 
 
-async def _load_membership(engine, principal: Principal) -> str | None:  # type: ignore[no-untyped-def]
+async def _load_membership(res: Resources, principal: Principal) -> str | None:
     assert principal.org_id is not None
     key = (principal.org_id, principal.user_id)
     ctx = TenantContext(org_id=principal.org_id, user_id=principal.user_id, role="member")
-    async with tenant_transaction(engine, ctx) as db:
+    provisioned: str | None = None
+    async with tenant_transaction(res.engine, ctx) as db:
         member = (
             await db.exec(
                 select(Membership.role, Membership.removed_at).where(
@@ -81,7 +98,12 @@ async def _load_membership(engine, principal: Principal) -> str | None:  # type:
             org = (await db.exec(select(Organization.id).where(Organization.id == principal.org_id))).first()
             if org is None:
                 raise PermissionDeniedException("the token's organization does not exist on this platform")
-            role = principal.role if principal.role in ROLE_RANK else "member"
+            policy = await _auto_provision(db, principal.org_id)
+            if policy == "off":
+                raise PermissionDeniedException(
+                    "you are not a member of this organization; an admin must add you"
+                )
+            role = principal.role if policy == "token_role" and principal.role in ROLE_RANK else "member"
             insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
             await db.exec(
                 insert(User)
@@ -94,10 +116,38 @@ async def _load_membership(engine, principal: Principal) -> str | None:  # type:
                 .on_conflict_do_nothing(index_elements=["org_id", "user_id"])
             )
             result: str | None = role
+            provisioned = role
         else:
             result = None if member[1] is not None else member[0]
     _recent.put(key, result)
+    if provisioned is not None:
+        await _audit_provisioning(res, principal, provisioned)
     return result
+
+
+async def _auto_provision(db, org_id: UUID) -> str:  # type: ignore[no-untyped-def]
+    settings = (await db.exec(select(TenantSettings.settings).where(TenantSettings.org_id == org_id))).first()
+    value = (settings or {}).get(AUTO_PROVISION_KEY, AUTO_PROVISION_DEFAULT)
+    return value if value in AUTO_PROVISION_POLICIES else AUTO_PROVISION_DEFAULT
+
+
+async def _audit_provisioning(res: Resources, principal: Principal, role: str) -> None:
+    """A membership made by a token is on the organization's record, with the role it got."""
+    assert principal.org_id is not None
+    event = audit_event(
+        org_id=principal.org_id,
+        actor_user_id=principal.user_id,
+        action="membership.provisioned",
+        outcome="success",
+        resource_type="members",
+        resource_id=str(principal.user_id),
+        details={"role": role, "token_role": principal.role},
+        correlation_id=current_correlation_id(),
+    )
+    try:
+        await publish(res.redis, res.names, event)
+    except (RedisError, OSError) as exc:
+        log.error("audit event for a provisioned membership could not be published: %s", exc)
 
 
 def _lesser(token_role: str, member_role: str) -> str:
@@ -127,8 +177,8 @@ def membership_middleware(app: ASGIApp) -> ASGIApp:
             if principal.org_id is not None:
                 await ensure_user_row(scope["app"].state["resources"].engine, principal)
         elif scope["type"] == "http" and isinstance(principal, Principal) and principal.org_id is not None:
-            engine = scope["app"].state["resources"].engine
-            role = await membership_role(engine, principal)
+            res = scope["app"].state["resources"]
+            role = await membership_role(res, principal)
             if role is None:
                 raise PermissionDeniedException("you were removed from this organization")
             effective = _lesser(principal.role, role)

@@ -58,9 +58,30 @@ def _allowlisted(host: str, addresses: list[IPAddress], settings: Settings) -> b
     return False
 
 
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): the last 32 bits are an IPv4 address
+# that a translator on the path would connect to.
+NAT64_NETWORKS = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a transition mechanism (mapped, 6to4,
+    Teredo, NAT64): each must pass the same checks, or ``2002:a9fe:a9fe::`` reaches the metadata
+    service."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo:
+        found.extend(address.teredo)
+    if any(address in network for network in NAT64_NETWORKS):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def _refusal(address: IPAddress) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    for inner in embedded_ipv4(address):
+        reason = _refusal(inner)
+        if reason:
+            return f"{reason} (embedded in {address})"
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_loopback:
@@ -102,7 +123,7 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
     except ValueError as exc:
         raise EgressRefused(field, "has an invalid port") from exc
     addresses = await resolve(host, port, field)
-    if any(address in METADATA_ADDRESSES for address in addresses):
+    if any(a in METADATA_ADDRESSES for address in addresses for a in (address, *embedded_ipv4(address))):
         raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
     loopback = bool(addresses) and all(
         (a.ipv4_mapped or a).is_loopback if isinstance(a, ipaddress.IPv6Address) else a.is_loopback

@@ -23,9 +23,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 
 from api.auth import Principal
+from api.org_rules import keep_an_owner, may_grant, owners_left
 from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import Resources, resources
@@ -33,7 +34,6 @@ from api.tenancy import forget_membership, tenant_context
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import Membership, Organization, User, utcnow
 
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 Role = Literal["member", "admin", "owner"]
 
 
@@ -73,40 +73,16 @@ class MemberPage(BaseModel):
     next_cursor: str | None
 
 
-def _own_org(principal: Principal, org_id: UUID) -> TenantContext:
-    ctx = tenant_context(principal)
-    if org_id != ctx.org_id:
-        raise NotFoundException("no such organization")
-    return ctx
-
-
-def _may_grant(ctx: TenantContext, current: str | None, wanted: str | None) -> None:
-    if ctx.role not in ADMIN_ROLES:
-        raise PermissionDeniedException("only organization admins manage members")
-    if "owner" in (current, wanted) and ctx.role not in ("owner", "superadmin"):
-        raise PermissionDeniedException("only owners grant or remove the owner role")
-
-
 async def _upsert_user(db, user_id: UUID, email: str | None) -> None:  # type: ignore[no-untyped-def]
     insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
     await db.exec(insert(User).values(id=user_id, email=email).on_conflict_do_nothing(index_elements=["id"]))
 
 
-async def _owners_left(db, org_id: UUID, without: UUID) -> int:  # type: ignore[no-untyped-def]
-    return int(
-        (
-            await db.exec(
-                select(func.count())
-                .select_from(Membership)
-                .where(
-                    Membership.org_id == org_id,
-                    Membership.role == "owner",
-                    Membership.user_id != without,
-                    col(Membership.removed_at).is_(None),
-                )
-            )
-        ).one()
-    )
+def _own_org(principal: Principal, org_id: UUID) -> TenantContext:
+    ctx = tenant_context(principal)
+    if org_id != ctx.org_id:
+        raise NotFoundException("no such organization")
+    return ctx
 
 
 async def _member(res: Resources, ctx: TenantContext, user_id: UUID) -> tuple[Membership, str | None]:
@@ -196,7 +172,7 @@ class OrgController(Controller):
         """Add a user to the organization (admins; owners for the owner role)."""
         res = resources(state)
         ctx = _own_org(request.user, org_id)
-        _may_grant(ctx, None, data.role)
+        may_grant(ctx, None, data.role)
         # The user row is global: created here under the platform context when the person is new.
         platform = TenantContext(org_id=org_id, user_id=ctx.user_id, role="superadmin")
         async with tenant_transaction(res.engine, platform) as db:
@@ -224,12 +200,12 @@ class OrgController(Controller):
         res = resources(state)
         ctx = _own_org(request.user, org_id)
         member, email = await _member(res, ctx, user_id)
-        _may_grant(ctx, member.role, data.role)
+        may_grant(ctx, member.role, data.role)
         async with tenant_transaction(res.engine, ctx) as db:
             if (
                 member.role == "owner"
                 and data.role != "owner"
-                and await _owners_left(db, org_id, user_id) == 0
+                and await owners_left(db, org_id, user_id) == 0
             ):
                 raise ClientException("the organization must keep an owner", status_code=409)
             member.role, member.updated_at = data.role, utcnow()
@@ -246,10 +222,9 @@ class OrgController(Controller):
         res = resources(state)
         ctx = _own_org(request.user, org_id)
         member, _ = await _member(res, ctx, user_id)
-        _may_grant(ctx, member.role, None)
+        may_grant(ctx, member.role, None)
         async with tenant_transaction(res.engine, ctx) as db:
-            if member.role == "owner" and await _owners_left(db, org_id, user_id) == 0:
-                raise ClientException("the organization must keep an owner", status_code=409)
+            await keep_an_owner(db, org_id, user_id, member.role)
             # A tombstone, not a deletion: the member's still-valid token must not provision them again.
             member.removed_at = member.updated_at = utcnow()
             await db.merge(member)

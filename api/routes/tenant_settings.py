@@ -1,7 +1,8 @@
 """Tenant settings: one document per organization (admins), with write-only secrets sealed at rest.
 
 ``settings`` is free-form JSON (bounded in size) that features read, such as the CCRouter
-providers; ``secrets`` are name → value pairs that are sealed with the key ring and never
+providers; ``settings.auto_provision`` (``off | member | token_role``, default ``member``) says what a valid
+token of a user who is not a member yet gets (api/tenancy.py); ``secrets`` are name → value pairs that are sealed with the key ring and never
 returned (a PUT with ``null`` for a name deletes it); ``retention_days`` drives the retention job.
 """
 
@@ -23,7 +24,12 @@ from sqlmodel import select
 from api.auth import Principal
 from api.problems import StrictBody
 from api.state import Resources, resources
-from api.tenancy import tenant_context
+from api.tenancy import (
+    AUTO_PROVISION_DEFAULT,
+    AUTO_PROVISION_KEY,
+    AUTO_PROVISION_POLICIES,
+    tenant_context,
+)
 from schemas.ccrouter import CCRouterSettings, missing_keys
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
@@ -133,6 +139,12 @@ async def write_settings(
     if len(json.dumps(data.settings)) > MAX_SETTINGS_BYTES:
         raise ValidationException(
             f"settings exceed {MAX_SETTINGS_BYTES} bytes", extra=[{"key": "settings", "message": "too large"}]
+        )
+    policy = data.settings.get(AUTO_PROVISION_KEY, AUTO_PROVISION_DEFAULT)
+    if policy not in AUTO_PROVISION_POLICIES:
+        raise ValidationException(
+            f"settings.{AUTO_PROVISION_KEY} must be one of {', '.join(AUTO_PROVISION_POLICIES)}",
+            extra=[{"key": f"settings.{AUTO_PROVISION_KEY}", "message": "unknown policy"}],
         )
     bad = [name for name in data.secrets if not SECRET_NAME.match(name)]
     if bad:

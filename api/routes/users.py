@@ -21,6 +21,7 @@ from sqlmodel import delete as sql_delete
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
+from api.org_rules import ADMIN_ROLES, keep_an_owner, may_grant
 from api.state import Resources, resources
 from api.tenancy import forget_membership, tenant_context
 from events.envelope import Event, EventType
@@ -39,7 +40,6 @@ from schemas.tables import (
     utcnow,
 )
 
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 ACTIVE = ("requested", "starting", "running", "stable")
 PLATFORM = TenantContext(org_id=None, user_id=None, role="superadmin")
 MAX_EXPORTED_AUDIT_ROWS = 10_000
@@ -143,8 +143,12 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
     """Erase the user's data in this organization (GDPR). Audit rows are kept, keyed only by id."""
     res = resources(state)
     ctx = _authorize(request.user, user_id)
-    await _membership(res, ctx, user_id)
+    member = await _membership(res, ctx, user_id)
+    if user_id != ctx.user_id:
+        # Erasing someone ends their membership: only an owner may end an owner's.
+        may_grant(ctx, member.role, None)
     async with tenant_transaction(res.engine, ctx) as db:
+        await keep_an_owner(db, ctx.org_id, user_id, member.role)
         live = list(
             await db.exec(
                 select(UserSession.id).where(
