@@ -19,7 +19,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 REDACTED = "[redacted]"
 _listener: QueueListener | None = None
-_SECRET_HEADERS = {"authorization", "cookie", "x-agentapi-signature", "x-session-token"}
+_SECRET_HEADERS = {"authorization", "cookie", "webhook-signature", "x-session-token"}
 
 # What a secret looks like in a log line: an Authorization header value, a JWT, a provider key,
 # or a key=value pair whose key says it is a secret.
