@@ -48,6 +48,10 @@ _SSE_NAMES: dict[EventType, str] = {
     EventType.TOOL_CALL_PROGRESS: "tool_call",
     EventType.TOOL_CALL_COMPLETED: "tool_call",
     EventType.TOOL_CALL_FAILED: "tool_call",
+    EventType.AGENT_TOOL_CALL: "tool_call",
+    EventType.PLAN_UPDATED: "plan",
+    EventType.PERMISSION_REQUESTED: "permission_request",
+    EventType.PERMISSION_DECIDED: "permission_decision",
 }
 
 

@@ -27,6 +27,11 @@ class EventType(StrEnum):
     TOOL_CALL_PROGRESS = "tool_call.progress"
     TOOL_CALL_COMPLETED = "tool_call.completed"
     TOOL_CALL_FAILED = "tool_call.failed"
+    # A tool call as an ACP agent reports it (its own tools and MCP tools alike), start and updates.
+    AGENT_TOOL_CALL = "tool_call.agent"
+    PLAN_UPDATED = "plan.updated"
+    PERMISSION_REQUESTED = "permission.requested"
+    PERMISSION_DECIDED = "permission.decided"
     MCP_TEST_REQUESTED = "mcp.test_requested"
     MCP_TEST_COMPLETED = "mcp.test_completed"
     MCP_OAUTH_REFRESH_REQUESTED = "mcp.oauth_refresh_requested"

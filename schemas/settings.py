@@ -27,6 +27,9 @@ OAUTH_CALLBACK_PATH = "/api/v1/mcp/oauth/callback"
 WORKSPACE_STORE_SCHEMES = ("s3", "gs", "file")
 
 
+Transport = Literal["acp", "pty"]
+
+
 def _env(name: str, *plain: str) -> AliasChoices:
     return AliasChoices(f"AGENTAPI_{name}", *plain)
 
@@ -113,6 +116,15 @@ class Settings(BaseSettings):
     )
     # How long the screen must be still before the agent counts as stable (coder/agentapi: 2 s).
     agent_settle_seconds: float = Field(2.0, gt=0, validation_alias=_env("AGENT_SETTLE_SECONDS"))
+    # How each agent type that can speak the Agent Client Protocol is driven: over ACP (structured
+    # updates, no screen reading) or in the PTY (README "Transports"). PTY stays the default while
+    # ACP is new; an operator opts an agent type in.
+    claude_transport: Transport = Field("pty", validation_alias=_env("CLAUDE_TRANSPORT"))
+    gemini_transport: Transport = Field("pty", validation_alias=_env("GEMINI_TRANSPORT"))
+    # An ACP agent's permission request nobody answers is cancelled (a denial) after this long.
+    acp_permission_timeout_seconds: float = Field(
+        300.0, gt=0, le=86_400, validation_alias=_env("ACP_PERMISSION_TIMEOUT_SECONDS")
+    )
     # Bytes a session's workspace may hold; past it the session ends with reason disk_quota.
     workspace_quota_bytes: int | None = Field(
         None, ge=1 << 20, validation_alias=_env("WORKSPACE_QUOTA_BYTES")
@@ -279,6 +291,11 @@ class Settings(BaseSettings):
     def workspace_of(self, org_id: object, user_id: object, session_id: object) -> Path:
         """A session's workspace, ``WORKSPACE_ROOT/{org}/{user}/{session}``, as an absolute path."""
         return (self.workspace_root / str(org_id) / str(user_id) / str(session_id)).absolute()
+
+    def transport_of(self, agent_type: str) -> Transport:
+        """``acp`` or ``pty``: agent types without an ACP adapter always run in the PTY."""
+        transport: Transport = getattr(self, f"{agent_type}_transport", "pty")
+        return transport
 
     def gateway_url(self, session_id: object) -> str:
         """Where a session's agent reaches its MCP gateway on the ingress."""

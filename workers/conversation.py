@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
 
 from workers.agents.base import AgentAdapter
 from workers.pty_session import PtySession
@@ -37,12 +39,21 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something a structured transport (ACP) reports besides messages: a tool call or a plan."""
+
+    kind: Literal["tool_call", "plan"]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Change:
     message: Message | None = None
     status: Status | None = None
     # With status "stable": the turn's last message as it stood then. Read later, the conversation's
     # last message could already be the next turn's reply (a fast agent answers within a few ms).
     completed: Message | None = None
+    notice: Notice | None = None
 
 
 class Conversation:
@@ -63,6 +74,17 @@ class Conversation:
     @property
     def messages(self) -> list[Message]:
         return self.tracker.messages
+
+    @property
+    def exited(self) -> bool:
+        return self.pty.exited
+
+    @property
+    def workspace(self) -> Path:
+        return self.pty.cwd
+
+    def restore(self, messages: list[Message]) -> None:
+        self.tracker.restore(messages)
 
     async def start(self) -> None:
         await self.pty.start()

@@ -22,6 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from acp.schema import HttpHeader, HttpMcpServer
 from dramatiq import Retry
 from pydantic import SecretStr
 from redis.exceptions import RedisError
@@ -37,8 +38,10 @@ from schemas.db import TenantContext, tenant_transaction
 from schemas.settings import UPLOADS_DIR, Settings
 from schemas.tables import SessionMessage, TenantSettings, UserSession
 from schemas.tenant_secrets import open_tenant_secrets
+from workers.acp_session import AcpConversation
 from workers.agents import AdapterUnavailable, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
+from workers.agents.gateway import gateway_headers
 from workers.context import WorkerContext
 from workers.conversation import AgentBusy, Change, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
@@ -56,6 +59,8 @@ DISK_CHECK_SECONDS = 2.0
 # How soon a handed-over session is offered to the other workers.
 HANDOVER_DELAY_MS = 200
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+# What an ACP agent reports besides messages, as events on the session's log.
+NOTICE_EVENTS = {"tool_call": EventType.AGENT_TOOL_CALL, "plan": EventType.PLAN_UPDATED}
 
 
 class SessionEnded(Exception):
@@ -141,7 +146,9 @@ class SessionHost:
         self.tenant = TenantContext(org_id=event.org_id, user_id=event.user_id, role="owner")
         self.last_input_id = "0-0"
         self.last_activity = time.monotonic()
-        self.conversation: Conversation | None = None
+        self.conversation: Conversation | AcpConversation | None = None
+        # Set when the adapter is known: whether this host drives its agent over ACP.
+        self.over_acp = False
         self._persisted: dict[int, str] = {}
         # Statuses whose row update is still to be written.
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
@@ -173,6 +180,7 @@ class SessionHost:
         self.last_input_id = row.last_input_id or "0-0"
         try:
             adapter = get_adapter(self.agent_type)
+            self.over_acp = self.transport == "acp" and hasattr(adapter, "acp_command")
             self.conversation = await self._launch(adapter, recovering)
         except (AdapterUnavailable, ValueError, OSError) as exc:
             await self._stop_sidecars()
@@ -244,7 +252,10 @@ class SessionHost:
             **(await self._tenant_configuration() if getattr(adapter, "uses_tenant_settings", False) else {}),
         )
         adapter.prepare(ctx)
-        env = {**base_environment(home), **adapter.environment(ctx)}
+        agent_env = (
+            getattr(adapter, "acp_environment", adapter.environment) if self.over_acp else adapter.environment
+        )
+        env = {**base_environment(home), **agent_env(ctx)}
         limits = ResourceLimits(
             address_space_bytes=self.settings.agent_rlimit_as_bytes,
             cpu_seconds=self.settings.agent_rlimit_cpu_seconds,
@@ -255,8 +266,7 @@ class SessionHost:
             sidecar = SidecarProcess(spec)
             self._sidecars.append(sidecar)
             await sidecar.start(workspace, base_environment(home), limits)
-        pty = PtySession(adapter.command(ctx), cwd=workspace, env=env, limits=limits)
-        conversation = Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
+        conversation = self._conversation(adapter, ctx, env, limits)
         await self._set_state("running")
         if recovering:
             await self._update_row(status="starting")
@@ -266,7 +276,7 @@ class SessionHost:
             )
         await conversation.start()
         if recovering:
-            conversation.tracker.restore(await self._stored_messages())
+            conversation.restore(await self._stored_messages())
             self._persisted = {m.id: m.content for m in conversation.messages}
             payload = {"worker": self.context.worker_id, "last_input_id": self.last_input_id}
             await self.context.emit(self.event.follow_up(EventType.SESSION_RECOVERED, payload))
@@ -283,6 +293,37 @@ class SessionHost:
                 self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
             )
         return conversation
+
+    @property
+    def transport(self) -> str:
+        return "acp" if self.over_acp else self.settings.transport_of(self.agent_type)
+
+    def _conversation(
+        self, adapter: AgentAdapter, ctx: LaunchContext, env: dict[str, str], limits: ResourceLimits
+    ) -> Conversation | AcpConversation:
+        if not self.over_acp:
+            pty = PtySession(adapter.command(ctx), cwd=ctx.workspace, env=env, limits=limits)
+            return Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
+        gateway = []
+        if ctx.mcp_gateway_url:
+            # The session's gateway is the agent's only MCP server: tenant tokens never reach it.
+            gateway.append(
+                HttpMcpServer(
+                    type="http",
+                    name="agentapi",
+                    url=ctx.mcp_gateway_url,
+                    headers=[HttpHeader(name=k, value=v) for k, v in gateway_headers(ctx).items()],
+                )
+            )
+        return AcpConversation(
+            adapter.acp_command(ctx),  # type: ignore[attr-defined]
+            cwd=ctx.workspace,
+            env=env,
+            limits=limits,
+            mcp_servers=gateway,
+            session_meta=adapter.acp_session_meta(ctx),  # type: ignore[attr-defined]
+            stderr_path=ctx.home / "acp-agent.log",
+        )
 
     async def _tenant_configuration(self) -> dict[str, object]:
         """The organization's settings and opened secrets, for an adapter that builds its config from them."""
@@ -322,6 +363,8 @@ class SessionHost:
         assert self.conversation is not None
         while True:
             change: Change = await self.conversation.changes.get()
+            if change.notice is not None:
+                await self._emit(NOTICE_EVENTS[change.notice.kind], change.notice.payload)
             if change.message is not None:
                 await self._emit(EventType.MESSAGE_UPDATED, change.message.as_payload())
             if change.status is not None:
@@ -352,7 +395,7 @@ class SessionHost:
         try:
             while True:
                 entry_id, fields = await entries.get()
-                if self.conversation.pty.exited:
+                if self.conversation.exited:
                     raise SessionEnded("exited")
                 await self._handle_input(fields)
                 self.last_input_id = entry_id
@@ -422,7 +465,7 @@ class SessionHost:
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
-            if self.conversation.pty.exited:
+            if self.conversation.exited:
                 raise SessionEnded("exited")
             if self.context.draining.is_set():
                 raise HandedOver()
@@ -431,7 +474,7 @@ class SessionHost:
             quota = self.settings.workspace_quota_bytes
             if quota is not None and now - measured >= DISK_CHECK_SECONDS:
                 measured = now
-                if await asyncio.to_thread(directory_bytes, self.conversation.pty.cwd) > quota:
+                if await asyncio.to_thread(directory_bytes, self.conversation.workspace) > quota:
                     raise SessionEnded("disk_quota")
             if (
                 self.conversation.status == "stable"
@@ -465,7 +508,9 @@ class SessionHost:
     async def _set_state(self, status: str) -> None:
         key = self.names.session_state(self.session_id)
         async with self.context.redis.pipeline(transaction=False) as state:
-            state.hset(key, mapping={"status": status, "agent_type": self.agent_type})
+            state.hset(
+                key, mapping={"status": status, "agent_type": self.agent_type, "transport": self.transport}
+            )
             state.expire(key, STATE_TTL_SECONDS)
             await state.execute()
 

@@ -99,7 +99,10 @@ class MessagesOut(BaseModel):
 class StatusOut(BaseModel):
     status: Literal["running", "stable"]
     agent_type: str
-    transport: str = "pty"
+    # How the agent is driven: coder/agentapi reports it as ``backend`` ("acp" | "pty"), and as
+    # ``transport`` before it had ACP; both carry the same value.
+    backend: Literal["acp", "pty"]
+    transport: Literal["acp", "pty"]
     session_status: str
 
 
@@ -223,7 +226,15 @@ class SessionController(Controller):
         row = await find_session(state, request.user, session_id)
         live = await res.redis.hgetall(res.names.session_state(session_id))
         agent_status = "stable" if live.get("status") == "stable" else "running"
-        return StatusOut(status=agent_status, agent_type=row.agent_type, session_status=row.status)
+        # The host says which it chose; before it has, the configured one.
+        backend = live.get("transport") or res.settings.transport_of(row.agent_type)
+        return StatusOut(
+            status=agent_status,
+            agent_type=row.agent_type,
+            backend=backend,
+            transport=backend,
+            session_status=row.status,
+        )
 
     @post("/{session_id:uuid}/message", status_code=200)
     async def send_message(

@@ -61,7 +61,10 @@ class Sidecar:
 class AgentAdapter(Protocol):
     """Optional beyond this protocol: ``uses_tenant_settings: ClassVar[bool]`` (fill the context's
     tenant settings and secrets) and ``sidecars(ctx) -> list[Sidecar]`` (started before the agent,
-    stopped with the session)."""
+    stopped with the session). Agent types that also speak the Agent Client Protocol add
+    ``acp_command(ctx) -> list[str]`` and ``acp_session_meta(ctx) -> dict`` (``_meta`` for
+    session/new, e.g. the system prompt), and ``acp_environment(ctx)`` where ACP needs other
+    variables than the PTY."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]]

@@ -72,6 +72,15 @@ class ClaudeAdapter:
             argv.append("--continue")
         return argv
 
+    def acp_command(self, ctx: LaunchContext) -> list[str]:
+        """Claude Code over ACP (npm @zed-industries/claude-code-acp, which bundles its own Claude
+        Code through the Agent SDK): the gateway and the workspace come with session/new."""
+        return [agent_binary("claude-code-acp")]
+
+    def acp_session_meta(self, ctx: LaunchContext) -> dict[str, object]:
+        """claude-code-acp appends ``_meta.systemPrompt.append`` to Claude Code's own system prompt."""
+        return {"systemPrompt": {"append": ctx.system_prompt}} if ctx.system_prompt else {}
+
     def environment(self, ctx: LaunchContext) -> dict[str, str]:
         env = {key: ctx.agent_env[key] for key in PASSED_THROUGH if key in ctx.agent_env}
         env.update({"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})

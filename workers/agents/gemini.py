@@ -62,6 +62,22 @@ class GeminiAdapter:
             argv += ["--resume", "latest"]
         return argv
 
+    def acp_command(self, ctx: LaunchContext) -> list[str]:
+        """Gemini CLI's own ACP mode; settings.json and GEMINI.md are read as in the PTY."""
+        return [agent_binary("gemini"), "--experimental-acp"]
+
+    def acp_session_meta(self, ctx: LaunchContext) -> dict[str, object]:
+        return {}
+
+    def acp_environment(self, ctx: LaunchContext) -> dict[str, str]:
+        # Without these, over ACP a relaunched child keeps the pipes open (shutdown hangs), and the
+        # MCP servers of an untrusted folder are skipped silently.
+        return {
+            **self.environment(ctx),
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        }
+
     def environment(self, ctx: LaunchContext) -> dict[str, str]:
         return {key: ctx.agent_env[key] for key in PASSED_THROUGH if key in ctx.agent_env}
 
