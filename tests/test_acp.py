@@ -60,7 +60,9 @@ async def start(client: httpx.AsyncClient, headers: dict[str, str], agent_type: 
 async def say(client: httpx.AsyncClient, headers: dict[str, str], session_id: str, text: str) -> None:
     """Send ``text`` and wait for its reply to complete (each text is unique within a session)."""
     url = f"/api/v1/sessions/{session_id}/events"
-    sent = await client.post(f"/api/v1/sessions/{session_id}/message", json={"content": text}, headers=headers)
+    sent = await client.post(
+        f"/api/v1/sessions/{session_id}/message", json={"content": text}, headers=headers
+    )
     assert sent.status_code == 200, sent.text
     await read_events(client, url, headers, until=agent_said(model_reply(text)))
 
