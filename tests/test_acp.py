@@ -72,6 +72,9 @@ async def test_a_multi_turn_conversation_over_acp_comes_back_exact(
 ) -> None:
     headers = stack.headers()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+        agents = (await client.get("/api/v1/agents", headers=headers)).json()["agents"]
+        claude = next(agent for agent in agents if agent["type"] == "claude")
+        assert claude["transport"] == "acp" and claude["installed"], "claude-code-acp is what runs"
         session_id = await start(client, headers)
         status = (await client.get(f"/api/v1/sessions/{session_id}/status", headers=headers)).json()
         assert status["backend"] == "acp" and status["transport"] == "acp"

@@ -21,11 +21,13 @@ def test_agents_say_what_is_installed_and_what_they_need(stack: Stack) -> None:
         "label": "Custom command",
         "aliases": [],
         "installed": True,
+        "transport": "pty",
         "configured": True,
         "needs": [],
         "custom_agents": ["echo"],
     }
     assert agents["claude"]["installed"] is True
+    assert agents["claude"]["transport"] == "pty", "ACP is opted into per agent type"
     assert agents["claude"]["needs"] == ["AGENTAPI_ANTHROPIC_API_KEY"]
     assert agents["codex"]["configured"] is True
     assert agents["ccrouter"]["aliases"] == ["ccr"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from litestar import Request, get
 from litestar.datastructures import State
 from pydantic import BaseModel, Field
@@ -20,6 +22,9 @@ class AgentOut(BaseModel):
     label: str
     aliases: list[str]
     installed: bool = Field(description="every CLI this type starts is found on this deployment")
+    transport: Literal["acp", "pty"] = Field(
+        description="how sessions drive it: the Agent Client Protocol or the terminal screen"
+    )
     configured: bool = Field(description="nothing in `needs`: the provider key or tenant settings are set")
     needs: list[str] = Field(description="settings to set first: AGENTAPI_* variables or tenant settings")
     custom_agents: list[str] = Field(description="for `custom`: the allowlisted command names")

@@ -27,13 +27,15 @@ class AgentSpec:
     needs_one_of: tuple[str, ...] = ()
     # A tenant-settings section an admin must fill in (PUT /api/v1/settings).
     tenant_section: str | None = None
+    # The CLI started instead when the type runs over the Agent Client Protocol.
+    acp_binary: str | None = None
 
 
 SPECS: dict[str, AgentSpec] = {
-    "claude": AgentSpec("Claude Code", ("claude",), ("anthropic_api_key",)),
+    "claude": AgentSpec("Claude Code", ("claude",), ("anthropic_api_key",), acp_binary="claude-code-acp"),
     "ccrouter": AgentSpec("Claude Code Router", ("ccr", "claude"), tenant_section="ccrouter"),
     "codex": AgentSpec("Codex CLI", ("codex",), ("openai_api_key",)),
-    "gemini": AgentSpec("Gemini CLI", ("gemini",), ("gemini_api_key",)),
+    "gemini": AgentSpec("Gemini CLI", ("gemini",), ("gemini_api_key",), acp_binary="gemini"),
     "aider": AgentSpec("Aider", ("aider",), ("openai_api_key",)),
     "goose": AgentSpec("goose", ("goose",), ("openai_api_key",)),
     "droid": AgentSpec("Factory Droid", ("droid",), ("factory_api_key",)),
@@ -57,6 +59,8 @@ def describe(settings: Settings, tenant_settings: dict[str, Any]) -> list[dict[s
     agents = []
     for agent_type in AGENT_TYPES:
         spec = SPECS[agent_type]
+        transport = settings.transport_of(agent_type)
+        binaries = (spec.acp_binary,) if transport == "acp" and spec.acp_binary else spec.binaries
         needs = []
         if spec.needs_one_of and not any(getattr(settings, field) for field in spec.needs_one_of):
             needs = [setting_name(field) for field in spec.needs_one_of]
@@ -70,7 +74,8 @@ def describe(settings: Settings, tenant_settings: dict[str, Any]) -> list[dict[s
                 "type": agent_type,
                 "label": spec.label,
                 "aliases": sorted(alias for alias, target in ALIASES.items() if target == agent_type),
-                "installed": all(installed(binary) for binary in spec.binaries),
+                "installed": all(installed(binary) for binary in binaries),
+                "transport": transport,
                 "configured": not needs,
                 "needs": needs,
                 "custom_agents": custom,
