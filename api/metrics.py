@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError, ResponseError
 
 from api.state import Resources, resources
+from events.hosts import live_hosts
 from events.metrics import PREFIX, families
 from events.streams import DISPATCH_GROUP, WorkKind
 
@@ -92,13 +93,51 @@ async def _sessions(res: Resources) -> Metric:
     return active
 
 
+async def _placement(res: Resources) -> list[Metric]:
+    """Sessions hosts' slots and load, and the sessions that wait for a host: the autoscaler's inputs."""
+    key = res.names.session_hosts()
+    now = time.time()
+    entries = await res.redis.hgetall(key)
+    hosts = live_hosts(entries, now)
+    if stale := [worker for worker in entries if worker not in hosts]:
+        await res.redis.hdel(key, *stale)
+    count = _gauge("session_hosts", "Sessions workers advertising capacity")
+    slots = _gauge("host_session_slots", "Sessions a host can run at once (its worker threads)", ["host"])
+    hosted = _gauge("host_sessions", "Sessions a host runs", ["host"])
+    utilization = _gauge("host_utilization", "Share of a host's session slots in use", ["host"])
+    for worker, entry in sorted(hosts.items()):
+        slots.add_metric([worker], entry["slots"])
+        hosted.add_metric([worker], entry["sessions"])
+        utilization.add_metric([worker], entry["sessions"] / entry["slots"] if entry["slots"] else 1.0)
+    count.add_metric([], len(hosts))
+    # Not yet dispatched from the work stream, in the queue, in a hand-over's back-off, or taken by
+    # a worker but not running (prefetched): every session request that no host runs yet.
+    stream = res.names.work(WorkKind.SESSIONS)
+    try:
+        groups = await res.redis.xinfo_groups(stream)
+    except ResponseError:  # the stream does not exist yet
+        groups = []
+    undispatched = sum(
+        (group.get("lag") or 0) + group["pending"] for group in groups if group["name"] == DISPATCH_GROUP
+    )
+    queue = res.names.dramatiq_queue(WorkKind.SESSIONS.value)
+    unacked = await res.redis.hlen(f"{queue}.msgs")
+    delayed = await res.redis.hlen(res.names.dramatiq_delayed(WorkKind.SESSIONS.value))
+    running = sum(int(entry["sessions"]) for entry in hosts.values())
+    waiting = _gauge(
+        "sessions_waiting", "Session requests that no host runs yet (scale the sessions pool on it)"
+    )
+    waiting.add_metric([], undispatched + delayed + max(unacked - running, 0))
+    return [count, slots, hosted, utilization, waiting]
+
+
 async def cluster_metrics(res: Resources) -> list[Metric]:
     """Everything read from Redis; ``agentapi_cluster_metrics_up`` says whether that worked."""
     up = _gauge("cluster_metrics_up", "1 when the cluster-wide figures could be read from Redis")
     try:
         found = [*families(await res.redis.hgetall(res.names.metrics()))]
         found += await _streams(res)
-        found += [await _queues(res), await _sessions(res)]
+        found += [await _queues(res), await _sessions(res), *await _placement(res)]
     except (RedisError, OSError) as exc:
         log.warning("metrics: Redis unavailable: %s", exc)
         up.add_metric([], 0)

@@ -94,6 +94,10 @@ class Names:
         """Sorted set of hosted sessions (``agent_type:session_id``), scored by heartbeat expiry."""
         return f"{self.prefix}sessions:active"
 
+    def session_hosts(self) -> str:
+        """Hash of sessions workers' advertisements (worker id → slots, sessions, expiry), see workers.placement."""
+        return f"{self.prefix}sessions:hosts"
+
     def stream_label(self, key: str) -> str:
         """A stream's metric label: its key without the deployment prefix."""
         return key.removeprefix(self.prefix)

@@ -25,6 +25,7 @@ from schemas.db import create_engine
 from schemas.observability import correlation_id
 from schemas.settings import Settings
 from workers.input_streams import InputStreams
+from workers.placement import HostLoad
 
 # Hundreds of session hosts in one process may want Redis at once: they queue, not fail.
 REDIS_CONNECTION_WAIT_SECONDS = 20
@@ -37,6 +38,8 @@ class WorkerContext:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     # Set when the worker process begins to stop: session hosts hand their sessions to other workers.
     draining: threading.Event = field(default_factory=threading.Event)
+    # The sessions this process hosts out of its slots, advertised for placement and metrics.
+    load: HostLoad = field(default_factory=HostLoad)
     _redis: redis.asyncio.Redis | None = None
     _engine: AsyncEngine | None = None
     _inputs: InputStreams | None = None

@@ -17,6 +17,7 @@ from workers.audit_writer import AuditWriter
 from workers.broker import make_broker
 from workers.context import WorkerContext, set_context
 from workers.dispatcher import consumer_name, dispatchers
+from workers.placement import advertise
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,20 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     # (an agent's tool call) poll fast; a sessions pool holds hundreds of threads.
     poll_ms = settings.worker_poll_max_ms if WorkKind.TOOLS in kinds else IDLE_POLL_MS
     worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=poll_ms)
-    worker.start()
     threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]
+    if WorkKind.SESSIONS in kinds:
+        # A host takes only the sessions it has threads for; the rest wait in the queue for another.
+        worker.queue_prefetch = threads
+        context.load.slots = threads
+        names = Names(settings.redis_prefix)
+        threads_.append(
+            threading.Thread(
+                target=advertise,
+                args=(client, names, context.worker_id, context.load, stop),
+                name="advertise",
+            )
+        )
+    worker.start()
     if WorkKind.AUDIT in kinds:
         writer = AuditWriter(settings, client, consumer_name())
         threads_.append(threading.Thread(target=writer.run, args=(stop,), name="audit-writer"))

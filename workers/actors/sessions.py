@@ -24,5 +24,6 @@ def retry_when(retries: int, exception: BaseException) -> bool:
     queue_name="sessions", actor_name="run_session", retry_when=retry_when, time_limit=TIME_LIMIT_MS
 )
 async def run_session(envelope: str) -> None:
-    with working_on(Event.from_wire(envelope)) as event:
-        await SessionHost(current(), event).run()
+    context = current()
+    with working_on(Event.from_wire(envelope)) as event, context.load.hosting():
+        await SessionHost(context, event).run()
