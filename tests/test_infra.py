@@ -766,11 +766,19 @@ def test_render_services() -> None:
         n for n, argv in commands.items() if argv[0] == "worker" and "sessions" in worker_queues(argv)
     ]
     assert len(sessions) == 1
+    sessions_env = render_service_env(doc, services[sessions[0]])
+    assert sessions_env["AGENTAPI_WORKSPACE_ROOT"]["value"] == WORKSPACE_ROOT
     disk = services[sessions[0]].get("disk")
-    assert disk and disk["mountPath"] == WORKSPACE_ROOT, "the sessions pool keeps workspaces on a disk"
-    assert (
-        render_service_env(doc, services[sessions[0]])["AGENTAPI_WORKSPACE_ROOT"]["value"] == WORKSPACE_ROOT
-    )
+    if disk:
+        assert disk["mountPath"] == WORKSPACE_ROOT, "the sessions pool keeps workspaces on its disk"
+    else:
+        # Each instance's filesystem is its own: workspaces must follow sessions through the store.
+        assert "AGENTAPI_WORKSPACE_STORE_URL" in sessions_env, "a diskless sessions pool needs a store"
+        default_pool = [n for n, argv in commands.items() if "default" in worker_queues(argv)]
+        for name in default_pool:
+            assert "AGENTAPI_WORKSPACE_STORE_URL" in render_service_env(doc, services[name]), (
+                f"{name} erases users' snapshots (GDPR): it needs the store"
+            )
     scaled = [
         n
         for n, s in app.items()
@@ -1042,3 +1050,65 @@ def test_k8s_configuration_matches_settings() -> None:
             assert refs & owner_secrets, f"{where}: the migration Job needs the owner's URL"
         else:
             assert not refs & owner_secrets, f"{where} should not get the owner's database URL"
+
+
+# --------------------------------------------------------------------------------------------
+# infra/k8s-horizontal: the sessions pool without a shared volume, scaled by KEDA
+# --------------------------------------------------------------------------------------------
+
+HORIZONTAL = INFRA / "k8s-horizontal"
+
+
+def test_keda_triggers_name_the_keys_the_platform_writes() -> None:
+    """The ScaledObjects read the Redis keys and metrics the code writes, under the default prefix,
+    and the sessions threshold is what one pod hosts (its worker threads)."""
+    from events.streams import DISPATCH_GROUP, Names, WorkKind
+    from schemas.settings import Settings
+
+    names = Names(Settings.model_fields["redis_prefix"].default)
+    scaled = {doc["metadata"]["name"]: doc for doc in load_yaml_docs(HORIZONTAL / "scaledobjects.yaml")}
+    deployments = objects("Deployment")
+    assert set(scaled) == {"agentapi-worker-sessions", "agentapi-worker"}
+    for name, doc in scaled.items():
+        assert doc["apiVersion"] == "keda.sh/v1alpha1" and doc["kind"] == "ScaledObject"
+        assert doc["spec"]["scaleTargetRef"]["name"] in deployments
+        queue = WorkKind.SESSIONS if name == "agentapi-worker-sessions" else WorkKind.TOOLS
+        triggers = {trigger["type"]: trigger["metadata"] for trigger in doc["spec"]["triggers"]}
+        assert triggers["redis"]["listName"] == names.dramatiq_queue(queue.value)
+        assert triggers["redis-streams"]["stream"] == names.work(queue)
+        assert triggers["redis-streams"]["consumerGroup"] == DISPATCH_GROUP
+    sessions = scaled["agentapi-worker-sessions"]["spec"]["triggers"]
+    demand = next(trigger["metadata"] for trigger in sessions if trigger["type"] == "prometheus")
+    assert "agentapi_sessions_waiting" in demand["query"] and "agentapi_host_sessions" in demand["query"]
+    args = deployments["agentapi-worker-sessions"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    threads = (
+        args[args.index("--threads") + 1] if "--threads" in args else cli_parser().parse_args(args).threads
+    )  # type: ignore[union-attr]
+    assert demand["threshold"] == str(threads), "one pod hosts --threads sessions"
+
+
+def test_horizontal_overlay_builds_without_a_shared_volume() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it builds kustomizations offline)")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(HORIZONTAL)], capture_output=True, text=True, check=True
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(built) if doc]
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    assert not any(kind == "PersistentVolumeClaim" for kind, _ in kinds), "no ReadWriteMany volume"
+    assert ("HorizontalPodAutoscaler", "agentapi-worker-sessions") not in kinds, "KEDA owns the count"
+    assert ("HorizontalPodAutoscaler", "agentapi-worker") not in kinds
+    assert ("ScaledObject", "agentapi-worker-sessions") in kinds
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"].get("volumes", [])}
+            assert all("persistentVolumeClaim" not in v for v in volumes.values()), doc["metadata"]["name"]
+        if doc["kind"] == "ConfigMap":
+            data = doc["data"]
+            assert data["AGENTAPI_WORKSPACE_STORE_URL"].startswith("s3://")
+            check_env_names(set(data), "infra/k8s-horizontal ConfigMap")
+            examples: dict[str, str] = {}
+            for secret in objects("Secret", include_examples=True).values():
+                examples.update(secret.get("stringData", {}))
+            check_settings_accept({**examples, **data}, "infra/k8s-horizontal ConfigMap + example Secrets")
