@@ -16,7 +16,7 @@ from api.audit_trail import audit_trail_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.console import console_assets, console_login, console_page, root
 from api.correlation import correlation_middleware
-from api.limits import json_content_type_middleware
+from api.limits import json_content_type_middleware, query_text_middleware
 from api.mcp_gateway import build_gateway
 from api.metrics import http_metrics_middleware, metrics
 from api.problems import make_exception_handlers, problem_responses
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             http_metrics_middleware(),
             correlation_middleware,
             audit_trail_middleware,
+            query_text_middleware,
             auth_middleware(),
             membership_middleware,
             rate_limit_middleware,

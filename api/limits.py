@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
 from litestar.middleware import DefineMiddleware
 
-from api.problems import UnsupportedMediaTypeException
+from api.problems import UNSTORABLE, UNSTORABLE_REASON, UnsupportedMediaTypeException
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Receive, Scope, Send
@@ -81,3 +83,31 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def json_content_type_middleware(exclude: list[str] | None = None) -> DefineMiddleware:
     return DefineMiddleware(JSONContentTypeMiddleware, exclude=exclude)
+
+
+def _utf8(text: str) -> str | None:
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def query_text_middleware(app: ASGIApp) -> ASGIApp:
+    """422 naming the query parameter whose value is not UTF-8 or holds what PostgreSQL cannot store
+    (a NUL in ``/audit?action=`` reached the database and came back as a 500)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            # latin-1 keeps every byte, so UTF-8 is checked per parameter and the culprit named.
+            raw = scope["query_string"].decode("latin-1")
+            for name, value in parse_qsl(raw, keep_blank_values=True, encoding="latin-1"):
+                text_name, text_value = _utf8(name), _utf8(value)
+                if text_name is None or text_value is None or UNSTORABLE.search(text_name + text_value):
+                    shown = (text_name or name).encode("ascii", "replace").decode()[:64]
+                    raise ValidationException(
+                        f"query parameter {shown} is not UTF-8 text or {UNSTORABLE_REASON}",
+                        extra=[{"key": shown, "message": "unstorable text"}],
+                    )
+        await app(scope, receive, send)
+
+    return middleware

@@ -33,7 +33,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi.datastructures import ResponseSpec
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 logger = logging.getLogger("agentapi.errors")
 
@@ -66,6 +66,35 @@ class Problem(BaseModel):
     correlation_id: str | None = None
 
 
+# A NUL (PostgreSQL text refuses it) or an unpaired UTF-16 surrogate (no UTF-8 encoding).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_REASON = "contains a NUL character or an unpaired surrogate, which cannot be stored"
+
+
+def unstorable_text(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """The path (``""``, ``.key``, ``[2]``) of the first string, or dict key, in ``value`` that
+    cannot be stored as text, or None."""
+    if isinstance(value, str):
+        return path if UNSTORABLE.search(value) else None
+    if depth > 64:
+        return None
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and UNSTORABLE.search(key):
+                return f"{path}.<key>"
+            found = unstorable_text(item, f"{path}.{key}", depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = unstorable_text(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 class StrictBody(BaseModel):
     """Base for request bodies: unknown fields are a 422, not silently dropped.
 
@@ -77,6 +106,16 @@ class StrictBody(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any, info: ValidationInfo) -> Any:
+        # PostgreSQL text cannot hold NUL and UTF-8 cannot carry a lone surrogate; found here, each
+        # is a 422 naming the field instead of a 500 from the driver.
+        where = unstorable_text(value)
+        if where is not None:
+            raise ValueError(f"{info.field_name}{where} {UNSTORABLE_REASON}")
+        return value
 
 
 class UnsupportedMediaTypeException(ClientException):
@@ -210,6 +249,12 @@ def _malformed_body(request: Request[Any, Any, Any], reason: str | None) -> Resp
         instance=request.url.path,
         reason=reason,
     )
+
+
+def _too_deep_handler(request: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[str, Any]]:
+    # msgspec's JSON decoder recurses once per level and gives up with RecursionError (a 500 for a
+    # body nested 5,000 deep); nothing else in a request path recurses without bound.
+    return _malformed_body(request, "nested too deeply")
 
 
 def _is_missing_body(error: Mapping[str, Any]) -> bool:
@@ -427,6 +472,7 @@ def make_exception_handlers(
     handlers: ExceptionHandlerMap = {
         ValidationException: _validation_handler,
         HTTPException: _http_exception_handler,
+        RecursionError: _too_deep_handler,
         Exception: _internal_error_handler,
     }
     outage_handler = _outage_handler_for(outage_retry_after_seconds)

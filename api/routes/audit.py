@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import PermissionDeniedException, ValidationException
 from litestar.params import Parameter
 from pydantic import BaseModel
 from sqlmodel import col, select
@@ -44,6 +44,22 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+def _instant(name: str, value: str) -> datetime:
+    """An RFC 3339 date-time as the documented schema says: not a number of seconds (``0.5`` was
+    taken as one), and within the years PostgreSQL and Python share once moved to UTC
+    (``0001-01-01T00:00:00+14:00`` overflowed into a 500)."""
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValidationException(
+            f"{name} must be an RFC 3339 date-time between years 1 and 9999 in UTC",
+            extra=[{"key": name, "message": "not a date-time"}],
+        ) from exc
+
+
 @get("/api/v1/audit", tags=["audit"])
 async def query_audit(
     request: Request[Principal, str, State],
@@ -53,8 +69,8 @@ async def query_audit(
     resource_type: Annotated[str | None, Parameter(max_length=64)] = None,
     resource_id: Annotated[str | None, Parameter(max_length=128)] = None,
     outcome: Literal["success", "failure", "denied", "error"] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[str | None, Parameter(max_length=64, schema_extra={"format": "date-time"})] = None,
+    until: Annotated[str | None, Parameter(max_length=64, schema_extra={"format": "date-time"})] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Parameter(max_length=100)] = None,
 ) -> AuditPage:
@@ -75,9 +91,9 @@ async def query_audit(
     if outcome:
         query = query.where(AuditLog.outcome == outcome)
     if since:
-        query = query.where(col(AuditLog.ts) >= since)
+        query = query.where(col(AuditLog.ts) >= _instant("since", since))
     if until:
-        query = query.where(col(AuditLog.ts) < until)
+        query = query.where(col(AuditLog.ts) < _instant("until", until))
     if cursor:
         query = query.where(col(AuditLog.seq) < cursor_value(cursor, int))
     async with tenant_transaction(res.engine, ctx) as db:
