@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -250,15 +251,17 @@ async def _catch_up(
         yield entry
 
 
+# Redis stream ids are two unsigned 64-bit numbers; a larger one made XRANGE fail after the 200.
+MAX_STREAM_ID_PART = 2**64 - 1
+STREAM_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
+
+
 def parse_last_event_id(value: str | None) -> str | None:
     """A valid stream id or None; anything else is treated as a fresh connection."""
-    if not value:
+    if not value or not STREAM_ID.fullmatch(value):
         return None
-    try:
-        stream_id_key(value)
-    except ValueError:
-        return None
-    return value
+    ms, seq = stream_id_key(value)
+    return value if ms <= MAX_STREAM_ID_PART and seq <= MAX_STREAM_ID_PART else None
 
 
 async def chat_event_stream(

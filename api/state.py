@@ -16,7 +16,7 @@ from api.auth import TokenVerifier
 from api.event_hub import EventHub
 from events.connection import pooled_redis
 from events.streams import Names
-from schemas.db import create_engine
+from schemas.db import create_engine, rls_bypass_reason
 from schemas.settings import Settings
 
 # A request waits this long for a Redis connection in a burst, then gets a 503 with Retry-After.
@@ -43,6 +43,14 @@ def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        if settings.environment == "production":
+            # Connected as a role RLS does not hold, every tenant would read every other's rows.
+            reason = await rls_bypass_reason(engine)
+            if reason:
+                await engine.dispose()
+                raise RuntimeError(
+                    f"refusing to serve: {reason}; AGENTAPI_DATABASE_URL must name the service role"
+                )
         redis = pooled_redis(
             settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS, health_check_interval=30
         )

@@ -62,3 +62,29 @@ async def tenant_transaction(engine: AsyncEngine, ctx: TenantContext) -> AsyncIt
                 },
             )
         yield db
+
+
+async def rls_bypass_reason(engine: AsyncEngine) -> str | None:
+    """Why the engine's PostgreSQL role would not be held by Row-Level Security (a superuser, a
+    BYPASSRLS role, or the owner of the tenant tables), or None. SQLite has no roles."""
+    if engine.dialect.name != "postgresql":
+        return None
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT r.rolname, r.rolsuper, r.rolbypassrls,"
+                    " EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = 'public'"
+                    "         AND t.tablename = 'memberships' AND t.tableowner = r.rolname)"
+                    " FROM pg_roles r WHERE r.rolname = current_user"
+                )
+            )
+        ).one()
+    name, superuser, bypass, owner = row
+    if superuser:
+        return f"the database role {name} is a superuser"
+    if bypass:
+        return f"the database role {name} has BYPASSRLS"
+    if owner:
+        return f"the database role {name} owns the tenant tables (use the service role; migrations run as the owner)"
+    return None

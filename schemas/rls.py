@@ -72,6 +72,13 @@ def policy_statements(tables: Iterable[str] | None = None) -> list[str]:
     return statements
 
 
+def force_statements(tables: Iterable[str]) -> list[str]:
+    """RLS for the tables' owner too: without FORCE, a process connected as the owner (a
+    misconfigured ``DATABASE_URL``) reads every tenant. Superusers and BYPASSRLS roles are still
+    exempt, which ``serve`` refuses in production (schemas.db.rls_bypass_reason)."""
+    return [f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY" for table in tables]
+
+
 def grant_statements(role: str, tables: Iterable[str] | None = None) -> list[str]:
     """The service role may read and write tenant tables, but never rewrite the audit trail."""
     writable = ", ".join(
@@ -108,7 +115,12 @@ def _literal(value: str) -> str:
 def reference_sql(role: str = "agentapi_app") -> str:
     """What infra/sql/rls.sql holds: the migration's statements, for review and for DBAs."""
     header = "-- Generated from schemas/rls.py (python -m schemas.rls); the migration applies the same.\n"
-    body = [create_role_statement(role, None), *policy_statements(), *grant_statements(role)]
+    body = [
+        create_role_statement(role, None),
+        *policy_statements(),
+        *force_statements(TENANT_TABLES),
+        *grant_statements(role),
+    ]
     return header + ";\n\n".join(statement.strip() for statement in body) + ";\n"
 
 

@@ -7,6 +7,7 @@ accepted as aliases so an existing deployment's environment keeps working.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ UPLOADS_DIR = "uploads"
 OAUTH_CALLBACK_PATH = "/api/v1/mcp/oauth/callback"
 # Object stores a workspace snapshot can go to (S3 covers R2, MinIO and GCS's S3 API by endpoint).
 WORKSPACE_STORE_SCHEMES = ("s3", "gs", "file")
+MIN_JWT_SECRET_BYTES = 32
 
 
 Transport = Literal["acp", "pty"]
@@ -210,7 +212,14 @@ class Settings(BaseSettings):
     rate_limit_per_user: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_USER"))
     rate_limit_per_org: int = Field(6000, ge=1, validation_alias=_env("RATE_LIMIT_PER_ORG"))
 
+    # Unauthenticated requests (no or a refused token, webhook deliveries) a minute per client address.
+    rate_limit_per_address: int = Field(120, ge=1, validation_alias=_env("RATE_LIMIT_PER_ADDRESS"))
+    # Proxies (addresses or networks, as JSON) whose X-Forwarded-For names the client; nobody else's is read.
+    trusted_proxies: list[str] = Field(default_factory=list, validation_alias=_env("TRUSTED_PROXIES"))
+
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
+    # All request header names and values together; more is a 431 before anything reads them.
+    max_header_bytes: int = Field(32_768, ge=4096, validation_alias=_env("MAX_HEADER_BYTES"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, validation_alias=_env("SSE_HEARTBEAT_SECONDS"))
 
     # When set, /metrics wants "Authorization: Bearer <token>"; otherwise keep it off the public network.
@@ -257,6 +266,30 @@ class Settings(BaseSettings):
             raise ValueError(
                 "AGENTAPI_JWT_SECRET (or SUPABASE_JWT_SECRET) or AGENTAPI_JWKS_URL (or SUPABASE_URL) is required"
             )
+        return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _strong_jwt_secret(self) -> Settings:
+        # An empty secret verified tokens signed with an empty key; production wants 256 bits.
+        if self.jwt_secret is not None:
+            length = len(self.jwt_secret.get_secret_value().encode())
+            if length == 0:
+                raise ValueError("AGENTAPI_JWT_SECRET (or SUPABASE_JWT_SECRET) is set but empty")
+            if self.environment == "production" and length < MIN_JWT_SECRET_BYTES:
+                raise ValueError(
+                    f"AGENTAPI_JWT_SECRET (or SUPABASE_JWT_SECRET) must be at least {MIN_JWT_SECRET_BYTES}"
+                    " bytes in production (HS256 with a short secret can be brute-forced)"
+                )
         return self
 
     @field_validator("encryption_keys")

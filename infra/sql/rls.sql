@@ -102,6 +102,32 @@ DROP POLICY IF EXISTS tenant_isolation ON users;
 
 CREATE POLICY tenant_isolation ON users USING (id = app_user_id() OR app_is_superadmin() OR EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = users.id AND m.org_id = app_org_id())) WITH CHECK (id = app_user_id() OR app_is_superadmin());
 
+ALTER TABLE organizations FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE user_sessions FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE session_messages FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE session_workspaces FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE mcp_configurations FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE mcp_oauth_tokens FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE system_prompts FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE tenant_settings FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE webhooks FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE webhook_deliveries FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE audit_logs FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE users FORCE ROW LEVEL SECURITY;
+
 GRANT USAGE ON SCHEMA public TO agentapi_app;
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON organizations, memberships, user_sessions, session_messages, session_workspaces, mcp_configurations, mcp_oauth_tokens, system_prompts, tenant_settings, webhooks, webhook_deliveries, users TO agentapi_app;
