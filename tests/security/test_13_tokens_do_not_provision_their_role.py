@@ -41,7 +41,8 @@ async def _provisioned_audit_rows(urls: DbUrls, org_id: uuid.UUID, user_id: uuid
             ).fetchall()
             return [str(row[0]) for row in rows]
 
-    for _ in range(100):
+    # The audit worker may still be starting on a busy machine.
+    for _ in range(600):
         found = await asyncio.to_thread(read)
         if found:
             return found
