@@ -94,6 +94,7 @@ function errorBox(error) {
 // A form's 422 errors, each beside its field (by name); the rest above the form.
 function showFieldErrors(form, error) {
   for (const node of form.querySelectorAll(".field-error, .form-error")) node.remove();
+  if (!error) return;
   const errors = error instanceof ApiError && error.status === 422 ? error.problem.errors || [] : [];
   const general = [];
   for (const item of errors) {
@@ -372,6 +373,7 @@ function chatPage(sessionId) {
   const send = el("button", { class: "primary", type: "submit", id: "send" }, "Send");
   const why = el("p", { id: "send-reason", class: "muted" });
   const problem = el("div");
+  const stop = el("button", { type: "button", class: "danger", id: "stop" }, "Stop");
   let ended = false;
 
   function setStatus(value, reason) {
@@ -380,6 +382,7 @@ function chatPage(sessionId) {
     const busy = value === "running" || value === "starting" || value === "requested";
     send.disabled = ended || busy;
     input.disabled = ended;
+    stop.hidden = ended;
     why.textContent = ended
       ? "The session has ended."
       : busy
@@ -441,6 +444,16 @@ function chatPage(sessionId) {
     }
   });
 
+  stop.addEventListener("click", async () => {
+    stop.disabled = true;
+    try {
+      await api(`/api/v1/sessions/${sessionId}`, { method: "DELETE" });
+    } catch (error) {
+      problem.replaceChildren(errorBox(error));
+      stop.disabled = false;
+    }
+  });
+
   const keys = el(
     "div",
     { class: "row keys", id: "raw-keys" },
@@ -494,7 +507,7 @@ function chatPage(sessionId) {
   return el(
     "section",
     { id: "chat", dataset: { session: sessionId } },
-    el("div", { class: "row" }, title, status, connection),
+    el("div", { class: "row" }, title, status, connection, stop),
     messages,
     problem,
     form,
@@ -506,12 +519,502 @@ function chatPage(sessionId) {
   );
 }
 
+// ---- MCP servers -----------------------------------------------------------------------------
+
+function mcpPage() {
+  const rows = el("tbody");
+  const problem = el("div");
+  const transport = el(
+    "select",
+    { id: "mcp-transport", name: "transport" },
+    ["http", "sse", "stdio"].map((value) => el("option", { value }, value)),
+  );
+  const auth = el(
+    "select",
+    { id: "mcp-auth", name: "auth_type" },
+    ["none", "bearer", "oauth"].map((value) => el("option", { value }, value)),
+  );
+  const form = el(
+    "form",
+    { id: "mcp-add" },
+    el("h2", {}, "Add a server"),
+    el("label", { for: "mcp-name" }, "Name"),
+    el("input", { id: "mcp-name", name: "name", required: true }),
+    el("label", { for: "mcp-scope" }, "Scope"),
+    el(
+      "select",
+      { id: "mcp-scope", name: "scope" },
+      el("option", { value: "user" }, "just me"),
+      identity().admin && el("option", { value: "organization" }, "the whole organization"),
+    ),
+    el("label", { for: "mcp-transport" }, "Transport"),
+    transport,
+    el("label", { for: "mcp-endpoint" }, "Endpoint URL (http, sse)"),
+    el("input", { id: "mcp-endpoint", name: "endpoint_url" }),
+    el("label", { for: "mcp-command" }, "Command (stdio)"),
+    el("input", { id: "mcp-command", name: "command" }),
+    el("label", { for: "mcp-args" }, "Arguments (stdio, one per line)"),
+    el("textarea", { id: "mcp-args", name: "args" }),
+    el("label", { for: "mcp-auth" }, "Authentication"),
+    auth,
+    el("label", { for: "mcp-bearer" }, "Bearer token (write-only)"),
+    el("input", { id: "mcp-bearer", name: "bearer_token", type: "password", autocomplete: "off" }),
+    el("p", {}, el("button", { class: "primary", type: "submit" }, "Add")),
+  );
+
+  async function load() {
+    try {
+      const page = await api("/api/v1/mcp/configurations?limit=100");
+      rows.replaceChildren(...page.configurations.map(configRow));
+    } catch (error) {
+      problem.replaceChildren(errorBox(error));
+    }
+  }
+
+  function configRow(config) {
+    const result = el("span", { class: "muted result" });
+    const actions = el("td", { class: "row" });
+    const test = el("button", { type: "button", class: "test" }, "Test");
+    test.addEventListener("click", async () => {
+      result.textContent = "testing…";
+      try {
+        const answer = await api("/api/v1/mcp/test", { method: "POST", body: { config_id: config.id } });
+        const outcome = answer.result;
+        if (!outcome) result.textContent = "sent; the tools worker has not answered yet";
+        else if (outcome.ok) result.textContent = printable(`${outcome.tools.length} tools: ${outcome.tools.map((t) => t.name ?? t).join(", ")}`);
+        else result.textContent = printable(`failed: ${outcome.error || outcome.message || "unknown error"}`);
+      } catch (error) {
+        result.textContent = error.message;
+      }
+    });
+    actions.append(test);
+    if (config.auth_type === "oauth") {
+      const connect = el("button", { type: "button", class: "connect" }, "Connect");
+      connect.addEventListener("click", () => startOAuth(config.id, result));
+      actions.append(connect);
+    }
+    const remove = el("button", { type: "button", class: "danger delete" }, "Delete");
+    remove.addEventListener("click", async () => {
+      try {
+        await api(`/api/v1/mcp/configurations/${config.id}`, { method: "DELETE" });
+        load();
+      } catch (error) {
+        result.textContent = error.message;
+      }
+    });
+    actions.append(remove, result);
+    return el(
+      "tr",
+      { dataset: { config: config.id, name: config.name } },
+      el("td", {}, config.name),
+      el("td", {}, config.scope),
+      el("td", {}, config.transport, " ", el("span", { class: "muted" }, config.endpoint_url || config.command || "")),
+      el("td", {}, config.auth_type, " ", config.connection && badge(config.connection)),
+      actions,
+    );
+  }
+
+  // The authorization server's pages run in a popup; the platform's callback page posts
+  // {type: "oauth_success"} back here. The popup is opened at once, inside the click, so no popup
+  // blocker stops it, and sent to the authorization URL once the API has made one.
+  async function startOAuth(configId, result) {
+    const popup = window.open("about:blank", "mcp-oauth", "popup,width=560,height=680");
+    try {
+      const init = await api("/api/v1/mcp/oauth/init", { method: "POST", body: { mcp_configuration_id: configId } });
+      if (popup) popup.location.href = init.authorization_url;
+      else result.textContent = "Allow pop-ups for this page to connect.";
+    } catch (error) {
+      if (popup) popup.close();
+      result.textContent = error.message;
+    }
+  }
+
+  function onMessage(event) {
+    if (event.origin !== location.origin || event.data?.type !== "oauth_success") return;
+    load();
+  }
+  window.addEventListener("message", onMessage);
+  leaving.push(() => window.removeEventListener("message", onMessage));
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const values = formValues(form);
+    const body = { name: values.name, scope: values.scope, transport: values.transport, auth_type: values.auth_type };
+    if (values.transport === "stdio") {
+      body.command = values.command;
+      body.args = values.args.split("\n").map((line) => line.trim()).filter(Boolean);
+    } else body.endpoint_url = values.endpoint_url;
+    if (values.auth_type === "bearer") body.bearer_token = values.bearer_token;
+    try {
+      await api("/api/v1/mcp/configurations", { method: "POST", body });
+      form.reset();
+      showFieldErrors(form, null);
+      load();
+    } catch (error) {
+      showFieldErrors(form, error);
+    }
+  });
+
+  load();
+  return el(
+    "section",
+    { id: "mcp" },
+    el("h1", {}, "MCP servers"),
+    problem,
+    el(
+      "table",
+      {},
+      el("thead", {}, el("tr", {}, ["Name", "Scope", "Transport", "Auth", ""].map((h) => el("th", {}, h)))),
+      rows,
+    ),
+    form,
+  );
+}
+
+// ---- prompts ---------------------------------------------------------------------------------
+
+function promptsPage() {
+  const rows = el("tbody");
+  const problem = el("div");
+  const agent = el("select", { id: "preview-agent" });
+  const preview = el("pre", { id: "preview", class: "panel" });
+  const form = el(
+    "form",
+    { id: "prompt-add" },
+    el("h2", {}, "Add a prompt"),
+    el("label", { for: "prompt-scope" }, "Scope"),
+    el(
+      "select",
+      { id: "prompt-scope", name: "scope" },
+      el("option", { value: "user" }, "just me"),
+      identity().admin && el("option", { value: "organization" }, "the whole organization"),
+    ),
+    el("label", { for: "prompt-name" }, "Name"),
+    el("input", { id: "prompt-name", name: "name", required: true }),
+    el("label", { for: "prompt-content" }, "Text"),
+    el("textarea", { id: "prompt-content", name: "content", required: true }),
+    el("label", { for: "prompt-priority" }, "Priority (higher first)"),
+    el("input", { id: "prompt-priority", name: "priority", type: "number", value: "0" }),
+    el("label", {}, el("input", { type: "checkbox", name: "is_template", value: "true" }), " Jinja2 template"),
+    el("p", {}, el("button", { class: "primary", type: "submit" }, "Add")),
+  );
+
+  async function showPreview() {
+    if (!agent.value) return;
+    try {
+      const answer = await api(`/api/v1/prompts/preview?agent_type=${encodeURIComponent(agent.value)}`);
+      preview.textContent = printable(answer.prompt) || "(empty: no prompt applies)";
+    } catch (error) {
+      preview.textContent = error.message;
+    }
+  }
+
+  async function load() {
+    try {
+      const page = await api("/api/v1/prompts?limit=100");
+      rows.replaceChildren(
+        ...page.prompts.map((prompt) => {
+          const remove = el("button", { type: "button", class: "danger" }, "Delete");
+          remove.addEventListener("click", async () => {
+            try {
+              await api(`/api/v1/prompts/${prompt.id}`, { method: "DELETE" });
+              load();
+            } catch (error) {
+              problem.replaceChildren(errorBox(error));
+            }
+          });
+          return el(
+            "tr",
+            { dataset: { prompt: prompt.id } },
+            el("td", {}, prompt.scope),
+            el("td", {}, prompt.name),
+            el("td", {}, String(prompt.priority)),
+            el("td", {}, el("pre", {}, printable(prompt.content)), prompt.warnings.map((w) => el("div", { class: "error" }, w))),
+            el("td", {}, remove),
+          );
+        }),
+      );
+      showPreview();
+    } catch (error) {
+      problem.replaceChildren(errorBox(error));
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const values = formValues(form);
+    const body = {
+      scope: values.scope,
+      name: values.name,
+      content: values.content,
+      priority: Number(values.priority || 0),
+      is_template: values.is_template === "true",
+    };
+    try {
+      await api("/api/v1/prompts", { method: "POST", body });
+      form.reset();
+      showFieldErrors(form, null);
+      load();
+    } catch (error) {
+      showFieldErrors(form, error);
+    }
+  });
+  agent.addEventListener("change", showPreview);
+  api("/api/v1/agents")
+    .then(({ agents }) => {
+      agent.replaceChildren(...agents.map((a) => el("option", { value: a.type }, a.label)));
+      showPreview();
+    })
+    .catch((error) => problem.replaceChildren(errorBox(error)));
+  load();
+  return el(
+    "section",
+    { id: "prompts" },
+    el("h1", {}, "System prompts"),
+    problem,
+    el(
+      "table",
+      {},
+      el("thead", {}, el("tr", {}, ["Scope", "Name", "Priority", "Text", ""].map((h) => el("th", {}, h)))),
+      rows,
+    ),
+    form,
+    el("h2", {}, "What a new session gets"),
+    el("div", { class: "row" }, el("label", { for: "preview-agent" }, "Agent type"), agent),
+    preview,
+  );
+}
+
+// ---- admin -----------------------------------------------------------------------------------
+
+const ROLES = ["member", "admin", "owner"];
+const OUTBOUND_EVENTS = ["session.ended", "session.failed", "message.completed", "tool_call.completed", "tool_call.failed"];
+
+function adminPage() {
+  const me = identity();
+  const denied = el("div", { id: "admin-denied" });
+  const refused = (error) => {
+    if (error instanceof ApiError && error.status === 403) denied.replaceChildren(errorBox(`Admins only: ${error.message}`));
+    return errorBox(error);
+  };
+  return el(
+    "section",
+    { id: "admin" },
+    el("h1", {}, "Administration"),
+    denied,
+    membersPanel(me, refused),
+    webhooksPanel(refused),
+    auditPanel(refused),
+    settingsPanel(refused),
+  );
+}
+
+function membersPanel(me, refused) {
+  const rows = el("tbody");
+  const problem = el("div");
+  const base = `/api/v1/orgs/${me.orgId}/members`;
+  const form = el(
+    "form",
+    { id: "member-add", class: "row" },
+    el("input", { name: "user_id", placeholder: "user id (UUID)", required: true }),
+    el("input", { name: "email", placeholder: "email (optional)" }),
+    el("select", { name: "role" }, ROLES.map((role) => el("option", { value: role }, role))),
+    el("button", { type: "submit" }, "Add member"),
+  );
+  async function load() {
+    try {
+      const page = await api(`${base}?limit=200`);
+      rows.replaceChildren(
+        ...page.members.map((member) => {
+          const role = el("select", {}, ROLES.map((r) => el("option", { value: r, selected: r === member.role }, r)));
+          role.addEventListener("change", async () => {
+            try {
+              await api(`${base}/${member.user_id}`, { method: "PATCH", body: { role: role.value } });
+            } catch (error) {
+              problem.replaceChildren(errorBox(error));
+              load();
+            }
+          });
+          const remove = el("button", { type: "button", class: "danger" }, "Remove");
+          remove.addEventListener("click", async () => {
+            try {
+              await api(`${base}/${member.user_id}`, { method: "DELETE" });
+              load();
+            } catch (error) {
+              problem.replaceChildren(errorBox(error));
+            }
+          });
+          return el("tr", { dataset: { member: member.user_id } }, el("td", {}, member.email || member.user_id), el("td", {}, role), el("td", {}, remove));
+        }),
+      );
+    } catch (error) {
+      problem.replaceChildren(refused(error));
+    }
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const values = formValues(form);
+    const body = { user_id: values.user_id, role: values.role };
+    if (values.email) body.email = values.email;
+    try {
+      await api(base, { method: "POST", body });
+      form.reset();
+      showFieldErrors(form, null);
+      load();
+    } catch (error) {
+      showFieldErrors(form, error);
+    }
+  });
+  load();
+  return el("div", { class: "panel", id: "members" }, el("h2", {}, "Members and roles"), problem, el("table", {}, rows), form);
+}
+
+function webhooksPanel(refused) {
+  const rows = el("tbody");
+  const problem = el("div");
+  const secret = el("div", { id: "webhook-secret" });
+  const form = el(
+    "form",
+    { id: "webhook-add" },
+    el("label", { for: "webhook-name" }, "Name"),
+    el("input", { id: "webhook-name", name: "name", required: true }),
+    el("label", { for: "webhook-target" }, "Target URL (outbound, https)"),
+    el("input", { id: "webhook-target", name: "target_url" }),
+    el("label", {}, "Events"),
+    el("div", { class: "row" }, OUTBOUND_EVENTS.map((type) => el("label", {}, el("input", { type: "checkbox", name: "event_types", value: type }), ` ${type}`))),
+    el("p", {}, el("button", { type: "submit" }, "Add outbound webhook")),
+  );
+  async function load() {
+    try {
+      const hooks = await api("/api/v1/webhooks");
+      rows.replaceChildren(
+        ...hooks.map((hook) => {
+          const remove = el("button", { type: "button", class: "danger" }, "Delete");
+          remove.addEventListener("click", async () => {
+            await api(`/api/v1/webhooks/${hook.id}`, { method: "DELETE" }).catch((error) => problem.replaceChildren(errorBox(error)));
+            load();
+          });
+          return el("tr", { dataset: { webhook: hook.id } }, el("td", {}, hook.name), el("td", {}, hook.direction), el("td", {}, hook.target_url || hook.action.type || ""), el("td", {}, hook.event_types.join(", ")), el("td", {}, remove));
+        }),
+      );
+    } catch (error) {
+      problem.replaceChildren(refused(error));
+    }
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const body = { name: data.get("name"), direction: "outbound", target_url: data.get("target_url"), event_types: data.getAll("event_types") };
+    try {
+      const created = await api("/api/v1/webhooks", { method: "POST", body });
+      form.reset();
+      showFieldErrors(form, null);
+      // The API shows a secret once; so does the page (gone on the next visit).
+      secret.replaceChildren(el("p", {}, "Signing secret (shown once, copy it now):"), el("div", { class: "secret" }, created.secret));
+      load();
+    } catch (error) {
+      showFieldErrors(form, error);
+    }
+  });
+  load();
+  return el("div", { class: "panel", id: "webhooks" }, el("h2", {}, "Webhooks"), problem, el("table", {}, rows), secret, form);
+}
+
+function auditPanel(refused) {
+  const rows = el("tbody");
+  const problem = el("div");
+  const more = el("button", { type: "button", hidden: true }, "More");
+  const filters = el(
+    "form",
+    { id: "audit-filters", class: "row" },
+    el("input", { name: "action", placeholder: "action prefix, e.g. POST /api/v1/sessions" }),
+    el("select", { name: "outcome" }, ["", "success", "failure", "denied", "error"].map((value) => el("option", { value }, value || "any outcome"))),
+    el("button", { type: "submit" }, "Filter"),
+  );
+  let cursor = null;
+  async function load(reset) {
+    if (reset) {
+      cursor = null;
+      rows.replaceChildren();
+    }
+    const query = new URLSearchParams({ limit: "50" });
+    for (const [key, value] of new FormData(filters).entries()) if (value) query.set(key, value);
+    if (cursor) query.set("cursor", cursor);
+    try {
+      const page = await api(`/api/v1/audit?${query}`);
+      for (const entry of page.entries) {
+        rows.append(el("tr", {}, el("td", {}, when(entry.ts)), el("td", {}, entry.action), el("td", {}, entry.outcome), el("td", {}, entry.actor_user_id || "—"), el("td", {}, entry.ip || "")));
+      }
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+    } catch (error) {
+      problem.replaceChildren(refused(error));
+    }
+  }
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    load(true);
+  });
+  more.addEventListener("click", () => load(false));
+  load(true);
+  return el("div", { class: "panel", id: "audit" }, el("h2", {}, "Audit log"), filters, problem, el("table", {}, rows), more);
+}
+
+function settingsPanel(refused) {
+  const problem = el("div");
+  const names = el("p", { id: "secret-names", class: "muted" });
+  const form = el(
+    "form",
+    { id: "settings-form" },
+    el("label", { for: "settings-json" }, "Settings (JSON)"),
+    el("textarea", { id: "settings-json", name: "settings", spellcheck: "false" }),
+    el("label", { for: "retention" }, "Retention (days, optional)"),
+    el("input", { id: "retention", name: "retention_days", type: "number", min: 1 }),
+    el("label", {}, "Add or replace a secret (write-only: never shown again)"),
+    el("div", { class: "row" }, el("input", { name: "secret_name", placeholder: "name" }), el("input", { name: "secret_value", type: "password", placeholder: "value", autocomplete: "off" })),
+    names,
+    el("p", {}, el("button", { type: "submit" }, "Save settings")),
+  );
+  function show(current) {
+    form.settings.value = JSON.stringify(current.settings, null, 2);
+    form.retention_days.value = current.retention_days ?? "";
+    names.textContent = current.secret_names.length ? `Stored secrets: ${current.secret_names.join(", ")}` : "No stored secrets.";
+  }
+  api("/api/v1/settings").then(show).catch((error) => problem.replaceChildren(refused(error)));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const values = formValues(form);
+    let settings;
+    try {
+      settings = JSON.parse(values.settings || "{}");
+    } catch {
+      showFieldErrors(form, new Error("Settings must be JSON"));
+      return;
+    }
+    const body = { settings };
+    if (values.retention_days) body.retention_days = Number(values.retention_days);
+    if (values.secret_name) body.secrets = { [values.secret_name]: values.secret_value };
+    try {
+      show(await api("/api/v1/settings", { method: "PUT", body }));
+      form.secret_name.value = "";
+      form.secret_value.value = "";
+      showFieldErrors(form, null);
+    } catch (error) {
+      showFieldErrors(form, error);
+    }
+  });
+  return el("div", { class: "panel", id: "settings" }, el("h2", {}, "Organization settings"), problem, form);
+}
+
 // ---- routing ---------------------------------------------------------------------------------
 
 const PAGES = [
   [/^#\/sessions$/, sessionsPage],
   [/^#\/new$/, newSessionPage],
   [/^#\/chat\/([0-9a-f-]{36})$/, chatPage],
+  [/^#\/mcp$/, mcpPage],
+  [/^#\/prompts$/, promptsPage],
+  [/^#\/admin$/, adminPage],
 ];
 
 function render() {
