@@ -107,7 +107,10 @@ class UserSession(SQLModel, table=True):
     end_reason: str | None = Field(default=None, max_length=64)
     title: str | None = Field(default=None, max_length=200)
     workspace_path: str | None = Field(default=None, max_length=1024)
+    # The input stream's cursor: every input up to last_input_id is done (a user message's reply is
+    # stored); pending_input_id is the user message whose turn is stored as far as it got.
     last_input_id: str | None = Field(default=None, max_length=64)
+    pending_input_id: str | None = Field(default=None, max_length=64)
     metadata_: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column("metadata", JSON_TYPE, nullable=False)
     )

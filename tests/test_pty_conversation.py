@@ -16,7 +16,7 @@ from workers.agents.base import LaunchContext
 from workers.agents.custom import CustomAdapter
 from workers.conversation import AgentBusy, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
-from workers.screen_tracker import ScreenTracker
+from workers.screen_tracker import Message, ScreenTracker
 
 ECHO_AGENT = Path(__file__).parent / "agents" / "echo_agent.py"
 TIMING = Timing(snapshot_interval=0.01, settle_seconds=0.4, echo_wait=1.0, enter_retry=1.0, enter_timeout=5.0)
@@ -124,6 +124,24 @@ def test_a_user_message_restarts_the_settle_clock() -> None:
     # The agent has not drawn anything yet: the old, quiet screen is no reason to be stable.
     assert tracker.tick(10.5) is None and tracker.status == "running"
     assert tracker.tick(12.0) == "stable"
+
+
+def test_a_recovered_conversation_keeps_its_ids_and_shows_no_second_banner() -> None:
+    """A new host's tracker over the stored transcript of a turn its previous host did not finish."""
+    stored = [Message(0, "agent", "Echo Agent 1.0"), Message(1, "user", "hi"), Message(2, "agent", "ec")]
+    tracker = ScreenTracker(CustomAdapter().format_message, settle_seconds=2.0)
+    tracker.restore(stored)
+    # The new agent's start-up screen: neither a message nor the completion of one.
+    assert tracker.observe("Echo Agent 1.0\n> ", now=0.0) == []
+    assert tracker.tick(3.0) == "stable" and tracker.completed() is None
+    # The unfinished message typed again: same ids for it and its reply.
+    user, reply = tracker.begin_user_message("hi", "Echo Agent 1.0\n> ", now=3.0, reopen=True)
+    assert (user.id, reply.id) == (1, 2)
+    tracker.observe("Echo Agent 1.0\n> hi\necho: hi\n> ", now=3.1)
+    assert [m.content for m in tracker.messages] == ["Echo Agent 1.0", "hi", "echo: hi"]
+    assert tracker.tick(6.0) == "stable" and tracker.completed() == tracker.messages[2]
+    # Later messages get new ids.
+    assert tracker.begin_user_message("next", "", now=6.0)[0].id == 3
 
 
 async def test_trust_dialog_is_answered_once(tmp_path: Path) -> None:

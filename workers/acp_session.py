@@ -3,8 +3,8 @@
 The agent says what it is doing — message chunks, tool calls, plans, permission requests, the end
 of a turn — so there is no screen to read and no settle window: a turn ends when ``session/prompt``
 returns. ``AcpConversation`` offers the host what ``Conversation`` offers (``changes``, ``status``,
-``messages``, ``send_user``, ``send_raw``, ``wait_stable``, ``restore``), so the session host drives
-either transport the same way. No Redis, no database: permission requests go to a callback.
+``messages``, ``send_user``, ``open_turn``, ``type_turn``, ``send_raw``, ``wait_stable``,
+``restore``), so the session host drives either transport the same way. No Redis, no database: permission requests go to a callback.
 
 File system and terminal requests (``fs/*``, ``terminal/*``) are declined — the client advertises
 neither capability — because the agent runs confined to its workspace and does its own I/O there;
@@ -226,20 +226,33 @@ class AcpConversation:
 
     async def send_user(self, text: str) -> Message:
         """Start a turn; returns once the agent has the prompt (the reply arrives as changes)."""
+        user = self.open_turn(text)
+        await self.type_turn(user.content)
+        return user
+
+    def open_turn(self, text: str, reopen: bool = False) -> Message:
+        """Record the user's message (and its reply, empty) before it is sent. ``reopen``: it is the
+        stored message of a turn whose host died; it and its reply keep their ids."""
         text = text.strip()
         if not text:
             raise ValueError("message content is empty")
         if self.status != "stable" or (self._turn and not self._turn.done()):
             raise AgentBusy("the agent is busy; wait until its status is stable")
+        users = [m.id for m in self.messages if m.role == "user"]
+        if reopen and users:
+            del self.messages[users[-1] :]
         user = Message(len(self.messages), "user", text)
-        agent = Message(len(self.messages) + 1, "agent", "")
-        self.messages += [user, agent]
+        self.messages += [user, Message(len(self.messages) + 1, "agent", "")]
         self.status = "running"
         # Busy first: a client that sees the user message and posts again must already get a 409.
         self.changes.put_nowait(Change(status="running"))
         self.changes.put_nowait(Change(message=user))
-        self._turn = asyncio.create_task(self._prompt(text, agent), name=f"acp-turn-{self.pid}")
         return user
+
+    async def type_turn(self, text: str) -> None:
+        """Send the opened turn's prompt; its reply arrives as changes."""
+        reply = self.messages[-1]
+        self._turn = asyncio.create_task(self._prompt(text, reply), name=f"acp-turn-{self.pid}")
 
     async def _prompt(self, text: str, reply: Message) -> None:
         assert self._conn is not None and self.agent_session_id is not None

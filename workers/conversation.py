@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,7 +110,7 @@ class Conversation:
                     self.changes.put_nowait(Change(message=message))
             status = self.tracker.tick(now)
             if status == "stable":
-                self.changes.put_nowait(Change(status=status, completed=replace(self.tracker.messages[-1])))
+                self.changes.put_nowait(Change(status=status, completed=self.tracker.completed()))
             elif status:
                 self.changes.put_nowait(Change(status=status))
             if self.tracker.status == "stable" and self.pty.last_output == last_seen:
@@ -160,18 +160,28 @@ class Conversation:
                 return True
         return False
 
-    async def send_user(self, text: str) -> Message:
+    async def send_user(self, text: str, reopen: bool = False) -> Message:
         """Type a message the way the agent expects; returns once the agent visibly took it."""
+        user = self.open_turn(text, reopen)
+        await self.type_turn(user.content)
+        return user
+
+    def open_turn(self, text: str, reopen: bool = False) -> Message:
+        """Record the user's message (and its reply, empty) before it is typed; see
+        ``ScreenTracker.begin_user_message`` for ``reopen``."""
         text = text.strip()
         if not text:
             raise ValueError("message content is empty")
         if self.status != "stable":
             raise AgentBusy("the agent is busy; wait until its status is stable")
-        before = self.pty.snapshot()
-        user, _ = self.tracker.begin_user_message(text, before, time.monotonic())
+        user, _ = self.tracker.begin_user_message(text, self.pty.snapshot(), time.monotonic(), reopen)
         # Busy first: a client that sees the user message and posts again must already get a 409.
         self.changes.put_nowait(Change(status="running"))
         self.changes.put_nowait(Change(message=user))
+        return user
+
+    async def type_turn(self, text: str) -> None:
+        """Type the opened turn's message; returns once the agent visibly took it."""
         body = text.encode()
         self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
         pasted = time.monotonic()
@@ -183,7 +193,7 @@ class Conversation:
         while True:
             self.pty.write(b"\r")
             if await self._screen_differs(echoed, self.timing.enter_retry):
-                return user
+                return
             if time.monotonic() >= deadline:
                 raise AgentNotResponding("the agent did not react to the message within 15 s")
 

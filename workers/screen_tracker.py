@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -51,6 +51,9 @@ class ScreenTracker:
         self._changed_at: float | None = None
         self._baseline: str | None = None
         self._input = ""
+        # A recovered conversation: the screen answers nothing until the user types, and the new
+        # agent's start-up screen is no message (it would be a second banner in the transcript).
+        self._resumed = False
 
     def observe(self, screen: str, now: float) -> list[Message]:
         """Feed a new snapshot; returns the messages whose content changed."""
@@ -59,7 +62,7 @@ class ScreenTracker:
             self._screen = screen
             self._changed_at = now
             message = self.messages[-1]
-            if message.role == "agent":
+            if message.role == "agent" and not self._resumed:
                 source = screen if self._baseline is None else new_lines(self._baseline, screen)
                 content = self.format_message(source, self._input)
                 if content != message.content:
@@ -77,14 +80,27 @@ class ScreenTracker:
         self.status = status
         return changed
 
-    def begin_user_message(self, text: str, screen_before: str, now: float) -> tuple[Message, Message]:
+    def completed(self) -> Message | None:
+        """At a settle: the message it completes, as it stands now (none for a recovered
+        conversation that was not typed to: its last message was completed by its previous host)."""
+        return None if self._resumed else replace(self.messages[-1])
+
+    def begin_user_message(
+        self, text: str, screen_before: str, now: float, reopen: bool = False
+    ) -> tuple[Message, Message]:
         """Record the user's message and open the agent's reply against the current screen.
 
+        ``reopen``: the message is the stored one of a turn whose reply never completed (its host
+        died); it keeps its id and its reply's id, so no id ever names two messages.
         The settle clock restarts here: the agent has not drawn anything yet, and a tick before it
         does must not call it stable again on the strength of the old, quiet screen."""
+        users = [m.id for m in self.messages if m.role == "user"]
+        if reopen and users:
+            del self.messages[users[-1] :]
         user = Message(len(self.messages), "user", text)
         agent = Message(len(self.messages) + 1, "agent", "")
         self.messages += [user, agent]
+        self._resumed = False
         self._baseline = screen_before
         self._input = text
         self._changed_at = now
@@ -94,4 +110,5 @@ class ScreenTracker:
     def restore(self, messages: list[Message]) -> None:
         """Continue a conversation recovered from storage: new messages get the next ids."""
         if messages:
-            self.messages = [*messages, Message(len(messages), "agent", "")]
+            self.messages = list(messages)
+            self._resumed = True

@@ -2,7 +2,11 @@
 
 Inputs come from the session's input stream, in order, one at a time; results go to the session's
 event log (``message.updated`` while a reply grows, ``message.completed`` and ``session.status``
-when the screen settles). Messages are persisted when they complete. The host keeps a state hash
+when the screen settles). A user message is consumed when its turn is durable, not when it is read:
+the message is stored as soon as it is typed, its reply as it grows (every ``PARTIAL_STORE_SECONDS``)
+and when it completes, each time with the row's input cursor in the same transaction, so a host
+that dies mid-turn leaves a cursor from which the next host types that message again, into the same
+turn (same message ids), and loses none of the text that was shown. The host keeps a state hash
 in Redis (status, host, heartbeat) that expires if the host dies, so the ingress knows whether the
 agent can take a message. The conversation ends on a stop request, the agent's exit, the idle
 timeout or the maximum lifetime, and the reason is reported.
@@ -19,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +63,8 @@ LEASE_SECONDS = 5
 DISK_CHECK_SECONDS = 2.0
 # How soon a handed-over session is offered to the other workers.
 HANDOVER_DELAY_MS = 200
+# How often a growing reply is stored: at most this much shown text is lost when its host dies.
+PARTIAL_STORE_SECONDS = 1.0
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 # What an ACP agent reports besides messages, as events on the session's log.
 NOTICE_EVENTS = {"tool_call": EventType.AGENT_TOOL_CALL, "plan": EventType.PLAN_UPDATED}
@@ -144,7 +151,17 @@ class SessionHost:
         self.session_id = str(event.session_id)
         self.agent_type = str(event.payload.get("agent_type", "custom"))
         self.tenant = TenantContext(org_id=event.org_id, user_id=event.user_id, role="owner")
+        # The input cursor (see the module's docstring): the last input that is done, the last one
+        # handled, and the user message whose turn is open, with the id of its reply.
         self.last_input_id = "0-0"
+        self._handled_id = "0-0"
+        self._open_turn: tuple[str, int] | None = None
+        self._turn_closed = asyncio.Event()
+        self._turn_closed.set()
+        # A recovered session's input whose turn its previous host had stored but not completed.
+        self._reopen_id: str | None = None
+        self._store_lock = asyncio.Lock()
+        self._stored_cursor: tuple[str, str | None] = ("0-0", None)
         self.last_activity = time.monotonic()
         self.conversation: Conversation | AcpConversation | None = None
         # Set when the adapter is known: whether this host drives its agent over ACP.
@@ -176,8 +193,15 @@ class SessionHost:
         # A session that had started before is a recovery: its previous host died.
         recovering = row.started_at is not None
         if recovering:
-            log.info("recovering session %s after input %s", self.session_id, row.last_input_id)
-        self.last_input_id = row.last_input_id or "0-0"
+            log.info(
+                "recovering session %s after input %s (open turn: %s)",
+                self.session_id,
+                row.last_input_id,
+                row.pending_input_id,
+            )
+            self._reopen_id = row.pending_input_id
+        self.last_input_id = self._handled_id = row.last_input_id or "0-0"
+        self._stored_cursor = (self.last_input_id, row.pending_input_id)
         try:
             adapter = get_adapter(self.agent_type)
             self.over_acp = self.transport == "acp" and hasattr(adapter, "acp_command")
@@ -197,6 +221,7 @@ class SessionHost:
                     self._report(),
                     self._record(),
                     self._consume_input(),
+                    self._store_partial(),
                     self._heartbeat(),
                     self._watch_limits(),
                     self.snapshots.run(),
@@ -274,11 +299,17 @@ class SessionHost:
             await self._update_row(
                 status="starting", started_at=datetime.now(UTC), workspace_path=str(workspace)
             )
-        await conversation.start()
         if recovering:
+            # Before the agent draws anything: its start-up screen must not touch a stored message.
             conversation.restore(await self._stored_messages())
             self._persisted = {m.id: m.content for m in conversation.messages}
-            payload = {"worker": self.context.worker_id, "last_input_id": self.last_input_id}
+        await conversation.start()
+        if recovering:
+            payload = {
+                "worker": self.context.worker_id,
+                "last_input_id": self.last_input_id,
+                "retyped_input_id": self._reopen_id,
+            }
             await self.context.emit(self.event.follow_up(EventType.SESSION_RECOVERED, payload))
             await self._audit("session.recovered", "success", last_input_id=self.last_input_id)
             return conversation
@@ -369,8 +400,11 @@ class SessionHost:
                 await self._emit(EventType.MESSAGE_UPDATED, change.message.as_payload())
             if change.status is not None:
                 if change.status == "stable":
+                    self._close_turn(change.completed)
                     await self._persist_messages()
                     self.snapshots.turn_completed()
+                    if self._open_turn is None:
+                        self._turn_closed.set()
                 await self._set_state(change.status)
                 await self._emit(
                     EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
@@ -397,14 +431,32 @@ class SessionHost:
                 entry_id, fields = await entries.get()
                 if self.conversation.exited:
                     raise SessionEnded("exited")
-                await self._handle_input(fields)
-                self.last_input_id = entry_id
+                if fields.get("type") == "user":
+                    # Keystrokes and uploads go on while a reply is written; a message waits for it.
+                    await self._turn_closed.wait()
+                await self._handle_input(entry_id, fields)
+                self._handled_id = entry_id
                 self.last_activity = time.monotonic()
-                await self._update_row(last_input_id=entry_id)
+                if self._open_turn is None:
+                    self.last_input_id = entry_id
+                    await self._persist_messages()
         finally:
             self.context.inputs.unsubscribe(stream)
 
-    async def _handle_input(self, fields: dict[str, str]) -> None:
+    def _close_turn(self, completed: Message | None) -> None:
+        """A settle that completes the open turn's reply moves the cursor past its message (and any
+        keystrokes handled since); a settle left over from before the message was typed does not."""
+        if self._open_turn is not None and completed is not None and completed.id >= self._open_turn[1]:
+            self._open_turn = None
+            self.last_input_id = self._handled_id
+
+    async def _store_partial(self) -> None:
+        """A growing reply is stored as it grows, so a host that dies loses at most this interval."""
+        while True:
+            await asyncio.sleep(PARTIAL_STORE_SECONDS)
+            await self._persist_messages()
+
+    async def _handle_input(self, entry_id: str, fields: dict[str, str]) -> None:
         assert self.conversation is not None
         kind = fields.get("type")
         if kind == "stop":
@@ -420,12 +472,21 @@ class SessionHost:
         while True:
             await self.conversation.wait_stable(self.settings.session_max_lifetime)
             try:
-                await self.conversation.send_user(fields.get("content", ""))
-                return
+                user = self.conversation.open_turn(
+                    fields.get("content", ""), reopen=entry_id == self._reopen_id
+                )
             except AgentBusy:
                 continue
             except ValueError:
                 return
+            break
+        # Opened and recorded with no await between: whatever stores the user message stores the
+        # cursor that says its turn is open.
+        self._reopen_id = None
+        self._open_turn = (entry_id, user.id + 1)
+        self._turn_closed.clear()
+        await self.conversation.type_turn(user.content)
+        await self._persist_messages()
 
     async def _place_upload(self, fields: dict[str, str]) -> None:
         """Put an uploaded file where the ingress said it would be, before any later input runs."""
@@ -522,38 +583,56 @@ class SessionHost:
                 .values(updated_at=datetime.now(UTC), **values)
             )
 
+    def _cursor(self) -> tuple[str, str | None]:
+        return self.last_input_id, self._open_turn[0] if self._open_turn else None
+
     async def _persist_messages(self) -> None:
-        """Upsert messages whose content changed since the last write (keyed by session and seq)."""
+        """Upsert messages whose content changed since the last write (keyed by session and seq),
+        and the input cursor, in one transaction: what is stored always agrees with the cursor."""
         if self.conversation is None:
             return
-        changed = [
-            m for m in self.conversation.messages if m.content and self._persisted.get(m.id) != m.content
-        ]
-        if not changed:
-            return
-        async with tenant_transaction(self.context.engine, self.tenant) as db:
-            insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
-            for message in changed:
-                statement = insert(SessionMessage).values(
-                    session_id=self.event.session_id,
-                    org_id=self.event.org_id,
-                    user_id=self.event.user_id,
-                    seq=message.id,
-                    role=message.role,
-                    content=message.content,
-                    created_at=message.time,
-                    updated_at=datetime.now(UTC),
-                )
-                await db.exec(
-                    statement.on_conflict_do_update(
-                        index_elements=["session_id", "seq"],
-                        set_={
-                            "content": statement.excluded.content,
-                            "updated_at": statement.excluded.updated_at,
-                        },
+        async with self._store_lock:
+            # Both taken together, before any await: a turn may close while this write is under way.
+            cursor = self._cursor()
+            changed = [
+                replace(m)
+                for m in self.conversation.messages
+                if m.content and self._persisted.get(m.id) != m.content
+            ]
+            if not changed and cursor == self._stored_cursor:
+                return
+            async with tenant_transaction(self.context.engine, self.tenant) as db:
+                insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
+                for message in changed:
+                    statement = insert(SessionMessage).values(
+                        session_id=self.event.session_id,
+                        org_id=self.event.org_id,
+                        user_id=self.event.user_id,
+                        seq=message.id,
+                        role=message.role,
+                        content=message.content,
+                        created_at=message.time,
+                        updated_at=datetime.now(UTC),
                     )
-                )
-        self._persisted.update({m.id: m.content for m in changed})
+                    await db.exec(
+                        statement.on_conflict_do_update(
+                            index_elements=["session_id", "seq"],
+                            set_={
+                                "content": statement.excluded.content,
+                                "updated_at": statement.excluded.updated_at,
+                            },
+                        )
+                    )
+                if cursor != self._stored_cursor:
+                    await db.exec(
+                        update(UserSession)
+                        .where(
+                            UserSession.id == self.event.session_id, UserSession.org_id == self.event.org_id
+                        )
+                        .values(last_input_id=cursor[0], pending_input_id=cursor[1])
+                    )
+            self._persisted.update({m.id: m.content for m in changed})
+            self._stored_cursor = cursor
 
     async def _release(self) -> None:
         """Forget this host's hold on the session: its state, gauge entry and gateway token."""

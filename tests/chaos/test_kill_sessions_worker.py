@@ -1,0 +1,207 @@
+"""kill -9 of a sessions worker while ten of its sessions are answering: every accepted message is
+answered exactly once by the worker that takes the sessions over, with no message id reused.
+
+Real processes: `agentapi serve` and two `agentapi worker --queues sessions --threads 12` on the
+test run's PostgreSQL and Redis (nothing of theirs is stopped, so the shared servers do), echo agents
+in PTYs. The victim hosts all ten sessions; each is killed mid-reply (the reply streams for
+``SLOW_SECONDS``, and the kill waits until every session has shown part of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from tests.fixtures.postgres import DbUrls
+from tests.fixtures.stack import Stack, running_stack
+from tests.test_skeleton_e2e import ECHO
+
+pytestmark = pytest.mark.timeout(300)
+
+SESSIONS = 10
+# Long enough for all ten to be under way at once on a busy machine. The reply streams a character
+# every 0.15 s: the settle window is raised to 1.5 s so that a busy machine's pause does not read as
+# the end of it. Message and reply fit the 120-column screen's line.
+SLOW_SECONDS = 15
+SETTLE_SECONDS = 1.5
+FILLER = "the quick brown fox jumps over a lazy dog " * 2
+BANNER = "Echo Agent 1.0"
+
+
+@dataclass
+class Watched:
+    """One session's event stream, read from its start for the whole test (reconnecting on a drop)."""
+
+    session_id: str
+    events: list[tuple[float, ServerSentEvent]] = field(default_factory=list)
+
+    def data(self, name: str) -> Iterator[tuple[float, dict[str, object]]]:
+        for at, sse in self.events:
+            if sse.event == name:
+                yield at, json.loads(sse.data)
+
+    def replies(self, kind: str, text: str) -> list[tuple[float, dict[str, object]]]:
+        return [
+            (at, d)
+            for at, d in self.data("message_update")
+            if d["role"] == "agent" and d["type"] == kind and bare(str(d["message"])).startswith(bare(text))
+        ]
+
+
+def bare(text: str) -> str:
+    return "".join(text.split())
+
+
+async def follow(client: httpx.AsyncClient, headers: dict[str, str], watched: Watched) -> None:
+    last_id: str | None = None
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            resume = {"Last-Event-ID": last_id} if last_id else {}
+            url = f"/api/v1/sessions/{watched.session_id}/events"
+            async with aconnect_sse(client, "GET", url, headers={**headers, **resume}) as source:
+                async for sse in source.aiter_sse():
+                    if sse.data:
+                        watched.events.append((time.monotonic(), sse))
+                        last_id = sse.id
+        await asyncio.sleep(0.2)
+
+
+async def until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_stable(client: httpx.AsyncClient, session_id: str, headers: dict[str, str]) -> None:
+    async def stable() -> bool:
+        status = await client.get(f"/api/v1/sessions/{session_id}/status", headers=headers)
+        return bool(status.json()["status"] == "stable")
+
+    for _ in range(1200):
+        if await stable():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"session {session_id} never became stable")
+
+
+@pytest.fixture
+def bare_stack(pg_urls: DbUrls, jwt_secret: str, tmp_path: Path) -> Iterator[Stack]:
+    """An ingress without workers: the test starts its own."""
+    overrides = {
+        "AGENTAPI_MAX_SESSIONS_PER_USER": str(SESSIONS),
+        "AGENTAPI_AGENT_SETTLE_SECONDS": str(SETTLE_SECONDS),
+    }
+    with running_stack(pg_urls, jwt_secret, tmp_path, overrides, worker=False) as stack:
+        yield stack
+
+
+async def test_kill_9_with_ten_messages_in_flight(bare_stack: Stack) -> None:
+    await _kill_and_recover(bare_stack)
+
+
+async def _kill_and_recover(stack: Stack) -> None:
+    headers = stack.headers()
+    victim = stack.start_worker("sessions", threads=12)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=httpx.Timeout(30, read=None)) as client:
+        watched = []
+        for _ in range(SESSIONS):
+            created = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
+            assert created.status_code == 202, created.text
+            watched.append(Watched(created.json()["id"]))
+        readers = [asyncio.create_task(follow(client, headers, w)) for w in watched]
+        try:
+            await asyncio.gather(*(wait_stable(client, w.session_id, headers) for w in watched))
+            stack.start_worker("sessions", threads=12)
+
+            prompts = {
+                w.session_id: f"/slow {SLOW_SECONDS} reply to message {n} {FILLER}".strip()
+                for n, w in enumerate(watched)
+            }
+            for w in watched:
+                sent = await client.post(
+                    f"/api/v1/sessions/{w.session_id}/message",
+                    json={"content": prompts[w.session_id]},
+                    headers=headers,
+                )
+                assert sent.status_code == 200, sent.text
+            # In flight everywhere: each reply has started to show, none has completed.
+            await until(
+                lambda: all(w.replies("message.updated", "echo: ") for w in watched), 60, "every reply shows"
+            )
+            assert not any(w.replies("message.completed", "echo: ") for w in watched)
+            shown = {
+                w.session_id: {int(d["id"]): str(d["message"]) for _, d in w.data("message_update")}
+                for w in watched
+            }
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            assert victim.wait(timeout=30) == -signal.SIGKILL
+
+            def answered(w: Watched) -> bool:
+                expected = "echo: " + prompts[w.session_id].split(" ", 2)[2]
+                return bool(w.replies("message.completed", expected))
+
+            await until(lambda: all(answered(w) for w in watched), 120, "every message is answered")
+            recovered = [next(at for at, _ in w.data("session_recovered")) - killed_at for w in watched]
+            answered_at = [w.replies("message.completed", "echo: ")[0][0] - killed_at for w in watched]
+            print(
+                f"\n{SESSIONS} sessions recovered {min(recovered):.1f}-{max(recovered):.1f} s after kill -9;"
+                f" their in-flight messages answered {min(answered_at):.1f}-{max(answered_at):.1f} s after"
+                f" (the echo agent takes {SLOW_SECONDS} s to answer)"
+            )
+
+            for w in watched:
+                prompt = prompts[w.session_id]
+                expected = "echo: " + prompt.split(" ", 2)[2]
+                completed = [d for _, d in w.replies("message.completed", "echo: ")]
+                assert [bare(str(d["message"])) for d in completed] == [bare(expected)], "answered once"
+                await wait_stable(client, w.session_id, headers)
+                messages = (
+                    await client.get(f"/api/v1/sessions/{w.session_id}/messages", headers=headers)
+                ).json()["messages"]
+                assert [m["id"] for m in messages] == list(range(len(messages))), "unique ids, no gaps"
+                assert [m["content"] for m in messages if m["role"] == "user"] == [prompt]
+                replies = [bare(m["content"]) for m in messages if m["content"].startswith("echo:")]
+                assert replies == [bare(expected)]
+                assert sum(BANNER in m["content"] for m in messages) == 1, "no second start-up banner"
+                stored = {m["id"]: m["content"] for m in messages}
+                for message_id, text in shown[w.session_id].items():
+                    assert bare(stored[message_id]).startswith(bare(text)), "a shown id kept its message"
+
+            # The conversations go on, with new ids.
+            for w in watched:
+                sent = await client.post(
+                    f"/api/v1/sessions/{w.session_id}/message", json={"content": "and after"}, headers=headers
+                )
+                assert sent.status_code == 200, sent.text
+            await until(
+                lambda: all(w.replies("message.completed", "echo: and after") for w in watched),
+                60,
+                "every session answers after recovery",
+            )
+            for w in watched:
+                messages = (
+                    await client.get(f"/api/v1/sessions/{w.session_id}/messages", headers=headers)
+                ).json()["messages"]
+                assert [m["id"] for m in messages] == list(range(len(messages)))
+                assert [m["role"] for m in messages][-2:] == ["user", "agent"]
+                assert max(shown[w.session_id]) < messages[-2]["id"], "new messages get new ids"
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for w in watched:
+                await client.delete(f"/api/v1/sessions/{w.session_id}", headers=headers)
