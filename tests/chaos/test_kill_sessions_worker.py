@@ -125,6 +125,9 @@ async def _kill_and_recover(stack: Stack) -> None:
         try:
             await asyncio.gather(*(wait_stable(client, w.session_id, headers) for w in watched))
             stack.start_worker("sessions", threads=12)
+            # Recovery is timed from the kill: the survivor must be up by then (it takes seconds to
+            # start on a busy machine).
+            await until(lambda: stack.logs().count("serving sessions") == 2, 120, "both workers serve")
 
             prompts = {
                 w.session_id: f"/slow {SLOW_SECONDS} reply to message {n} {FILLER}".strip()
