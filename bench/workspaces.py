@@ -3,9 +3,12 @@ moto's S3 server on 127.0.0.1, beside raw obstore puts and gets of the same byte
 concurrency (the anchor: what the store costs without our hashing, compression and sealing).
 
 The added latency per turn: a snapshot starts ``AGENTAPI_WORKSPACE_SNAPSHOT_DEBOUNCE_SECONDS``
-after the turn's last event, in a task of its own, so it is not on the reply path; what it can cost
-the other sessions of its host is event-loop delay, measured here with a 1 ms ticker on the loop
-while the snapshot runs."""
+after the turn's last event, in a task of its own, so it is not on the reply path. Measured two
+ways: the event-loop delay a 1 ms ticker on the loop sees while a snapshot runs (what the host's
+other sessions feel), and submit → first reply byte of an echo session whose 50 MB workspace
+changes 1 % before every turn, turns back to back, on a stack with the S3 store (with the default
+debounce, and with none: each turn's snapshot then runs while the next turn starts, the worst
+case) against the same stack without a store."""
 
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import obstore
 
-from bench.harness import Row, percentile
+from bench.harness import Row, percentile, stack, start_echo, summary_ms
+from bench.latency import measure_turns
 from schemas.crypto import KeyRing
 from tests.fixtures.s3 import make_bucket, moto_server
 from workers.workspace_sync import CONCURRENCY, SnapshottedWorkspace
@@ -52,7 +57,7 @@ def change(workspace: Path, files: int, round_: int) -> None:
         )
 
 
-async def loop_delay_during(work: asyncio.Future[object]) -> list[float]:
+async def loop_delay_during(work: asyncio.Future[bool]) -> list[float]:
     """How late a 1 ms ticker on this loop wakes while ``work`` runs (seconds)."""
     delays = []
     while not work.done():
@@ -84,6 +89,24 @@ async def raw_gets(store: obstore.store.ObjectStore, prefix: str, count: int) ->
     began = time.perf_counter()
     await asyncio.gather(*(get(index) for index in range(count)))
     return time.perf_counter() - began
+
+
+async def turn_latency(files: int, turns: int, overrides: dict[str, str]) -> list[float]:
+    """Submit → first reply byte of an echo session whose workspace holds ``files`` files, 1 % of
+    them rewritten before each turn."""
+    async with stack(overrides) as s:
+        headers = s.headers()
+        async with httpx.AsyncClient(base_url=s.base_url, timeout=30) as client:
+            session = await start_echo(client, s, headers)
+            workspace = Path(s.env["AGENTAPI_WORKSPACE_ROOT"]) / str(s.org_id) / str(s.user_id) / session
+            await asyncio.to_thread(fill, workspace, files)
+
+            async def touch(turn: int) -> None:
+                await asyncio.to_thread(change, workspace, files, turn)
+
+            measured = await measure_turns(client, session, headers, turns, before_each=touch)
+            await client.delete(f"/api/v1/sessions/{session}", headers=headers)
+    return measured.samples
 
 
 async def bench(quick: bool) -> list[Row]:
@@ -128,7 +151,17 @@ async def bench(quick: bool) -> list[Row]:
         )
         get_anchor = statistics.median([await raw_gets(store, "raw/all/", files) for _ in range(rounds)])
 
+        turns = 20 if quick else 100
+        plain = await turn_latency(files, turns, {})
+        debounced = await turn_latency(files, turns, bucket.env())
+        stored = await turn_latency(
+            files, turns, {**bucket.env(), "AGENTAPI_WORKSPACE_SNAPSHOT_DEBOUNCE_SECONDS": "0"}
+        )
+
     snap, restore = statistics.median(incremental), statistics.median(restores)
+    without, with_store, with_debounce = summary_ms(plain), summary_ms(stored), summary_ms(debounced)
+    added = with_store["p50_ms"] - without["p50_ms"]
+    added_debounced = with_debounce["p50_ms"] - without["p50_ms"]
     return [
         Row(
             "workspaces",
@@ -164,5 +197,25 @@ async def bench(quick: bool) -> list[Row]:
             "≤ 20 ms",
             percentile(delays, 99) <= 0.020,
             {"max_ms": round(max(delays, default=0.0) * 1000, 1), "ticks": len(delays)},
+        ),
+        Row(
+            "workspaces",
+            f"added per turn at p50, default 5 s debounce: submit → reply {with_debounce['p50_ms']} ms vs"
+            f" {without['p50_ms']} ms without a store (p99 {with_debounce['p99_ms']} vs {without['p99_ms']})",
+            round(added_debounced, 1),
+            "ms",
+            "≤ 5 ms (off the reply path)",
+            added_debounced <= 5,
+            {"with_store": with_debounce, "without_store": without},
+        ),
+        Row(
+            "workspaces",
+            f"added per turn at p50, no debounce: submit → reply {with_store['p50_ms']} ms with a snapshot after every"
+            f" turn vs {without['p50_ms']} ms without a store (p99 {with_store['p99_ms']} vs {without['p99_ms']})",
+            round(added, 1),
+            "ms",
+            "≤ 5 ms (off the reply path)",
+            added <= 5,
+            {"with_store": with_store, "without_store": without},
         ),
     ]

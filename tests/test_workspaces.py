@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from workers.workspace_sync import (
     SnapshotRefused,
     SnapshottedWorkspace,
     WorkspaceUnavailable,
+    scan,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,13 +60,15 @@ async def test_snapshots_upload_only_what_changed_and_restore_elsewhere(
     (work / "copy.md").write_text("# notes\n")
     (work / "run.sh").write_text("#!/bin/sh\n")
     (work / "run.sh").chmod(0o755)
-    (work / ".home").mkdir()
-    (work / ".home" / "router.json").write_text('{"APIKEY": "secret"}')
+    (work / ".home" / ".claude" / "projects" / "ws").mkdir(parents=True)
+    (work / ".home" / ".claude" / "projects" / "ws" / "chat.jsonl").write_text('{"role": "user"}\n')
+    (work / ".home" / ".claude-code-router").mkdir()
+    (work / ".home" / ".claude-code-router" / "config.json").write_text('{"APIKEY": "secret"}')
     os.symlink("/etc/passwd", work / "passwd")
     assert await first.snapshot()
     objects = await stored_paths(s3_bucket, first.prefix)
     # Equal contents are one blob; names say nothing of paths or contents.
-    assert len(objects) == 1 + 3
+    assert len(objects) == 1 + 4
     assert not any("notes" in path or "main" in path for path in objects)
     assert not await first.snapshot(), "nothing changed, nothing written"
 
@@ -72,21 +76,54 @@ async def test_snapshots_upload_only_what_changed_and_restore_elsewhere(
     (work / "src" / "main.py").unlink()
     assert await first.snapshot()
     manifest = await first.manifest()
-    assert manifest is not None and sorted(manifest) == ["copy.md", "notes.md", "run.sh"]
+    assert manifest is not None and sorted(manifest) == [
+        ".home/.claude/projects/ws/chat.jsonl",
+        "copy.md",
+        "notes.md",
+        "run.sh",
+    ]
     # The removed file's blob went with it; the old notes blob stays for copy.md.
-    assert len(await stored_paths(s3_bucket, first.prefix)) == 1 + 3
+    assert len(await stored_paths(s3_bucket, first.prefix)) == 1 + 4
 
     second = snapshotted(s3_bucket, tmp_path / "host-b", org, user, session)
-    assert await second.restore() == 3
+    assert await second.restore() == 4
     restored = second.workspace
+    # The agent's conversation moves (its CLI resumes it); the adapters' secrets never leave.
+    assert (restored / ".home" / ".claude" / "projects" / "ws" / "chat.jsonl").exists()
+    assert not (restored / ".home" / ".claude-code-router").exists()
     assert (restored / "notes.md").read_text() == "# notes, longer\n"
     assert (restored / "copy.md").read_text() == "# notes\n"
     assert (restored / "run.sh").stat().st_mode & 0o777 == 0o755
-    assert not (restored / ".home").exists() and not (restored / "passwd").exists()
+    assert not (restored / "passwd").exists()
     assert not await second.snapshot(), "restored files are known unchanged"
 
     await second.erase()
     assert await stored_paths(s3_bucket, first.prefix) == []
+
+
+async def test_a_snapshot_takes_nothing_from_outside_its_workspace(s3_bucket: Bucket, tmp_path: Path) -> None:
+    """The agent is hostile: links to the host's files or another session's, as a file, as a
+    folder of HOME's conversation state, or swapped in for a folder after the scan, upload nothing."""
+    outside = tmp_path / "other-session"
+    (outside / "projects").mkdir(parents=True)
+    (outside / "projects" / "theirs.jsonl").write_text("another tenant's conversation")
+    (outside / "secret.txt").write_text("another tenant's file")
+    sync = snapshotted(s3_bucket, tmp_path, uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    work = sync.workspace
+    (work / ".home").mkdir(parents=True)
+    os.symlink(outside, work / ".home" / ".claude")
+    os.symlink(outside / "secret.txt", work / "linked.txt")
+    (work / "swapped").mkdir()
+    (work / "swapped" / "secret.txt").write_text("mine")
+    (work / "mine.txt").write_text("mine")
+    assert sorted(scan(work)) == ["mine.txt", "swapped/secret.txt"]
+    # Between the scan and the read, the folder becomes a link to the other session's files.
+    shutil.rmtree(work / "swapped")
+    os.symlink(outside, work / "swapped")
+    assert sync._read("swapped/secret.txt", set()) is None
+    assert await sync.snapshot()
+    manifest = await sync.manifest()
+    assert manifest is not None and list(manifest) == ["mine.txt"]
 
 
 async def test_a_workspace_over_its_quota_keeps_the_last_snapshot(s3_bucket: Bucket, tmp_path: Path) -> None:

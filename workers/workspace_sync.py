@@ -15,14 +15,13 @@ Layout under the store's prefix, per session ``{org}/{user}/{session}/``:
   names, so a reader always finds a whole snapshot; blobs it no longer names are deleted after it.
 
 The associated data of every object is its org, user, session and name: an object copied to another
-tenant's or session's prefix does not open. ``.home`` (router configs, gateway tokens) and symlinks
-are never snapshotted. A snapshot larger than the workspace quota is refused and the last one kept.
+tenant's or session's prefix does not open. ``.home`` (router configs, gateway tokens) is not
+snapshotted but for the agent CLIs' conversation folders, and symlinks never are. A snapshot larger than the workspace quota is refused and the last one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -44,8 +43,19 @@ from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Per-session secrets live here (adapter configs, router keys): they are issued anew on every host.
-EXCLUDED = frozenset({".home"})
+# The session's HOME: adapters write its secrets there (gateway token, router and provider
+# configs), issued anew on every host, so it is not snapshotted...
+HOME = ".home"
+# ...except the folders where the agent CLIs keep the conversation their resume flag reads
+# (claude --continue, codex resume --last, gemini --resume, goose --resume, droid --resume): the
+# agent carries on with its context on the next host. Nothing an adapter writes is in them.
+HOME_STATE = (
+    ".claude/projects",
+    ".codex/sessions",
+    ".gemini/tmp",
+    ".local/share/goose/sessions",
+    ".factory/sessions",
+)
 # Transfers in flight per snapshot or restore.
 CONCURRENCY = 16
 MANIFEST = "manifest"
@@ -139,21 +149,57 @@ def workspace_store_for(
     )
 
 
+def snapshotted(relative: str) -> bool:
+    """Whether a workspace path belongs in snapshots: anything but HOME, where only HOME_STATE does."""
+    first, _, rest = relative.partition("/")
+    return first != HOME or any(rest.startswith(f"{state}/") for state in HOME_STATE)
+
+
 def scan(workspace: Path) -> dict[str, os.stat_result]:
-    """Regular files under ``workspace`` by relative POSIX path, without ``.home`` or symlinks
-    (blocking: run it in a thread)."""
+    """Regular files that belong in snapshots, by relative POSIX path; symlinks are skipped, and
+    never followed (blocking: run it in a thread). One scandir per folder and one lstat per file:
+    this runs for every snapshot, on the host of many sessions."""
     found: dict[str, os.stat_result] = {}
-    for root, dirs, files in os.walk(workspace):
-        here = Path(root)
-        if here == workspace:
-            dirs[:] = [name for name in dirs if name not in EXCLUDED]
-        for name in files:
-            path = here / name
-            with contextlib.suppress(OSError):
-                info = path.lstat()
-                if stat.S_ISREG(info.st_mode):
-                    found[path.relative_to(workspace).as_posix()] = info
+
+    def walk(folder: str, prefix: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            relative = prefix + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if relative != HOME:
+                        walk(entry.path, relative + "/")
+                elif entry.is_file(follow_symlinks=False) and snapshotted(relative):
+                    found[relative] = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+
+    walk(str(workspace), "")
+    for state in HOME_STATE:
+        top = workspace / HOME / state
+        # A symlink on the way would be the agent pointing it outside its workspace.
+        if top.resolve() == workspace.resolve() / HOME / state:
+            walk(str(top), f"{HOME}/{state}/")
     return found
+
+
+def open_beneath(workspace: Path, relative: str) -> int:
+    """A read-only descriptor of a regular file under ``workspace``, following no symlink on the
+    way: the agent can swap a folder for a link between the scan and the read, and the host must
+    not upload a file of its own or of another session in its place."""
+    *folders, name = PurePosixPath(relative).parts
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def has_files(workspace: Path) -> bool:
@@ -163,7 +209,7 @@ def has_files(workspace: Path) -> bool:
 def safe_target(workspace: Path, relative: str) -> Path:
     """Where a manifest's path goes, refusing any that would leave the workspace."""
     parts = PurePosixPath(relative).parts
-    if not parts or relative.startswith("/") or ".." in parts or parts[0] in EXCLUDED:
+    if not parts or relative.startswith("/") or ".." in parts or not snapshotted(relative):
         raise ValueError(f"refusing snapshot path {relative!r}")
     target = workspace.joinpath(*parts)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -308,8 +354,10 @@ class SnapshottedWorkspace:
     def _read(self, path: str, stored: set[str]) -> tuple[FileEntry, bytes | None] | None:
         """The file's entry, and its sealed blob unless the store has that content already."""
         try:
-            with open(self.workspace / path, "rb") as handle:
+            with open(open_beneath(self.workspace, path), "rb") as handle:
                 info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    return None  # swapped for a FIFO or device since the scan
                 content = handle.read()
         except OSError:
             return None
