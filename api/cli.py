@@ -137,13 +137,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _retention(_: argparse.Namespace) -> int:
     from schemas.db import create_engine
     from schemas.retention import purge_expired
+    from schemas.workspace_store import open_store
 
     settings = get_settings()
+    store = open_store(settings.workspace_store_url) if settings.workspace_store_url else None
 
     async def run() -> dict[str, int]:
         engine = create_engine(settings.database_url, pool_size=2)
         try:
-            return await purge_expired(engine)
+            return await purge_expired(engine, store=store)
         finally:
             await engine.dispose()
 

@@ -12,18 +12,22 @@ import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import obstore
 import pytest
 import redis.asyncio
+from sqlalchemy import text
 
 from events.streams import Names
 from schemas.crypto import DecryptionError, KeyRing
+from schemas.db import create_engine
+from schemas.retention import purge_expired
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.s3 import Bucket, make_bucket
-from tests.fixtures.stack import TEST_ENCRYPTION_KEYS, Stack, running_stack
+from tests.fixtures.stack import TEST_ENCRYPTION_KEYS, Stack, running_stack, seed_async
 from tests.test_session_recovery import wait_stable
 from tests.test_skeleton_e2e import ECHO, agent_said, named, read_events
 from workers.workspace_sync import (
@@ -168,6 +172,49 @@ async def test_a_snapshot_does_not_open_under_another_tenant_or_session(
     with pytest.raises(DecryptionError):
         victim._open("blobs/" + "0" * 64, frame)
     assert isinstance(entry, FileEntry)
+
+
+async def test_retention_erases_the_snapshots_of_the_sessions_it_deletes(
+    s3_bucket: Bucket, pg_urls: DbUrls, tmp_path: Path
+) -> None:
+    """A session whose host gave up never erased its snapshots; retention does, with its row."""
+    org, user = uuid.uuid4(), uuid.uuid4()
+    await seed_async(pg_urls.owner, org, user, "Retention Org")
+    long_ago = datetime.now(UTC) - timedelta(days=40)
+    expired, recent = uuid.uuid4(), uuid.uuid4()
+    owner = create_engine(pg_urls.owner, pool_size=1)
+    async with owner.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO tenant_settings (id, org_id, settings, retention_days, created_at, updated_at)"
+                " VALUES (:id, :org, '{}', 30, now(), now())"
+            ),
+            {"id": uuid.uuid4(), "org": org},
+        )
+        for session_id, ended_at in [(expired, long_ago), (recent, datetime.now(UTC))]:
+            await conn.execute(
+                text(
+                    "INSERT INTO user_sessions (id, org_id, user_id, agent_type, status, metadata, created_at,"
+                    " updated_at, ended_at) VALUES (:id, :org, :user, 'custom', 'failed', '{}', :at, :at, :ended)"
+                ),
+                {"id": session_id, "org": org, "user": user, "at": long_ago, "ended": ended_at},
+            )
+    await owner.dispose()
+    snapshots = {}
+    for session_id in (expired, recent):
+        sync = snapshotted(s3_bucket, tmp_path, org, user, session_id)
+        sync.workspace.mkdir(parents=True)
+        (sync.workspace / "work.txt").write_text("work")
+        assert await sync.snapshot()
+        snapshots[session_id] = sync.prefix
+    service = create_engine(pg_urls.service, pool_size=1)
+    try:
+        deleted = await purge_expired(service, store=s3_bucket.store())
+    finally:
+        await service.dispose()
+    assert deleted[str(org)] == 1
+    assert await stored_paths(s3_bucket, snapshots[expired]) == []
+    assert len(await stored_paths(s3_bucket, snapshots[recent])) == 2
 
 
 @dataclass

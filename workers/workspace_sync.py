@@ -22,7 +22,6 @@ snapshotted but for the agent CLIs' conversation folders, and symlinks never are
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import json
@@ -36,10 +35,11 @@ from typing import Protocol
 from uuid import UUID
 
 import obstore
-from obstore.store import ObjectStore, from_url
+from obstore.store import ObjectStore
 
 from schemas.crypto import KeyRing
 from schemas.settings import Settings
+from schemas.workspace_store import erase_prefix, open_store, session_prefix
 
 log = logging.getLogger(__name__)
 
@@ -104,32 +104,6 @@ class LocalWorkspace:
 
     async def erase(self) -> None:
         pass
-
-
-@functools.cache
-def open_store(url: str) -> ObjectStore:
-    """One client per process and URL (it pools its connections)."""
-    if url.startswith("file://"):
-        return from_url(url, mkdir=True)
-    return from_url(url)
-
-
-def session_prefix(org_id: object, user_id: object, session_id: object) -> str:
-    return f"{org_id}/{user_id}/{session_id}/"
-
-
-def user_prefix(org_id: object, user_id: object) -> str:
-    return f"{org_id}/{user_id}/"
-
-
-def erase_prefix(store: ObjectStore, prefix: str) -> int:
-    """Delete every object under ``prefix`` (blocking: for sync actors); how many were deleted."""
-    deleted = 0
-    for batch in obstore.list(store, prefix=prefix, chunk_size=1000):
-        paths = [meta["path"] for meta in batch]
-        obstore.delete(store, paths)
-        deleted += len(paths)
-    return deleted
 
 
 def workspace_store_for(

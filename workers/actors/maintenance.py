@@ -8,8 +8,8 @@ import shutil
 import dramatiq
 
 from events.envelope import Event
+from schemas.workspace_store import erase_prefix, open_store, user_prefix
 from workers.context import current, working_on
-from workers.workspace_sync import erase_prefix, open_store, user_prefix
 
 log = logging.getLogger(__name__)
 
