@@ -38,6 +38,8 @@ class EventType(StrEnum):
     MCP_OAUTH_NEEDS_REAUTH = "mcp.oauth_needs_reauth"
     WEBHOOK_RECEIVED = "webhook.received"
     WEBHOOK_NOTIFY_REQUESTED = "webhook.notify_requested"
+    # Published only to an event sink an admin is testing (POST /webhooks/{id}/test).
+    WEBHOOK_TEST = "webhook.test"
     AUDIT_RECORDED = "audit.recorded"
     USER_ERASED = "user.erased"
 

@@ -106,6 +106,14 @@ class Names:
         """Marks an event whose effect is durable, for idempotent handlers."""
         return f"{self.prefix}done:{event_id}"
 
+    def sink_drain_lock(self, sink_id: UUID | str, session_id: UUID | str) -> str:
+        """Held while one worker publishes a session's events to a sink, so they go out in order."""
+        return f"{self.prefix}sink:{sink_id}:{session_id}:lock"
+
+    def sink_drain_again(self, sink_id: UUID | str, session_id: UUID | str) -> str:
+        """Set when a drain found the lock held: the holder drains once more before it lets go."""
+        return f"{self.prefix}sink:{sink_id}:{session_id}:again"
+
     def claim(self, event_id: str) -> str:
         """A short lease held while a handler works on an event, so duplicates wait."""
         return f"{self.prefix}claim:{event_id}"

@@ -77,6 +77,17 @@ def embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
     return found
 
 
+def _reaches_metadata(addresses: list[IPAddress]) -> bool:
+    return any(a in METADATA_ADDRESSES for address in addresses for a in (address, *embedded_ipv4(address)))
+
+
+def _all_loopback(addresses: list[IPAddress]) -> bool:
+    return bool(addresses) and all(
+        (a.ipv4_mapped or a).is_loopback if isinstance(a, ipaddress.IPv6Address) else a.is_loopback
+        for a in addresses
+    )
+
+
 def _refusal(address: IPAddress) -> str | None:
     for inner in embedded_ipv4(address):
         reason = _refusal(inner)
@@ -123,12 +134,9 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
     except ValueError as exc:
         raise EgressRefused(field, "has an invalid port") from exc
     addresses = await resolve(host, port, field)
-    if any(a in METADATA_ADDRESSES for address in addresses for a in (address, *embedded_ipv4(address))):
+    if _reaches_metadata(addresses):
         raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
-    loopback = bool(addresses) and all(
-        (a.ipv4_mapped or a).is_loopback if isinstance(a, ipaddress.IPv6Address) else a.is_loopback
-        for a in addresses
-    )
+    loopback = _all_loopback(addresses)
     if parts.scheme == "http" and not (settings.mcp_allow_insecure_http and loopback):
         raise EgressRefused(
             field,
@@ -137,6 +145,10 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
         )
     if loopback and settings.mcp_allow_insecure_http:
         return
+    _check_addresses(host, addresses, settings, field)
+
+
+def _check_addresses(host: str, addresses: list[IPAddress], settings: Settings, field: str) -> None:
     if _allowlisted(host, addresses, settings):
         return
     for address in addresses:
@@ -147,6 +159,41 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
                 field,
                 f"{shown} {reason}; add it to AGENTAPI_MCP_EGRESS_ALLOWLIST if it is meant to be reached",
             )
+
+
+BROKER_SCHEMES = {"amqp": 5672, "amqps": 5671, "redis": 6379, "sqs": 443}
+
+
+async def check_broker_url(url: str, settings: Settings, field: str = "broker_url") -> None:
+    """An event sink's broker: a kombu URL of a known transport whose host passes the same SSRF rules
+    as MCP endpoints, except that loopback is accepted outside production (a developer's or a test's
+    own broker). Credentials belong in the URL here; it is sealed like any other secret."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise EgressRefused(field, "is not a valid URL (check the port)") from exc
+    if parts.scheme not in BROKER_SCHEMES:
+        raise EgressRefused(field, f"must be one of {', '.join(f'{s}://' for s in BROKER_SCHEMES)}")
+    if parts.query or parts.fragment:
+        raise EgressRefused(field, "must not carry query options or a fragment")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme == "sqs":
+        # kombu's SQS transport takes only credentials from the URL; the endpoint is AWS's.
+        if host:
+            raise EgressRefused(field, "sqs:// takes credentials only: sqs://KEY:SECRET@")
+        return
+    if not host:
+        raise EgressRefused(field, "must name a host")
+    if host in METADATA_HOSTS:
+        raise EgressRefused(field, f"{host} is a cloud metadata service")
+    addresses = await resolve(host, port or BROKER_SCHEMES[parts.scheme], field)
+    if _reaches_metadata(addresses):
+        raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
+    loopback = _all_loopback(addresses)
+    if loopback and settings.environment != "production":
+        return
+    _check_addresses(host, addresses, settings, field)
 
 
 def check_stdio(command: str, args: list[str], env: dict[str, str], settings: Settings) -> None:

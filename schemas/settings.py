@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(8, ge=1, le=30, validation_alias=_env("WEBHOOK_MAX_ATTEMPTS"))
     webhook_backoff_seconds: float = Field(5.0, gt=0, validation_alias=_env("WEBHOOK_BACKOFF_SECONDS"))
     webhook_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("WEBHOOK_TIMEOUT_SECONDS"))
+    # Event sinks: attempts before a session's undelivered events are dead-lettered, the first retry's
+    # delay (doubling up to the cap), and the broker's time to connect and confirm.
+    sink_max_attempts: int = Field(12, ge=1, le=100, validation_alias=_env("SINK_MAX_ATTEMPTS"))
+    sink_backoff_seconds: float = Field(1.0, gt=0, validation_alias=_env("SINK_BACKOFF_SECONDS"))
+    sink_max_backoff_seconds: float = Field(300.0, gt=0, validation_alias=_env("SINK_MAX_BACKOFF_SECONDS"))
+    sink_timeout_seconds: float = Field(10.0, gt=0, le=120, validation_alias=_env("SINK_TIMEOUT_SECONDS"))
     # Admin-allowlisted commands for `custom` sessions, by name: {"name": ["argv", ...]} as JSON.
     custom_agents: dict[str, list[str]] = Field(default_factory=dict, validation_alias=_env("CUSTOM_AGENTS"))
 

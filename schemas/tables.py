@@ -52,6 +52,8 @@ def _check_in(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
 
 
 ROLES = ("member", "admin", "owner")
+WEBHOOK_DIRECTIONS = ("inbound", "outbound", "sink")
+EVENT_FORMATS = ("native", "cloudevents")
 SESSION_STATUSES = ("requested", "starting", "running", "stable", "ended", "failed")
 PROMPT_SCOPES = ("global", "organization", "user")
 MCP_TRANSPORTS = ("stdio", "http", "sse")
@@ -280,16 +282,30 @@ class TenantSettings(SQLModel, table=True):
 
 class Webhook(SQLModel, table=True):
     __tablename__ = "webhooks"
-    __table_args__ = (_check_in("direction", ("inbound", "outbound")), sa.UniqueConstraint("org_id", "name"))
+    __table_args__ = (
+        _check_in("direction", WEBHOOK_DIRECTIONS),
+        _check_in("format", EVENT_FORMATS),
+        _check_in("health", ("ok", "failing")),
+        sa.UniqueConstraint("org_id", "name"),
+    )
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     org_id: UUID = _org_fk()
     name: str = Field(max_length=100)
     direction: str = Field(max_length=8)
+    # Inbound/outbound: the signing secret. Sink: the broker URL, credentials included.
     encrypted_secret: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
     action: dict[str, Any] = _json()
     target_url: str | None = Field(default=None, max_length=2048)
     event_types: list[str] = _json(list)
     enabled: bool = True
+    # How outbound bodies are shaped (sinks always publish CloudEvents).
+    format: str = Field(default="native", max_length=16)
+    # Sinks: the exchange ("" = the broker's default exchange, routing straight to a queue), the
+    # routing-key template, and where delivery stands (the broker's last error while failing).
+    exchange: str | None = Field(default=None, max_length=255)
+    routing_key: str | None = Field(default=None, max_length=255)
+    health: str = Field(default="ok", max_length=8)
+    last_error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -307,6 +323,10 @@ class WebhookDelivery(SQLModel, table=True):
     webhook_id: UUID = Field(foreign_key="webhooks.id", ondelete="CASCADE", index=True)
     event_id: str = Field(max_length=64)
     event_type: str = Field(max_length=64)
+    # Sinks publish a session's events in the order of its event log: this is the entry's stream id,
+    # zero-padded so it sorts as text ("" for events outside a session log).
+    session_id: UUID | None = Field(default=None, index=True)
+    position: str = Field(default="", max_length=40)
     payload: dict[str, Any] = _json()
     status: str = Field(default="pending", max_length=16, index=True)
     attempts: int = 0

@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.auth",
     "tests.fixtures.stack",
     "tests.fixtures.s3",
+    "tests.fixtures.rabbitmq",
 ]
 
 # Markers by place, so a new test file in these folders is marked without remembering to: the fast

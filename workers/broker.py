@@ -36,6 +36,8 @@ HEARTBEAT_TIMEOUT_MS = 6_000
 MAINTENANCE_CHANCE = 100_000
 
 
+# How often a consumer holding all its prefetch looks for a finished message.
+FULL_POLL_SECONDS = 0.005
 # Wake-up tokens kept per queue: enough for every idle consumer, bounded when none listens.
 WAKE_TOKENS = 64
 WAKE_TTL_SECONDS = 60
@@ -87,9 +89,13 @@ class _WakingConsumer(_RedisConsumer):
                 if room <= 0:
                     # Busy with all it may hold: leave the wake-ups to consumers that have room, but
                     # heartbeat (a fetch of nothing), or the busiest workers would look dead and lose
-                    # their messages to the others.
+                    # their messages to the others; then look again as soon as a worker thread acks
+                    # one. One sleep of the whole worker timeout here idled a saturated pool for up
+                    # to a second after every batch.
                     self.broker.do_fetch(self.queue_name, 0)
-                    time.sleep(self.timeout / 1000)
+                    deadline = time.monotonic() + self.timeout / 1000
+                    while self.prefetch <= self.outstanding_message_count and time.monotonic() < deadline:
+                        time.sleep(FULL_POLL_SECONDS)
                     return None
                 self.message_cache = self.broker.do_fetch(self.queue_name, room)
                 if self.message_cache:

@@ -72,7 +72,10 @@ class WorkerContext:
         """Report a result to the session's subscribers (and to the org's webhook subscribers)."""
         stream_id = await append_result(self.redis, self.names, event, self.settings.event_log_maxlen)
         if event.type in NOTIFIED_TYPES:
-            notice = event.follow_up(EventType.WEBHOOK_NOTIFY_REQUESTED, {"event": event.to_wire()})
+            # The log position lets event sinks publish a session's events in log order.
+            notice = event.follow_up(
+                EventType.WEBHOOK_NOTIFY_REQUESTED, {"event": event.to_wire(), "stream_id": stream_id}
+            )
             await publish(self.redis, self.names, notice)
         return stream_id
 

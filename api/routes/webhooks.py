@@ -1,10 +1,14 @@
-"""Webhooks: inbound endpoints external systems sign their callbacks for, and outbound subscriptions
-to session events. Admins manage both; inbound deliveries are public but signed (schemas.webhook_signing).
+"""Webhooks: inbound endpoints external systems sign their callbacks for, outbound subscriptions to
+session events, and event sinks (the same subscriptions published to the organization's own message
+bus, in CloudEvents form). Admins manage them; inbound deliveries are public but signed
+(schemas.webhook_signing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
@@ -29,11 +33,22 @@ from api.correlation import current_correlation_id
 from api.problems import StrictBody
 from api.state import Resources, resources
 from api.tenancy import tenant_context
+from events.cloudevents import encode, to_cloudevent
 from events.envelope import NOTIFIED_TYPES, Event, EventType
 from events.publisher import publish
+from events.sinks import (
+    DEFAULT_ROUTING_KEY,
+    Outgoing,
+    PublishFailed,
+    check_exchange,
+    check_routing_key,
+    redacted,
+    routing_key,
+)
+from events.sinks import publish as publish_to_sink
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
-from schemas.egress import EgressRefused, check_endpoint
+from schemas.egress import EgressRefused, check_broker_url, check_endpoint
 from schemas.tables import Webhook, WebhookDelivery, utcnow
 from schemas.webhook_signing import ID_HEADER, new_secret, secret_ref, verify
 from workers.agents import canonical_agent_type
@@ -67,22 +82,59 @@ class Action(StrictBody):
         return self
 
 
+Format = Literal["native", "cloudevents"]
+# What each direction may set; a field of another direction is refused by name.
+FIELDS = {
+    "inbound": {"action"},
+    "outbound": {"target_url", "event_types", "format"},
+    "sink": {"broker_url", "exchange", "routing_key", "event_types"},
+}
+BROKER_URL_HELP = (
+    "sinks: amqp://, amqps://, sqs:// or redis:// URL, credentials included (sealed, never shown again)"
+)
+
+
 class WebhookIn(StrictBody):
     name: str = Field(min_length=1, max_length=100)
-    direction: Literal["inbound", "outbound"]
+    direction: Literal["inbound", "outbound", "sink"]
     action: Action | None = None
     target_url: str | None = Field(None, max_length=2048)
     event_types: list[str] = Field(default_factory=list, max_length=20)
+    format: Format | None = Field(None, description="outbound: `native` (default) or `cloudevents` bodies")
+    broker_url: str | None = Field(None, max_length=2048, description=BROKER_URL_HELP)
+    exchange: str | None = Field(
+        None, max_length=255, description="sinks: a topic exchange (AMQP); empty = straight to a queue"
+    )
+    routing_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="sinks: template over {org_id}, {type}, {session_id}, {user_id}; default {org_id}.{type}",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> WebhookIn:
+        sent = {name for name in self.model_fields_set if getattr(self, name) not in (None, [])}
+        foreign = sorted(sent & (set().union(*FIELDS.values()) - FIELDS[self.direction]))
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: not used by {self.direction} webhooks")
         if self.direction == "inbound" and self.action is None:
             raise ValueError("an inbound webhook needs an action")
-        if self.direction == "outbound":
-            if not self.target_url or not self.event_types:
-                raise ValueError("an outbound webhook needs target_url and event_types")
+        if self.direction == "outbound" and (not self.target_url or not self.event_types):
+            raise ValueError("an outbound webhook needs target_url and event_types")
+        if self.direction == "sink" and (not self.broker_url or not self.event_types):
+            raise ValueError("a sink needs broker_url and event_types")
+        if self.event_types:
             _check_event_types(self.event_types)
+        _check_sink_fields(self.exchange, self.routing_key)
         return self
+
+
+def _check_sink_fields(exchange: str | None, template: str | None) -> None:
+    if exchange:
+        check_exchange(exchange)
+    if template:
+        check_routing_key(template)
 
 
 def _check_event_types(event_types: list[str]) -> None:
@@ -101,8 +153,12 @@ class WebhookPatch(StrictBody):
     action: Action | None = Field(None, description="inbound webhooks only")
     target_url: str | None = Field(None, max_length=2048, description="outbound webhooks only")
     event_types: list[str] | None = Field(
-        None, min_length=1, max_length=20, description="outbound webhooks only"
+        None, min_length=1, max_length=20, description="outbound webhooks and sinks"
     )
+    format: Format | None = Field(None, description="outbound webhooks only")
+    broker_url: str | None = Field(None, max_length=2048, description=BROKER_URL_HELP)
+    exchange: str | None = Field(None, max_length=255, description="sinks only")
+    routing_key: str | None = Field(None, min_length=1, max_length=255, description="sinks only")
 
     @model_validator(mode="after")
     def _shape(self) -> WebhookPatch:
@@ -110,11 +166,13 @@ class WebhookPatch(StrictBody):
             raise ValueError("nothing to change: send at least one field")
         if self.event_types is not None:
             _check_event_types(self.event_types)
+        _check_sink_fields(self.exchange, self.routing_key)
         return self
 
     def changes(self) -> dict[str, Any]:
         """The fields sent, each refused when null (every field here has a value once set)."""
         sent = {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+        # An empty exchange is a value (the default exchange), not a missing one.
         nulls = [name for name, value in sent.items() if value is None]
         if nulls:
             raise ValidationException(
@@ -133,10 +191,28 @@ class WebhookOut(BaseModel):
     enabled: bool
     created_at: datetime
     deliveries_url: str | None
+    format: str
+    broker_url: str | None = Field(description="sinks: the broker URL without its password")
+    exchange: str | None
+    routing_key: str | None
+    health: str = Field(description="sinks: `failing` while the broker refuses or cannot be reached")
+    last_error: str | None = Field(description="sinks: the broker's last error while failing")
 
 
 class WebhookCreated(WebhookOut):
-    secret: str = Field(description="shown once: sign inbound deliveries / verify outbound ones with it")
+    secret: str | None = Field(
+        description="shown once: sign inbound deliveries / verify outbound ones with it (null for sinks:"
+        " their credentials are in broker_url)"
+    )
+
+
+class SinkTestOut(BaseModel):
+    ok: bool
+    event_id: str
+    exchange: str
+    routing_key: str
+    error: str | None = Field(description="the broker's answer when it did not confirm the test event")
+    elapsed_ms: float
 
 
 class DeliveryOut(BaseModel):
@@ -144,6 +220,7 @@ class DeliveryOut(BaseModel):
     webhook_id: UUID
     event_id: str
     event_type: str
+    session_id: UUID | None
     status: str
     attempts: int
     last_status_code: int | None
@@ -158,16 +235,24 @@ class Accepted(BaseModel):
 
 
 def _out(row: Webhook) -> dict[str, Any]:
+    sink = row.direction == "sink"
     return {
         "id": row.id,
         "name": row.name,
         "direction": row.direction,
         "action": row.action,
-        "target_url": row.target_url,
+        # A sink keeps its redacted broker URL here (the full one is sealed in encrypted_secret).
+        "target_url": None if sink else row.target_url,
+        "broker_url": row.target_url if sink else None,
         "event_types": row.event_types,
         "enabled": row.enabled,
         "created_at": row.created_at,
         "deliveries_url": f"/api/v1/webhooks/{row.id}/deliveries" if row.direction == "inbound" else None,
+        "format": row.format,
+        "exchange": row.exchange,
+        "routing_key": row.routing_key,
+        "health": row.health,
+        "last_error": row.last_error,
     }
 
 
@@ -201,8 +286,16 @@ class WebhookController(Controller):
             target_url=data.target_url,
             event_types=data.event_types,
             encrypted_secret="",
+            format="cloudevents" if data.direction == "sink" else (data.format or "native"),
         )
-        secret = _new_secret(res, row)
+        secret: str | None = None
+        if data.direction == "sink":
+            assert data.broker_url is not None
+            await _set_broker(res, row, data.broker_url)
+            row.exchange = data.exchange or ""
+            row.routing_key = data.routing_key or DEFAULT_ROUTING_KEY
+        else:
+            secret = _new_secret(res, row)
         try:
             async with tenant_transaction(res.engine, ctx) as db:
                 db.add(row)
@@ -219,16 +312,17 @@ class WebhookController(Controller):
         ctx = _admin(request.user)
         row = await _find(res, ctx, webhook_id)
         changes = data.changes()
-        wrong = sorted(
-            set(changes) & ({"target_url", "event_types"} if row.direction == "inbound" else {"action"})
-        )
+        wrong = sorted(set(changes) & (set().union(*FIELDS.values()) - FIELDS[row.direction]))
         if wrong:
             raise ValidationException(
-                f"not a field of an {row.direction} webhook",
+                f"not a field of {'a sink' if row.direction == 'sink' else f'an {row.direction} webhook'}",
                 extra=[{"key": name, "message": f"not used by {row.direction} webhooks"} for name in wrong],
             )
         if "target_url" in changes:
             await _check_target(res, changes["target_url"])
+        if "broker_url" in changes:
+            await _set_broker(res, row, changes.pop("broker_url"))
+            row.health, row.last_error = "ok", None
         if "action" in changes:
             changes["action"] = _stored_action(data.action, ctx)
         for name, value in changes.items():
@@ -249,11 +343,57 @@ class WebhookController(Controller):
         res = resources(state)
         ctx = _admin(request.user)
         row = await _find(res, ctx, webhook_id)
+        if row.direction == "sink":
+            raise ClientException("a sink's credentials are in its broker_url: PATCH that", status_code=409)
         secret = _new_secret(res, row)
         row.updated_at = utcnow()
         async with tenant_transaction(res.engine, ctx) as db:
             await db.merge(row)
         return WebhookCreated(**_out(row), secret=secret)
+
+    @post("/{webhook_id:uuid}/test", status_code=200)
+    async def test_sink(
+        self, webhook_id: UUID, request: Request[Principal, str, State], state: State
+    ) -> SinkTestOut:
+        """Publish a `dev.agentapi.webhook.test` CloudEvent to the sink now and report the broker's answer
+        (within AGENTAPI_SINK_TIMEOUT_SECONDS); the sink's delivery state is left as it is."""
+        res = resources(state)
+        ctx = _admin(request.user)
+        row = await _find(res, ctx, webhook_id)
+        if row.direction != "sink":
+            raise ClientException("only sinks are tested here", status_code=409)
+        url = _open_secret(res, row)
+        await _check_broker(res, url)
+        test = Event(
+            type=EventType.WEBHOOK_TEST,
+            org_id=row.org_id,
+            user_id=ctx.user_id,
+            correlation_id=current_correlation_id(),
+            payload={"webhook_id": str(row.id)},
+        )
+        document = to_cloudevent(test, res.settings.public_base_url)
+        key = routing_key(row.routing_key or DEFAULT_ROUTING_KEY, document)
+        started = time.perf_counter()
+        error = None
+        try:
+            await asyncio.to_thread(
+                publish_to_sink,
+                str(row.id),
+                url,
+                row.exchange or "",
+                [Outgoing(test.id, key, encode(document))],
+                res.settings.sink_timeout_seconds,
+            )
+        except PublishFailed as exc:
+            error = exc.reason
+        return SinkTestOut(
+            ok=error is None,
+            event_id=test.id,
+            exchange=row.exchange or "",
+            routing_key=key,
+            error=error,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
 
     @get("/")
     async def list_webhooks(self, request: Request[Principal, str, State], state: State) -> list[WebhookOut]:
@@ -335,6 +475,30 @@ async def _check_target(res: Resources, url: str) -> None:
         raise ValidationException(str(exc), extra=[{"key": exc.field, "message": exc.reason}]) from exc
 
 
+async def _check_broker(res: Resources, url: str) -> None:
+    try:
+        await check_broker_url(url, res.settings)
+    except EgressRefused as exc:
+        raise ValidationException(str(exc), extra=[{"key": exc.field, "message": exc.reason}]) from exc
+
+
+async def _set_broker(res: Resources, row: Webhook, url: str) -> None:
+    """Check and seal a sink's broker URL; the row shows it without the password."""
+    await _check_broker(res, url)
+    try:
+        row.encrypted_secret = res.settings.key_ring().encrypt(url, secret_ref(row))
+    except KeyRingError as exc:
+        raise ClientException(str(exc), status_code=503) from exc
+    row.target_url = redacted(url)
+
+
+def _open_secret(res: Resources, row: Webhook) -> str:
+    try:
+        return res.settings.key_ring().decrypt(row.encrypted_secret, secret_ref(row))
+    except (KeyRingError, ValueError) as exc:
+        raise ClientException("this webhook's secret cannot be opened", status_code=503) from exc
+
+
 def _stored_action(action: Action | None, ctx: TenantContext) -> dict[str, Any]:
     stored = action.model_dump(mode="json", exclude_none=True) if action else {}
     if stored:
@@ -381,10 +545,7 @@ async def receive_delivery(webhook_id: UUID, request: Request[Any, Any, State], 
     # From here every answer (too large, bad signature, replay, accepted) is in the org's trail.
     audit_under(request.scope, row.org_id)
     body = await request.body()
-    try:
-        secret = res.settings.key_ring().decrypt(row.encrypted_secret, secret_ref(row))
-    except (KeyRingError, ValueError) as exc:
-        raise ClientException("this webhook's secret cannot be opened", status_code=503) from exc
+    secret = _open_secret(res, row)
     problem = verify(secret, request.headers, body)
     if problem:
         raise NotAuthorizedException(problem)

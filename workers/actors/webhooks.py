@@ -13,16 +13,19 @@ import dramatiq
 import httpx
 from litestar.exceptions import HTTPException
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from api.auth import Principal
 from api.routes.sessions import ACTIVE, CreateSession, start_session
+from events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from events.envelope import Event
 from schemas.db import TenantContext, tenant_transaction
 from schemas.egress import EgressRefused, check_endpoint
 from schemas.tables import UserSession, Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
+from workers.actors.sinks import drain_sink
 from workers.context import WorkerContext, current, working_on
+from workers.sinks import NO_SESSION, drain_key, position, record_notice
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ async def notify_webhooks(envelope: str) -> None:
     with working_on(Event.from_wire(envelope)) as event:
         context = current()
         if "delivery_id" in event.payload:
-            await _enqueue(str(event.payload["delivery_id"]), str(event.org_id))
+            await _redeliver(context, UUID(str(event.payload["delivery_id"])), event.org_id)
             return
         source = Event.from_wire(str(event.payload["event"]))
         async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
@@ -98,12 +101,19 @@ async def notify_webhooks(envelope: str) -> None:
                 hook
                 for hook in await db.exec(
                     select(Webhook).where(
-                        Webhook.org_id == event.org_id, Webhook.direction == "outbound", Webhook.enabled
+                        Webhook.org_id == event.org_id,
+                        col(Webhook.direction).in_(("outbound", "sink")),
+                        Webhook.enabled,
                     )
                 )
                 if str(source.type) in hook.event_types
             ]
+        at = position(str(event.payload["stream_id"])) if event.payload.get("stream_id") else ""
         for hook in hooks:
+            if hook.direction == "sink":
+                await record_notice(context, hook, source, at)
+                await _drain(hook.id, event.org_id, drain_key(source))
+                continue
             delivery = WebhookDelivery(
                 org_id=hook.org_id,
                 webhook_id=hook.id,
@@ -117,6 +127,24 @@ async def notify_webhooks(envelope: str) -> None:
             except IntegrityError:
                 continue  # a redelivered notice: this subscription has its delivery already
             await _enqueue(str(delivery.id), str(event.org_id))
+
+
+async def _redeliver(context: WorkerContext, delivery_id: UUID, org_id: UUID) -> None:
+    """An admin's redelivery: a sink's goes out through its session's drain, in order."""
+    async with tenant_transaction(context.engine, _admin(org_id)) as db:
+        delivery = await db.get(WebhookDelivery, delivery_id)
+        hook = await db.get(Webhook, delivery.webhook_id) if delivery else None
+    if delivery is None or hook is None:
+        return
+    if hook.direction == "sink":
+        session = str(delivery.session_id) if delivery.session_id else NO_SESSION
+        await _drain(hook.id, org_id, session)
+    else:
+        await _enqueue(str(delivery_id), str(org_id))
+
+
+async def _drain(sink_id: UUID, org_id: UUID, session: str) -> None:
+    await asyncio.to_thread(drain_sink.send, str(sink_id), str(org_id), session)
 
 
 async def _enqueue(delivery_id: str, org_id: str, delay_ms: int | None = None) -> None:
@@ -135,7 +163,12 @@ async def deliver_webhook(delivery_id: str, org_id: str) -> None:
     if delivery is None or hook is None or delivery.status != "pending" or not hook.target_url:
         return
     secret = settings.key_ring().decrypt(hook.encrypted_secret, secret_ref(hook))
-    body = json.dumps(delivery.payload).encode()
+    headers: dict[str, str] = {}
+    if hook.format == "cloudevents":
+        document = to_cloudevent(Event.model_validate(delivery.payload), settings.public_base_url)
+        body, headers["Content-Type"] = encode(document), CONTENT_TYPE
+    else:
+        body = json.dumps(delivery.payload).encode()
     code: int | None = None
     try:
         await check_endpoint(hook.target_url, settings, "target_url")
@@ -143,7 +176,9 @@ async def deliver_webhook(delivery_id: str, org_id: str) -> None:
             timeout=settings.webhook_timeout_seconds, follow_redirects=False
         ) as client:
             answer = await client.post(
-                hook.target_url, content=body, headers=signed_headers(secret, str(delivery.id), body)
+                hook.target_url,
+                content=body,
+                headers={**signed_headers(secret, str(delivery.id), body), **headers},
             )
         code = answer.status_code
         error = None if 200 <= code < 300 else f"answered {code}"

@@ -1,0 +1,254 @@
+"""Delivering a session's events to an event sink, in the order of its event log, exactly once each.
+
+Every notice for a sink-subscribed event asks for a *drain* of (sink, session): under a per-pair Redis
+lock, the drain first turns the session's log entries past the last one it recorded into delivery
+rows (so an event whose own notice is still in flight is not overtaken by a later one), then
+publishes the pending rows in log order. A failure stops the drain at the first unconfirmed event
+and retries the pair with backoff; once the attempt budget is spent the pair's pending events go to
+the dead-letter view (``status=failed``) shared with webhooks, from where an admin redelivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import dramatiq
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col, select
+
+from events.cloudevents import encode, to_cloudevent
+from events.envelope import Event
+from events.results import read_log
+from events.sinks import Outgoing, PublishFailed, publish, routing_key
+from events.streams import stream_id_key
+from schemas.db import TenantContext, tenant_transaction
+from schemas.egress import EgressRefused, check_broker_url
+from schemas.tables import Webhook, WebhookDelivery
+from schemas.webhook_signing import secret_ref
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+LOCK_SECONDS = 120
+NO_SESSION = "-"
+
+
+def position(stream_id: str) -> str:
+    """A log entry's id as text that sorts like Redis sorts ids."""
+    ms, seq = stream_id_key(stream_id)
+    return f"{ms:015d}-{seq:010d}"
+
+
+def stream_id(stored: str) -> str:
+    ms, _, seq = stored.partition("-")
+    return f"{int(ms)}-{int(seq)}"
+
+
+def _admin(org_id: UUID) -> TenantContext:
+    return TenantContext(org_id=org_id, user_id=None, role="admin")
+
+
+@dataclass
+class Drain:
+    context: WorkerContext
+    sink_id: UUID
+    org_id: UUID
+    session: str  # a session id, or NO_SESSION for events outside any session
+
+    async def run(self) -> None:
+        """Drain under the pair's lock; a drain that finds it held leaves a mark for the holder,
+        which drains once more after letting go, so no row waits for the next event."""
+        redis, names = self.context.redis, self.context.names
+        lock = names.sink_drain_lock(self.sink_id, self.session)
+        again = names.sink_drain_again(self.sink_id, self.session)
+        token = secrets.token_hex(8)
+        while True:
+            if not await redis.set(lock, token, nx=True, ex=LOCK_SECONDS):
+                await redis.set(again, "1", ex=LOCK_SECONDS)
+                # Taken back only if the holder let go before seeing the mark.
+                if not await redis.set(lock, token, nx=True, ex=LOCK_SECONDS):
+                    return
+            try:
+                await redis.delete(again)
+                await self._drain()
+            finally:
+                if await redis.get(lock) == token:
+                    await redis.delete(lock)
+            if not await redis.exists(again):
+                return
+
+    async def _drain(self) -> None:
+        engine = self.context.engine
+        async with tenant_transaction(engine, _admin(self.org_id)) as db:
+            sink = await db.get(Webhook, self.sink_id)
+        if sink is None or sink.direction != "sink" or not sink.enabled:
+            return
+        if self.session != NO_SESSION:
+            await self._record_log(sink)
+        while True:
+            async with tenant_transaction(engine, _admin(self.org_id)) as db:
+                rows = list(
+                    await db.exec(
+                        select(WebhookDelivery)
+                        .where(
+                            WebhookDelivery.webhook_id == self.sink_id,
+                            WebhookDelivery.session_id == self._session_id(),
+                            WebhookDelivery.status == "pending",
+                        )
+                        .order_by(col(WebhookDelivery.position), col(WebhookDelivery.event_id))
+                        .limit(BATCH)
+                    )
+                )
+            if not rows:
+                return
+            await self._publish(sink, rows)
+            if len(rows) < BATCH:
+                return
+
+    def _session_id(self) -> UUID | None:
+        return None if self.session == NO_SESSION else UUID(self.session)
+
+    async def _record_log(self, sink: Webhook) -> None:
+        """Rows for the session's subscribed events logged after the last one recorded (since the
+        sink exists), whichever notice comes first; existing rows are left as they are."""
+        async with tenant_transaction(self.context.engine, _admin(self.org_id)) as db:
+            last = (
+                await db.exec(
+                    select(WebhookDelivery.position)
+                    .where(
+                        WebhookDelivery.webhook_id == sink.id,
+                        WebhookDelivery.session_id == self._session_id(),
+                    )
+                    .order_by(col(WebhookDelivery.position).desc())
+                    .limit(1)
+                )
+            ).first()
+        after = stream_id(last) if last else "0-0"
+        while True:
+            entries = await read_log(self.context.redis, self.context.names, self.session, after, count=BATCH)
+            if not entries:
+                return
+            after = entries[-1][0]
+            rows = []
+            for entry_id, wire in entries:
+                event = Event.from_wire(wire)
+                if str(event.type) in sink.event_types and event.ts >= sink.created_at:
+                    rows.append(_row(sink, event, position(entry_id)))
+            await insert_new(self.context, self.org_id, rows)
+
+    async def _publish(self, sink: Webhook, rows: list[WebhookDelivery]) -> None:
+        settings = self.context.settings
+        url = settings.key_ring().decrypt(sink.encrypted_secret, secret_ref(sink))
+        template = sink.routing_key or ""
+        messages = []
+        for row in rows:
+            document = to_cloudevent(Event.model_validate(row.payload), settings.public_base_url)
+            messages.append(Outgoing(row.event_id, routing_key(template, document), encode(document)))
+        sent, error = len(rows), None
+        try:
+            await check_broker_url(url, settings)
+            await asyncio.to_thread(
+                publish, str(sink.id), url, sink.exchange or "", messages, settings.sink_timeout_seconds
+            )
+        except EgressRefused as exc:
+            sent, error = 0, str(exc)
+        except PublishFailed as exc:
+            sent, error = exc.sent, exc.reason
+        await self._record(sink, rows, sent, error)
+
+    async def _record(self, sink: Webhook, rows: list[WebhookDelivery], sent: int, error: str | None) -> None:
+        settings = self.context.settings
+        now = datetime.now(UTC)
+        async with tenant_transaction(self.context.engine, _admin(self.org_id)) as db:
+            if sent:
+                await db.exec(  # type: ignore[call-overload]
+                    update(WebhookDelivery)
+                    .where(col(WebhookDelivery.id).in_([row.id for row in rows[:sent]]))
+                    .values(
+                        status="succeeded",
+                        attempts=WebhookDelivery.attempts + 1,
+                        delivered_at=now,
+                        updated_at=now,
+                        last_error=None,
+                    )
+                )
+            if error is None:
+                if sink.health != "ok":
+                    await db.exec(  # type: ignore[call-overload]
+                        update(Webhook).where(col(Webhook.id) == sink.id).values(health="ok", last_error=None)
+                    )
+                return
+            first = await db.get(WebhookDelivery, rows[sent].id)
+            assert first is not None
+            first.attempts += 1
+            first.last_error, first.updated_at = error, now
+            db.add(first)
+            await db.exec(  # type: ignore[call-overload]
+                update(Webhook).where(col(Webhook.id) == sink.id).values(health="failing", last_error=error)
+            )
+            attempts = first.attempts
+            if attempts >= settings.sink_max_attempts:
+                await db.exec(  # type: ignore[call-overload]
+                    update(WebhookDelivery)
+                    .where(
+                        WebhookDelivery.webhook_id == sink.id,
+                        WebhookDelivery.session_id == self._session_id(),
+                        WebhookDelivery.status == "pending",
+                    )
+                    .values(status="failed", updated_at=now)
+                )
+        if attempts >= settings.sink_max_attempts:
+            log.warning(
+                "sink %s failed %d times (%s); session %s's undelivered events are in the dead-letter view",
+                *(sink.id, attempts, error, self.session),
+            )
+            return
+        delay = min(settings.sink_backoff_seconds * 2 ** (attempts - 1), settings.sink_max_backoff_seconds)
+        log.info("sink %s: %s; attempt %d again in %.1f s", sink.id, error, attempts + 1, delay)
+        raise dramatiq.Retry(str(error), delay=int(delay * 1000))
+
+
+def _row(sink: Webhook, event: Event, at: str) -> WebhookDelivery:
+    return WebhookDelivery(
+        org_id=sink.org_id,
+        webhook_id=sink.id,
+        event_id=event.id,
+        event_type=str(event.type),
+        session_id=event.session_id,
+        position=at,
+        payload=json.loads(event.to_wire()),
+    )
+
+
+async def insert_new(context: WorkerContext, org_id: UUID, rows: list[WebhookDelivery]) -> None:
+    """Insert the rows that do not exist yet (one per sink and event), in one statement."""
+    if not rows:
+        return
+    engine = context.engine
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    values = [row.model_dump() for row in rows]
+    statement = (
+        insert(WebhookDelivery)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
+    )
+    async with tenant_transaction(engine, _admin(org_id)) as db:
+        await db.exec(statement)  # type: ignore[call-overload]
+
+
+async def record_notice(context: WorkerContext, sink: Webhook, event: Event, at: str) -> None:
+    """The notice's own event, in case the log no longer holds it (capped, or not a session event)."""
+    await insert_new(context, sink.org_id, [_row(sink, event, at)])
+
+
+def drain_key(event: Event) -> str:
+    return str(event.session_id) if event.session_id else NO_SESSION
