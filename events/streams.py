@@ -75,6 +75,10 @@ class Names:
         """Hash kept by the session's host: status, agent_type, host, heartbeat (expires with the host)."""
         return f"{self.prefix}session:{session_id}:state"
 
+    def permission_request(self, session_id: UUID | str, request_id: str) -> str:
+        """An ACP agent's open permission request (its option ids, JSON) until answered or expired."""
+        return f"{self.prefix}session:{session_id}:permission:{request_id}"
+
     def dramatiq_namespace(self) -> str:
         return f"{self.prefix}dramatiq"
 

@@ -9,7 +9,9 @@ issue's "cancel stops within 1 s", measured between two events the stack itself 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import secrets
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,9 +19,10 @@ import pytest
 from httpx_sse import ServerSentEvent
 
 from tests.agent_cli import fake_upstream, model_reply
-from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.anthropic_api import SLOW_PREFIX, FakeAnthropic
+from tests.fixtures.mcp import mcp_server
 from tests.fixtures.stack import Stack
-from tests.test_skeleton_e2e import agent_said, read_events
+from tests.test_skeleton_e2e import agent_said, named, read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
@@ -31,18 +34,36 @@ def fake_anthropic() -> Iterator[FakeAnthropic]:
         yield fake
 
 
+@pytest.fixture(scope="module")
+def mcp_url_and_token() -> Iterator[tuple[str, str]]:
+    token = secrets.token_urlsafe(24)
+    with mcp_server("http", f"--token={token}") as url:
+        yield url, token
+
+
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
     fake: FakeAnthropic = request.getfixturevalue("fake_anthropic")
     return {
         "AGENTAPI_ANTHROPIC_BASE_URL": fake.base_url,
         "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
         "AGENTAPI_CLAUDE_TRANSPORT": "acp",
+        "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
     }
+
+
+@pytest.fixture(scope="module")
+def tools_stack(stack: Stack) -> Stack:
+    stack.start_worker("tools", "audit")
+    return stack
 
 
 def data(sse: ServerSentEvent) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(sse.data)
     return parsed
+
+
+def event_type(name: str) -> Callable[[ServerSentEvent], bool]:
+    return lambda sse: bool(sse.data) and json.loads(sse.data).get("type") == name
 
 
 def stable(sse: ServerSentEvent) -> bool:
@@ -55,6 +76,15 @@ async def start(client: httpx.AsyncClient, headers: dict[str, str], agent_type: 
     session_id: str = created.json()["id"]
     await read_events(client, f"/api/v1/sessions/{session_id}/events", headers, until=stable)
     return session_id
+
+
+async def post_message(
+    client: httpx.AsyncClient, headers: dict[str, str], session_id: str, text: str
+) -> None:
+    sent = await client.post(
+        f"/api/v1/sessions/{session_id}/message", json={"content": text}, headers=headers
+    )
+    assert sent.status_code == 200, sent.text
 
 
 async def say(client: httpx.AsyncClient, headers: dict[str, str], session_id: str, text: str) -> None:
@@ -98,3 +128,145 @@ async def test_a_multi_turn_conversation_over_acp_comes_back_exact(
     ], "exact replies, no chrome"
     calls = fake_anthropic.message_requests()
     assert all(call.headers.get("x-api-key") == API_KEY for call in calls)
+
+
+async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through_the_gateway(
+    fake_anthropic: FakeAnthropic, tools_stack: Stack, mcp_url_and_token: tuple[str, str]
+) -> None:
+    url, token = mcp_url_and_token
+    headers = tools_stack.headers()
+    fake_anthropic.tool_uses["Echo ping with the tool"] = ("mcp__agentapi__tools__echo", {"text": "ping"})
+    fake_anthropic.tool_uses["Echo pong with the tool"] = ("mcp__agentapi__tools__echo", {"text": "pong"})
+    async with httpx.AsyncClient(base_url=tools_stack.base_url, timeout=60) as client:
+        config = await client.post(
+            "/api/v1/mcp/configurations",
+            json={
+                "name": "tools",
+                "transport": "http",
+                "endpoint_url": url,
+                "auth_type": "bearer",
+                "bearer_token": token,
+            },
+            headers=headers,
+        )
+        assert config.status_code == 201, config.text
+        session_id = await start(client, headers)
+        events_url = f"/api/v1/sessions/{session_id}/events"
+
+        # Allowed: the permission request reaches the client, its answer the agent, the call the gateway.
+        await post_message(client, headers, session_id, "Echo ping with the tool")
+        asked = data((await read_events(client, events_url, headers, until=named("permission_request")))[-1])
+        assert asked["tool_call"]["raw_input"] == {"text": "ping"} and asked["tool_call"]["title"]
+        allow = next(o["option_id"] for o in asked["options"] if o["kind"] == "allow_once")
+        answer_url = f"/api/v1/sessions/{session_id}/permissions/{asked['request_id']}"
+        assert asked["answer_url"] == answer_url
+        wrong = await client.post(answer_url, json={"option_id": "no-such-option"}, headers=headers)
+        assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "option_id"
+        answered = await client.post(answer_url, json={"option_id": allow}, headers=headers)
+        assert answered.status_code == 202, answered.text
+        again = await client.post(answer_url, json={"option_id": allow}, headers=headers)
+        assert again.status_code == 404, "an answered request cannot be answered twice"
+        events = await read_events(client, events_url, headers, until=completed_with("echo: ping"))
+
+        # Denied: the tool never runs and the model hears so.
+        await post_message(client, headers, session_id, "Echo pong with the tool")
+        asked_again = await read_events(
+            client,
+            events_url,
+            headers,
+            until=lambda sse: (
+                sse.event == "permission_request" and data(sse)["request_id"] != asked["request_id"]
+            ),
+        )
+        second = data(asked_again[-1])
+        reject = next(o["option_id"] for o in second["options"] if o["kind"] == "reject_once")
+        refused = await client.post(
+            f"/api/v1/sessions/{session_id}/permissions/{second['request_id']}",
+            json={"option_id": reject},
+            headers=headers,
+        )
+        assert refused.status_code == 202, refused.text
+        # claude-code-acp ends the turn on a refusal (Claude Code's "interrupt"), with no model call.
+        after = await read_events(client, events_url, headers, until=stable_after("Echo pong with the tool"))
+        unknown = await client.post(
+            f"/api/v1/sessions/{session_id}/permissions/01J00000000000000000000000",
+            json={"option_id": allow},
+            headers=headers,
+        )
+        assert unknown.status_code == 404
+        assert unknown.headers["content-type"].startswith("application/problem+json")
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
+
+    gateway = [data(e) for e in events if e.event == "tool_call" and data(e)["type"].startswith("tool_call.")]
+    assert any(g["type"] == "tool_call.completed" and g.get("tool") == "echo" for g in gateway), (
+        "the call went through the session's MCP gateway"
+    )
+    agent_calls = [g for g in gateway if g["type"] == "tool_call.agent"]
+    assert agent_calls and agent_calls[-1]["status"] == "completed", "the agent's own view of the call"
+    decisions = [data(e) for e in after if e.event == "permission_decision"]
+    assert [(d["decided_by"], d["option_id"]) for d in decisions] == [("user", allow), ("user", reject)]
+    assert decisions[0]["actor_user_id"] == str(tools_stack.user_id)
+    denied_calls = [
+        data(e) for e in after if e.event == "tool_call" and data(e)["type"] == "tool_call.completed"
+    ]
+    assert len(denied_calls) == 1, "the refused call never reached the gateway"
+
+
+async def test_cancel_during_a_reply_stops_it(fake_anthropic: FakeAnthropic, stack: Stack) -> None:
+    """Esc (coder/agentapi clients' interrupt) becomes session/cancel: the turn ends with what had
+    arrived, long before the rest of the reply would have (the fake streams a chunk per 0.5 s)."""
+    headers = stack.headers()
+    text = f"{SLOW_PREFIX} tell a long story"
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+        session_id = await start(client, headers)
+        events_url = f"/api/v1/sessions/{session_id}/events"
+        await post_message(client, headers, session_id, text)
+        await read_events(client, events_url, headers, until=agent_grew(16))
+        escaped = await client.post(
+            f"/api/v1/sessions/{session_id}/message", json={"content": "\x1b", "type": "raw"}, headers=headers
+        )
+        assert escaped.status_code == 200, escaped.text
+        cancelled_at = time.monotonic()
+        await read_events(client, events_url, headers, until=stable_after(text))
+        print(f"cancel → stable: {time.monotonic() - cancelled_at:.2f} s (as the client sees it)")
+        # A turn's messages are stored before its end is announced.
+        messages = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).json()
+        # The session takes the next message at once.
+        await say(client, headers, session_id, "After the cancel")
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
+    cut = messages["messages"][-1]
+    assert cut["role"] == "agent" and model_reply(text).startswith(cut["content"])
+    assert 16 <= len(cut["content"]) < len(model_reply(text)), "the reply was cut short"
+
+
+def completed_with(fragment: str) -> Callable[[ServerSentEvent], bool]:
+    return lambda sse: event_type("message.completed")(sse) and fragment in data(sse)["message"]
+
+
+def agent_grew(length: int) -> Callable[[ServerSentEvent], bool]:
+    def grown(sse: ServerSentEvent) -> bool:
+        return (
+            sse.event == "message_update"
+            and data(sse)["role"] == "agent"
+            and data(sse)["id"] > 0
+            and len(data(sse)["message"]) >= length
+        )
+
+    return grown
+
+
+def stable_after(user_text: str) -> Callable[[ServerSentEvent], bool]:
+    """The first ``stable`` after the user message ``user_text`` (replays start from the beginning)."""
+    seen = False
+
+    def match(sse: ServerSentEvent) -> bool:
+        nonlocal seen
+        if (
+            sse.event == "message_update"
+            and data(sse)["role"] == "user"
+            and data(sse)["message"] == user_text
+        ):
+            seen = True
+        return seen and stable(sse)
+
+    return match

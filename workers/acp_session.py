@@ -102,6 +102,8 @@ class AcpConversation:
         self._updates_handled = 0
         self._caught_up = asyncio.Event()
         self._loading = False
+        # Permission questions waiting for an answer; a cancelled turn withdraws them.
+        self._asking: set[asyncio.Future[str | None]] = set()
 
     # -- what the host reads ------------------------------------------------------------------
 
@@ -163,10 +165,14 @@ class AcpConversation:
             await self.stop()
             raise AcpStartFailed(f"the agent did not start its ACP session: {exc}") from exc
         info = init.agent_info
-        if len(self.messages) == 1:
-            name = f"{info.title or info.name} {info.version}" if info else " ".join(self.argv[:1])
-            self.messages[0].content = f"{name} (Agent Client Protocol)"
-            self.changes.put_nowait(Change(message=self.messages[0]))
+        if len(self.messages) > 1:
+            # Recovered: its last message was completed (or is reopened) by the host, not here.
+            self.status = "stable"
+            self.changes.put_nowait(Change(status="stable"))
+            return
+        name = f"{info.title or info.name} {info.version}" if info else " ".join(self.argv[:1])
+        self.messages[0].content = f"{name} (Agent Client Protocol)"
+        self.changes.put_nowait(Change(message=self.messages[0]))
         self._settle()
 
     async def _open_session(self, can_load: bool) -> None:
@@ -224,15 +230,15 @@ class AcpConversation:
 
     # -- turns --------------------------------------------------------------------------------
 
-    async def send_user(self, text: str) -> Message:
-        """Start a turn; returns once the agent has the prompt (the reply arrives as changes)."""
-        user = self.open_turn(text)
+    async def send_user(self, text: str, reopen: bool = False) -> Message:
+        user = self.open_turn(text, reopen)
         await self.type_turn(user.content)
         return user
 
     def open_turn(self, text: str, reopen: bool = False) -> Message:
-        """Record the user's message (and its reply, empty) before it is sent. ``reopen``: it is the
-        stored message of a turn whose host died; it and its reply keep their ids."""
+        """Record the user's message and its reply (empty) before the prompt is sent. ``reopen``:
+        the message is the stored one of a turn whose reply never completed (its host died); it
+        keeps its id and its reply's id."""
         text = text.strip()
         if not text:
             raise ValueError("message content is empty")
@@ -250,9 +256,8 @@ class AcpConversation:
         return user
 
     async def type_turn(self, text: str) -> None:
-        """Send the opened turn's prompt; its reply arrives as changes."""
-        reply = self.messages[-1]
-        self._turn = asyncio.create_task(self._prompt(text, reply), name=f"acp-turn-{self.pid}")
+        """Send the opened turn's prompt; returns at once (the reply arrives as changes)."""
+        self._turn = asyncio.create_task(self._prompt(text, self.messages[-1]), name=f"acp-turn-{self.pid}")
 
     async def _prompt(self, text: str, reply: Message) -> None:
         assert self._conn is not None and self.agent_session_id is not None
@@ -270,12 +275,20 @@ class AcpConversation:
 
     def _settle(self) -> None:
         self.status = "stable"
-        self.changes.put_nowait(Change(status="stable", completed=replace(self.messages[-1])))
+        last = self.messages[-1]
+        if last.role == "agent" and not last.content and len(self.messages) > 1:
+            # A turn that said nothing (a refused tool ends it) leaves no message: ids stay list indexes.
+            self.messages.pop()
+            self.changes.put_nowait(Change(status="stable"))
+            return
+        self.changes.put_nowait(Change(status="stable", completed=replace(last)))
 
     async def cancel(self) -> None:
         """session/cancel: the agent ends the turn with stop reason ``cancelled``."""
         if self._conn is None or self.agent_session_id is None or not self._turn or self._turn.done():
             return
+        for asking in self._asking:
+            asking.cancel()
         with contextlib.suppress(RequestError, ConnectionError):
             await self._conn.cancel(session_id=self.agent_session_id)
 
@@ -328,10 +341,20 @@ class AcpConversation:
     async def on_permission(self, tool_call: ToolCallUpdate, options: list[PermissionOption]) -> str | None:
         if self.ask_permission is None:
             return None
-        return await self.ask_permission(
-            tool_call_payload(tool_call),
-            [option.model_dump(mode="json", by_alias=False, exclude_none=True) for option in options],
+        asking = asyncio.ensure_future(
+            self.ask_permission(
+                tool_call_payload(tool_call),
+                [option.model_dump(mode="json", by_alias=False, exclude_none=True) for option in options],
+            )
         )
+        self._asking.add(asking)
+        try:
+            await asyncio.wait({asking})
+        finally:
+            self._asking.discard(asking)
+            asking.cancel()
+        # A question the cancel of its turn withdrew is answered "cancelled", as ACP asks of a client.
+        return None if asking.cancelled() else asking.result()
 
 
 def tool_call_payload(update: ToolCallStart | ToolCallProgress | ToolCallUpdate) -> dict[str, Any]:
@@ -343,6 +366,8 @@ def tool_call_payload(update: ToolCallStart | ToolCallProgress | ToolCallUpdate)
         "status": update.status,
         "raw_input": update.raw_input,
         "raw_output": update.raw_output,
+        "locations": [place.model_dump(mode="json", exclude_none=True) for place in update.locations or []]
+        or None,
     }
     return {key: value for key, value in payload.items() if value is not None}
 

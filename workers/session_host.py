@@ -29,7 +29,7 @@ from pathlib import Path
 
 from acp.schema import HttpHeader, HttpMcpServer
 from dramatiq import Retry
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -38,11 +38,14 @@ from sqlmodel import col, select, update
 from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.publisher import publish
+from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
+from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
 from schemas.db import TenantContext, tenant_transaction
 from schemas.settings import UPLOADS_DIR, Settings
 from schemas.tables import SessionMessage, TenantSettings, UserSession
 from schemas.tenant_secrets import open_tenant_secrets
+from workers.acp_permissions import PermissionDesk
 from workers.acp_session import AcpConversation
 from workers.agents import AdapterUnavailable, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
@@ -166,6 +169,7 @@ class SessionHost:
         self.conversation: Conversation | AcpConversation | None = None
         # Set when the adapter is known: whether this host drives its agent over ACP.
         self.over_acp = False
+        self.permissions: PermissionDesk | None = None
         self._persisted: dict[int, str] = {}
         # Statuses whose row update is still to be written.
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
@@ -291,7 +295,7 @@ class SessionHost:
             sidecar = SidecarProcess(spec)
             self._sidecars.append(sidecar)
             await sidecar.start(workspace, base_environment(home), limits)
-        conversation = self._conversation(adapter, ctx, env, limits)
+        conversation = await self._conversation(adapter, ctx, env, limits)
         await self._set_state("running")
         if recovering:
             await self._update_row(status="starting")
@@ -303,7 +307,15 @@ class SessionHost:
             # Before the agent draws anything: its start-up screen must not touch a stored message.
             conversation.restore(await self._stored_messages())
             self._persisted = {m.id: m.content for m in conversation.messages}
-        await conversation.start()
+        # The heartbeat keeps the lease and the gateway token alive while the agent starts: an ACP
+        # agent connects to its gateway inside session/new, which can take longer than their TTLs.
+        beating = asyncio.create_task(self._heartbeat(), name=f"start-beat-{self.session_id}")
+        try:
+            await conversation.start()
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
         if recovering:
             payload = {
                 "worker": self.context.worker_id,
@@ -329,7 +341,7 @@ class SessionHost:
     def transport(self) -> str:
         return "acp" if self.over_acp else self.settings.transport_of(self.agent_type)
 
-    def _conversation(
+    async def _conversation(
         self, adapter: AgentAdapter, ctx: LaunchContext, env: dict[str, str], limits: ResourceLimits
     ) -> Conversation | AcpConversation:
         if not self.over_acp:
@@ -346,15 +358,43 @@ class SessionHost:
                     headers=[HttpHeader(name=k, value=v) for k, v in gateway_headers(ctx).items()],
                 )
             )
+        self.permissions = PermissionDesk(
+            redis=self.context.redis,
+            names=self.names,
+            session_id=self.session_id,
+            workspace=ctx.workspace,
+            policy=await self._permission_policy(),
+            timeout=self.settings.acp_permission_timeout_seconds,
+            emit=self._emit,
+            audit=self._audit,
+        )
         return AcpConversation(
             adapter.acp_command(ctx),  # type: ignore[attr-defined]
             cwd=ctx.workspace,
             env=env,
             limits=limits,
             mcp_servers=gateway,
+            ask_permission=self.permissions.ask,
             session_meta=adapter.acp_session_meta(ctx),  # type: ignore[attr-defined]
             stderr_path=ctx.home / "acp-agent.log",
         )
+
+    async def _permission_policy(self) -> PermissionPolicy:
+        """The organization's policy for ACP permission requests (checked when it was saved)."""
+        async with tenant_transaction(self.context.engine, self.tenant) as db:
+            row = (
+                await db.exec(select(TenantSettings).where(TenantSettings.org_id == self.event.org_id))
+            ).first()
+        raw = (row.settings if row else {}).get(PERMISSIONS_KEY) or {}
+        try:
+            return PermissionPolicy.model_validate(raw)
+        except ValidationError:
+            log.warning(
+                "session %s: the org's %s are invalid; asking for everything",
+                self.session_id,
+                PERMISSIONS_KEY,
+            )
+            return PermissionPolicy(kinds=dict.fromkeys(DEFAULT_KINDS, "ask"))  # type: ignore[arg-type]
 
     async def _tenant_configuration(self) -> dict[str, object]:
         """The organization's settings and opened secrets, for an adapter that builds its config from them."""
@@ -466,6 +506,10 @@ class SessionHost:
             return
         if kind == "upload":
             await self._place_upload(fields)
+            return
+        if kind == "permission":
+            if self.permissions is not None:
+                self.permissions.answer(fields["request_id"], fields["option_id"], fields.get("actor", ""))
             return
         # The ingress only queues a user message while the agent is stable; the first prompt may
         # arrive while it starts, so wait for it to settle rather than lose the message.

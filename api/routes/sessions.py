@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -35,6 +37,8 @@ from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import SessionMessage, UserSession
 from workers.agents import canonical_agent_type
 
+# Permission request ids are event ids (ULIDs).
+REQUEST_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 ACTIVE = ("requested", "starting", "running", "stable")
 MAX_MESSAGE_BYTES = 100_000
 
@@ -62,6 +66,12 @@ class CreateSession(StrictBody):
 class SendMessage(StrictBody):
     content: str = Field(max_length=MAX_MESSAGE_BYTES)
     type: Literal["user", "raw"] = "user"
+
+
+class PermissionAnswer(StrictBody):
+    option_id: str = Field(
+        min_length=1, max_length=200, description="the chosen option: one of the request's options"
+    )
 
 
 class SessionOut(BaseModel):
@@ -245,6 +255,22 @@ class SessionController(Controller):
         await deliver_message(resources(state), await find_session(state, request.user, session_id), data)
         return Ok()
 
+    @post("/{session_id:uuid}/permissions/{request_id:str}", status_code=202)
+    async def answer_permission(
+        self,
+        session_id: UUID,
+        request_id: str,
+        data: PermissionAnswer,
+        request: Request[Principal, str, State],
+        state: State,
+    ) -> Ok:
+        """Answer an ACP agent's `permission_request` event with one of its options; the agent
+        goes on with it. 404 once a request is answered, expired or withdrawn."""
+        res = resources(state)
+        row = await find_session(state, request.user, session_id)
+        await answer_permission(res, row, request_id, data.option_id, request.user.user_id)
+        return Ok()
+
     @get("/{session_id:uuid}/events", timeout=None, media_type="text/event-stream")
     async def session_events(
         self,
@@ -334,6 +360,30 @@ async def deliver_message(res: Resources, row: UserSession, data: SendMessage) -
         if live.get("status") != "stable":
             raise ClientException("the agent is busy; send when its status is stable", status_code=409)
     await res.redis.xadd(res.names.session_input(row.id), {"type": data.type, "content": content})
+
+
+async def answer_permission(
+    res: Resources, row: UserSession, request_id: str, option_id: str, actor: object
+) -> None:
+    """Take the open request once (the first answer wins) and hand the answer to the session's host."""
+    if row.status not in ACTIVE:
+        raise ClientException(f"the session has {row.status}", status_code=409)
+    key = res.names.permission_request(row.id, request_id)
+    opened = await res.redis.get(key) if REQUEST_ID.fullmatch(request_id) else None
+    if opened is None:
+        raise NotFoundException("no open permission request with this id (answered, expired or never asked)")
+    options = json.loads(opened)["options"]
+    if option_id not in options:
+        raise ValidationException(
+            "option_id is not one of the request's options",
+            extra=[{"key": "option_id", "message": f"expected one of: {', '.join(options)}"}],
+        )
+    if not await res.redis.delete(key):
+        raise NotFoundException("no open permission request with this id (answered, expired or never asked)")
+    await res.redis.xadd(
+        res.names.session_input(row.id),
+        {"type": "permission", "request_id": request_id, "option_id": option_id, "actor": str(actor)},
+    )
 
 
 async def _check_quota(res: Resources, ctx: TenantContext) -> None:

@@ -30,6 +30,8 @@ from api.tenancy import (
     AUTO_PROVISION_POLICIES,
     tenant_context,
 )
+from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
+from schemas.agent_permissions import PermissionPolicy
 from schemas.ccrouter import CCRouterSettings, missing_keys
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
@@ -146,6 +148,20 @@ async def write_settings(
             f"settings.{AUTO_PROVISION_KEY} must be one of {', '.join(AUTO_PROVISION_POLICIES)}",
             extra=[{"key": f"settings.{AUTO_PROVISION_KEY}", "message": "unknown policy"}],
         )
+    if PERMISSIONS_KEY in data.settings:
+        try:
+            PermissionPolicy.model_validate(data.settings[PERMISSIONS_KEY])
+        except PydanticValidationError as exc:
+            raise ValidationException(
+                f"settings.{PERMISSIONS_KEY} is not a valid permission policy",
+                extra=[
+                    {
+                        "key": ".".join(["settings", PERMISSIONS_KEY, *map(str, error["loc"])]),
+                        "message": error["msg"],
+                    }
+                    for error in exc.errors()
+                ],
+            ) from None
     bad = [name for name in data.secrets if not SECRET_NAME.match(name)]
     if bad:
         raise ValidationException(
