@@ -10,7 +10,7 @@ import time
 
 from bench.harness import Row, table, write
 
-BENCHES = ("ingress", "latency", "session_start", "gateway", "fanout", "sessions", "workspaces")
+BENCHES = ("ingress", "latency", "session_start", "gateway", "fanout", "sessions", "workspaces", "console")
 
 
 def calibration() -> Row:

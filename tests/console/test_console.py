@@ -10,6 +10,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,8 +20,8 @@ from playwright.sync_api import Page, expect
 from api.dev import issue_console_login
 from tests.console.conftest import sign_in
 from tests.fakes.oauth_server import FakeAuthorizationServer
-from tests.fixtures.mcp import mcp_server
-from tests.fixtures.stack import Stack
+from tests.fixtures.mcp import start_mcp_server
+from tests.fixtures.stack import Stack, stop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,6 +55,17 @@ def end_live_sessions(stack: Stack) -> Iterator[None]:
             not in ("ended", "failed")
         ]
         time.sleep(0.2)
+
+
+@contextmanager
+def mcp_server(mode: str, *options: str) -> Iterator[str]:
+    """The test MCP server, given a minute to start: importing fastmcp alone takes seconds on a
+    loaded machine."""
+    proc, url = start_mcp_server(mode, *options, timeout=60)
+    try:
+        yield url
+    finally:
+        stop(proc)
 
 
 def start_echo(page: Page, title: str) -> str:
@@ -228,6 +240,34 @@ def test_mcp_errors_show_beside_the_field(page: Page, stack: Stack) -> None:
         assert token not in page.content()
         row.locator("button.delete").click()
         expect(row).to_have_count(0)
+
+
+def test_chat_lists_the_sessions_tool_calls(page: Page, stack: Stack) -> None:
+    token = secrets.token_urlsafe(24)
+    with mcp_server("http", f"--token={token}") as url:
+        config = httpx.post(
+            f"{stack.base_url}/api/v1/mcp/configurations",
+            json={
+                "name": "calculator",
+                "transport": "http",
+                "endpoint_url": url,
+                "auth_type": "bearer",
+                "bearer_token": token,
+            },
+            headers=stack.headers(),
+        ).json()
+        sign_in(page, stack.token())
+        session_id = start_echo(page, "Tool calls")
+        # What the agent's gateway does for each call it makes: a tools worker calls the server and
+        # the call's events land in the session's stream.
+        answer = httpx.post(
+            f"{stack.base_url}/api/v1/sessions/{session_id}/tool-calls",
+            json={"config_id": config["id"], "tool": "add", "arguments": {"a": 2, "b": 3}},
+            headers=stack.headers(),
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        expect(page.locator("#tool-calls li")).to_have_text(["add · completed"], timeout=30_000)
 
 
 @pytest.fixture(scope="module")

@@ -490,13 +490,15 @@ function chatPage(sessionId) {
 
   (async () => {
     try {
-      const session = await api(`/api/v1/sessions/${sessionId}`);
+      // The session and its stored conversation at once (the event log is capped), then the log's
+      // replay and live events update the same messages by id: nothing twice, nothing missing.
+      const [session, stored] = await Promise.all([
+        api(`/api/v1/sessions/${sessionId}`),
+        api(`/api/v1/sessions/${sessionId}/messages`),
+      ]);
       title.textContent = session.title || `${session.agent_type} session`;
       ended = TERMINAL_STATUSES.includes(session.status);
       setStatus(session.status, session.end_reason);
-      // The stored conversation first (the event log is capped), then the log's replay and live
-      // events update the same messages by id: nothing twice, nothing missing.
-      const stored = await api(`/api/v1/sessions/${sessionId}/messages`);
       for (const message of stored.messages) upsert(message);
       leaving.push(followEvents(sessionId, onEvent, (state) => (connection.textContent = state)));
     } catch (error) {
