@@ -85,3 +85,25 @@ def test_gc_tuning_follows_its_setting(threshold: str, expected: str) -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+def test_a_workspace_store_needs_a_known_scheme_and_the_key_ring() -> None:
+    base = {"PATH": os.environ["PATH"], "AGENTAPI_ENVIRONMENT": "test", "AGENTAPI_JWT_SECRET": "x" * 32}
+    for store, expected in [
+        (
+            "ftp://bucket/prefix",
+            "invalid setting AGENTAPI_WORKSPACE_STORE_URL: must be a URL with one of the schemes s3, gs, file",
+        ),
+        ("s3://bucket/prefix", "AGENTAPI_WORKSPACE_STORE_URL needs AGENTAPI_ENCRYPTION_KEYS"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "api.cli", "migrate"],
+            env={**base, "AGENTAPI_WORKSPACE_STORE_URL": store},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
