@@ -113,6 +113,9 @@ class Settings(BaseSettings):
         3600, ge=1, description="idle seconds", validation_alias=_env("SESSION_TIMEOUT", "SESSION_TIMEOUT")
     )
 
+    # How long an ended session's input stream and event log stay in Redis (its messages stay in
+    # PostgreSQL): long enough for a client to replay the end, then they stop taking memory.
+    session_keys_ttl_seconds: int = Field(86_400, ge=60, validation_alias=_env("SESSION_KEYS_TTL_SECONDS"))
     session_max_lifetime: int = Field(
         8 * 3600, ge=60, description="seconds", validation_alias=_env("SESSION_MAX_LIFETIME")
     )

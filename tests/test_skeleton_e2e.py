@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import redis.asyncio
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from events.streams import Names
 from tests.fixtures.stack import Stack, seed_async
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,6 +104,19 @@ async def test_session_round_trip_and_replay(stack: Stack) -> None:
             client, url, {**headers, "Last-Event-ID": ids[-1]}, until=named("session_ended")
         )
         assert json.loads(ended[-1].data)["reason"] == "stopped"
+
+    # The ended session's Redis keys go after AGENTAPI_SESSION_KEYS_TTL_SECONDS (a day by default).
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"])
+    try:
+        for key in (names.session_input(body["id"]), names.session_log(body["id"])):
+            for _ in range(100):
+                if await store.ttl(key) > 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert 0 < await store.ttl(key) <= 86_400, key
+    finally:
+        await store.aclose()
 
 
 async def test_agentapi_compatible_endpoints(stack: Stack) -> None:

@@ -5,6 +5,10 @@ a batch only after its transaction committed. While PostgreSQL is down nothing i
 the events wait in Redis and are written when it is back. Rows are idempotent by event id, so an
 event delivered twice is stored once, and each org's rows are hash-chained in ``seq`` order under
 a per-org advisory lock.
+
+An event the database refuses for what it is (a constraint or a value: an organization that does
+not exist) is poison, not an outage: the batch is written again one event at a time, and each such
+event goes to the dead-letter stream with its error while the others are stored.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from uuid import UUID
 import redis
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
@@ -33,6 +37,8 @@ from schemas.tables import AuditLog
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Errors that say the event itself cannot be stored: retrying it would block the stream for good.
+POISON = (IntegrityError, DataError)
 OUTCOMES = {"success", "failure", "denied", "error"}
 
 
@@ -129,9 +135,7 @@ class AuditWriter:
                 try:
                     entries = await asyncio.to_thread(self._read)
                     events = self._parse(entries)
-                    if events:
-                        await write_batch(engine, [event for _, event in events])
-                    done = [entry_id for entry_id, _ in events]
+                    done = await self._write(engine, events)
                     if done:
                         await asyncio.to_thread(self.consumer.ack, *done)
                     await asyncio.to_thread(self.consumer.maybe_trim)
@@ -152,6 +156,24 @@ class AuditWriter:
                     await asyncio.to_thread(self.consumer.ensure_group)
         finally:
             await engine.dispose()
+
+    async def _write(self, engine: AsyncEngine, events: list[tuple[str, Event]]) -> list[str]:
+        """Store the events; returns the entry ids to acknowledge (poison ones are dead-lettered)."""
+        try:
+            await write_batch(engine, [event for _, event in events])
+            return [entry_id for entry_id, _ in events]
+        except POISON as exc:
+            log.warning("an audit batch of %d was refused (%s); writing it event by event", len(events), exc)
+        done = []
+        for entry_id, event in events:
+            try:
+                await write_batch(engine, [event])
+            except POISON as exc:
+                error = f"audit row refused: {type(exc.orig).__name__}: {exc.orig}"
+                await asyncio.to_thread(self.consumer.dead_letter, entry_id, event.to_wire(), error)
+                continue
+            done.append(entry_id)
+        return done
 
     def _read(self) -> list[tuple[str, dict[str, str]]]:
         """Entries another writer left unacknowledged first (it died), then new ones."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import redis
 from dramatiq import Worker
@@ -22,6 +23,8 @@ from workers.placement import advertise
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 1_000
+# How long a stopping worker waits for its session hosts to hand their sessions over.
+HANDOVER_WAIT_SECONDS = 10
 
 
 def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
@@ -68,6 +71,12 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     def shutdown(signum: int, _: object) -> None:
         log.info("worker stopping on signal %d", signum)
         context.draining.set()
+        # A stopping worker takes no more sessions: its idle threads took back the sessions it was
+        # handing over, again and again, until it stopped, before another worker could (10-20 s).
+        # Its other consumers (the delay queue's) go on and keep its heartbeat.
+        sessions_consumer = worker.consumers.get(WorkKind.SESSIONS.value)
+        if sessions_consumer is not None:
+            sessions_consumer.pause()
         stop.set()
 
     signal.signal(signal.SIGTERM, shutdown)
@@ -76,6 +85,11 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     stop.wait()
     for thread in threads_:
         thread.join()
+    # Session hosts hand their sessions over first: Dramatiq's stop would end their event loop after
+    # its timeout, freezing the slower ones until their heartbeat lapsed (4 of 10 sessions took 15 s).
+    deadline = time.monotonic() + HANDOVER_WAIT_SECONDS
+    while context.load.hosted and time.monotonic() < deadline:
+        time.sleep(0.1)
     # Messages in flight finish or go back to their queue for another worker.
     worker.stop(timeout=10_000)
     broker.close()

