@@ -19,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from api.dev import issue_console_login
 from tests.console.conftest import sign_in
+from tests.console.proxy import CuttableProxy
 from tests.fakes.oauth_server import FakeAuthorizationServer
 from tests.fixtures.mcp import start_mcp_server
 from tests.fixtures.stack import Stack, stop
@@ -370,3 +371,42 @@ def test_sessions(page: Page, stack: Stack) -> None:
     expect(row.locator(".badge")).to_have_text(re.compile("^(starting|running|stable)$"))
     # The earlier tests' sessions are listed too, ended with their reason.
     expect(page.locator("tbody .badge-ended").first).to_be_visible()
+
+
+def test_dropped_stream_resumes_with_last_event_id(page: Page, stack: Stack) -> None:
+    proxy = CuttableProxy(int(stack.base_url.rsplit(":", 1)[1]))
+    try:
+        page.goto(f"http://127.0.0.1:{proxy.port}/console")
+        page.fill("#token", stack.token())
+        page.click("#signin button[type=submit]")
+        page.wait_for_selector("#sessions")
+        session_id = start_echo(page, "Dropped")
+        send(page, "before the drop")
+        expect(page.locator(".message.agent").last).to_contain_text("echo: before the drop", timeout=30_000)
+        expect(page.locator("#connection")).to_have_text("live")
+        proxy.cut()
+        expect(page.locator("#connection")).to_have_text("reconnecting", timeout=30_000)
+        # While the page is cut off, the conversation goes on (another client sends).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answer = httpx.post(
+                f"{stack.base_url}/api/v1/sessions/{session_id}/message",
+                json={"content": "during the drop"},
+                headers=stack.headers(),
+            )
+            if answer.status_code != 409:
+                break
+            time.sleep(0.2)
+        assert answer.is_success, answer.text
+        expect(page.locator("#connection")).to_have_text("reconnecting")
+        proxy.restore()
+        expect(page.locator(".message.agent").last).to_contain_text("echo: during the drop", timeout=30_000)
+        expect(page.locator("#connection")).to_have_text("live")
+        expect(page.locator("#agent-status .badge")).to_have_text("stable", timeout=30_000)
+        assert shown_messages(page) == stored_messages(stack, session_id)
+        # The page asked for what it had missed, not for everything again.
+        requests = [chunk.decode(errors="replace").lower() for chunk in proxy.sent]
+        stream = f"get /api/v1/sessions/{session_id}/events"
+        assert any(stream in r and "\r\nlast-event-id: " in r for r in requests), requests
+    finally:
+        proxy.close()
