@@ -32,6 +32,10 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Variables that change how a program loads code; a tenant must not set them for a server we run.
 FORBIDDEN_ENV = {"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "PYTHONPATH",
                  "PYTHONSTARTUP", "NODE_OPTIONS", "PATH", "HOME", "BASH_ENV", "ENV"}  # fmt: skip
+# Interpreter options that run code given on the command line instead of an installed server.
+CODE_FLAGS = {"-c", "-e", "-m", "-p", "-r", "-i", "--eval", "--print", "--require", "--import",
+              "--loader", "--experimental-loader", "--call", "--command", "--exec", "--interactive"}  # fmt: skip
+SHORT_CODE_FLAG = re.compile(r"^-[A-Za-z]{0,3}[cemp]([^A-Za-z-]|$)|^-[cem]\S")
 
 
 @dataclass(frozen=True)
@@ -197,21 +201,48 @@ async def check_broker_url(url: str, settings: Settings, field: str = "broker_ur
 
 
 def check_stdio(command: str, args: list[str], env: dict[str, str], settings: Settings) -> None:
-    """A stdio server runs an allowlisted program directly (no shell) with plain arguments."""
+    """A stdio server runs an allowlisted argv prefix directly (no shell), with plain arguments that
+    cannot turn the program into an interpreter of their own code, and allowlisted variables."""
     if SHELL_CHARACTERS.search(command) or " " in command.strip():
         raise EgressRefused(
             "command", "must be a single program name or path, without arguments or shell syntax"
         )
-    # Exact match only: an allowlisted name must not admit a same-named program from another path.
-    if command not in settings.mcp_stdio_allowlist:
-        raise EgressRefused("command", f"{command!r} is not on this platform's stdio allowlist")
     for index, arg in enumerate(args):
         if SHELL_CHARACTERS.search(arg):
             raise EgressRefused(
                 f"args[{index}]", "must not contain shell metacharacters (; | & ` $ < > newline)"
             )
+    argv = [command, *args]
+    # Exact matches only: an allowlisted name must not admit a same-named program from another path.
+    prefixes = [[entry] if isinstance(entry, str) else entry for entry in settings.mcp_stdio_allowlist]
+    matching = [len(p) for p in prefixes if p and argv[: len(p)] == p]
+    if not matching:
+        if not any(p and p[0] == command for p in prefixes):
+            raise EgressRefused("command", f"{command!r} is not on this platform's stdio allowlist")
+        raise EgressRefused(
+            "args", "do not start with an argument list this platform's stdio allowlist names"
+        )
+    for index in range(max(matching) - 1, len(args)):
+        if code_flag(args[index]):
+            raise EgressRefused(
+                f"args[{index}]",
+                f"{args[index]!r} makes the program run code given inline; allowlist the exact server"
+                " command instead",
+            )
     for key in env:
         if not ENV_KEY.match(key):
             raise EgressRefused(f"env.{key}", "must be a variable name (letters, digits, underscore)")
-        if key.upper() in FORBIDDEN_ENV:
-            raise EgressRefused(f"env.{key}", "may not be set for an MCP server")
+        if key.upper() in FORBIDDEN_ENV or key not in settings.mcp_stdio_env_allowlist:
+            raise EgressRefused(
+                f"env.{key}", "may not be set for an MCP server (not on AGENTAPI_MCP_STDIO_ENV_ALLOWLIST)"
+            )
+
+
+def code_flag(arg: str) -> bool:
+    """Whether an argument asks an interpreter to run code or a module named inline (python -c/-m,
+    node -e/-p/--require/--import, sh -c, npx -c ...), alone, with ``=value`` or attached (-cCODE)."""
+    name = arg.split("=", 1)[0]
+    if name in CODE_FLAGS:
+        return True
+    # Short options cluster and take an attached value: -Ic, -Bm, -cprint(1).
+    return bool(SHORT_CODE_FLAG.match(arg))

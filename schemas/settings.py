@@ -195,8 +195,17 @@ class Settings(BaseSettings):
     mcp_egress_allowlist: list[str] = Field(
         default_factory=list, validation_alias=_env("MCP_EGRESS_ALLOWLIST")
     )
-    # Commands stdio MCP servers may run (executable names or absolute paths), as JSON.
-    mcp_stdio_allowlist: list[str] = Field(default_factory=list, validation_alias=_env("MCP_STDIO_ALLOWLIST"))
+    # What stdio MCP servers may run, as JSON: argv prefixes (["npx", "-y", "@scope/server"]), or a
+    # plain string for a program whose arguments are then free (code-executing flags still refused).
+    mcp_stdio_allowlist: list[str | list[str]] = Field(
+        default_factory=list, validation_alias=_env("MCP_STDIO_ALLOWLIST")
+    )
+    # Environment variable names a stdio MCP configuration may set (an allowlist: nothing else passes).
+    mcp_stdio_env_allowlist: list[str] = Field(
+        default_factory=list, validation_alias=_env("MCP_STDIO_ENV_ALLOWLIST")
+    )
+    # How tenant processes are confined: "bwrap" (workers/sandbox.py) or, in development only, "none".
+    sandbox: Literal["bwrap", "none"] = Field("bwrap", validation_alias=_env("SANDBOX"))
     mcp_call_timeout_seconds: float = Field(
         60.0, gt=0, le=3600, validation_alias=_env("MCP_CALL_TIMEOUT_SECONDS")
     )
@@ -309,6 +318,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _sandbox_off_only_in_development(self) -> Settings:
+        if self.sandbox == "none" and self.environment != "development":
+            raise ValueError(
+                "AGENTAPI_SANDBOX=none is accepted only with AGENTAPI_ENVIRONMENT=development:"
+                " every tenant process runs sandboxed otherwise"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_keys(self) -> Settings:
         if self.environment == "production" and self.encryption_keys is None:
             raise ValueError(
@@ -338,6 +356,11 @@ class Settings(BaseSettings):
         """``acp`` or ``pty``: agent types without an ACP adapter always run in the PTY."""
         transport: Transport = getattr(self, f"{agent_type}_transport", "pty")
         return transport
+
+    def private_of(self, session_id: object) -> Path:
+        """Where a session's helper processes keep what its agent must not read (router config):
+        ``WORKSPACE_ROOT/.private/{session}``, outside every agent's mounts."""
+        return (self.workspace_root / ".private" / str(session_id)).absolute()
 
     def gateway_url(self, session_id: object) -> str:
         """Where a session's agent reaches its MCP gateway on the ingress."""

@@ -85,5 +85,37 @@ def test_allowlisted_stdio_server_is_accepted() -> None:
         "python3",
         ["-m", "server", "--flag=value"],
         {"API_URL": "https://x"},
-        settings(mcp_stdio_allowlist=["python3"]),
+        settings(mcp_stdio_allowlist=[["python3", "-m", "server"]], mcp_stdio_env_allowlist=["API_URL"]),
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (["-c", "print(open('/proc/1/environ').read())"], {}, "args[0]"),
+        (["-cprint(1)"], {}, "args[0]"),
+        (["-I", "-c", "print(1)"], {}, "args[1]"),
+        (["-Ic", "print(1)"], {}, "args[0]"),
+        (["-m", "http.server"], {}, "args[0]"),
+        (["-m", "server", "--eval=1"], {}, "args[2]"),
+        (["server.py"], {"PYTHONHOME": "/tmp"}, "env.PYTHONHOME"),
+        (["server.py"], {"NODE_PATH": "/tmp"}, "env.NODE_PATH"),
+        (["server.py"], {"GCONV_PATH": "/tmp"}, "env.GCONV_PATH"),
+    ],
+)
+def test_code_flags_and_unlisted_variables_are_refused(
+    args: list[str], env: dict[str, str], field: str
+) -> None:
+    """Interpreters on the allowlist do not run inline code, and only allowlisted variables pass."""
+    allowed = settings(mcp_stdio_allowlist=["python3", ["python3", "-m", "server"]])
+    with pytest.raises(EgressRefused) as refused:
+        check_stdio("python3", args, env, allowed)
+    assert refused.value.field == field
+
+
+def test_an_argv_prefix_admits_only_itself() -> None:
+    allowed = settings(mcp_stdio_allowlist=[["npx", "-y", "@modelcontextprotocol/server-filesystem"]])
+    check_stdio("npx", ["-y", "@modelcontextprotocol/server-filesystem", "/data"], {}, allowed)
+    with pytest.raises(EgressRefused) as refused:
+        check_stdio("npx", ["-y", "some-other-package"], {}, allowed)
+    assert refused.value.field == "args"

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.timeout(180)
 EVERYTHING = str(REPO / "node_modules" / ".bin" / "mcp-server-everything")
 STACK_ENV = {
     "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
-    "AGENTAPI_MCP_STDIO_ALLOWLIST": json.dumps([sys.executable, EVERYTHING]),
+    "AGENTAPI_MCP_STDIO_ALLOWLIST": json.dumps(
+        [[sys.executable, "-m", "tests.fakes.mcp_server"], sys.executable, EVERYTHING]
+    ),
     "AGENTAPI_MCP_CALL_TIMEOUT_SECONDS": "20",
     "AGENTAPI_MCP_BREAKER_THRESHOLD": "2",
     "AGENTAPI_MCP_BREAKER_RESET_SECONDS": "3",

@@ -23,7 +23,7 @@ from tests.test_skeleton_e2e import ECHO, agent_said
 pytestmark = pytest.mark.timeout(180)
 
 STACK_ENV = {
-    "AGENTAPI_MCP_STDIO_ALLOWLIST": json.dumps([sys.executable]),
+    "AGENTAPI_MCP_STDIO_ALLOWLIST": json.dumps([[sys.executable, "-m", "tests.fakes.mcp_server"]]),
     "AGENTAPI_METRICS_TOKEN": "scrape-me",
 }
 SCRAPE = {"Authorization": "Bearer scrape-me"}

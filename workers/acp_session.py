@@ -44,6 +44,7 @@ from acp.schema import (
 
 from workers.conversation import AgentBusy, Change, Notice
 from workers.pty_session import ResourceLimits, die_with_parent
+from workers.sandbox import Sandbox
 from workers.screen_tracker import Message, Status
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ class AcpConversation:
         session_meta: dict[str, Any] | None = None,
         resume_session_id: str | None = None,
         stderr_path: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.argv = argv
+        self.sandbox = sandbox
         self.cwd = cwd
         self.env = env
         self.limits = limits or ResourceLimits()
@@ -133,10 +136,11 @@ class AcpConversation:
             die_with_parent(host_pid)
             limits.apply()
 
+        argv = self.sandbox.wrap(self.argv, self.cwd) if self.sandbox else self.argv
         stderr = self.stderr_path.open("ab") if self.stderr_path else None
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr or asyncio.subprocess.DEVNULL,
@@ -145,10 +149,17 @@ class AcpConversation:
                 start_new_session=True,
                 preexec_fn=in_child,
                 limit=LINE_LIMIT,
+                pass_fds=self.sandbox.pass_fds if self.sandbox else (),
             )
         finally:
             if stderr:
                 stderr.close()  # the child has its own descriptor
+        if self.sandbox:
+            try:
+                await self.sandbox.attach()
+            except BaseException:
+                await self.stop()
+                raise
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._waiter = asyncio.create_task(self._wait_exit(), name=f"acp-exit-{self._proc.pid}")
         self._conn = connect_to_agent(

@@ -4,16 +4,18 @@ repeated right before connecting."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx2
 from fastmcp import Client
@@ -24,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from schemas.egress import check_endpoint
 from schemas.settings import Settings
+from workers.sandbox import Sandbox, give_to, required, sandbox_uid, visible
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +86,20 @@ class WatchedBearer(BearerAuth):
             self.rejected = True
 
 
-def _transport(spec: ServerSpec) -> Any:
+def _transport(spec: ServerSpec, sandbox: Sandbox | None) -> Any:
     if spec.transport == "stdio":
         assert spec.command is not None
+        argv, env, cwd = [spec.command, *spec.args], dict(spec.env), None
+        if sandbox is not None:
+            # Its scratch directory is its HOME and only writable path; the working directory stays
+            # the worker's when the sandbox shows it (the repo), so relative module paths still work.
+            (home,) = sandbox.writable
+            cwd = Path.cwd() if visible(Path.cwd()) else home
+            argv, env = sandbox.wrap(argv, cwd), {**env, "HOME": str(home), "TMPDIR": "/tmp"}
         # A server's stderr can echo its inputs; it stays out of the platform's logs.
-        return StdioTransport(spec.command, list(spec.args), env=dict(spec.env), log_file=Path(os.devnull))
+        return StdioTransport(
+            argv[0], argv[1:], env=env, cwd=str(cwd) if cwd else None, log_file=Path(os.devnull)
+        )
     assert spec.endpoint_url is not None
     auth = WatchedBearer(spec.token) if spec.token else None
     if spec.transport == "sse":
@@ -109,6 +121,19 @@ class ClientPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._clients: OrderedDict[tuple[UUID, datetime, str | None], Client[Any]] = OrderedDict()
+        self._sandboxes: dict[int, Sandbox] = {}
+
+    async def _stdio_sandbox(self, spec: ServerSpec) -> Sandbox | None:
+        """A stdio server's own sandbox (uid per configuration, scratch HOME, no network at all):
+        it runs on a tools worker, next to the platform's secrets, for whoever saved the config."""
+        if spec.transport != "stdio" or not required(self.settings):
+            return None
+        key = f"mcp:{spec.config_id}:{uuid4().hex}"
+        scratch = self.settings.private_of(key)
+        scratch.mkdir(mode=0o700, parents=True)
+        uid = sandbox_uid(str(spec.config_id), "mcp")
+        await asyncio.to_thread(give_to, scratch, uid)
+        return Sandbox("mcp", uid, self.settings.private_of(f"{key}.etc"), writable=(scratch,))
 
     async def _connect(self, spec: ServerSpec) -> Client[Any]:
         client = self._clients.get(spec.pool_key)
@@ -125,10 +150,14 @@ class ClientPool:
             reraise=True,
         ):
             with attempt:
-                client = Client(_transport(spec), timeout=timeout, init_timeout=min(timeout, 30))
+                sandbox = await self._stdio_sandbox(spec)
+                client = Client(_transport(spec, sandbox), timeout=timeout, init_timeout=min(timeout, 30))
+                if sandbox is not None:
+                    self._sandboxes[id(client)] = sandbox
                 try:
                     await client.__aenter__()
                 except Exception as exc:
+                    await self._close(client)
                     if _rejected(client):
                         raise McpUnauthorized("the MCP server refused the token (401)") from exc
                     raise
@@ -136,18 +165,27 @@ class ClientPool:
         self._clients[spec.pool_key] = client
         while len(self._clients) > MAX_POOLED_CLIENTS:
             _, oldest = self._clients.popitem(last=False)
-            await _close(oldest)
+            await self._close(oldest)
         return client
+
+    async def _close(self, client: Client[Any]) -> None:
+        """Close a client, then remove its stdio server's sandbox and scratch directory."""
+        await _close(client)
+        sandbox = self._sandboxes.pop(id(client), None)
+        if sandbox is not None:
+            await sandbox.close()
+            for path in sandbox.writable:
+                await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def discard(self, spec: ServerSpec) -> None:
         client = self._clients.pop(spec.pool_key, None)
         if client is not None:
-            await _close(client)
+            await self._close(client)
 
     async def close(self) -> None:
         while self._clients:
             _, client = self._clients.popitem()
-            await _close(client)
+            await self._close(client)
 
     async def list_tools(self, spec: ServerSpec) -> list[dict[str, Any]]:
         client = await self._guarded_connect(spec)

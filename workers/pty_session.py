@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pyte
 
+from workers.sandbox import Sandbox
+
 PR_SET_PDEATHSIG = 1
 # Looked up in the parent: the child between fork and exec should do as little as it can.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -88,8 +90,10 @@ class PtySession:
         rows: int = 40,
         limits: ResourceLimits | None = None,
         on_output: Callable[[], None] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.argv = argv
+        self.sandbox = sandbox
         self.cwd = cwd
         self.env = env
         self.limits = limits or ResourceLimits()
@@ -124,9 +128,10 @@ class PtySession:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             limits.apply()
 
+        argv = self.sandbox.wrap(self.argv, self.cwd) if self.sandbox else self.argv
         try:
             self._proc = subprocess.Popen(  # noqa: ASYNC220 - the PTY slave must be the child's stdio
-                self.argv,
+                argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -135,6 +140,7 @@ class PtySession:
                 start_new_session=True,
                 preexec_fn=in_child,
                 close_fds=True,
+                pass_fds=self.sandbox.pass_fds if self.sandbox else (),
             )
         except BaseException:
             os.close(master)
@@ -144,6 +150,12 @@ class PtySession:
         os.set_blocking(master, False)
         self._master = master
         asyncio.get_running_loop().add_reader(master, self._read)
+        if self.sandbox:
+            try:
+                await self.sandbox.attach()
+            except BaseException:
+                await self.terminate(grace=0)
+                raise
 
     def _read(self) -> None:
         assert self._master is not None

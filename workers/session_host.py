@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -53,6 +54,15 @@ from workers.agents.gateway import gateway_headers
 from workers.context import WorkerContext
 from workers.conversation import AgentBusy, Change, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
+from workers.sandbox import (
+    Endpoint,
+    Sandbox,
+    forwarded_endpoints,
+    give_to,
+    remove_files_holding,
+    required,
+    sandbox_uid,
+)
 from workers.screen_tracker import Message
 from workers.sidecars import SidecarProcess
 from workers.workspace_sync import workspace_store_for
@@ -86,18 +96,32 @@ class HandedOver(Retry):
         super().__init__("worker shutting down; handing the session over", delay=HANDOVER_DELAY_MS)
 
 
-def workspace_for(context: WorkerContext, event: Event) -> Path:
-    path = context.settings.workspace_of(event.org_id, event.user_id, event.session_id)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def private_dir(root: Path, path: Path) -> Path:
+    """``path`` and every directory between ``root`` and it, created 0700 (mkdir's ``parents``
+    would leave the levels in between 0755, listing every org's and user's ids)."""
+    for level in [*reversed(path.relative_to(root).parents), path.relative_to(root)]:
+        directory = root / level
+        directory.mkdir(mode=0o700, exist_ok=True)
+        directory.chmod(0o700)
     return path
 
 
-def place_upload(target: Path, content: bytes) -> None:
+def workspace_for(context: WorkerContext, event: Event) -> Path:
+    root = context.settings.workspace_root.absolute()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return private_dir(root, context.settings.workspace_of(event.org_id, event.user_id, event.session_id))
+
+
+def place_upload(target: Path, content: bytes, owner: int | None = None) -> None:
     """Write an uploaded file readable by the agent only (blocking: run it in a thread)."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     partial.write_bytes(content)
     partial.chmod(0o600)
+    if owner is not None:
+        # The sandboxed agent runs as its session's uid.
+        os.chown(target.parent, owner, owner)
+        os.chown(partial, owner, owner)
     # A reader never sees half a file, and a redelivered upload simply replaces it.
     partial.replace(target)
 
@@ -175,6 +199,10 @@ class SessionHost:
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
         self._gateway_key: str | None = None
         self._sidecars: list[SidecarProcess] = []
+        self._sandboxes: list[Sandbox] = []
+        # The sandboxed agent's uid (None unconfined), and the secrets its files may hold.
+        self._agent_uid: int | None = None
+        self._session_secrets: list[str] = []
         # Counted in the active-sessions gauge (by agent type) while the heartbeat keeps it fresh.
         self._active_member = f"{self.agent_type}:{self.session_id}"
         self.snapshots = workspace_store_for(
@@ -212,10 +240,12 @@ class SessionHost:
             self.conversation = await self._launch(adapter, recovering)
         except (AdapterUnavailable, ValueError, OSError) as exc:
             await self._stop_sidecars()
+            await self._discard_private_files()
             await self._finish("failed", f"could not start the agent: {exc}")
             return
         except BaseException:
             await self._stop_sidecars()
+            await self._discard_private_files()
             raise
         stopped: SessionEnded | HandedOver = SessionEnded("exited")
         try:
@@ -236,6 +266,7 @@ class SessionHost:
         finally:
             # The router can go while the agent exits: each has its own grace period.
             await asyncio.gather(self.conversation.stop(), self._stop_sidecars())
+            await self._discard_private_files()
             await self._persist_messages()
         if isinstance(stopped, HandedOver):
             await self._snapshot_for_handover()
@@ -264,8 +295,13 @@ class SessionHost:
             await self.snapshots.restore()
         home = workspace / ".home"
         home.mkdir(mode=0o700, exist_ok=True)
+        private = private_dir(
+            self.settings.workspace_root.absolute(), self.settings.private_of(self.session_id)
+        )
+        confined = required(self.settings)
         custom = self.event.payload.get("custom_agent")
         gateway_token = await self._issue_gateway_token()
+        self._session_secrets.append(gateway_token)
         ctx = LaunchContext(
             session_id=self.event.session_id,  # type: ignore[arg-type]
             org_id=self.event.org_id,
@@ -278,6 +314,7 @@ class SessionHost:
             resume=recovering,
             mcp_gateway_url=self.settings.gateway_url(self.session_id),
             mcp_gateway_token=gateway_token,
+            private=private,
             **(await self._tenant_configuration() if getattr(adapter, "uses_tenant_settings", False) else {}),
         )
         adapter.prepare(ctx)
@@ -285,17 +322,34 @@ class SessionHost:
             getattr(adapter, "acp_environment", adapter.environment) if self.over_acp else adapter.environment
         )
         env = {**base_environment(home), **agent_env(ctx)}
+        self._session_secrets += [env[key] for key in ("ANTHROPIC_API_KEY",) if key in env]
         limits = ResourceLimits(
             address_space_bytes=self.settings.agent_rlimit_as_bytes,
             cpu_seconds=self.settings.agent_rlimit_cpu_seconds,
             file_size_bytes=self.settings.agent_rlimit_fsize_bytes,
             processes=self.settings.agent_rlimit_nproc,
         )
+        peers: list[tuple[Sandbox, int]] = []
         for spec in getattr(adapter, "sidecars", lambda _: [])(ctx):
-            sidecar = SidecarProcess(spec)
+            sidecar_home = spec.home or private
+            sandbox = None
+            if confined:
+                sandbox = await self._sandbox(
+                    spec.name, sidecar_home, forwarded_endpoints(list(spec.endpoints), self.settings)
+                )
+                peers.append((sandbox, spec.port))
+            sidecar = SidecarProcess(spec, sandbox)
             self._sidecars.append(sidecar)
-            await sidecar.start(workspace, base_environment(home), limits)
-        conversation = await self._conversation(adapter, ctx, env, limits)
+            await sidecar.start(sidecar_home, base_environment(home), limits)
+        sandbox = None
+        if confined:
+            urls = [*env.values(), self.settings.gateway_url(self.session_id)]
+            local = {port for _, port in peers}
+            sandbox = await self._sandbox(
+                "agent", workspace, forwarded_endpoints(urls, self.settings, local), tuple(peers)
+            )
+            self._agent_uid = sandbox.uid
+        conversation = await self._conversation(adapter, ctx, env, limits, sandbox)
         await self._set_state("running")
         if recovering:
             await self._update_row(status="starting")
@@ -342,10 +396,15 @@ class SessionHost:
         return "acp" if self.over_acp else self.settings.transport_of(self.agent_type)
 
     async def _conversation(
-        self, adapter: AgentAdapter, ctx: LaunchContext, env: dict[str, str], limits: ResourceLimits
+        self,
+        adapter: AgentAdapter,
+        ctx: LaunchContext,
+        env: dict[str, str],
+        limits: ResourceLimits,
+        sandbox: Sandbox | None,
     ) -> Conversation | AcpConversation:
         if not self.over_acp:
-            pty = PtySession(adapter.command(ctx), cwd=ctx.workspace, env=env, limits=limits)
+            pty = PtySession(adapter.command(ctx), cwd=ctx.workspace, env=env, limits=limits, sandbox=sandbox)
             return Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
         gateway = []
         if ctx.mcp_gateway_url:
@@ -377,6 +436,7 @@ class SessionHost:
             ask_permission=self.permissions.ask,
             session_meta=adapter.acp_session_meta(ctx),  # type: ignore[attr-defined]
             stderr_path=ctx.home / "acp-agent.log",
+            sandbox=sandbox,
         )
 
     async def _permission_policy(self) -> PermissionPolicy:
@@ -410,9 +470,31 @@ class SessionHost:
             raise ValueError(f"the organization's secrets cannot be opened: {exc}") from exc
         return {"tenant_settings": dict(row.settings), "tenant_secrets": secrets_}
 
+    async def _sandbox(
+        self,
+        role: str,
+        writable: Path,
+        endpoints: tuple[Endpoint, ...],
+        peers: tuple[tuple[Sandbox, int], ...] = (),
+    ) -> Sandbox:
+        """A sandbox for one of this session's processes, owning ``writable`` (its only writable path)."""
+        uid = sandbox_uid(self.session_id, role)
+        await asyncio.to_thread(give_to, writable, uid)
+        runtime = self.settings.private_of(f"{self.session_id}.{role}.etc")
+        sandbox = Sandbox(role, uid, runtime, writable=(writable,), endpoints=endpoints, peers=peers)
+        self._sandboxes.append(sandbox)
+        return sandbox
+
     async def _stop_sidecars(self) -> None:
         while self._sidecars:
             await self._sidecars.pop().stop()
+
+    async def _discard_private_files(self) -> None:
+        """Close the sandboxes' forwards and remove the session's private directory (router config,
+        provider keys): nothing of it outlives the processes that needed it."""
+        while self._sandboxes:
+            await self._sandboxes.pop().close()
+        await asyncio.to_thread(shutil.rmtree, self.settings.private_of(self.session_id), True)
 
     async def _issue_gateway_token(self) -> str:
         """A fresh MCP gateway token for this host's agent; Redis knows only its hash, and only
@@ -542,7 +624,7 @@ class SessionHost:
             return
         workspace = self.settings.workspace_of(self.event.org_id, self.event.user_id, self.session_id)
         await asyncio.to_thread(
-            place_upload, workspace / UPLOADS_DIR / fields["name"], base64.b64decode(encoded)
+            place_upload, workspace / UPLOADS_DIR / fields["name"], base64.b64decode(encoded), self._agent_uid
         )
         await self.context.redis.delete(fields["key"])
 
@@ -710,6 +792,9 @@ class SessionHost:
             await self.snapshots.erase()
         except Exception:
             log.exception("snapshots of ended session %s not erased", self.session_id)
+        # The revoked gateway token and access key leave no copy behind in the agent's files.
+        workspace = self.settings.workspace_of(self.event.org_id, self.event.user_id, self.session_id)
+        await asyncio.to_thread(remove_files_holding, workspace / ".home", self._session_secrets)
         await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})

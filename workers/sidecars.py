@@ -3,6 +3,8 @@ server): started before the agent, ready once their port answers, killed with th
 
 Each runs in a process group of its own with the agent's rlimits, and dies with its host even when
 the host is killed -9 (like the agent: PR_SET_PDEATHSIG), so a recovered session never finds a stale one.
+Sandboxed, it listens inside its own network namespace: readiness is checked there, and the agent
+reaches it only through the forward its own sandbox is given.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from workers.agents.base import Sidecar
 from workers.pty_session import ResourceLimits, die_with_parent
+from workers.sandbox import Sandbox
 
 
 def free_port() -> int:
@@ -27,8 +30,9 @@ def free_port() -> int:
 
 
 class SidecarProcess:
-    def __init__(self, spec: Sidecar) -> None:
+    def __init__(self, spec: Sidecar, sandbox: Sandbox | None = None) -> None:
         self.spec = spec
+        self.sandbox = sandbox
         self._proc: subprocess.Popen[bytes] | None = None
 
     async def start(
@@ -40,10 +44,11 @@ class SidecarProcess:
             die_with_parent(host_pid)
             limits.apply()
 
+        argv = self.sandbox.wrap(self.spec.argv, cwd) if self.sandbox else self.spec.argv
         log_file = open(cwd / f".{self.spec.name}.log", "ab")  # noqa: ASYNC230 - closed below
         try:
             self._proc = subprocess.Popen(  # noqa: ASYNC220 - short fork/exec
-                self.spec.argv,
+                argv,
                 cwd=cwd,
                 env={**env, **self.spec.env},
                 stdin=subprocess.DEVNULL,
@@ -52,9 +57,16 @@ class SidecarProcess:
                 start_new_session=True,
                 preexec_fn=in_child,
                 close_fds=True,
+                pass_fds=self.sandbox.pass_fds if self.sandbox else (),
             )
         finally:
             log_file.close()
+        if self.sandbox:
+            try:
+                await self.sandbox.attach()
+            except BaseException:
+                await self.stop()
+                raise
         deadline = time.monotonic() + timeout
         while not await self._answers():
             if self._proc.poll() is not None:
@@ -68,7 +80,10 @@ class SidecarProcess:
 
     async def _answers(self) -> bool:
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", self.spec.port)
+            if self.sandbox:
+                _, writer = await self.sandbox.open_connection(self.spec.port)
+            else:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.spec.port)
         except OSError:
             return False
         writer.close()

@@ -35,6 +35,9 @@ class LaunchContext:
     # ``uses_tenant_settings`` (ccrouter): they go into the session's private files, never its env.
     tenant_settings: dict[str, Any] = field(default_factory=dict)
     tenant_secrets: dict[str, str] = field(default_factory=dict)
+    # Where a session's helper processes keep files the agent must not read (a router's config with
+    # provider keys): outside the workspace and every agent mount, removed when the session ends.
+    private: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class Sidecar:
     # Ready when something accepts connections on 127.0.0.1 at this port.
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    # Its working directory and only writable path (the session's private directory).
+    home: Path | None = None
+    # URLs it must reach (a router's upstream providers); nothing else is forwarded into its sandbox.
+    endpoints: tuple[str, ...] = ()
 
 
 class AgentAdapter(Protocol):

@@ -2,8 +2,11 @@
 organization's sessions use its providers (OpenAI-compatible, Gemini, Vertex AI, ...).
 
 Per session: a fresh port and access key, the router's config.json with the tenant's provider keys
-in the session's HOME (mode 0600, the only place those keys are written), ``ccr start`` as a sidecar,
-and Claude Code with ``ANTHROPIC_BASE_URL`` at that router. Two sessions never share a router.
+in the session's private directory (mode 0600, the only place those keys are written; no agent
+mount shows it), ``ccr start`` as a sidecar in a sandbox of its own, and Claude Code with
+``ANTHROPIC_BASE_URL`` at that router. Two sessions never share a router. A platform-level key
+(``AGENTAPI_VERTEX_AI_API_KEY``) is never written to a file: the config names it as
+``$CCR_PLATFORM_API_KEY`` and the router reads it from its environment (ccr interpolates variables).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import ValidationError
@@ -22,6 +26,9 @@ from workers.agents.claude import ClaudeAdapter
 from workers.agents.custom import write_private
 from workers.sidecars import free_port
 
+PLATFORM_KEY_VARIABLE = "CCR_PLATFORM_API_KEY"
+PLATFORM_KEY_REFERENCE = f"${{{PLATFORM_KEY_VARIABLE}}}"
+
 
 class CCRouterAdapter(ClaudeAdapter):
     name: ClassVar[str] = "ccrouter"
@@ -32,6 +39,8 @@ class CCRouterAdapter(ClaudeAdapter):
         self.port = 0
         self._claude: LaunchContext | None = None
         self._router_env: dict[str, str] = {}
+        self._home: Path | None = None
+        self._upstreams: tuple[str, ...] = ()
 
     def prepare(self, ctx: LaunchContext) -> None:
         try:
@@ -44,12 +53,18 @@ class CCRouterAdapter(ClaudeAdapter):
         defaults = ctx.agent_env
         default_key = defaults.get("VERTEX_AI_API_KEY")
         self.port, access_key = free_port(), secrets.token_urlsafe(24)
-        config = router_config(spec, ctx.tenant_secrets, self.port, access_key, default_key)
-        write_private(ctx.home / ".claude-code-router" / "config.json", json.dumps(config))
+        self._home = ctx.private or ctx.home
+        config = router_config(
+            spec, ctx.tenant_secrets, self.port, access_key, PLATFORM_KEY_REFERENCE if default_key else None
+        )
+        write_private(self._home / ".claude-code-router" / "config.json", json.dumps(config))
         # The router keeps a reference count in its temp dir: the session's own, not the host's.
-        tmp = ctx.home / ".tmp"
+        tmp = self._home / ".tmp"
         tmp.mkdir(mode=0o700, exist_ok=True)
-        self._router_env = {"TMPDIR": str(tmp)}
+        self._router_env = {"HOME": str(self._home), "TMPDIR": str(tmp)}
+        if default_key:
+            self._router_env[PLATFORM_KEY_VARIABLE] = default_key
+        self._upstreams = tuple(provider.api_base_url for provider in spec.providers)
         if any(p.transformer in VERTEX_TRANSFORMERS for p in spec.providers):
             vertex = spec.vertex
             project = (vertex and vertex.project_id) or defaults.get("VERTEX_AI_PROJECT_ID")
@@ -58,8 +73,11 @@ class CCRouterAdapter(ClaudeAdapter):
                 self._router_env["GOOGLE_CLOUD_PROJECT"] = project
             if location:
                 self._router_env["GOOGLE_CLOUD_LOCATION"] = location
+                # What the Vertex transformers call, besides Google's token endpoint.
+                self._upstreams += (f"https://{location}-aiplatform.googleapis.com",)
+            self._upstreams += ("https://oauth2.googleapis.com",)
             if vertex and vertex.credentials_secret in ctx.tenant_secrets:
-                credentials = ctx.home / ".agentapi" / "vertex-credentials.json"
+                credentials = self._home / "vertex-credentials.json"
                 write_private(credentials, ctx.tenant_secrets[vertex.credentials_secret])
                 self._router_env["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
         # Claude Code sees only the router: its URL and the session's access key, never a provider key.
@@ -75,7 +93,16 @@ class CCRouterAdapter(ClaudeAdapter):
         super().prepare(self._claude)
 
     def sidecars(self, ctx: LaunchContext) -> list[Sidecar]:
-        return [Sidecar("ccr", [agent_binary("ccr"), "start"], self.port, self._router_env)]
+        return [
+            Sidecar(
+                "ccr",
+                [agent_binary("ccr"), "start"],
+                self.port,
+                self._router_env,
+                home=self._home,
+                endpoints=self._upstreams,
+            )
+        ]
 
     def command(self, ctx: LaunchContext) -> list[str]:
         return super().command(self._claude or ctx)
