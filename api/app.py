@@ -12,11 +12,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Receive, Scope, Send
 
+from api.address_limit import address_limit_middleware
 from api.audit_trail import audit_trail_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.console import console_assets, console_login, console_page, root
 from api.correlation import correlation_middleware
-from api.limits import json_content_type_middleware, query_text_middleware
+from api.limits import header_size_middleware, json_content_type_middleware, query_text_middleware
 from api.mcp_gateway import build_gateway
 from api.metrics import http_metrics_middleware, metrics
 from api.problems import make_exception_handlers, problem_responses
@@ -96,10 +97,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             console_login,
         ],
         middleware=[
+            header_size_middleware,
             http_metrics_middleware(),
             correlation_middleware,
             audit_trail_middleware,
             query_text_middleware,
+            address_limit_middleware,
             auth_middleware(),
             membership_middleware,
             rate_limit_middleware,
@@ -126,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 # Every API route may answer these as problem+json; Litestar documents responses per handler only.
-COMMON_PROBLEMS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+COMMON_PROBLEMS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
 
 
 def _document_problems(app: Litestar) -> None:

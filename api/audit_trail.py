@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from api.auth import Principal
@@ -26,6 +27,13 @@ from schemas.settings import GATEWAY_PATH
 log = logging.getLogger("agentapi.audit")
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+# Refused public requests (bad signatures) to one resource: one audit row per window, the rest counted.
+REFUSAL_WINDOW_SECONDS = 60
+REFUSED_PUBLIC = Counter(
+    "agentapi_public_requests_refused_total",
+    "Refused (401) public requests beyond the first of each window, not stored one audit row each",
+    ["action"],
+)
 # Where a public route leaves the organization a request without a principal is recorded under.
 PUBLIC_ORG_KEY = "agentapi.audit_org_id"
 
@@ -91,6 +99,19 @@ def audit_trail_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+async def _first_refusal(scope: Scope, org_id: UUID, resource_id: str | None) -> bool:
+    """Whether this is the first refused (401) public request for the resource in this window:
+    300 badly signed deliveries wrote 300 audit rows, a way to flood a tenant's trail. The first
+    of each window is stored; the rest are counted (``agentapi_public_requests_refused_total``)."""
+    try:
+        res = scope["app"].state["resources"]
+        key = f"{res.names.prefix}audit:refused:{org_id}:{resource_id}"
+        first = await res.redis.set(key, "1", nx=True, ex=REFUSAL_WINDOW_SECONDS)
+    except (RedisError, OSError, KeyError):
+        return True
+    return bool(first)
+
+
 async def _record(scope: Scope, status: int) -> None:
     principal: Any = scope.get("user")
     template, resource_type, resource_id = _route(scope)
@@ -101,6 +122,9 @@ async def _record(scope: Scope, status: int) -> None:
         org_id, actor, role = principal.org_id, principal.user_id, principal.role
     elif scope.get(PUBLIC_ORG_KEY) is not None:
         org_id, actor, role = scope[PUBLIC_ORG_KEY], None, "public"  # type: ignore[literal-required]
+        if status == 401 and not await _first_refusal(scope, org_id, resource_id):
+            REFUSED_PUBLIC.labels(action=action[:100]).inc()
+            return
     else:
         log.warning("%s from %s (%d) names no verified tenant to record it under", action, ip, status)
         return

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ValidationException
+from litestar.exceptions import ClientException, ValidationException
 from litestar.middleware import DefineMiddleware
 
 from api.problems import UNSTORABLE, UNSTORABLE_REASON, UnsupportedMediaTypeException
@@ -108,6 +108,29 @@ def query_text_middleware(app: ASGIApp) -> ASGIApp:
                         f"query parameter {shown} is not UTF-8 text or {UNSTORABLE_REASON}",
                         extra=[{"key": shown, "message": "unstorable text"}],
                     )
+        await app(scope, receive, send)
+
+    return middleware
+
+
+class RequestHeaderFieldsTooLargeException(ClientException):
+    """431: the request's headers together exceed ``AGENTAPI_MAX_HEADER_BYTES``."""
+
+    status_code = 431
+
+
+def header_size_middleware(app: ASGIApp) -> ASGIApp:
+    """431 for requests whose header names and values together exceed the configured bytes: the
+    server took a 1 MB header, and every middleware after this one reads headers."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = scope["app"].state["resources"].settings.max_header_bytes
+            size = sum(len(name) + len(value) for name, value in scope["headers"])
+            if size > limit:
+                raise RequestHeaderFieldsTooLargeException(
+                    f"the request headers are {size} bytes; at most {limit} are accepted"
+                )
         await app(scope, receive, send)
 
     return middleware

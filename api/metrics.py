@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -164,6 +164,9 @@ class _Snapshot(Collector):
 async def metrics(request: Request, state: State) -> Response[bytes]:
     res = resources(state)
     token = res.settings.metrics_token
+    if token is None and res.settings.environment == "production":
+        # Process and cluster figures (queue depths, hosts, tenants' load) are not public.
+        raise PermissionDeniedException("/metrics is off in production until AGENTAPI_METRICS_TOKEN is set")
     if token is not None and not hmac.compare_digest(
         request.headers.get("authorization", "").encode(), f"Bearer {token.get_secret_value()}".encode()
     ):

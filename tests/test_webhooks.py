@@ -181,7 +181,8 @@ async def test_bad_deliveries_are_refused_and_publish_nothing(stack: Stack) -> N
             assert answer.headers["content-type"].startswith("application/problem+json")
         assert deliveries_published(stack, hook["id"]) == 1, "a refused delivery was published"
 
-        # Deliveries carry no JWT, but each one to a known webhook is in its organization's trail.
+        # Deliveries carry no JWT, but each one to a known webhook is in its organization's trail;
+        # refused ones (401) once a minute, the rest only counted, so they cannot flood it.
         stack.start_worker("audit")
         admin = stack.headers(role="admin")
         query = {"resource_type": "webhooks", "resource_id": hook["id"], "action": "POST"}
@@ -189,10 +190,10 @@ async def test_bad_deliveries_are_refused_and_publish_nothing(stack: Stack) -> N
         for _ in range(150):
             page = (await client.get("/api/v1/audit", params=query, headers=admin)).json()
             recorded = sorted((e["outcome"], e["details"]["status"]) for e in page["entries"])
-            if len(recorded) >= 6:
+            if len(recorded) >= 4:
                 break
             await asyncio.sleep(0.2)
-        expected = [("denied", 401)] * 3 + [("failure", 409), ("failure", 413), ("success", 202)]
+        expected = [("denied", 401), ("failure", 409), ("failure", 413), ("success", 202)]
         assert recorded == sorted(expected), recorded
         assert all(e["actor_user_id"] is None and e["details"]["role"] == "public" for e in page["entries"])
 

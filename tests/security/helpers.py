@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import httpx
 
-from tests.fixtures.stack import Stack
+from tests.fixtures.postgres import DbUrls
+from tests.fixtures.stack import Stack, free_port, stack_env
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
@@ -27,3 +29,13 @@ async def add_member(client: httpx.AsyncClient, stack: Stack, role: str) -> tupl
     )
     assert response.status_code == 201, response.text
     return user_id, stack.headers(user_id=user_id, role=role)
+
+
+def production_env(
+    pg_urls: DbUrls, tmp_path: Path, database_url: str, jwt_secret: str
+) -> tuple[dict[str, str], int]:
+    """A stack's settings in the production environment, and a free port to serve on."""
+    port = free_port()
+    env = stack_env(pg_urls, f"agentapi-sec-{uuid.uuid4().hex[:8]}:", port, jwt_secret, tmp_path)
+    env.update({"AGENTAPI_ENVIRONMENT": "production", "AGENTAPI_DATABASE_URL": database_url})
+    return env, port

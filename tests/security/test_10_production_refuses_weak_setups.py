@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -14,16 +13,8 @@ import pytest
 
 from schemas.tables import TENANT_TABLES
 from tests.fixtures.postgres import DbUrls
-from tests.fixtures.stack import free_port, spawn, stack_env, stop, wait_ready
-
-
-def _production_env(
-    pg_urls: DbUrls, tmp_path: Path, database_url: str, jwt_secret: str
-) -> tuple[dict[str, str], int]:
-    port = free_port()
-    env = stack_env(pg_urls, f"agentapi-sec10-{uuid.uuid4().hex[:8]}:", port, jwt_secret, tmp_path)
-    env.update({"AGENTAPI_ENVIRONMENT": "production", "AGENTAPI_DATABASE_URL": database_url})
-    return env, port
+from tests.fixtures.stack import spawn, stop, wait_ready
+from tests.security.helpers import production_env
 
 
 def _exits_with(env: dict[str, str], port: int, log: Path) -> str:
@@ -41,18 +32,18 @@ def _exits_with(env: dict[str, str], port: int, log: Path) -> str:
 def test_production_refuses_a_weak_jwt_secret(
     pg_urls: DbUrls, tmp_path: Path, secret: str, words: str
 ) -> None:
-    env, port = _production_env(pg_urls, tmp_path, pg_urls.service, secret)
+    env, port = production_env(pg_urls, tmp_path, pg_urls.service, secret)
     assert words in _exits_with(env, port, tmp_path / "serve.log")
 
 
 def test_production_refuses_a_role_rls_does_not_hold_and_serves_as_the_service_role(
     pg_urls: DbUrls, tmp_path: Path
 ) -> None:
-    env, port = _production_env(pg_urls, tmp_path, pg_urls.owner, secrets.token_urlsafe(48))
+    env, port = production_env(pg_urls, tmp_path, pg_urls.owner, secrets.token_urlsafe(48))
     assert "refusing to serve: the database role postgres is a superuser" in _exits_with(
         env, port, tmp_path / "owner.log"
     )
-    env, port = _production_env(pg_urls, tmp_path, pg_urls.service, secrets.token_urlsafe(48))
+    env, port = production_env(pg_urls, tmp_path, pg_urls.service, secrets.token_urlsafe(48))
     proc = spawn(["serve", "--port", str(port)], env, tmp_path / "service.log")
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc)
