@@ -19,9 +19,10 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
@@ -147,12 +148,22 @@ class ConfigPage(BaseModel):
     next_cursor: str | None
 
 
-class TestRequest(StrictBody):
+class _Seconds(StrictBody):
+    @field_validator("wait_seconds", "timeout_seconds", mode="before", check_fields=False)
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # JSON booleans are not numbers: `wait_seconds: false` was taken as 0 seconds.
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds, not a boolean")
+        return value
+
+
+class TestRequest(_Seconds):
     config_id: UUID
     wait_seconds: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=120, description="0: answer 202 at once")
 
 
-class ToolCallRequest(StrictBody):
+class ToolCallRequest(_Seconds):
     config_id: UUID
     tool: str = Field(min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)
@@ -368,6 +379,12 @@ class McpConfigurationController(Controller):
                 "bearer_token is required",
                 extra=[{"key": "bearer_token", "message": "required for auth_type bearer"}],
             )
+        if data.auth_type == "bearer" and data.bearer_token is None and data.endpoint_url != row.endpoint_url:
+            # The stored token was given for the old host; keeping it would send it to the new one.
+            raise ValidationException(
+                "bearer_token is required when endpoint_url changes: the stored token is not sent elsewhere",
+                extra=[{"key": "bearer_token", "message": "required when endpoint_url changes"}],
+            )
         previous_auth = row.auth_type
         for name in (
             "name",
@@ -425,7 +442,13 @@ class McpConfigurationController(Controller):
         await res.redis.delete(res.names.mcp_tools(row.id), res.names.breaker(row.id))
 
 
-@post("/api/v1/mcp/test", tags=["mcp"])
+# Both answers are documented: the result when it came within `wait_seconds`, else the event id.
+WORK_RESPONSES = {
+    202: ResponseSpec(data_container=WorkAnswer, description="still running: follow the event id"),
+}
+
+
+@post("/api/v1/mcp/test", tags=["mcp"], status_code=200, responses=WORK_RESPONSES)
 async def test_configuration(
     data: TestRequest, request: Request[Principal, str, State], state: State
 ) -> Response[WorkAnswer]:
@@ -444,7 +467,9 @@ async def test_configuration(
     return await request_work(res, event, data.wait_seconds)
 
 
-@post("/api/v1/sessions/{session_id:uuid}/tool-calls", tags=["mcp"])
+@post(
+    "/api/v1/sessions/{session_id:uuid}/tool-calls", tags=["mcp"], status_code=200, responses=WORK_RESPONSES
+)
 async def call_tool(
     session_id: UUID, data: ToolCallRequest, request: Request[Principal, str, State], state: State
 ) -> Response[WorkAnswer]:

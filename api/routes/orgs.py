@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from api.auth import Principal
+from api.member_sessions import live_session_ids, stop_sessions
 from api.org_rules import keep_an_owner, may_grant, owners_left
 from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
@@ -228,4 +229,6 @@ class OrgController(Controller):
             # A tombstone, not a deletion: the member's still-valid token must not provision them again.
             member.removed_at = member.updated_at = utcnow()
             await db.merge(member)
+            live = await live_session_ids(db, org_id, user_id)
         forget_membership(org_id, user_id)
+        await stop_sessions(res, live)

@@ -21,6 +21,7 @@ from sqlmodel import delete as sql_delete
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
+from api.member_sessions import live_session_ids, stop_sessions
 from api.org_rules import ADMIN_ROLES, keep_an_owner, may_grant
 from api.state import Resources, resources
 from api.tenancy import forget_membership, tenant_context
@@ -40,7 +41,6 @@ from schemas.tables import (
     utcnow,
 )
 
-ACTIVE = ("requested", "starting", "running", "stable")
 PLATFORM = TenantContext(org_id=None, user_id=None, role="superadmin")
 MAX_EXPORTED_AUDIT_ROWS = 10_000
 
@@ -149,15 +149,7 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
         may_grant(ctx, member.role, None)
     async with tenant_transaction(res.engine, ctx) as db:
         await keep_an_owner(db, ctx.org_id, user_id, member.role)
-        live = list(
-            await db.exec(
-                select(UserSession.id).where(
-                    UserSession.org_id == ctx.org_id,
-                    UserSession.user_id == user_id,
-                    col(UserSession.status).in_(ACTIVE),
-                )
-            )
-        )
+        live = await live_session_ids(db, ctx.org_id, user_id)
         for model in (
             McpOAuthToken,
             SessionMessage,
@@ -175,8 +167,7 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
             .values(removed_at=utcnow(), updated_at=utcnow())
         )  # type: ignore[call-overload]
     forget_membership(ctx.org_id, user_id)  # type: ignore[arg-type]
-    for session_id in live:
-        await res.redis.xadd(res.names.session_input(session_id), {"type": "stop", "content": ""})
+    await stop_sessions(res, live)
     # Whether the person still belongs anywhere is a platform question: RLS hides other orgs.
     async with tenant_transaction(res.engine, PLATFORM) as db:
         remaining = (

@@ -49,7 +49,7 @@ from events.sinks import publish as publish_to_sink
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
 from schemas.egress import EgressRefused, check_broker_url, check_endpoint
-from schemas.tables import Webhook, WebhookDelivery, utcnow
+from schemas.tables import Membership, Webhook, WebhookDelivery, utcnow
 from schemas.webhook_signing import ID_HEADER, new_secret, secret_ref, verify
 from workers.agents import canonical_agent_type
 
@@ -517,6 +517,22 @@ def _new_secret(res: Resources, row: Webhook) -> str:
     return secret
 
 
+async def _still_admin(res: Resources, org_id: UUID, user_id: UUID) -> bool:
+    """A webhook's action runs as the admin who set it, only while they are one: a removed
+    admin's webhook went on starting sessions owned by them."""
+    async with tenant_transaction(res.engine, LOOKUP) as db:
+        role = (
+            await db.exec(
+                select(Membership.role).where(
+                    Membership.org_id == org_id,
+                    Membership.user_id == user_id,
+                    col(Membership.removed_at).is_(None),
+                )
+            )
+        ).first()
+    return role in ADMIN_ROLES
+
+
 async def _find(res: Resources, ctx: TenantContext, webhook_id: UUID) -> Webhook:
     async with tenant_transaction(res.engine, ctx) as db:
         row = await db.get(Webhook, webhook_id)
@@ -551,6 +567,13 @@ async def receive_delivery(webhook_id: UUID, request: Request[Any, Any, State], 
         raise NotAuthorizedException(problem)
     # Signed together with the body, so a replay under a fresh id fails the signature above.
     delivery_id = request.headers[ID_HEADER]
+    run_as = UUID(row.action["run_as_user_id"])
+    if not await _still_admin(res, row.org_id, run_as):
+        raise ClientException(
+            "this webhook's action runs as a user who is no longer an admin of the organization;"
+            " an admin must set its action again",
+            status_code=409,
+        )
     try:
         document: Any = json.loads(body) if body else None
     except ValueError:
@@ -561,7 +584,7 @@ async def receive_delivery(webhook_id: UUID, request: Request[Any, Any, State], 
     event = Event(
         type=EventType.WEBHOOK_RECEIVED,
         org_id=row.org_id,
-        user_id=UUID(row.action["run_as_user_id"]),
+        user_id=run_as,
         session_id=UUID(row.action["session_id"]) if row.action.get("session_id") else None,
         correlation_id=current_correlation_id(),
         payload={"webhook_id": str(row.id), "delivery_id": delivery_id, "body": document},
