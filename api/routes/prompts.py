@@ -3,6 +3,7 @@ preview of what a session would get."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
@@ -100,10 +101,11 @@ def _check_scope(ctx: TenantContext, scope: str) -> None:
         raise PermissionDeniedException("only organization admins manage organization prompts")
 
 
-def _validate(data: PromptIn) -> None:
+async def _validate(data: PromptIn) -> None:
+    """A template renders within its budget at save or it is a 422; off the event loop either way."""
     if data.is_template:
         try:
-            check_template(data.content)
+            await asyncio.to_thread(check_template, data.content)
         except TemplateProblem as exc:
             raise ValidationException(str(exc), extra=[{"key": "content", "message": str(exc)}]) from exc
 
@@ -130,7 +132,7 @@ async def composed_prompt(res: Resources, org_id: UUID, user_id: UUID, agent_typ
         today=datetime.now(UTC).date(),
     )
     try:
-        return compose(rows, context)
+        return await asyncio.to_thread(compose, rows, context)
     except TemplateProblem as exc:  # saved templates are checked; this guards older rows
         raise ClientException(f"a system prompt cannot be rendered: {exc}", status_code=422) from exc
 
@@ -150,7 +152,7 @@ class PromptController(Controller):
         res = resources(state)
         ctx = tenant_context(request.user)
         _check_scope(ctx, data.scope)
-        _validate(data)
+        await _validate(data)
         row = SystemPrompt(
             id=uuid4(),
             org_id=None if data.scope == "global" else ctx.org_id,
@@ -242,7 +244,7 @@ class PromptController(Controller):
                 "scope cannot change; create a new prompt instead",
                 extra=[{"key": "scope", "message": f"is {row.scope}"}],
             )
-        _validate(data)
+        await _validate(data)
         for name in ("name", "content", "priority", "is_template", "enabled"):
             setattr(row, name, getattr(data, name))
         row.updated_at = utcnow()
