@@ -113,17 +113,31 @@ def workspace_for(context: WorkerContext, event: Event) -> Path:
 
 
 def place_upload(target: Path, content: bytes, owner: int | None = None) -> None:
-    """Write an uploaded file readable by the agent only (blocking: run it in a thread)."""
+    """Write an uploaded file readable by the agent only (blocking: run it in a thread).
+
+    The workspace is the agent's to change, so nothing in it is followed: the uploads directory and
+    the partial file are opened with O_NOFOLLOW relative to the directory's descriptor (a symlink
+    planted at ``uploads/.name.partial`` was written through), and the final rename replaces a
+    link rather than its target."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_bytes(content)
-    partial.chmod(0o600)
-    if owner is not None:
-        # The sandboxed agent runs as its session's uid.
-        os.chown(target.parent, owner, owner)
-        os.chown(partial, owner, owner)
-    # A reader never sees half a file, and a redelivered upload simply replaces it.
-    partial.replace(target)
+    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        partial = f".{target.name}.partial"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial, dir_fd=directory)
+        handle = os.open(
+            partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory
+        )
+        with os.fdopen(handle, "wb") as out:
+            out.write(content)
+            if owner is not None:
+                # The sandboxed agent runs as its session's uid.
+                os.fchown(directory, owner, owner)
+                os.fchown(out.fileno(), owner, owner)
+        # A reader never sees half a file, and a redelivered upload simply replaces it.
+        os.replace(partial, target.name, src_dir_fd=directory, dst_dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 def directory_bytes(path: Path) -> int:

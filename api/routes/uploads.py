@@ -35,6 +35,8 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 PARKED_SECONDS = 3600
 # Spaces too: agents pass paths to shells, and a path that needs quoting is one they get wrong.
 UNSAFE = re.compile(r"[^\w.\-]")
+# File systems allow 255 bytes a name; the host writes ``.<name>.partial`` first.
+MAX_NAME_BYTES = 200
 
 
 @dataclass
@@ -55,7 +57,18 @@ def safe_name(filename: str | None) -> str:
         raise ValidationException(
             "the file needs a name", extra=[{"key": "file", "message": "filename is missing or empty"}]
         )
-    return name[:200]
+    return _within_bytes(name, MAX_NAME_BYTES)
+
+
+def _within_bytes(name: str, limit: int) -> str:
+    """``name`` cut to ``limit`` UTF-8 bytes, keeping a short extension: 200 times "é" (400 bytes) was
+    accepted and the host's ``.<name>.partial`` then exceeded the file system's 255-byte names."""
+    if len(name.encode()) <= limit:
+        return name
+    suffix = PurePosixPath(name).suffix
+    suffix = suffix if len(suffix.encode()) <= 16 else ""
+    stem = name[: len(name) - len(suffix)].encode()[: limit - len(suffix.encode())]
+    return stem.decode(errors="ignore") + suffix
 
 
 @post(
