@@ -79,6 +79,10 @@ class Names:
         """An ACP agent's open permission request (its option ids, JSON) until answered or expired."""
         return f"{self.prefix}session:{session_id}:permission:{request_id}"
 
+    def acp_session(self, session_id: UUID | str) -> str:
+        """The ACP agent's own session id, so a recovering host can ``session/load`` it."""
+        return f"{self.prefix}session:{session_id}:acp-session"
+
     def dramatiq_namespace(self) -> str:
         return f"{self.prefix}dramatiq"
 

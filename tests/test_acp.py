@@ -9,15 +9,19 @@ issue's "cancel stops within 1 s", measured between two events the stack itself 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from httpx_sse import ServerSentEvent
 
+from events.streams import Names
 from tests.agent_cli import fake_upstream, model_reply
 from tests.fakes.anthropic_api import SLOW_PREFIX, FakeAnthropic
 from tests.fixtures.mcp import mcp_server
@@ -270,3 +274,39 @@ def stable_after(user_text: str) -> Callable[[ServerSentEvent], bool]:
         return seen and stable(sse)
 
     return match
+
+
+async def test_kill_9_of_the_host_resumes_the_agents_session(
+    fake_anthropic: FakeAnthropic, stack: Stack
+) -> None:
+    """The recovering host loads the agent's own session (session/load), so the agent remembers the
+    turns before the kill: the next model call carries them."""
+    stack.start_worker("sessions")
+    headers = stack.headers()
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+        session_id = await start(client, headers)
+        events_url = f"/api/v1/sessions/{session_id}/events"
+        await say(client, headers, session_id, "Remember the word tangerine")
+        host = (await store.hgetall(names.session_state(session_id)))["host"]
+        victim = next(proc for proc in stack.workers if proc.pid == int(host.rsplit(":", 1)[1]))
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+        recovered = await read_events(client, events_url, headers, until=named("session_recovered"))
+        assert data(recovered[-1])["agent_session"] == "loaded", data(recovered[-1])
+        await read_events(
+            client, events_url, headers, until=lambda sse: stable(sse) and sse.id > recovered[-1].id
+        )
+        await say(client, headers, session_id, "Which word was it")
+        messages = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).json()
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
+    await store.aclose()
+    assert [(m["role"], m["content"]) for m in messages["messages"][1:]] == [
+        ("user", "Remember the word tangerine"),
+        ("agent", model_reply("Remember the word tangerine")),
+        ("user", "Which word was it"),
+        ("agent", model_reply("Which word was it")),
+    ]
+    asked = [c for c in fake_anthropic.message_requests() if "Which word was it" in json.dumps(c.body)]
+    assert asked and "tangerine" in json.dumps(asked[-1].body["messages"]), "the loaded session had the turn"

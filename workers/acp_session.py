@@ -209,6 +209,8 @@ class AcpConversation:
                     self._loading = False
             else:
                 self.resume_note = "the agent does not support session/load"
+        elif self.messages[1:]:
+            self.resume_note = "the agent's session id was lost; it starts afresh with no memory of the turns"
         session = await self._conn.new_session(cwd=cwd, mcp_servers=self.mcp_servers, **self.session_meta)
         self.agent_session_id = session.session_id
 

@@ -79,6 +79,8 @@ HANDOVER_DELAY_MS = 200
 # How often a growing reply is stored: at most this much shown text is lost when its host dies.
 PARTIAL_STORE_SECONDS = 1.0
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+# How long an ACP agent's session id outlives the longest session (for session/load on recovery).
+ACP_SESSION_GRACE_SECONDS = 3600
 # What an ACP agent reports besides messages, as events on the session's log.
 NOTICE_EVENTS = {"tool_call": EventType.AGENT_TOOL_CALL, "plan": EventType.PLAN_UPDATED}
 
@@ -384,11 +386,18 @@ class SessionHost:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
+        if isinstance(conversation, AcpConversation) and conversation.agent_session_id:
+            await self.context.redis.set(
+                self.names.acp_session(self.session_id),
+                conversation.agent_session_id,
+                ex=self.settings.session_max_lifetime + ACP_SESSION_GRACE_SECONDS,
+            )
         if recovering:
             payload = {
                 "worker": self.context.worker_id,
                 "last_input_id": self.last_input_id,
                 "retyped_input_id": self._reopen_id,
+                **self._resumption(conversation),
             }
             await self.context.emit(self.event.follow_up(EventType.SESSION_RECOVERED, payload))
             await self._audit("session.recovered", "success", last_input_id=self.last_input_id)
@@ -404,6 +413,15 @@ class SessionHost:
                 self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
             )
         return conversation
+
+    @staticmethod
+    def _resumption(conversation: Conversation | AcpConversation) -> dict[str, object]:
+        """How an ACP agent took up its conversation again: its own session loaded, or why not."""
+        if not isinstance(conversation, AcpConversation):
+            return {}
+        if conversation.resume_note:
+            return {"agent_session": "new", "agent_session_note": conversation.resume_note}
+        return {"agent_session": "loaded"}
 
     @property
     def transport(self) -> str:
@@ -449,6 +467,9 @@ class SessionHost:
             mcp_servers=gateway,
             ask_permission=self.permissions.ask,
             session_meta=adapter.acp_session_meta(ctx),  # type: ignore[attr-defined]
+            resume_session_id=await self.context.redis.get(self.names.acp_session(self.session_id))
+            if ctx.resume
+            else None,
             stderr_path=ctx.home / "acp-agent.log",
             sandbox=sandbox,
         )
@@ -802,6 +823,8 @@ class SessionHost:
 
     async def _finish(self, status: str, reason: str) -> None:
         await self._release()
+        with contextlib.suppress(RedisError, OSError):
+            await self.context.redis.delete(self.names.acp_session(self.session_id))
         try:
             await self.snapshots.erase()
         except Exception:
