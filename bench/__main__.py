@@ -10,7 +10,17 @@ import time
 
 from bench.harness import Row, table, write
 
-BENCHES = ("ingress", "latency", "session_start", "gateway", "fanout", "sessions", "workspaces", "console")
+BENCHES = (
+    "ingress",
+    "latency",
+    "session_start",
+    "gateway",
+    "fanout",
+    "sessions",
+    "workspaces",
+    "console",
+    "acp",
+)
 
 
 def calibration() -> Row:

@@ -8,6 +8,7 @@ issue's "cancel stops within 1 s", measured between two events the stack itself 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -24,8 +25,9 @@ from httpx_sse import ServerSentEvent
 from events.streams import Names
 from tests.agent_cli import fake_upstream, model_reply
 from tests.fakes.anthropic_api import SLOW_PREFIX, FakeAnthropic
-from tests.fixtures.mcp import mcp_server
-from tests.fixtures.stack import Stack
+from tests.fixtures.mcp import start_mcp_server
+from tests.fixtures.postgres import DbUrls
+from tests.fixtures.stack import Stack, running_stack, stop
 from tests.test_skeleton_e2e import agent_said, named, read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -41,8 +43,12 @@ def fake_anthropic() -> Iterator[FakeAnthropic]:
 @pytest.fixture(scope="module")
 def mcp_url_and_token() -> Iterator[tuple[str, str]]:
     token = secrets.token_urlsafe(24)
-    with mcp_server("http", f"--token={token}") as url:
+    # A generous start-up wait: on a busy machine the server's imports alone can take 15 s.
+    proc, url = start_mcp_server("http", f"--token={token}", timeout=90)
+    try:
         yield url, token
+    finally:
+        stop(proc)
 
 
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
@@ -310,3 +316,52 @@ async def test_kill_9_of_the_host_resumes_the_agents_session(
     ]
     asked = [c for c in fake_anthropic.message_requests() if "Which word was it" in json.dumps(c.body)]
     assert asked and "tangerine" in json.dumps(asked[-1].body["messages"]), "the loaded session had the turn"
+
+
+async def transcript(stack: Stack, texts: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """A conversation of ``texts`` with claude: the stored messages after the start-up one, and the
+    agent messages the event stream completed."""
+    headers = stack.headers()
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+        session_id = await start(client, headers)
+        for text in texts:
+            await say(client, headers, session_id, text)
+        messages = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).json()
+        events = await read_events(
+            client,
+            f"/api/v1/sessions/{session_id}/events",
+            headers,
+            until=completed_with(model_reply(texts[-1])),
+        )
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
+    stored = [(m["role"], m["content"]) for m in messages["messages"][1:]]
+    completed = [
+        data(e)["message"] for e in events if event_type("message.completed")(e) and data(e)["id"] > 0
+    ]
+    return stored, completed
+
+
+async def test_the_same_conversation_over_the_pty_and_acp_reads_the_same(
+    fake_anthropic: FakeAnthropic,
+    stack: Stack,
+    pg_urls: DbUrls,
+    jwt_secret: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    texts = ["Say hello", "And once more"]
+    over_acp = await transcript(stack, texts)
+    pty_env = {
+        "AGENTAPI_ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+        "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
+        "AGENTAPI_CLAUDE_TRANSPORT": "pty",
+        # Claude Code redraws for a while as it starts: the production settle window.
+        "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
+    }
+    # Set up and torn down off the event loop: both block (migrations, seeding, stops).
+    pty_stack = running_stack(pg_urls, jwt_secret, tmp_path_factory.mktemp("pty-stack"), pty_env)
+    try:
+        over_pty = await transcript(await asyncio.to_thread(pty_stack.__enter__), texts)
+    finally:
+        await asyncio.to_thread(pty_stack.__exit__, None, None, None)
+    assert over_acp == over_pty
+    assert over_acp[1] == [model_reply(text) for text in texts]
