@@ -20,6 +20,7 @@ BENCHES = (
     "workspaces",
     "console",
     "acp",
+    "sinks",
 )
 
 

@@ -118,6 +118,10 @@ class Names:
         """Held while one worker publishes a session's events to a sink, so they go out in order."""
         return f"{self.prefix}sink:{sink_id}:{session_id}:lock"
 
+    def sink_drain_queued(self, sink_id: UUID | str, session_id: UUID | str) -> str:
+        """Set while a drain of the pair waits on a queue: further notices need not enqueue another."""
+        return f"{self.prefix}sink:{sink_id}:{session_id}:queued"
+
     def sink_drain_again(self, sink_id: UUID | str, session_id: UUID | str) -> str:
         """Set when a drain found the lock held: the holder drains once more before it lets go."""
         return f"{self.prefix}sink:{sink_id}:{session_id}:again"

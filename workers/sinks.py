@@ -1,7 +1,7 @@
 """Delivering a session's events to an event sink, in the order of its event log, exactly once each.
 
 Every notice for a sink-subscribed event asks for a *drain* of (sink, session): under a per-pair Redis
-lock, the drain first turns the session's log entries past the last one it recorded into delivery
+lock, the drain first turns the session's log entries past the last one it sent into delivery
 rows (so an event whose own notice is still in flight is not overtaken by a later one), then
 publishes the pending rows in log order. A failure stops the drain at the first unconfirmed event
 and retries the pair with backoff; once the attempt budget is spent the pair's pending events go to
@@ -23,6 +23,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from events.cloudevents import encode, to_cloudevent
 from events.envelope import Event
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 LOCK_SECONDS = 120
+# How long a queued-drain mark holds without its drain running (a lost message) before notices
+# enqueue drains again.
+QUEUED_SECONDS = 120
 NO_SESSION = "-"
 
 
@@ -71,6 +75,8 @@ class Drain:
         lock = names.sink_drain_lock(self.sink_id, self.session)
         again = names.sink_drain_again(self.sink_id, self.session)
         token = secrets.token_hex(8)
+        # From here a notice enqueues another drain: this one may already have read past its row.
+        await redis.delete(names.sink_drain_queued(self.sink_id, self.session))
         while True:
             if not await redis.set(lock, token, nx=True, ex=LOCK_SECONDS):
                 await redis.set(again, "1", ex=LOCK_SECONDS)
@@ -87,21 +93,34 @@ class Drain:
                 return
 
     async def _drain(self) -> None:
-        engine = self.context.engine
+        engine, session_id = self.context.engine, self._session_id()
         async with tenant_transaction(engine, _admin(self.org_id)) as db:
             sink = await db.get(Webhook, self.sink_id)
+            last = (
+                await db.exec(
+                    select(WebhookDelivery.position)
+                    .where(
+                        WebhookDelivery.webhook_id == self.sink_id,
+                        WebhookDelivery.session_id == session_id,
+                        WebhookDelivery.status != "pending",
+                    )
+                    .order_by(col(WebhookDelivery.position).desc())
+                    .limit(1)
+                )
+            ).first()
         if sink is None or sink.direction != "sink" or not sink.enabled:
             return
-        if self.session != NO_SESSION:
-            await self._record_log(sink)
+        logged = await self._logged_since(sink, last) if self.session != NO_SESSION else []
         while True:
             async with tenant_transaction(engine, _admin(self.org_id)) as db:
+                await insert_new(db, logged)
+                logged = []
                 rows = list(
                     await db.exec(
                         select(WebhookDelivery)
                         .where(
                             WebhookDelivery.webhook_id == self.sink_id,
-                            WebhookDelivery.session_id == self._session_id(),
+                            WebhookDelivery.session_id == session_id,
                             WebhookDelivery.status == "pending",
                         )
                         .order_by(col(WebhookDelivery.position), col(WebhookDelivery.event_id))
@@ -117,33 +136,21 @@ class Drain:
     def _session_id(self) -> UUID | None:
         return None if self.session == NO_SESSION else UUID(self.session)
 
-    async def _record_log(self, sink: Webhook) -> None:
-        """Rows for the session's subscribed events logged after the last one recorded (since the
-        sink exists), whichever notice comes first; existing rows are left as they are."""
-        async with tenant_transaction(self.context.engine, _admin(self.org_id)) as db:
-            last = (
-                await db.exec(
-                    select(WebhookDelivery.position)
-                    .where(
-                        WebhookDelivery.webhook_id == sink.id,
-                        WebhookDelivery.session_id == self._session_id(),
-                    )
-                    .order_by(col(WebhookDelivery.position).desc())
-                    .limit(1)
-                )
-            ).first()
+    async def _logged_since(self, sink: Webhook, last: str | None) -> list[WebhookDelivery]:
+        """Rows for the session's subscribed events logged after the last one published or dead-lettered
+        (and since the sink exists), whichever notices were handled: an event is never overtaken by a
+        later one whose notice came sooner (its row may exist already; that one is left as it is)."""
         after = stream_id(last) if last else "0-0"
+        rows = []
         while True:
             entries = await read_log(self.context.redis, self.context.names, self.session, after, count=BATCH)
             if not entries:
-                return
+                return rows
             after = entries[-1][0]
-            rows = []
             for entry_id, wire in entries:
                 event = Event.from_wire(wire)
                 if str(event.type) in sink.event_types and event.ts >= sink.created_at:
-                    rows.append(_row(sink, event, position(entry_id)))
-            await insert_new(self.context, self.org_id, rows)
+                    rows.append(delivery_row(sink, event, position(entry_id)))
 
     async def _publish(self, sink: Webhook, rows: list[WebhookDelivery]) -> None:
         settings = self.context.settings
@@ -213,11 +220,15 @@ class Drain:
             )
             return
         delay = min(settings.sink_backoff_seconds * 2 ** (attempts - 1), settings.sink_max_backoff_seconds)
+        # The retry owns the pair until it runs: notices meanwhile add rows, not drains (each would
+        # spend an attempt of the same budget).
+        queued = self.context.names.sink_drain_queued(self.sink_id, self.session)
+        await self.context.redis.set(queued, "1", ex=int(delay) + QUEUED_SECONDS)
         log.info("sink %s: %s; attempt %d again in %.1f s", sink.id, error, attempts + 1, delay)
         raise dramatiq.Retry(str(error), delay=int(delay * 1000))
 
 
-def _row(sink: Webhook, event: Event, at: str) -> WebhookDelivery:
+def delivery_row(sink: Webhook, event: Event, at: str) -> WebhookDelivery:
     return WebhookDelivery(
         org_id=sink.org_id,
         webhook_id=sink.id,
@@ -229,25 +240,17 @@ def _row(sink: Webhook, event: Event, at: str) -> WebhookDelivery:
     )
 
 
-async def insert_new(context: WorkerContext, org_id: UUID, rows: list[WebhookDelivery]) -> None:
+async def insert_new(db: AsyncSession, rows: list[WebhookDelivery]) -> None:
     """Insert the rows that do not exist yet (one per sink and event), in one statement."""
     if not rows:
         return
-    engine = context.engine
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    values = [row.model_dump() for row in rows]
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(WebhookDelivery)
-        .values(values)
+        .values([row.model_dump() for row in rows])
         .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
     )
-    async with tenant_transaction(engine, _admin(org_id)) as db:
-        await db.exec(statement)  # type: ignore[call-overload]
-
-
-async def record_notice(context: WorkerContext, sink: Webhook, event: Event, at: str) -> None:
-    """The notice's own event, in case the log no longer holds it (capped, or not a session event)."""
-    await insert_new(context, sink.org_id, [_row(sink, event, at)])
+    await db.exec(statement)  # type: ignore[call-overload]
 
 
 def drain_key(event: Event) -> str:

@@ -23,9 +23,9 @@ from schemas.db import TenantContext, tenant_transaction
 from schemas.egress import EgressRefused, check_endpoint
 from schemas.tables import UserSession, Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
-from workers.actors.sinks import drain_sink
+from workers.actors.sinks import request_drain
 from workers.context import WorkerContext, current, working_on
-from workers.sinks import NO_SESSION, drain_key, position, record_notice
+from workers.sinks import NO_SESSION, delivery_row, drain_key, insert_new, position
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ async def notify_webhooks(envelope: str) -> None:
             await _redeliver(context, UUID(str(event.payload["delivery_id"])), event.org_id)
             return
         source = Event.from_wire(str(event.payload["event"]))
+        at = position(str(event.payload["stream_id"])) if event.payload.get("stream_id") else ""
         async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
             hooks = [
                 hook
@@ -108,11 +109,13 @@ async def notify_webhooks(envelope: str) -> None:
                 )
                 if str(source.type) in hook.event_types
             ]
-        at = position(str(event.payload["stream_id"])) if event.payload.get("stream_id") else ""
+            sinks = [hook for hook in hooks if hook.direction == "sink"]
+            # The event's own row, in case its session's log no longer holds it when the drain reads.
+            await insert_new(db, [delivery_row(sink, source, at) for sink in sinks])
+        for sink in sinks:
+            await request_drain(context, sink.id, event.org_id, drain_key(source))
         for hook in hooks:
             if hook.direction == "sink":
-                await record_notice(context, hook, source, at)
-                await _drain(hook.id, event.org_id, drain_key(source))
                 continue
             delivery = WebhookDelivery(
                 org_id=hook.org_id,
@@ -138,13 +141,9 @@ async def _redeliver(context: WorkerContext, delivery_id: UUID, org_id: UUID) ->
         return
     if hook.direction == "sink":
         session = str(delivery.session_id) if delivery.session_id else NO_SESSION
-        await _drain(hook.id, org_id, session)
+        await request_drain(context, hook.id, org_id, session)
     else:
         await _enqueue(str(delivery_id), str(org_id))
-
-
-async def _drain(sink_id: UUID, org_id: UUID, session: str) -> None:
-    await asyncio.to_thread(drain_sink.send, str(sink_id), str(org_id), session)
 
 
 async def _enqueue(delivery_id: str, org_id: str, delay_ms: int | None = None) -> None:
