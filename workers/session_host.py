@@ -359,7 +359,8 @@ class SessionHost:
             await sidecar.start(sidecar_home, base_environment(home), limits)
         sandbox = None
         if confined:
-            urls = [*env.values(), self.settings.gateway_url(self.session_id)]
+            # Adapters also write the platform's endpoints into config files (codex's base_url).
+            urls = [*env.values(), *ctx.agent_env.values(), self.settings.gateway_url(self.session_id)]
             local = {port for _, port in peers}
             sandbox = await self._sandbox(
                 "agent", workspace, forwarded_endpoints(urls, self.settings, local), tuple(peers)
