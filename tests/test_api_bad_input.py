@@ -121,4 +121,4 @@ def test_unknown_route_and_method(client: httpx.Client, stack: Stack) -> None:
 def test_health_and_ready_need_no_token(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    assert ready["checks"] == {"database": "ok", "redis": "ok"}
+    assert ready["checks"] == {"database": "ok", "redis": "ok", "sandbox": "ok"}

@@ -37,7 +37,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from schemas.sandbox_probe import UID_BASE, SandboxUnavailable, probe, require_tools
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 CLONE_NEWNET = 0x40000000
 # Sandbox uids live far above any system or login account.
-UID_BASE = 0x2000_0000
 UID_SPAN = 0x1000_0000
 # Files from /etc a CLI needs (TLS roots, the dynamic linker, time zones); the rest of /etc stays out.
 ETC_READ = ("ssl", "ca-certificates", "pki", "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
@@ -66,10 +65,6 @@ SECRET_SCAN_BYTES = 1 << 20
 DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
-
-
-class SandboxUnavailable(OSError):
-    """The sandbox cannot be set up here; the message names what is missing."""
 
 
 def sandbox_uid(key: str, role: str = "agent") -> int:
@@ -145,7 +140,7 @@ class Sandbox:
 
     def wrap(self, argv: list[str], cwd: Path) -> list[str]:
         """The bwrap command line that runs ``argv`` in ``cwd`` inside this sandbox."""
-        bwrap, setpriv = _require_tools()
+        bwrap, setpriv = require_tools()
         self._write_etc()
         args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-net", "--unshare-cgroup-try", "--hostname", "sandbox",
@@ -383,35 +378,6 @@ def _code_paths() -> tuple[Path, ...]:
     # Anything under /usr is visible already; nested paths would only stack the same mount twice.
     kept = [p for p in paths if not p.is_relative_to("/usr")]
     return tuple(sorted(p for p in kept if not any(p != q and p.is_relative_to(q) for q in kept)))
-
-
-def _require_tools() -> tuple[str, str]:
-    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
-    if not bwrap:
-        raise SandboxUnavailable("bwrap (bubblewrap) is not installed")
-    if not setpriv:
-        raise SandboxUnavailable("setpriv (util-linux) is not installed")
-    return bwrap, setpriv
-
-
-@lru_cache(maxsize=1)
-def probe() -> str | None:
-    """None when a sandbox can be set up on this machine, else what is missing (cached)."""
-    try:
-        bwrap, setpriv = _require_tools()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    argv = [bwrap, "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "--",
-            setpriv, f"--reuid={UID_BASE}", f"--regid={UID_BASE}", "--clear-groups", "--no-new-privs",
-            "--", "true"]  # fmt: skip
-    try:
-        result = subprocess.run(argv, capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bwrap could not run: {exc}"
-    if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
-        return f"bwrap cannot create namespaces or switch uid here ({detail}); the worker needs root or CAP_SYS_ADMIN"
-    return None
 
 
 def give_to(path: Path, uid: int) -> None:

@@ -11,6 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.state import resources
+from schemas.sandbox_probe import probe
+from schemas.settings import Settings
 
 READY_TIMEOUT_SECONDS = 2.0
 
@@ -42,9 +44,22 @@ async def ready(state: State) -> Response[dict[str, object]]:
             checks[name] = f"unavailable: {type(exc).__name__}"
     if res.draining.is_set():
         checks["process"] = "unavailable: shutting down"
-    ok = all(value == "ok" for value in checks.values())
+    checks["sandbox"] = await sandbox_check(res.settings)
+    # Development may run unconfined (it says so); anywhere else no sandbox means not ready.
+    ok = all(
+        value == "ok" or (name == "sandbox" and res.settings.environment == "development")
+        for name, value in checks.items()
+    )
     return Response(
         {"status": "ready" if ok else "unavailable", "checks": checks},
         status_code=200 if ok else 503,
         headers=None if ok else {"Retry-After": "5"},
     )
+
+
+async def sandbox_check(settings: Settings) -> str:
+    """``ok`` when tenant processes can be sandboxed here, else what is missing (probed once)."""
+    if settings.sandbox == "none":
+        return "disabled: AGENTAPI_SANDBOX=none (development only)"
+    problem = await asyncio.to_thread(probe)
+    return "ok" if problem is None else f"unavailable: {problem}"
