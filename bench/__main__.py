@@ -21,6 +21,7 @@ BENCHES = (
     "console",
     "acp",
     "sinks",
+    "sandbox",
 )
 
 
