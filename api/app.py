@@ -22,12 +22,14 @@ from api.mcp_gateway import build_gateway
 from api.metrics import http_metrics_middleware, metrics
 from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
+from api.routes.agent_control import internal_screen, interrupt
 from api.routes.agents import list_agents
 from api.routes.audit import query_audit
 from api.routes.chat import chat, chat_stream
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.mcp_oauth import oauth_callback, oauth_callback_post, oauth_disconnect, oauth_init
+from api.routes.openapi import openapi_document, session_openapi_document
 from api.routes.orgs import OrgController
 from api.routes.prompts import PromptController
 from api.routes.sessions import SessionController
@@ -69,7 +71,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             ready,
             metrics,
+            openapi_document,
+            session_openapi_document,
             SessionController,
+            interrupt,
+            internal_screen,
             upload_file,
             WebhookController,
             receive_delivery,

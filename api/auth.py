@@ -57,6 +57,7 @@ DEFAULT_AUTH_EXCLUDE: tuple[str, ...] = (
     "^/ready",
     "^/metrics",
     "^/schema",
+    "^/openapi.json$",
     "^/api/v1/webhooks/[^/]+/deliveries",
 )
 SECURITY_SCHEME_NAME = "BearerJWT"

@@ -27,6 +27,7 @@ from fakeredis import TcpFakeServer
 from api.tokens import mint_token
 from schemas.crypto import KeyRing
 from schemas.settings import Settings, load_settings
+from workers.lifecycle import end_sessions_of_last_run
 
 DEV_ORG_ID = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 DEV_USER_ID = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
@@ -145,6 +146,8 @@ def run_dev(host: str, port: int, data_dir: str) -> int:
             settings, org_id=DEV_ORG_ID, org_name="Dev Org", user_id=DEV_USER_ID, email="dev@example.com"
         )
     )
+    # The embedded Redis starts empty: no session left open by the last run has a host any more.
+    asyncio.run(end_sessions_of_last_run(settings))
 
     cli = [sys.executable, "-m", "api.cli"]
     procs = [

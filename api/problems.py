@@ -221,6 +221,7 @@ _TYPE_SLUG = {
     404: "not-found",
     405: "method-not-allowed",
     409: "conflict",
+    410: "gone",
     413: "body-too-large",
     415: "unsupported-media-type",
     422: "validation-error",

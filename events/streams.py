@@ -83,6 +83,10 @@ class Names:
         """The ACP agent's own session id, so a recovering host can ``session/load`` it."""
         return f"{self.prefix}session:{session_id}:acp-session"
 
+    def session_screen(self, session_id: UUID | str) -> str:
+        """The agent's rendered screen as text, kept by its host (expires with the host)."""
+        return f"{self.prefix}session:{session_id}:screen"
+
     def dramatiq_namespace(self) -> str:
         return f"{self.prefix}dramatiq"
 

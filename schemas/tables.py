@@ -106,7 +106,7 @@ class UserSession(SQLModel, table=True):
     user_id: UUID = Field(foreign_key="users.id", ondelete="CASCADE")
     agent_type: str = Field(max_length=32)
     status: str = Field(default="requested", max_length=16)
-    end_reason: str | None = Field(default=None, max_length=64)
+    end_reason: str | None = Field(default=None, max_length=1024)
     title: str | None = Field(default=None, max_length=200)
     workspace_path: str | None = Field(default=None, max_length=1024)
     # The input stream's cursor: every input up to last_input_id is done (a user message's reply is

@@ -37,10 +37,12 @@ def processes_of(group: int, workspace: Path) -> list[str]:
     return found
 
 
-def test_dev_runs_a_session_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+def start_dev(
+    tmp_path: Path, port: int, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`agentapi dev` on ``tmp_path / "data"``, once it printed its token: (process, token, output)."""
     # Nothing of the test run's settings: no database, Redis or secret in the environment.
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "dev", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         env=env,
@@ -52,19 +54,33 @@ def test_dev_runs_a_session_end_to_end_and_stops_cleanly(tmp_path: Path) -> None
     )
     output: list[str] = []
     # Drain the output all along: a full pipe would stall the dev processes' logging.
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
     token = None
+    deadline = time.monotonic() + 90
+    while token is None and time.monotonic() < deadline and proc.poll() is None:
+        lines = list(output)
+        token = next(
+            (lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if line.startswith("token (")),
+            None,
+        )
+        time.sleep(0.1)
+    if token is None:
+        stop_dev(proc)
+        raise AssertionError("".join(output[-40:]))
+    return proc, token, output
+
+
+def stop_dev(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_dev_runs_a_session_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    proc, token, output = start_dev(tmp_path, port)
     try:
-        deadline = time.monotonic() + 90
-        while token is None and time.monotonic() < deadline and proc.poll() is None:
-            lines = list(output)
-            token = next(
-                (lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if line.startswith("token (")),
-                None,
-            )
-            time.sleep(0.1)
-        assert token, "".join(output[-40:])
         assert len(processes_of(proc.pid, tmp_path)) >= 2  # ingress and workers
         headers = {"Authorization": f"Bearer {token}"}
         base = f"http://127.0.0.1:{port}"
@@ -112,6 +128,58 @@ def test_dev_runs_a_session_end_to_end_and_stops_cleanly(tmp_path: Path) -> None
         time.sleep(0.5)
         assert processes_of(proc.pid, tmp_path) == []
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_dev(proc)
+
+
+def wait_stable(base: str, session_id: str, headers: dict[str, str]) -> dict[str, object]:
+    for _ in range(600):
+        status = httpx.get(f"{base}/api/v1/sessions/{session_id}/status", headers=headers, timeout=10).json()
+        if status["status"] == "stable":
+            return status  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError(f"session {session_id} never read stable")
+
+
+def test_sessions_open_when_dev_restarts_end_with_host_lost_and_free_the_quota(tmp_path: Path) -> None:
+    """Its Redis lives in memory, so a restart loses every host: afterwards each session is ended
+    with host_lost (status stable, messages refused with 410), DELETE answers, the quota is free."""
+    port = free_port()
+    quota = {"AGENTAPI_MAX_SESSIONS_PER_USER": "2"}
+    echo = {"agent_type": "custom", "custom_agent": "echo"}
+    base = f"http://127.0.0.1:{port}"
+    proc, token, _ = start_dev(tmp_path, port, quota)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        ids = [
+            httpx.post(f"{base}/api/v1/sessions", json=echo, headers=headers, timeout=30).json()["id"]
+            for _ in range(2)
+        ]
+        for session_id in ids:
+            wait_stable(base, session_id, headers)
+        assert (
+            httpx.post(f"{base}/api/v1/sessions", json=echo, headers=headers, timeout=30).status_code == 429
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_dev(proc)
+
+    proc, token, _ = start_dev(tmp_path, port, quota)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        for session_id in ids:
+            status = wait_stable(base, session_id, headers)
+            assert (status["session_status"], status["end_reason"]) == ("ended", "host_lost")
+            url = f"{base}/api/v1/sessions/{session_id}"
+            sent = httpx.post(f"{url}/message", json={"content": "still there?"}, headers=headers, timeout=10)
+            assert sent.status_code == 410 and sent.json()["end_reason"] == "host_lost"
+            stopped = httpx.delete(url, headers=headers, timeout=10)
+            assert stopped.status_code == 200 and stopped.json()["status"] == "ended"
+        fresh = [
+            httpx.post(f"{base}/api/v1/sessions", json=echo, headers=headers, timeout=30) for _ in range(2)
+        ]
+        assert [r.status_code for r in fresh] == [202, 202], [r.text for r in fresh]
+        for created in fresh:
+            assert wait_stable(base, created.json()["id"], headers)["session_status"] in ("stable", "running")
+    finally:
+        stop_dev(proc)

@@ -35,7 +35,7 @@ async def test_an_idle_session_ends_with_idle_timeout(stack: Stack) -> None:
         late = await client.post(
             f"/api/v1/sessions/{created['id']}/message", json={"content": "still there?"}, headers=headers
         )
-        assert late.status_code == 409 and "ended" in late.json()["detail"]
+        assert late.status_code == 410 and "ended" in late.json()["detail"]
         messages = (await client.get(f"/api/v1/sessions/{created['id']}/messages", headers=headers)).json()[
             "messages"
         ]

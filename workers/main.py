@@ -18,6 +18,7 @@ from workers.audit_writer import AuditWriter
 from workers.broker import make_broker
 from workers.context import WorkerContext, set_context
 from workers.dispatcher import consumer_name, dispatchers
+from workers.lifecycle import run_reconciler
 from workers.placement import advertise
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
                 name="advertise",
             )
         )
+        threads_.append(threading.Thread(target=run_reconciler, args=(settings, stop), name="reconciler"))
     worker.start()
     if WorkKind.AUDIT in kinds:
         writer = AuditWriter(settings, client, consumer_name())

@@ -39,6 +39,7 @@ from sqlmodel import col, select, update
 from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.publisher import publish
+from events.session_state import claim_turn, set_status, turn_taken
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -49,10 +50,11 @@ from schemas.tenant_secrets import open_tenant_secrets
 from workers.acp_permissions import PermissionDesk
 from workers.acp_session import AcpConversation
 from workers.agents import AdapterUnavailable, get_adapter
-from workers.agents.base import AgentAdapter, LaunchContext
+from workers.agents.base import AgentAdapter, LaunchContext, interrupt_keys
 from workers.agents.gateway import gateway_headers
 from workers.context import WorkerContext
 from workers.conversation import AgentBusy, Change, Conversation, Timing
+from workers.lifecycle import END_REASON_MAX
 from workers.pty_session import PtySession, ResourceLimits
 from workers.sandbox import (
     Endpoint,
@@ -63,6 +65,7 @@ from workers.sandbox import (
     required,
     sandbox_uid,
 )
+from workers.screen_mirror import mirror_screen
 from workers.screen_tracker import Message
 from workers.sidecars import SidecarProcess
 from workers.workspace_sync import workspace_store_for
@@ -213,6 +216,8 @@ class SessionHost:
         self._persisted: dict[int, str] = {}
         # Statuses whose row update is still to be written.
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
+        # A user message is being typed: the next `running` reported releases its claimed turn.
+        self._turn_pending = False
         self._gateway_key: str | None = None
         self._sidecars: list[SidecarProcess] = []
         self._sandboxes: list[Sandbox] = []
@@ -277,6 +282,9 @@ class SessionHost:
                     self.snapshots.run(),
                 ):
                     loops.create_task(loop)
+                if isinstance(self.conversation, Conversation):  # an ACP agent has no screen
+                    screen_key = self.names.session_screen(self.session_id)
+                    loops.create_task(mirror_screen(self.context.redis, screen_key, self.conversation.pty))
         except* (SessionEnded, HandedOver) as group:
             stopped = group.exceptions[0]  # type: ignore[assignment]
         finally:
@@ -409,7 +417,9 @@ class SessionHost:
         await self._audit("session.started", "success")
         prompt = self.event.payload.get("prompt")
         if prompt:
-            # The first message waits for the agent to settle, like any other input.
+            # The first message waits for the agent to settle, like any other input; its turn is
+            # claimed now, so the first `stable` a client sees comes after the prompt's reply.
+            await claim_turn(self.context.redis, self.names, self.session_id)
             await self.context.redis.xadd(
                 self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
             )
@@ -564,6 +574,9 @@ class SessionHost:
                     if self._open_turn is None:
                         self._turn_closed.set()
                 await self._set_state(change.status)
+                if change.status == "running" and self._turn_pending:
+                    self._turn_pending = False
+                    await turn_taken(self.context.redis, self.names, self.session_id)
                 await self._emit(
                     EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
                 )
@@ -622,6 +635,12 @@ class SessionHost:
         if kind == "raw":
             self.conversation.send_raw(fields.get("content", "").encode())
             return
+        if kind == "interrupt":
+            if isinstance(self.conversation, AcpConversation):
+                await self.conversation.cancel()
+            else:
+                self.conversation.send_raw(interrupt_keys(self.conversation.adapter))
+            return
         if kind == "upload":
             await self._place_upload(fields)
             return
@@ -633,6 +652,7 @@ class SessionHost:
         # arrive while it starts, so wait for it to settle rather than lose the message.
         while True:
             await self.conversation.wait_stable(self.settings.session_max_lifetime)
+            self._turn_pending = True
             try:
                 user = self.conversation.open_turn(
                     fields.get("content", ""), reopen=entry_id == self._reopen_id
@@ -640,6 +660,8 @@ class SessionHost:
             except AgentBusy:
                 continue
             except ValueError:
+                self._turn_pending = False
+                await turn_taken(self.context.redis, self.names, self.session_id)
                 return
             break
         # Opened and recorded with no await between: whatever stores the user message stores the
@@ -729,13 +751,15 @@ class SessionHost:
             log.error("audit event %s for session %s not published: %s", action, self.session_id, exc)
 
     async def _set_state(self, status: str) -> None:
-        key = self.names.session_state(self.session_id)
-        async with self.context.redis.pipeline(transaction=False) as state:
-            state.hset(
-                key, mapping={"status": status, "agent_type": self.agent_type, "transport": self.transport}
-            )
-            state.expire(key, STATE_TTL_SECONDS)
-            await state.execute()
+        await set_status(
+            self.context.redis,
+            self.names,
+            self.session_id,
+            status,
+            self.agent_type,
+            self.transport,
+            STATE_TTL_SECONDS,
+        )
 
     async def _update_row(self, **values: object) -> None:
         await asyncio.shield(self._write_row(values))
@@ -809,7 +833,9 @@ class SessionHost:
     async def _release(self) -> None:
         """Forget this host's hold on the session: its state, gauge entry and gateway token."""
         with contextlib.suppress(Exception):
-            await self.context.redis.delete(self.names.session_state(self.session_id))
+            await self.context.redis.delete(
+                self.names.session_state(self.session_id), self.names.session_screen(self.session_id)
+            )
             await self.context.redis.zrem(self.names.active_sessions(), self._active_member)
             if self._gateway_key:
                 await self.context.redis.delete(self._gateway_key)
@@ -833,7 +859,7 @@ class SessionHost:
         # The revoked gateway token and access key leave no copy behind in the agent's files.
         workspace = self.settings.workspace_of(self.event.org_id, self.event.user_id, self.session_id)
         await asyncio.to_thread(remove_files_holding, workspace / ".home", self._session_secrets)
-        await self._update_row(status=status, end_reason=reason[:64], ended_at=datetime.now(UTC))
+        await self._update_row(status=status, end_reason=reason[:END_REASON_MAX], ended_at=datetime.now(UTC))
         kind = EventType.SESSION_ENDED if status == "ended" else EventType.SESSION_FAILED
         await self._emit(kind, {"reason": reason})
         await self._expire_keys()

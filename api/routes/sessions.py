@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import (
     ClientException,
@@ -27,6 +27,7 @@ from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.prompts import composed_prompt
+from api.session_turns import DETAIL_BY_SESSION_STATUS, live_state, start_turn
 from api.single_flight import SingleFlight
 from api.sse import parse_last_event_id, session_event_stream, sse_response
 from api.state import Resources, resources
@@ -36,10 +37,10 @@ from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import SessionMessage, UserSession
 from workers.agents import canonical_agent_type
+from workers.lifecycle import ACTIVE, end_lost_sessions, end_session, host_is_live
 
 # Permission request ids are event ids (ULIDs).
 REQUEST_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-ACTIVE = ("requested", "starting", "running", "stable")
 MAX_MESSAGE_BYTES = 100_000
 
 
@@ -107,13 +108,21 @@ class MessagesOut(BaseModel):
 
 
 class StatusOut(BaseModel):
-    status: Literal["running", "stable"]
+    status: Literal["running", "stable"] = Field(
+        description="coder/agentapi's two values; an ended or failed session reads stable, so polling stops"
+    )
     agent_type: str
     # How the agent is driven: coder/agentapi reports it as ``backend`` ("acp" | "pty"), and as
     # ``transport`` before it had ACP; both carry the same value.
     backend: Literal["acp", "pty"]
     transport: Literal["acp", "pty"]
-    session_status: str
+    session_status: str = Field(
+        description="the lifecycle: requested, starting, running, stable, ended, failed"
+    )
+    detail: str | None = Field(
+        None, description="starting, thinking, waiting_for_input, tool_use or error, where it can be told"
+    )
+    end_reason: str | None = None
 
 
 class Ok(BaseModel):
@@ -201,12 +210,11 @@ class SessionController(Controller):
     @delete("/{session_id:uuid}", status_code=202)
     async def stop_session(
         self, session_id: UUID, request: Request[Principal, str, State], state: State
-    ) -> None:
-        """Stop the agent; the workspace is kept. Its end arrives as `session_ended`."""
-        res = resources(state)
-        row = await find_session(state, request.user, session_id)
-        if row.status in ACTIVE:
-            await res.redis.xadd(res.names.session_input(session_id), {"type": "stop", "content": ""})
+    ) -> Response[SessionOut]:
+        """Stop the agent; the workspace is kept. 202 while its host stops it (the end arrives as
+        `session_ended`); 200 with the ended session when no host holds it or it was already over."""
+        row, hosted = await stop(resources(state), await find_session(state, request.user, session_id))
+        return Response(SessionOut(**_out(row)), status_code=202 if hosted else 200)  # type: ignore[arg-type]
 
     @get("/{session_id:uuid}/messages")
     async def messages(
@@ -231,19 +239,33 @@ class SessionController(Controller):
     async def status(
         self, session_id: UUID, request: Request[Principal, str, State], state: State
     ) -> StatusOut:
-        """coder/agentapi's `GET /status`; anything but a settled agent reads as `running`."""
+        """coder/agentapi's `GET /status`: a live agent reads `running` unless it has settled; an
+        ended or failed one reads `stable` (there is nothing left to wait for) with its reason."""
         res = resources(state)
         row = await find_session(state, request.user, session_id)
-        live = await res.redis.hgetall(res.names.session_state(session_id))
+        if row.status not in ACTIVE:
+            backend = res.settings.transport_of(row.agent_type)
+            return StatusOut(
+                status="stable",
+                agent_type=row.agent_type,
+                backend=backend,
+                transport=backend,
+                session_status=row.status,
+                detail=DETAIL_BY_SESSION_STATUS.get(row.status),
+                end_reason=row.end_reason,
+            )
+        live = await live_state(res.redis, res.names, session_id)
         agent_status = "stable" if live.get("status") == "stable" else "running"
         # The host says which it chose; before it has, the configured one.
         backend = live.get("transport") or res.settings.transport_of(row.agent_type)
+        detail = live.get("detail") or DETAIL_BY_SESSION_STATUS.get(live.get("status") or row.status)
         return StatusOut(
             status=agent_status,
             agent_type=row.agent_type,
             backend=backend,
             transport=backend,
             session_status=row.status,
+            detail=detail,
         )
 
     @post("/{session_id:uuid}/message", status_code=200)
@@ -346,19 +368,29 @@ async def start_session(
     return row, event
 
 
+def refuse_if_over(row: UserSession) -> None:
+    """410 for a session that ended or failed: no message will ever reach its agent."""
+    if row.status not in ACTIVE:
+        reason = f": {row.end_reason}" if row.end_reason else ""
+        raise ClientException(
+            f"the session has {row.status}{reason}",
+            status_code=410,
+            extra={"session_status": row.status, "end_reason": row.end_reason},
+        )
+
+
 async def deliver_message(res: Resources, row: UserSession, data: SendMessage) -> None:
     """Queue a message for the session's host, refusing what the agent cannot take now."""
-    if row.status not in ACTIVE:
-        raise ClientException(f"the session has {row.status}", status_code=409)
+    refuse_if_over(row)
     content = data.content.strip() if data.type == "user" else data.content
     if not content:
         raise ValidationException(
             "content is empty", extra=[{"key": "content", "message": "must not be empty"}]
         )
     if data.type == "user":
-        live = await res.redis.hgetall(res.names.session_state(row.id))
-        if live.get("status") != "stable":
+        if not await start_turn(res.redis, res.names, row.id, content):
             raise ClientException("the agent is busy; send when its status is stable", status_code=409)
+        return
     await res.redis.xadd(res.names.session_input(row.id), {"type": data.type, "content": content})
 
 
@@ -386,6 +418,35 @@ async def answer_permission(
     )
 
 
+async def stop(res: Resources, row: UserSession) -> tuple[UserSession, bool]:
+    """Stop a session whatever state its host is in: a live host is asked to stop it (and says so
+    on the event log); with no host, the row is ended here. Whether a host is stopping it."""
+    if row.status not in ACTIVE:
+        return row, False
+    # Asked in any case: a host that is starting right now finds the request when it reads its input.
+    await res.redis.xadd(res.names.session_input(row.id), {"type": "stop", "content": ""})
+    if await host_is_live(res.redis, res.names, row.id):
+        return row, True
+    ended = await end_session(
+        res.engine,
+        res.redis,
+        res.names,
+        row,
+        "stopped",
+        maxlen=res.settings.event_log_maxlen,
+        correlation_id=current_correlation_id(),
+    )
+    if ended is None:  # its host ended it meanwhile
+        ended = await _reload(res, row)
+    return ended, False
+
+
+async def _reload(res: Resources, row: UserSession) -> UserSession:
+    owner = TenantContext(org_id=row.org_id, user_id=row.user_id, role="owner")
+    async with tenant_transaction(res.engine, owner) as db:
+        return await db.get(UserSession, row.id) or row
+
+
 async def _check_quota(res: Resources, ctx: TenantContext) -> None:
     """Per-user and per-org limits on active sessions (a soft limit: two racing creates may both pass).
 
@@ -400,6 +461,14 @@ async def _check_quota(res: Resources, ctx: TenantContext) -> None:
             .group_by(UserSession.user_id)
         )
         counts = dict(active.all())
+    if counts.get(ctx.user_id, 0) >= res.settings.max_sessions_per_user or (
+        sum(counts.values()) >= res.settings.max_sessions_per_org
+    ):
+        # Sessions whose host is gone hold no agent: end them before refusing the caller.
+        assert ctx.org_id is not None
+        if await end_lost_sessions(res.engine, res.redis, res.names, res.settings, ctx.org_id):
+            await _check_quota(res, ctx)
+            return
     if counts.get(ctx.user_id, 0) >= res.settings.max_sessions_per_user:
         raise TooManyRequestsException(
             f"you already have {res.settings.max_sessions_per_user} active sessions; stop one first",

@@ -1,7 +1,7 @@
 """A small interactive TUI agent for tests, run in a real PTY.
 
 It draws an input box at the bottom like Claude Code does, reads raw keystrokes (bracketed paste
-aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly,
+aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly (Esc or Ctrl-C stops it),
 ``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/write BYTES`` fills
 a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``.
 ``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first.
@@ -10,6 +10,7 @@ a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` 
 from __future__ import annotations
 
 import os
+import select
 import sys
 import termios
 import time
@@ -40,7 +41,11 @@ def say(line: str, delay: float = 0.0) -> None:
     if delay:
         for char in line:
             out(char)
-            time.sleep(delay)
+            # Esc or Ctrl-C while it streams stops the reply, as Claude Code's "esc to interrupt" does.
+            ready, _, _ = select.select([sys.stdin], [], [], delay)
+            if ready and any(key in read_key(sys.stdin.fileno()) for key in ("\x1b", "\x03")):
+                out("\r\n^C interrupted")
+                break
         out("\r\n")
     else:
         out(line + "\r\n")

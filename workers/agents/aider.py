@@ -42,6 +42,8 @@ class AiderAdapter:
     aliases: ClassVar[tuple[str, ...]] = ()
     # Aider's prompt_toolkit input takes a bracketed paste as one multi-line message.
     bracketed_paste: ClassVar[bool] = True
+    # Its prompt_toolkit input stops the running request on Ctrl-C.
+    interrupt_keys: ClassVar[bytes] = b"\x03"
     paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
 

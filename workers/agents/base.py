@@ -67,8 +67,9 @@ class Sidecar:
 
 class AgentAdapter(Protocol):
     """Optional beyond this protocol: ``uses_tenant_settings: ClassVar[bool]`` (fill the context's
-    tenant settings and secrets) and ``sidecars(ctx) -> list[Sidecar]`` (started before the agent,
-    stopped with the session). Agent types that also speak the Agent Client Protocol add
+    tenant settings and secrets), ``sidecars(ctx) -> list[Sidecar]`` (started before the agent,
+    stopped with the session) and ``interrupt_keys: ClassVar[bytes]`` (see :func:`interrupt_keys`).
+    Agent types that also speak the Agent Client Protocol add
     ``acp_command(ctx) -> list[str]`` and ``acp_session_meta(ctx) -> dict`` (``_meta`` for
     session/new, e.g. the system prompt), and ``acp_environment(ctx)`` where ACP needs other
     variables than the PTY."""
@@ -93,3 +94,12 @@ class AgentAdapter(Protocol):
 
     def format_message(self, screen: str, user_input: str) -> str:
         """The agent's reply from the screen lines that appeared after the input: echo and chrome removed."""
+
+
+ESCAPE = b"\x1b"
+
+
+def interrupt_keys(adapter: AgentAdapter) -> bytes:
+    """The keys that stop the agent's current work: Esc for the TUIs that say "esc to interrupt"
+    (Claude Code, Codex, Gemini CLI, Droid), unless the adapter names its own (Ctrl-C for Aider)."""
+    return bytes(getattr(adapter, "interrupt_keys", ESCAPE))

@@ -45,6 +45,8 @@ class GooseAdapter:
     name: ClassVar[str] = "goose"
     aliases: ClassVar[tuple[str, ...]] = ()
     bracketed_paste: ClassVar[bool] = True
+    # goose stops the running request on Ctrl-C (Esc does nothing there).
+    interrupt_keys: ClassVar[bytes] = b"\x03"
     paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
 

@@ -1,0 +1,61 @@
+"""The session's live state hash in Redis, written by its host and by the ingress.
+
+Turns are claimed atomically: the ingress moves the hash from ``stable`` to ``running`` and queues
+the user message in one script, marking the turn ``claimed``; the host clears the mark once the
+agent has taken the message. While a turn is claimed, the host never writes ``stable`` (a late
+``stable`` from before the message, or a screen that settled for a moment, would otherwise let a
+client read ``stable`` right after its message was accepted, or start a second turn).
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from redis.asyncio import Redis
+
+from events.streams import Names
+
+CLAIMED = "claimed"
+
+_START_TURN = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'stable' then
+  return false
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'detail', 'thinking', 'claimed', '1')
+return redis.call('XADD', KEYS[2], '*', 'type', 'user', 'content', ARGV[1])
+"""
+
+# ARGV: status, agent_type, transport, ttl seconds.
+_SET_STATUS = """
+if ARGV[1] == 'stable' and redis.call('HEXISTS', KEYS[1], 'claimed') == 1 then
+  redis.call('HSET', KEYS[1], 'agent_type', ARGV[2], 'transport', ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'agent_type', ARGV[2], 'transport', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'detail')
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+async def start_turn(redis: Redis, names: Names, session_id: UUID | str, content: str) -> bool:
+    """Queue ``content`` as the next user message if the agent is stable; False if it is not."""
+    keys = [names.session_state(session_id), names.session_input(session_id)]
+    return bool(await redis.register_script(_START_TURN)(keys, [content]))
+
+
+async def set_status(
+    redis: Redis, names: Names, session_id: UUID | str, status: str, agent_type: str, transport: str, ttl: int
+) -> None:
+    """The host's status write; ``stable`` waits while a turn is claimed but not yet taken."""
+    keys = [names.session_state(session_id)]
+    await redis.register_script(_SET_STATUS)(keys, [status, agent_type, transport, ttl])
+
+
+async def claim_turn(redis: Redis, names: Names, session_id: UUID | str) -> None:
+    """The host's own claim, for the prompt it queues at creation."""
+    await redis.hset(names.session_state(session_id), CLAIMED, "1")
+
+
+async def turn_taken(redis: Redis, names: Names, session_id: UUID | str) -> None:
+    await redis.hdel(names.session_state(session_id), CLAIMED)
