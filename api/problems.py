@@ -23,7 +23,8 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -95,6 +96,38 @@ def unstorable_text(value: Any, path: str = "", depth: int = 0) -> str | None:
     return None
 
 
+_JSON_TYPES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("boolean", lambda v: isinstance(v, bool)),
+    int: ("integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("string", lambda v: isinstance(v, str)),
+    dict: ("object", lambda v: isinstance(v, dict)),
+    list: ("array", lambda v: isinstance(v, list)),
+}
+
+
+def _json_type_mismatch(annotation: Any, value: Any) -> str | None:
+    """The JSON type(s) ``annotation`` documents when ``value`` has none of them, else None (also
+    for types this does not judge: UUIDs, dates, literals and models are pydantic's to check)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _json_type_mismatch(get_args(annotation)[0], value)
+    members = (
+        [m for m in get_args(annotation) if m is not type(None)]
+        if origin in (Union, UnionType)
+        else [annotation]
+    )
+    wanted = []
+    for member in members:
+        known = _JSON_TYPES.get(get_origin(member) or member)
+        if known is None:
+            return None
+        if known[1](value):
+            return None
+        wanted.append(known[0])
+    return " or ".join(wanted) or None
+
+
 class StrictBody(BaseModel):
     """Base for request bodies: unknown fields are a 422, not silently dropped.
 
@@ -106,6 +139,17 @@ class StrictBody(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_type(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic's lax mode took 0 for false, "5" for 5 and a list of pairs for an object; the
+        # documented schema says otherwise, so the JSON type must be the field's own.
+        field = cls.model_fields.get(info.field_name or "")
+        wanted = _json_type_mismatch(field.annotation, value) if field and value is not None else None
+        if wanted:
+            raise ValueError(f"must be a JSON {wanted}")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod

@@ -90,9 +90,9 @@ async def query_audit(
         query = query.where(AuditLog.resource_id == resource_id)
     if outcome:
         query = query.where(AuditLog.outcome == outcome)
-    if since:
+    if since is not None:
         query = query.where(col(AuditLog.ts) >= _instant("since", since))
-    if until:
+    if until is not None:
         query = query.where(col(AuditLog.ts) < _instant("until", until))
     if cursor:
         query = query.where(col(AuditLog.seq) < cursor_value(cursor, int))

@@ -22,7 +22,7 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
@@ -148,22 +148,12 @@ class ConfigPage(BaseModel):
     next_cursor: str | None
 
 
-class _Seconds(StrictBody):
-    @field_validator("wait_seconds", "timeout_seconds", mode="before", check_fields=False)
-    @classmethod
-    def _not_a_boolean(cls, value: object) -> object:
-        # JSON booleans are not numbers: `wait_seconds: false` was taken as 0 seconds.
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds, not a boolean")
-        return value
-
-
-class TestRequest(_Seconds):
+class TestRequest(StrictBody):
     config_id: UUID
     wait_seconds: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=120, description="0: answer 202 at once")
 
 
-class ToolCallRequest(_Seconds):
+class ToolCallRequest(StrictBody):
     config_id: UUID
     tool: str = Field(min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)

@@ -45,10 +45,9 @@ SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 class SettingsIn(StrictBody):
-    # strict: a JSON object only (a list of pairs was taken for one).
-    settings: dict[str, Any] = Field(default_factory=dict, strict=True)
+    settings: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, str | None] = Field(
-        default_factory=dict, max_length=50, strict=True, description="write-only; null deletes a secret"
+        default_factory=dict, max_length=50, description="write-only; null deletes a secret"
     )
     retention_days: int | None = Field(None, ge=1, le=3650)
 
