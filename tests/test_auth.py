@@ -447,10 +447,13 @@ async def test_unknown_kid_flood_does_not_hammer_the_jwks(jwks_server: JWKSServe
                 return exc.detail
             return "accepted"
 
+        flood_started = time.monotonic()
         details = await asyncio.gather(*(bogus(i) for i in range(100)))
         details += [await bogus(i) for i in range(100, 200)]
         assert set(details) == {"unknown signing key"}
-        assert jwks_server.fetch_count == 2
+        # One refetch per cooldown at most: on a loaded machine the flood may outlast a cooldown or two.
+        cooldowns_passed = int((time.monotonic() - flood_started) / 0.5)
+        assert 2 <= jwks_server.fetch_count <= 2 + cooldowns_passed
     finally:
         await verifier.aclose()
 
