@@ -17,6 +17,7 @@ from litestar.response import ServerSentEventMessage
 from pydantic import BaseModel
 
 from api.auth import Principal
+from api.problems import problem_responses
 from api.routes.sessions import find_session, refuse_if_over
 from api.session_turns import live_state
 from api.sse import sse_response
@@ -38,7 +39,12 @@ class Screen(BaseModel):
     screen: str
 
 
-@post("/api/v1/sessions/{session_id:uuid}/interrupt", status_code=200, tags=["sessions"])
+@post(
+    "/api/v1/sessions/{session_id:uuid}/interrupt",
+    status_code=200,
+    tags=["sessions"],
+    responses=problem_responses(410),
+)
 async def interrupt(
     session_id: UUID,
     request: Request[Principal, str, State],

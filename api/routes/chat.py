@@ -16,7 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import col, select
 
 from api.auth import Principal
-from api.problems import StrictBody
+from api.problems import StrictBody, problem_responses
 from api.routes.sessions import (
     ACTIVE,
     MAX_MESSAGE_BYTES,
@@ -63,7 +63,10 @@ class ChatOut(BaseModel):
     "/api/v1/chat",
     tags=["chat"],
     status_code=202,
-    responses={200: ResponseSpec(data_container=ChatOut, description="Delivered to an existing session")},
+    responses={
+        200: ResponseSpec(data_container=ChatOut, description="Delivered to an existing session"),
+        **problem_responses(410),
+    },
 )
 async def chat(data: ChatIn, request: Request[Principal, str, State], state: State) -> Response[ChatOut]:
     """Send a message to one of your sessions (200), or start a session with it (202)."""

@@ -25,7 +25,7 @@ from sqlmodel import col, func, select
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
-from api.problems import StrictBody
+from api.problems import StrictBody, problem_responses
 from api.routes.prompts import composed_prompt
 from api.session_turns import DETAIL_BY_SESSION_STATUS, live_state, start_turn
 from api.single_flight import SingleFlight
@@ -268,7 +268,7 @@ class SessionController(Controller):
             detail=detail,
         )
 
-    @post("/{session_id:uuid}/message", status_code=200)
+    @post("/{session_id:uuid}/message", status_code=200, responses=problem_responses(410))
     async def send_message(
         self, session_id: UUID, data: SendMessage, request: Request[Principal, str, State], state: State
     ) -> Ok:
