@@ -16,6 +16,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -207,7 +208,13 @@ class SessionController(Controller):
         row = await find_session(state, request.user, session_id)
         return SessionOut(**_out(row))  # type: ignore[arg-type]
 
-    @delete("/{session_id:uuid}", status_code=202)
+    @delete(
+        "/{session_id:uuid}",
+        status_code=202,
+        responses={
+            200: ResponseSpec(data_container=SessionOut, description="Ended at once, or already over")
+        },
+    )
     async def stop_session(
         self, session_id: UUID, request: Request[Principal, str, State], state: State
     ) -> Response[SessionOut]:
