@@ -15,6 +15,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -282,6 +283,13 @@ def stable_after(user_text: str) -> Callable[[ServerSentEvent], bool]:
     return match
 
 
+def transcript_mentions(stack: Stack, session_id: str, word: str) -> bool:
+    """Whether claude's own transcript of the session (in its HOME) holds ``word`` yet."""
+    home = Path(stack.env["AGENTAPI_WORKSPACE_ROOT"])
+    pattern = f"*/*/{session_id}/.home/.claude/projects/*/*.jsonl"
+    return any(word in path.read_text(errors="replace") for path in home.glob(pattern))
+
+
 async def test_kill_9_of_the_host_resumes_the_agents_session(
     fake_anthropic: FakeAnthropic, stack: Stack
 ) -> None:
@@ -295,6 +303,12 @@ async def test_kill_9_of_the_host_resumes_the_agents_session(
         session_id = await start(client, headers)
         events_url = f"/api/v1/sessions/{session_id}/events"
         await say(client, headers, session_id, "Remember the word tangerine")
+        # The agent keeps its transcript in HOME and may write it a moment after the turn ends; a
+        # session killed before that cannot be loaded (the host then starts a new one and says so).
+        for _ in range(300):
+            if await asyncio.to_thread(transcript_mentions, stack, session_id, "tangerine"):
+                break
+            await asyncio.sleep(0.1)
         host = (await store.hgetall(names.session_state(session_id)))["host"]
         victim = next(proc for proc in stack.workers if proc.pid == int(host.rsplit(":", 1)[1]))
         os.killpg(victim.pid, signal.SIGKILL)
