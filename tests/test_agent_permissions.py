@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from pydantic import ValidationError
 
+from events.envelope import EventType
+from events.streams import Names
 from schemas.agent_permissions import PermissionPolicy
 from tests.fixtures.stack import Stack
+from workers.acp_permissions import PermissionDesk
+
+OPTIONS = [
+    {"option_id": "yes", "name": "Allow", "kind": "allow_once"},
+    {"option_id": "no", "name": "Reject", "kind": "reject_once"},
+]
 
 
 def test_by_default_workspace_files_are_allowed_and_the_rest_is_asked(tmp_path: Path) -> None:
@@ -57,3 +69,71 @@ async def test_an_invalid_policy_is_refused_on_save_naming_the_field(stack: Stac
             headers=admin,
         )
         assert saved.status_code == 200, saved.text
+
+
+class Recorder:
+    """Where a desk's events and audit records go: kept in order for the assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[EventType, dict[str, Any]]] = []
+        self.audits: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def emit(self, event_type: EventType, payload: dict[str, Any]) -> None:
+        self.events.append((event_type, payload))
+
+    async def audit(self, action: str, outcome: str, **details: Any) -> None:
+        self.audits.append((action, outcome, details))
+
+
+async def test_an_unanswered_request_expires_as_a_cancellation_and_a_late_answer_is_dropped(
+    aredis: redis.asyncio.Redis, names: Names, tmp_path: Path
+) -> None:
+    record = Recorder()
+    desk = PermissionDesk(
+        redis=aredis,
+        names=names,
+        session_id="s-1",
+        workspace=tmp_path,
+        policy=PermissionPolicy(),
+        timeout=1.0,
+        emit=record.emit,
+        audit=record.audit,
+    )
+    command = {"tool_call_id": "t-1", "title": "rm -rf /", "kind": "execute"}
+    asking = asyncio.create_task(desk.ask(command, OPTIONS))
+    while not record.events:
+        await asyncio.sleep(0.01)
+    requested = record.events[0][1]
+    key = names.permission_request("s-1", requested["request_id"])
+    assert json.loads(await aredis.get(key) or "{}")["options"] == ["yes", "no"], "open for the ingress"
+
+    assert await asking is None, "an expired request is cancelled, never allowed"
+    desk.answer(requested["request_id"], "yes", "u-late")
+    assert await aredis.get(key) is None, "the ingress no longer takes an answer"
+    assert [event for event, _ in record.events] == [
+        EventType.PERMISSION_REQUESTED,
+        EventType.PERMISSION_DECIDED,
+    ]
+    decided = record.events[1][1]
+    assert (decided["decided_by"], decided["outcome"], decided["option_id"]) == ("expiry", "cancelled", None)
+    assert [(action, outcome) for action, outcome, _ in record.audits] == [("session.permission", "denied")]
+
+
+async def test_a_request_the_policy_decides_is_never_opened(
+    aredis: redis.asyncio.Redis, names: Names, tmp_path: Path
+) -> None:
+    record = Recorder()
+    desk = PermissionDesk(
+        redis=aredis,
+        names=names,
+        session_id="s-2",
+        workspace=tmp_path,
+        policy=PermissionPolicy(),
+        timeout=60.0,
+        emit=record.emit,
+        audit=record.audit,
+    )
+    read = {"tool_call_id": "t-2", "kind": "read", "locations": [{"path": str(tmp_path / "a.txt")}]}
+    assert await desk.ask(read, OPTIONS) == "yes"
+    assert [(e, p["decided_by"]) for e, p in record.events] == [(EventType.PERMISSION_DECIDED, "policy")]
+    assert not [key async for key in aredis.scan_iter(match=f"{names.prefix}*")], "nothing kept open"
