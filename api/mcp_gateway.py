@@ -135,7 +135,7 @@ class TenantTools(Provider):
                 org_id=identity.org_id,
                 user_id=identity.user_id,
                 payload={"config_id": str(config.id), "reply": True},
-                **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),  # type: ignore[arg-type]
+                **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
             )
             await publish(res.redis, res.names, event)
             answer = await await_reply(res.redis, res.names, event.id, LIST_WAIT_SECONDS)
@@ -171,7 +171,7 @@ class TenantTools(Provider):
                 "source": "gateway",
                 "reply": True,
             },
-            **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),  # type: ignore[arg-type]
+            **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
         )
         await publish(res.redis, res.names, event)
         answer = await await_reply(res.redis, res.names, event.id, res.settings.mcp_call_timeout_seconds + 15)

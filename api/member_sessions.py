@@ -14,7 +14,7 @@ from schemas.tables import UserSession
 ACTIVE = ("requested", "starting", "running", "stable")
 
 
-async def live_session_ids(db, org_id: UUID, user_id: UUID) -> list[UUID]:  # type: ignore[no-untyped-def]
+async def live_session_ids(db, org_id: UUID, user_id: UUID) -> list[UUID]:
     return list(
         await db.exec(
             select(UserSession.id).where(

@@ -26,7 +26,7 @@ def may_grant(ctx: TenantContext, current: str | None, wanted: str | None) -> No
         raise PermissionDeniedException("only owners grant or remove the owner role")
 
 
-async def owners_left(db, org_id: UUID, without: UUID) -> int:  # type: ignore[no-untyped-def]
+async def owners_left(db, org_id: UUID, without: UUID) -> int:
     return int(
         (
             await db.exec(
@@ -43,7 +43,7 @@ async def owners_left(db, org_id: UUID, without: UUID) -> int:  # type: ignore[n
     )
 
 
-async def keep_an_owner(db, org_id: UUID, user_id: UUID, role: str) -> None:  # type: ignore[no-untyped-def]
+async def keep_an_owner(db, org_id: UUID, user_id: UUID, role: str) -> None:
     """409 when ``user_id`` (with ``role``) is the organization's last owner and is about to go."""
     if role == "owner" and await owners_left(db, org_id, user_id) == 0:
         raise ClientException("the organization must keep an owner", status_code=409)

@@ -27,7 +27,7 @@ class DrainingServer(uvicorn.Server):
         self.app = app
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+    async def serve(self, sockets: list | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().serve(sockets)
 

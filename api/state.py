@@ -39,7 +39,7 @@ def resources(state: State) -> Resources:
     return state["resources"]
 
 
-def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+def lifespan(settings: Settings):
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)

@@ -125,7 +125,7 @@ async def _load_membership(res: Resources, principal: Principal) -> str | None:
     return result
 
 
-async def _auto_provision(db, org_id: UUID) -> str:  # type: ignore[no-untyped-def]
+async def _auto_provision(db, org_id: UUID) -> str:
     settings = (await db.exec(select(TenantSettings.settings).where(TenantSettings.org_id == org_id))).first()
     value = (settings or {}).get(AUTO_PROVISION_KEY, AUTO_PROVISION_DEFAULT)
     return value if value in AUTO_PROVISION_POLICIES else AUTO_PROVISION_DEFAULT
@@ -154,7 +154,7 @@ def _lesser(token_role: str, member_role: str) -> str:
     return min(token_role, member_role, key=lambda role: ROLE_RANK.get(role, 0))
 
 
-async def ensure_user_row(engine, principal: Principal) -> None:  # type: ignore[no-untyped-def]
+async def ensure_user_row(engine, principal: Principal) -> None:
     """Superadmins own rows (sessions, prompts) like anyone, without a membership: their user row."""
     assert principal.org_id is not None
     if principal.user_id in _user_rows:

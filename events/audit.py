@@ -76,5 +76,5 @@ def audit_event(
         user_id=actor_user_id,
         session_id=session_id,
         payload=payload,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )

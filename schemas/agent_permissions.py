@@ -49,7 +49,7 @@ class PermissionPolicy(BaseModel):
         decision = self.kinds.get(kind or "other", DEFAULT_KINDS.get(kind or "other", "ask"))  # type: ignore[call-overload]
         if decision == "allow" and not all(_inside(path, workspace) for path in locations):
             return self.outside_workspace
-        return decision  # type: ignore[no-any-return]
+        return decision
 
 
 def _inside(path: str, workspace: Path) -> bool:

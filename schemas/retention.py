@@ -40,7 +40,7 @@ async def purge_expired(
         cutoff = now - timedelta(days=int(days))
         org = TenantContext(org_id=org_id, user_id=None, role="admin")
         async with tenant_transaction(engine, org) as db:
-            result = await db.exec(  # type: ignore[call-overload]
+            result = await db.exec(
                 sql_delete(UserSession)
                 .where(
                     UserSession.org_id == org_id,

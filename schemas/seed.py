@@ -30,7 +30,7 @@ async def seed_tenant(settings: Settings, *, org_id: UUID, org_name: str, user_i
             existing = await db.exec(
                 Membership.__table__.select().where(
                     Membership.org_id == org_id, Membership.user_id == user_id
-                )  # type: ignore[attr-defined]
+                )
             )
             if existing.first() is None:
                 db.add(Membership(org_id=org_id, user_id=user_id, role="owner"))

@@ -33,13 +33,13 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 def _ts(nullable: bool = False) -> Any:
     return Field(
         default_factory=None if nullable else utcnow,
-        sa_type=UTCDateTime,  # type: ignore[call-overload]
+        sa_type=UTCDateTime,
         nullable=nullable,
     )
 
 
 def _json(default: Any = dict) -> Any:
-    return Field(default_factory=default, sa_type=JSON_TYPE, nullable=False)  # type: ignore[call-overload]
+    return Field(default_factory=default, sa_type=JSON_TYPE, nullable=False)
 
 
 def _org_fk() -> Any:
@@ -131,7 +131,7 @@ class SessionMessage(SQLModel, table=True):
     user_id: UUID = Field(foreign_key="users.id", ondelete="CASCADE")
     seq: int
     role: str = Field(max_length=8)
-    content: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
+    content: str = Field(sa_type=sa.Text)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -142,8 +142,8 @@ class SessionWorkspace(SQLModel, table=True):
     org_id: UUID = _org_fk()
     user_id: UUID = Field(foreign_key="users.id", ondelete="CASCADE")
     path: str = Field(max_length=1024)
-    bytes_used: int = Field(default=0, sa_type=BIGINT)  # type: ignore[call-overload]
-    quota_bytes: int | None = Field(default=None, sa_type=BIGINT)  # type: ignore[call-overload]
+    bytes_used: int = Field(default=0, sa_type=BIGINT)
+    quota_bytes: int | None = Field(default=None, sa_type=BIGINT)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -192,7 +192,7 @@ class McpConfiguration(SQLModel, table=True):
     command: str | None = Field(default=None, max_length=512)
     args: list[str] = _json(list)
     env: dict[str, str] = _json()
-    encrypted_secret: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    encrypted_secret: str | None = Field(default=None, sa_type=sa.Text)
     oauth: dict[str, Any] = _json()
     enabled: bool = True
     created_at: datetime = _ts()
@@ -209,14 +209,14 @@ class McpOAuthToken(SQLModel, table=True):
     org_id: UUID = _org_fk()
     user_id: UUID = Field(foreign_key="users.id", ondelete="CASCADE")
     configuration_id: UUID = Field(foreign_key="mcp_configurations.id", ondelete="CASCADE")
-    encrypted_access_token: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
-    encrypted_refresh_token: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    encrypted_access_token: str = Field(sa_type=sa.Text)
+    encrypted_refresh_token: str | None = Field(default=None, sa_type=sa.Text)
     expires_at: datetime | None = _ts(nullable=True)
     scopes: str | None = Field(default=None, max_length=2048)
     status: str = Field(default="connected", max_length=16)
     # The client and authorization-server endpoints the grant was issued to (no secrets).
     client: dict[str, Any] = _json()
-    encrypted_client_secret: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    encrypted_client_secret: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -261,7 +261,7 @@ class SystemPrompt(SQLModel, table=True):
     user_id: UUID | None = Field(default=None, foreign_key="users.id", ondelete="CASCADE")
     scope: str = Field(max_length=16)
     name: str = Field(max_length=100)
-    content: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
+    content: str = Field(sa_type=sa.Text)
     priority: int = 0
     is_template: bool = False
     enabled: bool = True
@@ -274,7 +274,7 @@ class TenantSettings(SQLModel, table=True):
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     org_id: UUID = Field(foreign_key="organizations.id", ondelete="CASCADE", unique=True)
     settings: dict[str, Any] = _json()
-    encrypted_secrets: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    encrypted_secrets: str | None = Field(default=None, sa_type=sa.Text)
     retention_days: int | None = None
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -293,7 +293,7 @@ class Webhook(SQLModel, table=True):
     name: str = Field(max_length=100)
     direction: str = Field(max_length=8)
     # Inbound/outbound: the signing secret. Sink: the broker URL, credentials included.
-    encrypted_secret: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
+    encrypted_secret: str = Field(sa_type=sa.Text)
     action: dict[str, Any] = _json()
     target_url: str | None = Field(default=None, max_length=2048)
     event_types: list[str] = _json(list)
@@ -345,7 +345,7 @@ class AuditLog(SQLModel, table=True):
     )
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     org_id: UUID = _org_fk()
-    seq: int = Field(sa_type=BIGINT)  # type: ignore[call-overload]
+    seq: int = Field(sa_type=BIGINT)
     event_id: str = Field(max_length=64, unique=True)
     ts: datetime = _ts()
     actor_user_id: UUID | None = None

@@ -35,7 +35,7 @@ def delay_ms(event: Event) -> int | None:
     return min(max(int(wait * 1000), 0), MAX_DELAY_MS) or None
 
 
-def enqueuer(broker: Broker, actors: dict[EventType, Actor]):  # type: ignore[no-untyped-def]
+def enqueuer(broker: Broker, actors: dict[EventType, Actor]):
     def enqueue(event: Event) -> None:
         actor = actors.get(event.type)
         if actor is None:

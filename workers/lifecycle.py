@@ -63,7 +63,7 @@ async def end_session(
     reason = reason[:END_REASON_MAX]
     owner = TenantContext(org_id=row.org_id, user_id=row.user_id, role="owner")
     async with tenant_transaction(engine, owner) as db:
-        result = await db.exec(  # type: ignore[call-overload]
+        result = await db.exec(
             update(UserSession)
             .where(
                 col(UserSession.id) == row.id,
@@ -82,7 +82,7 @@ async def end_session(
         user_id=row.user_id,
         session_id=row.id,
         payload={"reason": reason},
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     await append_result(redis, names, event, maxlen)
     await publish(

@@ -62,7 +62,7 @@ class ResourceLimits:
                 resource.setrlimit(limit, (value, value))
 
 
-class _Screen(pyte.Screen):  # type: ignore[misc]
+class _Screen(pyte.Screen):
     """A pyte screen whose replies to terminal queries go back to the process."""
 
     def __init__(self, columns: int, lines: int, reply: Callable[[str], None]) -> None:

@@ -212,7 +212,7 @@ class Sandbox:
                 self._servers.append(
                     await asyncio.start_server(
                         lambda r, w, f=forward: self._relay(r, w, f),
-                        sock=listener,  # type: ignore[misc]
+                        sock=listener,
                     )
                 )
         finally:

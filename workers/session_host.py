@@ -500,7 +500,7 @@ class SessionHost:
                 self.session_id,
                 PERMISSIONS_KEY,
             )
-            return PermissionPolicy(kinds=dict.fromkeys(DEFAULT_KINDS, "ask"))  # type: ignore[arg-type]
+            return PermissionPolicy(kinds=dict.fromkeys(DEFAULT_KINDS, "ask"))
 
     async def _tenant_configuration(self) -> dict[str, object]:
         """The organization's settings and opened secrets, for an adapter that builds its config from them."""

@@ -177,7 +177,7 @@ class Drain:
         now = datetime.now(UTC)
         async with tenant_transaction(self.context.engine, _admin(self.org_id)) as db:
             if sent:
-                await db.exec(  # type: ignore[call-overload]
+                await db.exec(
                     update(WebhookDelivery)
                     .where(col(WebhookDelivery.id).in_([row.id for row in rows[:sent]]))
                     .values(
@@ -190,7 +190,7 @@ class Drain:
                 )
             if error is None:
                 if sink.health != "ok":
-                    await db.exec(  # type: ignore[call-overload]
+                    await db.exec(
                         update(Webhook).where(col(Webhook.id) == sink.id).values(health="ok", last_error=None)
                     )
                 return
@@ -199,12 +199,12 @@ class Drain:
             first.attempts += 1
             first.last_error, first.updated_at = error, now
             db.add(first)
-            await db.exec(  # type: ignore[call-overload]
+            await db.exec(
                 update(Webhook).where(col(Webhook.id) == sink.id).values(health="failing", last_error=error)
             )
             attempts = first.attempts
             if attempts >= settings.sink_max_attempts:
-                await db.exec(  # type: ignore[call-overload]
+                await db.exec(
                     update(WebhookDelivery)
                     .where(
                         WebhookDelivery.webhook_id == sink.id,
@@ -250,7 +250,7 @@ async def insert_new(db: AsyncSession, rows: list[WebhookDelivery]) -> None:
         .values([row.model_dump() for row in rows])
         .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
     )
-    await db.exec(statement)  # type: ignore[call-overload]
+    await db.exec(statement)
 
 
 def drain_key(event: Event) -> str:

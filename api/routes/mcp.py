@@ -269,7 +269,7 @@ async def request_work(res: Resources, event: Event, wait_seconds: float) -> Res
 
 class McpConfigurationController(Controller):
     path = "/api/v1/mcp/configurations"
-    tags = ("mcp",)  # type: ignore[assignment]
+    tags = ("mcp",)
 
     @post("/", status_code=201)
     async def create(

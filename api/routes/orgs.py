@@ -74,7 +74,7 @@ class MemberPage(BaseModel):
     next_cursor: str | None
 
 
-async def _upsert_user(db, user_id: UUID, email: str | None) -> None:  # type: ignore[no-untyped-def]
+async def _upsert_user(db, user_id: UUID, email: str | None) -> None:
     insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
     await db.exec(insert(User).values(id=user_id, email=email).on_conflict_do_nothing(index_elements=["id"]))
 
@@ -106,7 +106,7 @@ async def _member(res: Resources, ctx: TenantContext, user_id: UUID) -> tuple[Me
 
 class OrgController(Controller):
     path = "/api/v1/orgs"
-    tags = ("organizations",)  # type: ignore[assignment]
+    tags = ("organizations",)
 
     @post("/", status_code=201)
     async def create_org(self, data: OrgIn, request: Request[Principal, str, State], state: State) -> OrgOut:

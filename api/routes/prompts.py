@@ -83,7 +83,7 @@ def _out(row: SystemPrompt) -> PromptOut:
     return PromptOut(**row.model_dump(exclude={"warnings"}), warnings=warnings)
 
 
-def _visible(query, ctx: TenantContext):  # type: ignore[no-untyped-def]
+def _visible(query, ctx: TenantContext):
     """Global prompts, the org's, and the caller's own (RLS enforces the same underneath)."""
     return query.where(
         or_(
@@ -143,7 +143,7 @@ def _duplicate(name: str) -> ClientException:
 
 class PromptController(Controller):
     path = "/api/v1/prompts"
-    tags = ("prompts",)  # type: ignore[assignment]
+    tags = ("prompts",)
 
     @post("/", status_code=201)
     async def create(

@@ -152,7 +152,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise ValidationException("cursor is not one this API returned") from exc
 
 
-def _scoped(query, ctx: TenantContext):  # type: ignore[no-untyped-def]
+def _scoped(query, ctx: TenantContext):
     """Tenant filter in the query itself (RLS enforces the same underneath)."""
     query = query.where(UserSession.org_id == ctx.org_id)
     if ctx.role == "member":
@@ -162,7 +162,7 @@ def _scoped(query, ctx: TenantContext):  # type: ignore[no-untyped-def]
 
 class SessionController(Controller):
     path = "/api/v1/sessions"
-    tags = ("sessions",)  # type: ignore[assignment]
+    tags = ("sessions",)
 
     @post("/", status_code=202)
     async def create_session(
@@ -170,7 +170,7 @@ class SessionController(Controller):
     ) -> SessionAccepted:
         """Request a new agent session; its progress arrives on `events_url`."""
         row, event = await start_session(resources(state), request.user, data)
-        return SessionAccepted(**_out(row), event_id=event.id)  # type: ignore[arg-type]
+        return SessionAccepted(**_out(row), event_id=event.id)
 
     @get("/")
     async def list_sessions(
@@ -199,14 +199,14 @@ class SessionController(Controller):
         next_cursor = (
             encode_cursor(page[-1].created_at.isoformat(), page[-1].id) if len(rows) > limit else None
         )
-        return SessionPage(sessions=[SessionOut(**_out(r)) for r in page], next_cursor=next_cursor)  # type: ignore[arg-type]
+        return SessionPage(sessions=[SessionOut(**_out(r)) for r in page], next_cursor=next_cursor)
 
     @get("/{session_id:uuid}")
     async def get_session(
         self, session_id: UUID, request: Request[Principal, str, State], state: State
     ) -> SessionOut:
         row = await find_session(state, request.user, session_id)
-        return SessionOut(**_out(row))  # type: ignore[arg-type]
+        return SessionOut(**_out(row))
 
     @delete(
         "/{session_id:uuid}",
@@ -221,7 +221,7 @@ class SessionController(Controller):
         """Stop the agent; the workspace is kept. 202 while its host stops it (the end arrives as
         `session_ended`); 200 with the ended session when no host holds it or it was already over."""
         row, hosted = await stop(resources(state), await find_session(state, request.user, session_id))
-        return Response(SessionOut(**_out(row)), status_code=202 if hosted else 200)  # type: ignore[arg-type]
+        return Response(SessionOut(**_out(row)), status_code=202 if hosted else 200)
 
     @get("/{session_id:uuid}/messages")
     async def messages(

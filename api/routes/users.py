@@ -165,7 +165,7 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
             update(Membership)
             .where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
             .values(removed_at=utcnow(), updated_at=utcnow())
-        )  # type: ignore[call-overload]
+        )
     forget_membership(ctx.org_id, user_id)  # type: ignore[arg-type]
     await stop_sessions(res, live)
     # Whether the person still belongs anywhere is a platform question: RLS hides other orgs.
@@ -183,13 +183,13 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
                 update(User)
                 .where(User.id == user_id)
                 .values(email=None, display_name=None, updated_at=utcnow())
-            )  # type: ignore[call-overload]
+            )
     await publish(
         res.redis,
         res.names,
         Event(
             type=EventType.USER_ERASED,
-            org_id=ctx.org_id,  # type: ignore[arg-type]
+            org_id=ctx.org_id,
             user_id=user_id,
             correlation_id=current_correlation_id(),
             payload={"requested_by": str(ctx.user_id), "stopped_sessions": [str(s) for s in live]},

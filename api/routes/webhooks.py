@@ -265,7 +265,7 @@ def _admin(principal: Principal) -> TenantContext:
 
 class WebhookController(Controller):
     path = "/api/v1/webhooks"
-    tags = ("webhooks",)  # type: ignore[assignment]
+    tags = ("webhooks",)
 
     @post("/", status_code=201)
     async def create_webhook(
@@ -458,7 +458,7 @@ class WebhookController(Controller):
             db.add(row)
         event = Event(
             type=EventType.WEBHOOK_NOTIFY_REQUESTED,
-            org_id=ctx.org_id,  # type: ignore[arg-type]
+            org_id=ctx.org_id,
             user_id=ctx.user_id,
             correlation_id=current_correlation_id(),
             payload={"delivery_id": str(delivery_id)},

@@ -16,7 +16,7 @@ from workers.agents.formatting import clean_message
 FOOTER = re.compile(r"\?\s+for shortcuts|esc to interrupt")
 
 
-def write_private(path, text: str) -> None:  # type: ignore[no-untyped-def]
+def write_private(path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o600)

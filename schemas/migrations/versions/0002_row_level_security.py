@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 LATER_TABLES = ("webhook_deliveries",)
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings():
     return op.get_context().config.attributes["settings"]
 
 
