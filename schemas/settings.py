@@ -126,10 +126,10 @@ class Settings(BaseSettings):
     # How long the screen must be still before the agent counts as stable (coder/agentapi: 2 s).
     agent_settle_seconds: float = Field(2.0, gt=0, validation_alias=_env("AGENT_SETTLE_SECONDS"))
     # How each agent type that can speak the Agent Client Protocol is driven: over ACP (structured
-    # updates, no screen reading) or in the PTY (README "Transports"). PTY stays the default while
-    # ACP is new; an operator opts an agent type in.
-    claude_transport: Transport = Field("pty", validation_alias=_env("CLAUDE_TRANSPORT"))
-    gemini_transport: Transport = Field("pty", validation_alias=_env("GEMINI_TRANSPORT"))
+    # updates, no screen reading) or in the PTY (README "Transports"). ACP wherever its adapter
+    # passes the same tests as the PTY one; an operator can fall back per agent type.
+    claude_transport: Transport = Field("acp", validation_alias=_env("CLAUDE_TRANSPORT"))
+    gemini_transport: Transport = Field("acp", validation_alias=_env("GEMINI_TRANSPORT"))
     # An ACP agent's permission request nobody answers is cancelled (a denial) after this long.
     acp_permission_timeout_seconds: float = Field(
         300.0, gt=0, le=86_400, validation_alias=_env("ACP_PERMISSION_TIMEOUT_SECONDS")

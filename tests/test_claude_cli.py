@@ -30,6 +30,8 @@ def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fi
     return {
         "AGENTAPI_ANTHROPIC_BASE_URL": fake.base_url,
         "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
+        # The PTY fallback: ACP is the default (tests/test_acp.py).
+        "AGENTAPI_CLAUDE_TRANSPORT": "pty",
         # Claude Code redraws for a while as it starts: the production settle window, not the tests' short one.
         "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
     }

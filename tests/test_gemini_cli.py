@@ -32,6 +32,8 @@ def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fi
         "AGENTAPI_GEMINI_BASE_URL": fake.base_url,
         "AGENTAPI_GEMINI_API_KEY": API_KEY,
         "AGENTAPI_GEMINI_MODEL": MODEL,
+        # The PTY fallback: ACP is the default (tests/test_acp_gemini.py).
+        "AGENTAPI_GEMINI_TRANSPORT": "pty",
         "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
     }
 
