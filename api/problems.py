@@ -36,6 +36,8 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from services.errors import DomainError, Invalid, TooMany, Unavailable
+
 logger = logging.getLogger("agentapi.errors")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -408,6 +410,19 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
     )
 
 
+def _domain_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    """A service's refusal, answered exactly as the HTTP exception of its status would be."""
+    if isinstance(exc, Invalid):
+        # Field errors take the same path as the request body's own (source, summary, 400 vs 422).
+        fields = [{"key": field, "message": message} for field, message in exc.errors]
+        return _validation_handler(request, ValidationException(exc.detail, extra=fields or None))
+    headers: dict[str, str] = {}
+    if isinstance(exc, TooMany | Unavailable) and exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    http = HTTPException(exc.detail, status_code=exc.status, headers=headers, extra=exc.extensions or None)
+    return _http_exception_handler(request, http)
+
+
 def _body_limit(request: Request[Any, Any, Any]) -> int | None:
     try:
         return request.route_handler.resolve_request_max_body_size()
@@ -517,6 +532,7 @@ def make_exception_handlers(
     handlers: ExceptionHandlerMap = {
         ValidationException: _validation_handler,
         HTTPException: _http_exception_handler,
+        DomainError: _domain_handler,
         RecursionError: _too_deep_handler,
         Exception: _internal_error_handler,
     }

@@ -19,6 +19,7 @@ import redis.exceptions
 import uvicorn
 from litestar import Litestar, get, post
 from litestar.exceptions import (
+    ClientException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
@@ -38,6 +39,17 @@ from api.problems import (
     make_exception_handlers,
     problem_response,
     problem_responses,
+)
+from services.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    TooLarge,
+    TooMany,
+    Unavailable,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -437,3 +449,60 @@ async def test_over_http_bad_bodies(live_url: str) -> None:
         assert_problem(response, 413)
         body = assert_problem(await http.get("/boom"), 500)
         assert "hunter2" not in json.dumps(body)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Domain errors: a service's refusal reads exactly as the HTTP exception a route raised before
+
+
+DOMAIN_CASES: dict[str, tuple[DomainError, Exception]] = {
+    "not-found": (NotFound("session not found"), NotFoundException("session not found")),
+    "forbidden": (Forbidden("admins only"), PermissionDeniedException("admins only")),
+    "conflict": (Conflict("busy"), ClientException("busy", status_code=409)),
+    "gone": (
+        Gone("the session has ended", session_status="ended", end_reason=None),
+        ClientException(
+            "the session has ended", status_code=410, extra={"session_status": "ended", "end_reason": None}
+        ),
+    ),
+    "too-large": (
+        TooLarge("files are limited to 10 bytes", limit_bytes=10),
+        ClientException("files are limited to 10 bytes", status_code=413, extra={"limit_bytes": 10}),
+    ),
+    "invalid-field": (
+        Invalid.field("custom_agent", "not allowlisted", "custom_agent is not on the allowlist"),
+        ValidationException(
+            "custom_agent is not on the allowlist",
+            extra=[{"key": "custom_agent", "message": "not allowlisted"}],
+        ),
+    ),
+    "invalid": (
+        Invalid("cursor is not one this API returned"),
+        ValidationException("cursor is not one this API returned"),
+    ),
+    "too-many": (
+        TooMany("you already have 2 active sessions", retry_after=30),
+        TooManyRequestsException("you already have 2 active sessions", headers={"Retry-After": "30"}),
+    ),
+    "unavailable": (Unavailable("vault sealed"), ClientException("vault sealed", status_code=503)),
+}
+
+
+@post("/raise/{case:str}/{style:str}")
+async def raise_case(case: FromPath[str], style: FromPath[str], data: JSONBody[dict[str, Any]]) -> None:
+    domain, http = DOMAIN_CASES[case]
+    raise domain if style == "domain" else http
+
+
+@pytest.mark.parametrize("case", sorted(DOMAIN_CASES))
+async def test_domain_errors_answer_as_their_http_exceptions(case: str) -> None:
+    app = Litestar([raise_case], exception_handlers=exception_handlers)
+    async with AsyncTestClient(app) as client:
+        domain = await client.post(f"/raise/{case}/domain", json={})
+        http = await client.post(f"/raise/{case}/http", json={})
+    assert domain.status_code == http.status_code
+    assert domain.status_code == DOMAIN_CASES[case][0].status, domain.text
+    assert domain.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    assert domain.headers.get("retry-after") == http.headers.get("retry-after")
+    expected = http.json() | {"instance": f"/raise/{case}/domain"}
+    assert domain.json() == expected
