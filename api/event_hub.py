@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from events import replies
 from events.results import LogEntry, read_log
 from events.streams import Names
 
@@ -112,7 +113,9 @@ class EventHub:
             channel = self._channels[name] = _Channel()
             try:
                 await self._pubsub.subscribe(name)
-                tail = await self._redis.xrevrange(self._names.session_log(session_id), count=1)
+                tail = replies.entries(
+                    await self._redis.xrevrange(self._names.session_log(session_id), count=1)
+                )
             except BaseException:
                 del self._channels[name]
                 raise

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError, ResponseError
 
 from api.state import Resources, resources
+from events import replies
 from events.hosts import live_hosts
 from events.metrics import PREFIX, families
 from events.streams import DISPATCH_GROUP, WorkKind
@@ -85,7 +86,7 @@ async def _sessions(res: Resources) -> Metric:
     key = res.names.active_sessions()
     # Hosts that died without cleaning up stop heartbeating; their entries expire here.
     await res.redis.zremrangebyscore(key, "-inf", time.time())
-    members = await res.redis.zrange(key, 0, -1)
+    members = replies.members(await res.redis.zrange(key, 0, -1))
     by_agent = Counter(member.rpartition(":")[0] for member in members)
     active = _gauge("active_sessions", "Sessions with a live host, by agent type", ["agent_type"])
     for agent_type, number in sorted(by_agent.items()):
@@ -97,7 +98,7 @@ async def _placement(res: Resources) -> list[Metric]:
     """Sessions hosts' slots and load, and the sessions that wait for a host: the autoscaler's inputs."""
     key = res.names.session_hosts()
     now = time.time()
-    entries = await res.redis.hgetall(key)
+    entries = replies.fields(await res.redis.hgetall(key))
     hosts = live_hosts(entries, now)
     if stale := [worker for worker in entries if worker not in hosts]:
         await res.redis.hdel(key, *stale)
@@ -135,7 +136,7 @@ async def cluster_metrics(res: Resources) -> list[Metric]:
     """Everything read from Redis; ``agentapi_cluster_metrics_up`` says whether that worked."""
     up = _gauge("cluster_metrics_up", "1 when the cluster-wide figures could be read from Redis")
     try:
-        found = [*families(await res.redis.hgetall(res.names.metrics()))]
+        found = [*families(replies.fields(await res.redis.hgetall(res.names.metrics())))]
         found += await _streams(res)
         found += [await _queues(res), await _sessions(res), *await _placement(res)]
     except (RedisError, OSError) as exc:

@@ -15,7 +15,9 @@ from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
+from events import replies
 from events.streams import Names
 
 # How long a used or expired state is still recognised as such.
@@ -60,7 +62,12 @@ def owner_of(pending: PendingAuthorization) -> StateOwner:
 
 async def issue(redis: Redis, names: Names, pending: PendingAuthorization, ttl_seconds: int) -> str:
     state = secrets.token_urlsafe(32)
-    note = {"org_id": pending.org_id, "user_id": pending.user_id, "config_id": pending.config_id, "used": "0"}
+    note: dict[FieldT, EncodableT] = {
+        "org_id": pending.org_id,
+        "user_id": pending.user_id,
+        "config_id": pending.config_id,
+        "used": "0",
+    }
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(names.oauth_state(state), json.dumps(asdict(pending)), ex=ttl_seconds)
         pipe.hset(names.oauth_state_used(state), mapping=note)
@@ -76,7 +83,7 @@ async def consume(redis: Redis, names: Names, state: str) -> PendingAuthorizatio
     if raw is not None:
         await redis.hset(note_key, "used", "1")
         return PendingAuthorization(**json.loads(raw))
-    note = await redis.hgetall(note_key)
+    note = replies.fields(await redis.hgetall(note_key))
     if not note:
         raise StateRefused("unknown", "unknown state: this authorization was not started here")
     owner = StateOwner(UUID(note["org_id"]), UUID(note["user_id"]), UUID(note["config_id"]))

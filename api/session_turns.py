@@ -11,6 +11,7 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 
+from events import replies
 from events.session_state import start_turn
 from events.streams import Names
 
@@ -29,4 +30,4 @@ DETAIL_BY_SESSION_STATUS = {
 
 async def live_state(redis: Redis, names: Names, session_id: UUID) -> dict[str, str]:
     """The host's hash (status, detail, host, heartbeat); empty when no host holds the session."""
-    return await redis.hgetall(names.session_state(session_id))
+    return replies.fields(await redis.hgetall(names.session_state(session_id)))

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from api.event_hub import EventHub, LogEntry, Subscription
 from api.problems import OUTAGE_RETRY_AFTER_SECONDS, default_outage_exceptions
+from events import replies
 from events.envelope import Event, EventType
 from events.results import read_log
 from events.streams import Names, stream_id_key
@@ -284,7 +285,7 @@ async def chat_event_stream(
 
     async def pump(session_id: str) -> None:
         try:
-            tail = await redis.xrevrange(names.session_log(session_id), count=1)
+            tail = replies.entries(await redis.xrevrange(names.session_log(session_id), count=1))
             after = tail[0][0] if tail else None
             async for message in session_event_stream(redis, names, hub, session_id, after or "0-0", 3600):
                 if message.data is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
+from events import replies
 from events.envelope import Event
 from events.metrics import count
 from events.streams import FIELD, Names, stream_id_key
@@ -105,7 +106,7 @@ class StreamConsumer:
         reply = self.client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
         )
-        for _, entries in reply or []:
+        for _, entries in replies.streams(reply):
             for entry_id, fields in entries:
                 self._handle(entry_id, fields, deliveries=1)
                 handled += 1

@@ -11,6 +11,7 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 
+from events import replies
 from events.envelope import Event
 from events.metrics import count
 from events.streams import FIELD, Names
@@ -35,7 +36,9 @@ async def read_log(
     redis: Redis, names: Names, session_id: UUID | str, after_id: str = "0-0", count: int | None = None
 ) -> list[LogEntry]:
     """Entries strictly after ``after_id``, oldest first (the client decodes responses)."""
-    entries = await redis.xrange(names.session_log(session_id), min=f"({after_id}", max="+", count=count)
+    entries = replies.entries(
+        await redis.xrange(names.session_log(session_id), min=f"({after_id}", max="+", count=count)
+    )
     return [(entry_id, fields[FIELD]) for entry_id, fields in entries]
 
 
@@ -67,7 +70,7 @@ async def await_reply(redis: Redis, names: Names, request_id: str, timeout: floa
         # Blocks in slices so a dropped connection or a cancelled request frees its connection soon,
         # each well inside the client's socket timeout (redis-py's default is 5 s).
         block_ms = max(1, int(min(remaining, BLOCK_SLICE_SECONDS) * 1000))
-        answer = await redis.xread({key: "0-0"}, count=1, block=block_ms)
+        answer = replies.streams(await redis.xread({key: "0-0"}, count=1, block=block_ms))
         if answer:
             _, entries = answer[0]
             return Event.from_wire(entries[0][1][FIELD])

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
+from events import replies
 from events.consumer import StreamConsumer, lost_group
 from events.envelope import Event, EventType
 from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
@@ -175,7 +176,7 @@ class AuditWriter:
             done.append(entry_id)
         return done
 
-    def _read(self) -> list[tuple[str, dict[str, str]]]:
+    def _read(self) -> list[replies.Entry]:
         """Entries another writer left unacknowledged first (it died), then new ones."""
         _, claimed, _ = self.client.xautoclaim(
             self.consumer.stream,
@@ -189,15 +190,15 @@ class AuditWriter:
         own = self.client.xreadgroup(
             DISPATCH_GROUP, self.consumer.consumer, {self.consumer.stream: "0"}, count=BATCH
         )
-        pending = [entry for _, entries in own or [] for entry in entries if entry[1]]
+        pending = [entry for _, entries in replies.streams(own) for entry in entries if entry[1]]
         if claimed or pending:
             return [*claimed, *pending]
         fresh = self.client.xreadgroup(
             DISPATCH_GROUP, self.consumer.consumer, {self.consumer.stream: ">"}, count=BATCH, block=1000
         )
-        return [entry for _, entries in fresh or [] for entry in entries]
+        return [entry for _, entries in replies.streams(fresh) for entry in entries]
 
-    def _parse(self, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[str, Event]]:
+    def _parse(self, entries: list[replies.Entry]) -> list[tuple[str, Event]]:
         events: list[tuple[str, Event]] = []
         for entry_id, fields in entries:
             raw = fields.get(FIELD, "")

@@ -12,6 +12,10 @@ import logging
 
 import redis.asyncio
 from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
+
+from events import replies
+from events.replies import Entry
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +25,12 @@ BLOCK_MS = 200
 BATCH = 16
 RETRY_SECONDS = 0.5
 
-Entry = tuple[str, dict[str, str]]
-
 
 class InputStreams:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
         # stream -> id of the last entry handed over, and where its entries go
-        self._after: dict[str, str] = {}
+        self._after: dict[KeyT, StreamIdT] = {}
         self._queues: dict[str, asyncio.Queue[Entry]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -57,7 +59,7 @@ class InputStreams:
                 )
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            for stream, entries in reply or []:
+            for stream, entries in replies.streams(reply):
                 queue = self._queues.get(stream)
                 if queue is None:  # unsubscribed while the read was under way
                     continue

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select, update
 
+from events import replies
 from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.publisher import publish
@@ -478,7 +479,9 @@ class SessionHost:
             mcp_servers=gateway,
             ask_permission=self.permissions.ask,
             session_meta=adapter.acp_session_meta(ctx),  # type: ignore[attr-defined]
-            resume_session_id=await self.context.redis.get(self.names.acp_session(self.session_id))
+            resume_session_id=replies.optional_text(
+                await self.context.redis.get(self.names.acp_session(self.session_id))
+            )
             if ctx.resume
             else None,
             stderr_path=ctx.home / "acp-agent.log",

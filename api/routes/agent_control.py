@@ -22,6 +22,7 @@ from api.routes.sessions import find_session, refuse_if_over
 from api.session_turns import live_state
 from api.sse import sse_response
 from api.state import Resources, resources
+from events import replies
 
 # How often a waiting interrupt or a screen stream looks at Redis again.
 POLL_SECONDS = 0.05
@@ -90,7 +91,7 @@ async def internal_screen(
 async def _screens(res: Resources, key: str) -> AsyncIterator[ServerSentEventMessage]:
     last: str | None = None
     while True:
-        screen = await res.redis.get(key) or ""
+        screen = replies.optional_text(await res.redis.get(key)) or ""
         if screen != last:
             last = screen
             yield ServerSentEventMessage(event="screen", data=json.dumps({"screen": screen}))
