@@ -25,7 +25,8 @@ from httpx_sse import ServerSentEvent
 
 from events.streams import Names
 from tests.agent_cli import fake_upstream, model_reply
-from tests.fakes.anthropic_api import SLOW_PREFIX, FakeAnthropic
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.model_server import SLOW_PREFIX
 from tests.fixtures.mcp import start_mcp_server
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, running_stack, stop
@@ -224,12 +225,16 @@ async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through
 
 
 async def test_cancel_during_a_reply_stops_it(fake_anthropic: FakeAnthropic, stack: Stack) -> None:
+    await cancel_during_a_reply(stack, "claude")
+
+
+async def cancel_during_a_reply(stack: Stack, agent_type: str) -> None:
     """Esc (coder/agentapi clients' interrupt) becomes session/cancel: the turn ends with what had
-    arrived, long before the rest of the reply would have (the fake streams a chunk per 0.5 s)."""
+    arrived, long before the rest of the reply would have (the fakes stream a chunk per 0.5 s)."""
     headers = stack.headers()
     text = f"{SLOW_PREFIX} tell a long story"
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
-        session_id = await start(client, headers)
+        session_id = await start(client, headers, agent_type)
         events_url = f"/api/v1/sessions/{session_id}/events"
         await post_message(client, headers, session_id, text)
         await read_events(client, events_url, headers, until=agent_grew(16))
@@ -239,7 +244,9 @@ async def test_cancel_during_a_reply_stops_it(fake_anthropic: FakeAnthropic, sta
         assert escaped.status_code == 200, escaped.text
         cancelled_at = time.monotonic()
         await read_events(client, events_url, headers, until=stable_after(text))
-        print(f"cancel → stable: {time.monotonic() - cancelled_at:.2f} s (as the client sees it)")
+        print(
+            f"{agent_type}: cancel → stable: {time.monotonic() - cancelled_at:.2f} s (as the client sees it)"
+        )
         # A turn's messages are stored before its end is announced.
         messages = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).json()
         # The session takes the next message at once.
@@ -283,30 +290,38 @@ def stable_after(user_text: str) -> Callable[[ServerSentEvent], bool]:
     return match
 
 
-def transcript_mentions(stack: Stack, session_id: str, word: str) -> bool:
-    """Whether claude's own transcript of the session (in its HOME) holds ``word`` yet."""
-    home = Path(stack.env["AGENTAPI_WORKSPACE_ROOT"])
-    pattern = f"*/*/{session_id}/.home/.claude/projects/*/*.jsonl"
-    return any(word in path.read_text(errors="replace") for path in home.glob(pattern))
+def home_mentions(stack: Stack, session_id: str, word: str) -> bool:
+    """Whether the agent's own files (its HOME, where each CLI keeps its transcripts) hold ``word``."""
+    root = Path(stack.env["AGENTAPI_WORKSPACE_ROOT"])
+    return any(
+        path.is_file() and word in path.read_text(errors="replace")
+        for home in root.glob(f"*/*/{session_id}/.home")
+        for path in home.rglob("*")
+    )
 
 
 async def test_kill_9_of_the_host_resumes_the_agents_session(
     fake_anthropic: FakeAnthropic, stack: Stack
 ) -> None:
+    calls = await kill_9_and_go_on(stack, "claude", fake_anthropic.message_requests)
+    assert "tangerine" in json.dumps(calls[-1].body["messages"]), "the loaded session had the turn"
+
+
+async def kill_9_and_go_on(stack: Stack, agent_type: str, model_calls: Callable[[], list[Any]]) -> list[Any]:
     """The recovering host loads the agent's own session (session/load), so the agent remembers the
-    turns before the kill: the next model call carries them."""
+    turns before the kill: the model calls that carried the next turn, for the caller to check."""
     stack.start_worker("sessions")
     headers = stack.headers()
     names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
     store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
-        session_id = await start(client, headers)
+        session_id = await start(client, headers, agent_type)
         events_url = f"/api/v1/sessions/{session_id}/events"
         await say(client, headers, session_id, "Remember the word tangerine")
         # The agent keeps its transcript in HOME and may write it a moment after the turn ends; a
         # session killed before that cannot be loaded (the host then starts a new one and says so).
         for _ in range(300):
-            if await asyncio.to_thread(transcript_mentions, stack, session_id, "tangerine"):
+            if await asyncio.to_thread(home_mentions, stack, session_id, "tangerine"):
                 break
             await asyncio.sleep(0.1)
         host = (await store.hgetall(names.session_state(session_id)))["host"]
@@ -328,8 +343,9 @@ async def test_kill_9_of_the_host_resumes_the_agents_session(
         ("user", "Which word was it"),
         ("agent", model_reply("Which word was it")),
     ]
-    asked = [c for c in fake_anthropic.message_requests() if "Which word was it" in json.dumps(c.body)]
-    assert asked and "tangerine" in json.dumps(asked[-1].body["messages"]), "the loaded session had the turn"
+    asked = [call for call in model_calls() if "Which word was it" in json.dumps(call.body)]
+    assert asked, f"{agent_type} asked its model the next turn"
+    return asked
 
 
 async def transcript(stack: Stack, texts: list[str]) -> tuple[list[tuple[str, str]], list[str]]:

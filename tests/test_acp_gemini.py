@@ -1,7 +1,8 @@
 """Real Gemini CLI in its ACP mode (``gemini --experimental-acp``) through the whole platform,
 against the fake Gemini API on 127.0.0.1: a multi-turn conversation with exact replies, the user's
-system prompt in the model call, ``backend: "acp"``, and an MCP tool call through the session's
-gateway whose permission request is answered through the API."""
+system prompt in the model call, ``backend: "acp"``, an MCP tool call through the session's
+gateway whose permission request is answered through the API, cancel during a reply, and recovery
+after kill -9 of the host."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tests.agent_cli import fake_upstream, model_reply
 from tests.fakes.gemini_api import FakeGemini
 from tests.fixtures.stack import Stack
 from tests.test_acp import (
+    cancel_during_a_reply,
     completed_with,
     data,
+    kill_9_and_go_on,
     mcp_url_and_token,  # noqa: F401 - the MCP server fixture
     post_message,
     say,
@@ -127,3 +130,12 @@ async def test_an_mcp_tool_call_over_acp_asks_permission_and_runs_through_the_ga
     agent_calls = [g for g in gateway if g["type"] == "tool_call.agent"]
     assert agent_calls and agent_calls[-1]["status"] == "completed", "the agent's own view of the call"
     assert "echo: ping" in data(events[-1])["message"], "the tool's output went back to the model"
+
+
+async def test_cancel_during_a_reply_stops_it(fake_gemini: FakeGemini, stack: Stack) -> None:
+    await cancel_during_a_reply(stack, "gemini")
+
+
+async def test_kill_9_of_the_host_resumes_the_agents_session(fake_gemini: FakeGemini, stack: Stack) -> None:
+    calls = await kill_9_and_go_on(stack, "gemini", fake_gemini.generate_requests)
+    assert "tangerine" in json.dumps(calls[-1].body["contents"]), "the loaded session had the turn"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tests.fakes.model_server import FakeModelServer, Recorded, Responder
+from tests.fakes.model_server import FakeModelServer, Recorded, Responder, chunk_pause
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -42,10 +42,6 @@ def _message(body: dict[str, Any], text: str) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": 10, "output_tokens": max(1, len(text) // 4)},
     }
-
-
-SLOW_PREFIX = "Slowly"
-SLOW_CHUNK_SECONDS = 0.5
 
 
 def tool_result_text(body: dict[str, Any]) -> str | None:
@@ -138,7 +134,7 @@ class FakeAnthropic(FakeModelServer):
             if request.body.get("stream") and result is None and user_text in self.tool_uses:
                 respond.sse(_tool_use_events(request.body, *self.tool_uses[user_text]))
             elif request.body.get("stream"):
-                pause = SLOW_CHUNK_SECONDS if user_text.startswith(SLOW_PREFIX) and result is None else 0.0
+                pause = chunk_pause(user_text) if result is None else 0.0
                 respond.sse(_events(request.body, text, pause))
             else:
                 respond.json(200, _message(request.body, text))

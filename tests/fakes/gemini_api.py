@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from tests.fakes.model_server import FakeModelServer, Recorded, Responder
+from tests.fakes.model_server import FakeModelServer, Recorded, Responder, chunk_pause
 
 MODEL_CALL = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<method>\w+)$")
 
@@ -54,6 +56,14 @@ def _chunk(text: str, finished: bool) -> dict[str, Any]:
     return chunk
 
 
+def _stream(text: str, pause: float) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
+    for index, piece in enumerate(pieces):
+        if pause and index:
+            time.sleep(pause)
+        yield None, _chunk(piece, index == len(pieces) - 1)
+
+
 class FakeGemini(FakeModelServer):
     # User texts answered with a function call instead of text: text → (function name, arguments).
     tool_uses: dict[str, tuple[str, dict[str, Any]]]
@@ -81,7 +91,6 @@ class FakeGemini(FakeModelServer):
         elif call["method"] == "generateContent":
             respond.json(200, _chunk(text, finished=True))
         elif call["method"] == "streamGenerateContent":
-            pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
-            respond.sse((None, _chunk(piece, i == len(pieces) - 1)) for i, piece in enumerate(pieces))
+            respond.sse(_stream(text, chunk_pause(user_text) if result is None else 0.0))
         else:
             respond.json(404, {"error": {"code": 404, "message": call["method"], "status": "NOT_FOUND"}})

@@ -12,6 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 Reply = str | Callable[[str], str]
+# A user text starting with this is answered one chunk every SLOW_CHUNK_SECONDS (for cancelling a reply).
+SLOW_PREFIX = "Slowly"
+SLOW_CHUNK_SECONDS = 0.5
+
+
+def chunk_pause(user_text: str) -> float:
+    """Seconds between a reply's streamed chunks."""
+    return SLOW_CHUNK_SECONDS if user_text.startswith(SLOW_PREFIX) else 0.0
 
 
 @dataclass
@@ -48,13 +56,16 @@ class Responder:
         self._handler.send_header("cache-control", "no-cache")
         self._handler.send_header("connection", "close")
         self._handler.end_headers()
-        for name, payload in events:
-            head = f"event: {name}\n" if name else ""
-            self._handler.wfile.write(f"{head}data: {json.dumps(payload)}\n\n".encode())
-            self._handler.wfile.flush()
-        if done:
-            self._handler.wfile.write(b"data: [DONE]\n\n")
         self._handler.close_connection = True
+        try:
+            for name, payload in events:
+                head = f"event: {name}\n" if name else ""
+                self._handler.wfile.write(f"{head}data: {json.dumps(payload)}\n\n".encode())
+                self._handler.wfile.flush()
+            if done:
+                self._handler.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading mid-reply: a cancelled turn does just that
 
 
 class FakeModelServer:
