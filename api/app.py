@@ -39,8 +39,8 @@ from api.routes.users import erase_user, export_user
 from api.routes.webhooks import WebhookController, receive_delivery
 from api.state import lifespan, resources
 from api.tenancy import membership_middleware
-from schemas.observability import configure_process
 from schemas.settings import GATEWAY_PATH, Settings, get_settings
+from services.observability import configure_process
 
 VERSION = "0.1.0"
 

@@ -18,7 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.shutdown import DrainingServer
-    from schemas.gc_tuning import tune_gc
+    from services.gc_tuning import tune_gc
 
     settings = get_settings()
     app = create_app(settings)
@@ -86,7 +86,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 def _keys_rotate(_: argparse.Namespace) -> int:
     from schemas.db import create_engine
-    from schemas.key_rotation import rotate_all
+    from services.key_rotation import rotate_all
 
     settings = get_settings()
 
@@ -136,8 +136,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _retention(_: argparse.Namespace) -> int:
     from schemas.db import create_engine
-    from schemas.retention import purge_expired
-    from schemas.workspace_store import open_store
+    from services.retention import purge_expired
+    from services.workspace_store import open_store
 
     settings = get_settings()
     store = open_store(settings.workspace_store_url) if settings.workspace_store_url else None

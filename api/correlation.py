@@ -9,7 +9,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.envelope import new_event_id
-from schemas.observability import correlation_id
+from services.observability import correlation_id
 
 HEADER = "x-correlation-id"
 _ACCEPTED = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

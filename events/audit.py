@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from events.envelope import Event, EventType
-from schemas.observability import REDACTED, redact
+from events.redaction import REDACTED, redact
 
 MAX_DETAIL_STRING = 500
 SECRET_KEY_WORDS = (

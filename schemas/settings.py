@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # enqueue ends the wait at once; the period bounds how late acks and delayed messages are handled).
     worker_poll_max_ms: int = Field(10, ge=5, le=5_000, validation_alias=_env("WORKER_POLL_MAX_MS"))
     # Allocations between the garbage collector's youngest-generation runs in `serve` and `worker`
-    # (Python's default is 700); 0 leaves Python's collector as it is. See schemas/gc_tuning.py.
+    # (Python's default is 700); 0 leaves Python's collector as it is. See services/gc_tuning.py.
     gc_gen0_threshold: int = Field(50_000, ge=0, validation_alias=_env("GC_GEN0_THRESHOLD"))
 
     jwt_secret: SecretStr | None = Field(None, validation_alias=_env("JWT_SECRET", "SUPABASE_JWT_SECRET"))

@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from schemas.crypto import DecryptionError, KeyRing, KeyRingError, SecretRef
 from schemas.db import TenantContext, create_engine, tenant_transaction
-from schemas.key_rotation import PLATFORM, rotate_all
 from schemas.tables import McpConfiguration, Membership, Organization, User, Webhook
+from services.key_rotation import PLATFORM, rotate_all
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import REPO
 

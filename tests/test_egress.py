@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.egress import EgressRefused, check_endpoint, check_stdio
 from schemas.settings import Settings
+from services.egress import EgressRefused, check_endpoint, check_stdio
 
 
 def settings(**overrides: object) -> Settings:

@@ -15,7 +15,8 @@ from typing import ClassVar
 
 import pytest
 
-from schemas.observability import CorrelationFilter, JsonFormatter, RedactingFilter, correlation_id, redact
+from events.redaction import redact
+from services.observability import CorrelationFilter, JsonFormatter, RedactingFilter, correlation_id
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXZhbHVl"
 
@@ -115,7 +116,7 @@ def test_errors_reach_sentry_without_secrets(sentry_server: tuple[str, list[byte
         f"""
         import logging, sentry_sdk
         from schemas.settings import Settings
-        from schemas.observability import configure_process
+        from services.observability import configure_process
         settings = Settings(_env_file=None, environment="test", jwt_secret="x" * 32, sentry_dsn={dsn!r})
         configure_process(settings, "worker")
         try:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.sandbox_probe import probe
 from schemas.settings import Settings
+from services.sandbox_probe import probe
 from workers.sandbox import Endpoint, Sandbox, SandboxUnavailable, forwarded_endpoints, give_to, sandbox_uid
 
 pytestmark = pytest.mark.skipif(probe() is not None, reason=f"no sandbox here: {probe()}")

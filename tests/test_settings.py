@@ -77,7 +77,7 @@ def test_production_needs_a_verifier_and_postgres() -> None:
 def test_gc_tuning_follows_its_setting(threshold: str, expected: str) -> None:
     # In a process of its own: the test process's collector stays as it was.
     probe = (
-        "import gc; from schemas.settings import Settings; from schemas.gc_tuning import tune_gc; "
+        "import gc; from schemas.settings import Settings; from services.gc_tuning import tune_gc; "
         "tune_gc(Settings(environment='test', jwt_secret='s' * 40)); "
         "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
     )

@@ -20,9 +20,9 @@ from cloudevents.core.formats.json import JSONFormat
 from events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from events.envelope import Event, EventType
 from events.sinks import check_routing_key, redacted, routing_key
-from schemas.egress import EgressRefused, check_broker_url
 from schemas.settings import Settings
 from schemas.webhook_signing import verify
+from services.egress import EgressRefused, check_broker_url
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.rabbitmq import RabbitNode
 from tests.fixtures.stack import Stack, seed_async

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from events.streams import Names
 from schemas.crypto import DecryptionError, KeyRing
 from schemas.db import create_engine
-from schemas.retention import purge_expired
+from services.retention import purge_expired
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.s3 import Bucket, make_bucket
 from tests.fixtures.stack import TEST_ENCRYPTION_KEYS, Stack, running_stack, seed_async

@@ -22,8 +22,8 @@ from events.publisher import publish
 from events.results import append_result
 from events.streams import Names
 from schemas.db import create_engine
-from schemas.observability import correlation_id
 from schemas.settings import Settings
+from services.observability import correlation_id
 from workers.input_streams import InputStreams
 from workers.placement import HostLoad
 

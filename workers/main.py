@@ -11,9 +11,9 @@ import redis
 from dramatiq import Worker
 
 from events.streams import Names, WorkKind
-from schemas.gc_tuning import tune_gc
-from schemas.observability import configure_process
 from schemas.settings import Settings
+from services.gc_tuning import tune_gc
+from services.observability import configure_process
 from workers.audit_writer import AuditWriter
 from workers.broker import make_broker
 from workers.context import WorkerContext, set_context

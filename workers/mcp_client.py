@@ -24,8 +24,8 @@ from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHt
 from mcp.shared.exceptions import MCPError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from schemas.egress import check_endpoint
 from schemas.settings import Settings
+from services.egress import check_endpoint
 from workers.sandbox import Sandbox, give_to, required, sandbox_uid, visible
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,9 @@ from events.envelope import Event, EventType, new_event_id
 from events.publisher import publish
 from schemas.crypto import DecryptionError
 from schemas.db import TenantContext, tenant_transaction
-from schemas.oauth_client import GrantRejected, OAuthFlowError, refresh
-from schemas.oauth_grants import (
+from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
+from services.mcp.oauth_client import GrantRejected, OAuthFlowError, refresh
+from services.mcp.oauth_grants import (
     CLIENT_SECRET,
     REFRESH,
     client_of,
@@ -31,7 +32,6 @@ from schemas.oauth_grants import (
     refresh_request,
     store_tokens,
 )
-from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)

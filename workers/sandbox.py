@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from schemas.sandbox_probe import UID_BASE, SandboxUnavailable, probe, require_tools
 from schemas.settings import Settings
+from services.sandbox_probe import UID_BASE, SandboxUnavailable, probe, require_tools
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from events.results import read_log
 from events.sinks import Outgoing, PublishFailed, publish, routing_key
 from events.streams import stream_id_key
 from schemas.db import TenantContext, tenant_transaction
-from schemas.egress import EgressRefused, check_broker_url
 from schemas.tables import Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref
+from services.egress import EgressRefused, check_broker_url
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)

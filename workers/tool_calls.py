@@ -24,10 +24,10 @@ from events.publisher import publish
 from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
-from schemas.egress import EgressRefused
-from schemas.oauth_client import OAuthFlowError
-from schemas.oauth_grants import ACCESS, is_due, open_secret
 from schemas.tables import McpConfiguration, McpOAuthToken
+from services.egress import EgressRefused
+from services.mcp.oauth_client import OAuthFlowError
+from services.mcp.oauth_grants import ACCESS, is_due, open_secret
 from workers.circuit_breaker import CircuitBreaker, CircuitOpen
 from workers.context import WorkerContext
 from workers.mcp_client import (

@@ -39,7 +39,7 @@ from obstore.store import ObjectStore
 
 from schemas.crypto import KeyRing
 from schemas.settings import Settings
-from schemas.workspace_store import erase_prefix, open_store, session_prefix
+from services.workspace_store import erase_prefix, open_store, session_prefix
 
 log = logging.getLogger(__name__)
 

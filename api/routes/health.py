@@ -11,8 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.state import resources
-from schemas.sandbox_probe import probe
 from schemas.settings import Settings
+from services.sandbox_probe import probe
 
 READY_TIMEOUT_SECONDS = 2.0
 

@@ -45,7 +45,9 @@ from events.audit import audit_event
 from events.publisher import publish
 from schemas.crypto import KeyRing, KeyRingError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
-from schemas.oauth_client import (
+from schemas.settings import OAUTH_CALLBACK_PATH, Settings
+from schemas.tables import McpConfiguration, McpOAuthToken
+from services.mcp.oauth_client import (
     ClientInfo,
     GrantRejected,
     OAuthFlowError,
@@ -55,9 +57,7 @@ from schemas.oauth_client import (
     http_client,
     register,
 )
-from schemas.oauth_grants import CLIENT_SECRET, refresh_request, revoke_grants, seal, store_tokens
-from schemas.settings import OAUTH_CALLBACK_PATH, Settings
-from schemas.tables import McpConfiguration, McpOAuthToken
+from services.mcp.oauth_grants import CLIENT_SECRET, refresh_request, revoke_grants, seal, store_tokens
 
 log = logging.getLogger(__name__)
 

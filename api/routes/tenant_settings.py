@@ -35,9 +35,9 @@ from schemas.agent_permissions import PermissionPolicy
 from schemas.ccrouter import CCRouterSettings, missing_keys
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
-from schemas.egress import EgressRefused, check_endpoint
 from schemas.tables import TenantSettings, utcnow
 from schemas.tenant_secrets import open_tenant_secrets, secrets_ref
+from services.egress import EgressRefused, check_endpoint
 
 ADMIN_ROLES = ("admin", "owner", "superadmin")
 MAX_SETTINGS_BYTES = 64 * 1024

@@ -8,7 +8,7 @@ import shutil
 import dramatiq
 
 from events.envelope import Event
-from schemas.workspace_store import erase_prefix, open_store, user_prefix
+from services.workspace_store import erase_prefix, open_store, user_prefix
 from workers.context import current, working_on
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from api.routes.sessions import ACTIVE, CreateSession, start_session
 from events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from events.envelope import Event
 from schemas.db import TenantContext, tenant_transaction
-from schemas.egress import EgressRefused, check_endpoint
 from schemas.tables import UserSession, Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
+from services.egress import EgressRefused, check_endpoint
 from workers.actors.sinks import request_drain
 from workers.context import WorkerContext, current, working_on
 from workers.sinks import NO_SESSION, delivery_row, drain_key, insert_new, position

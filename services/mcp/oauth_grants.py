@@ -13,9 +13,9 @@ from typing import Any
 
 from events.envelope import Event, EventType, new_event_id
 from schemas.crypto import KeyRing, SecretRef
-from schemas.oauth_client import ClientInfo, revoke
 from schemas.settings import Settings
 from schemas.tables import McpOAuthToken, utcnow
+from services.mcp.oauth_client import ClientInfo, revoke
 
 log = logging.getLogger(__name__)
 

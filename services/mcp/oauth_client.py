@@ -19,8 +19,8 @@ import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
-from schemas.egress import EgressRefused, check_endpoint
 from schemas.settings import Settings
+from services.egress import EgressRefused, check_endpoint
 
 HTTP_TIMEOUT_SECONDS = 15.0
 MAX_METADATA_BYTES = 256 * 1024

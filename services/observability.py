@@ -6,47 +6,19 @@ import atexit
 import json
 import logging
 import queue
-import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
+from events.redaction import REDACTED, redact
 from schemas.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
 # The correlation id of the work in hand: an HTTP request in the ingress, an event in a worker.
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
-REDACTED = "[redacted]"
 _listener: QueueListener | None = None
 _SECRET_HEADERS = {"authorization", "cookie", "webhook-signature", "x-session-token"}
-
-# What a secret looks like in a log line: an Authorization header value, a JWT, a provider key,
-# or a key=value pair whose key says it is a secret.
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-    re.compile(r"\b(sk|pk|rk|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{12,}"),
-    re.compile(
-        r"(?i)([\"']?\b[\w-]*(?:token|secret|password|api[_-]?key|authorization)[\w-]*[\"']?\s*[:=]\s*[\"']?)"
-        r"([^\s\"',}&]{4,})"
-    ),
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 2:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        else:
-            text = pattern.sub(lambda m: _keep_scheme(m.group(0)), text)
-    return text
-
-
-def _keep_scheme(match: str) -> str:
-    scheme, _, rest = match.partition(" ")
-    return f"{scheme} {REDACTED}" if rest and scheme.lower() in {"bearer", "basic"} else REDACTED
 
 
 class CorrelationFilter(logging.Filter):

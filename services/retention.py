@@ -15,7 +15,7 @@ from sqlmodel import delete as sql_delete
 
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import TenantSettings, UserSession
-from schemas.workspace_store import erase_prefix, session_prefix
+from services.workspace_store import erase_prefix, session_prefix
 
 PLATFORM = TenantContext(org_id=None, user_id=None, role="superadmin")
 FINISHED = ("ended", "failed")
