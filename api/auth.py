@@ -36,6 +36,7 @@ from api.jwks import (
     JWKSUnavailableError,
     UnknownSigningKeyError,
 )
+from schemas.roles import ORG_ROLES, ROLES
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentapi.auth")
 
-ROLES = ("member", "admin", "owner", "superadmin")
-ORG_ROLES = frozenset({"member", "admin", "owner"})
 HMAC_ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 16 * 1024
 REALM = "agentapi"

@@ -13,9 +13,8 @@ from litestar.exceptions import ClientException, PermissionDeniedException
 from sqlmodel import col, func, select
 
 from schemas.db import TenantContext
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import Membership
-
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 
 
 def may_grant(ctx: TenantContext, current: str | None, wanted: str | None) -> None:

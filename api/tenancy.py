@@ -25,8 +25,6 @@ from uuid import UUID
 from litestar.exceptions import PermissionDeniedException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from redis.exceptions import RedisError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import select
 
 from api.auth import Principal
@@ -36,7 +34,8 @@ from api.single_flight import SingleFlight
 from api.state import Resources
 from events.audit import audit_event
 from events.publisher import publish
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import TenantContext, dialect_insert, tenant_transaction
+from schemas.roles import ROLE_RANK
 from schemas.tables import Membership, Organization, TenantSettings, User
 
 log = logging.getLogger("agentapi.tenancy")
@@ -45,7 +44,6 @@ AUTO_PROVISION_KEY = "auto_provision"
 AUTO_PROVISION_POLICIES = ("off", "member", "token_role")
 AUTO_PROVISION_DEFAULT = "member"
 
-ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 CACHE_SECONDS = 5.0
 # (org, user) -> membership role, or None when removed
 _recent: Recent[tuple[UUID, UUID], str | None] = Recent(CACHE_SECONDS)
@@ -104,14 +102,13 @@ async def _load_membership(res: Resources, principal: Principal) -> str | None:
                     "you are not a member of this organization; an admin must add you"
                 )
             role = principal.role if policy == "token_role" and principal.role in ROLE_RANK else "member"
-            insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
             await db.exec(
-                insert(User)
+                dialect_insert(db, User)
                 .values(id=principal.user_id, email=principal.email)
                 .on_conflict_do_nothing(index_elements=["id"])
             )
             await db.exec(
-                insert(Membership)
+                dialect_insert(db, Membership)
                 .values(org_id=principal.org_id, user_id=principal.user_id, role=role)
                 .on_conflict_do_nothing(index_elements=["org_id", "user_id"])
             )
@@ -161,9 +158,8 @@ async def ensure_user_row(engine, principal: Principal) -> None:
         return
     ctx = TenantContext(org_id=principal.org_id, user_id=principal.user_id, role="superadmin")
     async with tenant_transaction(engine, ctx) as db:
-        insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
         await db.exec(
-            insert(User)
+            dialect_insert(db, User)
             .values(id=principal.user_id, email=principal.email)
             .on_conflict_do_nothing(index_elements=["id"])
         )

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import jwt
 
-ROLES = ("member", "admin", "owner", "superadmin")
+from schemas.roles import ROLES
 
 
 def supabase_claims(

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -40,6 +41,14 @@ class TenantContext:
     org_id: UUID | None
     user_id: UUID | None
     role: str
+
+
+def dialect_insert(db: AsyncSession, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` in the session's dialect, for its ``ON CONFLICT`` clauses (both
+    backends spell ``on_conflict_do_nothing``/``on_conflict_do_update`` and ``excluded`` alike)."""
+    if db.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 @asynccontextmanager

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
+from schemas.roles import ORG_ROLES
+
 JSON_TYPE = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -51,7 +53,6 @@ def _check_in(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
     return sa.CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
 
 
-ROLES = ("member", "admin", "owner")
 WEBHOOK_DIRECTIONS = ("inbound", "outbound", "sink")
 EVENT_FORMATS = ("native", "cloudevents")
 SESSION_STATUSES = ("requested", "starting", "running", "stable", "ended", "failed")
@@ -84,7 +85,7 @@ class User(SQLModel, table=True):
 
 class Membership(SQLModel, table=True):
     __tablename__ = "memberships"
-    __table_args__ = (sa.UniqueConstraint("org_id", "user_id"), _check_in("role", ROLES))
+    __table_args__ = (sa.UniqueConstraint("org_id", "user_id"), _check_in("role", ORG_ROLES))
     id: UUID = Field(default_factory=uuid4, primary_key=True)
     org_id: UUID = _org_fk()
     user_id: UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)

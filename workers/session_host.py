@@ -32,8 +32,6 @@ from acp.schema import HttpHeader, HttpMcpServer
 from dramatiq import Retry
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select, update
 
 from events import replies
@@ -44,7 +42,7 @@ from events.session_state import claim_turn, set_status, turn_taken
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import TenantContext, dialect_insert, tenant_transaction
 from schemas.settings import UPLOADS_DIR, Settings
 from schemas.tables import SessionMessage, TenantSettings, UserSession
 from schemas.tenant_secrets import open_tenant_secrets
@@ -801,9 +799,8 @@ class SessionHost:
             if not changed and cursor == self._stored_cursor:
                 return
             async with tenant_transaction(self.context.engine, self.tenant) as db:
-                insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
                 for message in changed:
-                    statement = insert(SessionMessage).values(
+                    statement = dialect_insert(db, SessionMessage).values(
                         session_id=self.event.session_id,
                         org_id=self.event.org_id,
                         user_id=self.event.user_id,

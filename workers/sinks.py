@@ -20,8 +20,6 @@ from uuid import UUID
 
 import dramatiq
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,7 +28,7 @@ from events.envelope import Event
 from events.results import read_log
 from events.sinks import Outgoing, PublishFailed, publish, routing_key
 from events.streams import stream_id_key
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import TenantContext, dialect_insert, tenant_transaction
 from schemas.tables import Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref
 from services.egress import EgressRefused, check_broker_url
@@ -244,9 +242,8 @@ async def insert_new(db: AsyncSession, rows: list[WebhookDelivery]) -> None:
     """Insert the rows that do not exist yet (one per sink and event), in one statement."""
     if not rows:
         return
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
-        insert(WebhookDelivery)
+        dialect_insert(db, WebhookDelivery)
         .values([row.model_dump() for row in rows])
         .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
     )

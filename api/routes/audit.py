@@ -18,9 +18,8 @@ from api.pagination import cursor_value, encode_cursor
 from api.state import resources
 from api.tenancy import tenant_context
 from schemas.db import tenant_transaction
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import AuditLog
-
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 
 
 class AuditEntry(BaseModel):

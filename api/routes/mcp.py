@@ -38,12 +38,12 @@ from events.publisher import publish
 from events.results import await_reply
 from schemas.crypto import KeyRingError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
 from services.egress import EgressRefused, check_endpoint, check_stdio
 from services.mcp.oauth_grants import revoke_grants
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 # How long a request waits for a worker's answer before it returns 202 and the event id.
 DEFAULT_WAIT_SECONDS = 30.0
 

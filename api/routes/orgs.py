@@ -8,7 +8,7 @@ An organization id other than the caller's is a 404, never a 403 that confirms i
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID, uuid4
 
 from litestar import Controller, Request, delete, get, patch, post
@@ -20,10 +20,9 @@ from litestar.exceptions import (
 )
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import Principal
 from api.member_sessions import live_session_ids, stop_sessions
@@ -32,10 +31,9 @@ from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import Resources, resources
 from api.tenancy import forget_membership, tenant_context
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import TenantContext, dialect_insert, tenant_transaction
+from schemas.roles import OrgRole
 from schemas.tables import Membership, Organization, User, utcnow
-
-Role = Literal["member", "admin", "owner"]
 
 
 class OrgIn(StrictBody):
@@ -54,12 +52,12 @@ class OrgOut(BaseModel):
 
 class MemberIn(StrictBody):
     user_id: UUID
-    role: Role = "member"
+    role: OrgRole = "member"
     email: str | None = Field(None, max_length=320)
 
 
 class RoleIn(StrictBody):
-    role: Role
+    role: OrgRole
 
 
 class MemberOut(BaseModel):
@@ -74,9 +72,10 @@ class MemberPage(BaseModel):
     next_cursor: str | None
 
 
-async def _upsert_user(db, user_id: UUID, email: str | None) -> None:
-    insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
-    await db.exec(insert(User).values(id=user_id, email=email).on_conflict_do_nothing(index_elements=["id"]))
+async def _upsert_user(db: AsyncSession, user_id: UUID, email: str | None) -> None:
+    await db.exec(
+        dialect_insert(db, User).values(id=user_id, email=email).on_conflict_do_nothing(index_elements=["id"])
+    )
 
 
 def _own_org(principal: Principal, org_id: UUID) -> TenantContext:

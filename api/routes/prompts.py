@@ -35,10 +35,9 @@ from schemas.prompts import (
     compose,
     injection_phrases,
 )
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import Membership, Organization, SystemPrompt, utcnow
 from workers.agents import canonical_agent_type
-
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 
 
 class PromptIn(StrictBody):

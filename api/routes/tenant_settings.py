@@ -35,11 +35,11 @@ from schemas.agent_permissions import PermissionPolicy
 from schemas.ccrouter import CCRouterSettings, missing_keys
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import TenantSettings, utcnow
 from schemas.tenant_secrets import open_tenant_secrets, secrets_ref
 from services.egress import EgressRefused, check_endpoint
 
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 MAX_SETTINGS_BYTES = 64 * 1024
 SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 

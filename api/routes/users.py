@@ -22,12 +22,13 @@ from sqlmodel import delete as sql_delete
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.member_sessions import live_session_ids, stop_sessions
-from api.org_rules import ADMIN_ROLES, keep_an_owner, may_grant
+from api.org_rules import keep_an_owner, may_grant
 from api.state import Resources, resources
 from api.tenancy import forget_membership, tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import (
     AuditLog,
     McpConfiguration,

@@ -48,12 +48,12 @@ from events.sinks import (
 from events.sinks import publish as publish_to_sink
 from schemas.crypto import KeyRingError
 from schemas.db import TenantContext, tenant_transaction
+from schemas.roles import ADMIN_ROLES
 from schemas.tables import Membership, Webhook, WebhookDelivery, utcnow
 from schemas.webhook_signing import ID_HEADER, new_secret, secret_ref, verify
 from services.egress import EgressRefused, check_broker_url, check_endpoint
 from workers.agents import canonical_agent_type
 
-ADMIN_ROLES = ("admin", "owner", "superadmin")
 MAX_INBOUND_BYTES = 256 * 1024
 DEDUP_SECONDS = 24 * 3600
 # The public endpoint finds a webhook by id before it knows the organization.
