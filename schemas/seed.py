@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from schemas.db import create_engine
@@ -28,9 +29,7 @@ async def seed_tenant(settings: Settings, *, org_id: UUID, org_name: str, user_i
                 db.add(User(id=user_id, email=email))
             await db.flush()
             existing = await db.exec(
-                Membership.__table__.select().where(
-                    Membership.org_id == org_id, Membership.user_id == user_id
-                )
+                select(Membership).where(Membership.org_id == org_id, Membership.user_id == user_id)
             )
             if existing.first() is None:
                 db.add(Membership(org_id=org_id, user_id=user_id, role="owner"))

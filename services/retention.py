@@ -43,7 +43,7 @@ async def purge_expired(
             result = await db.exec(
                 sql_delete(UserSession)
                 .where(
-                    UserSession.org_id == org_id,
+                    col(UserSession.org_id) == org_id,
                     col(UserSession.status).in_(FINISHED),
                     col(UserSession.ended_at) < cutoff,
                 )

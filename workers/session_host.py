@@ -769,7 +769,9 @@ class SessionHost:
         async with tenant_transaction(self.context.engine, self.tenant) as db:
             await db.exec(
                 update(UserSession)
-                .where(UserSession.id == self.event.session_id, UserSession.org_id == self.event.org_id)
+                .where(
+                    col(UserSession.id) == self.event.session_id, col(UserSession.org_id) == self.event.org_id
+                )
                 .values(updated_at=datetime.now(UTC), **values)
             )
 
@@ -823,7 +825,8 @@ class SessionHost:
                     await db.exec(
                         update(UserSession)
                         .where(
-                            UserSession.id == self.event.session_id, UserSession.org_id == self.event.org_id
+                            col(UserSession.id) == self.event.session_id,
+                            col(UserSession.org_id) == self.event.org_id,
                         )
                         .values(last_input_id=cursor[0], pending_input_id=cursor[1])
                     )

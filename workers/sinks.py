@@ -205,9 +205,9 @@ class Drain:
                 await db.exec(
                     update(WebhookDelivery)
                     .where(
-                        WebhookDelivery.webhook_id == sink.id,
-                        WebhookDelivery.session_id == self._session_id(),
-                        WebhookDelivery.status == "pending",
+                        col(WebhookDelivery.webhook_id) == sink.id,
+                        col(WebhookDelivery.session_id) == self._session_id(),
+                        col(WebhookDelivery.status) == "pending",
                     )
                     .values(status="failed", updated_at=now)
                 )

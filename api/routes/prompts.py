@@ -87,7 +87,7 @@ def _visible(query, ctx: TenantContext):
     return query.where(
         or_(
             col(SystemPrompt.org_id).is_(None),
-            (SystemPrompt.org_id == ctx.org_id) & col(SystemPrompt.user_id).is_(None),
+            (col(SystemPrompt.org_id) == ctx.org_id) & col(SystemPrompt.user_id).is_(None),
             (SystemPrompt.org_id == ctx.org_id) & (SystemPrompt.user_id == ctx.user_id),
         )
     )

@@ -234,7 +234,7 @@ class SessionController(Controller):
             rows = await db.exec(
                 select(SessionMessage)
                 .where(SessionMessage.session_id == session_id)
-                .order_by(SessionMessage.seq)
+                .order_by(col(SessionMessage.seq))
             )
             return MessagesOut(
                 messages=[
@@ -465,7 +465,7 @@ async def _check_quota(res: Resources, ctx: TenantContext) -> None:
         active = await db.exec(
             select(UserSession.user_id, func.count())
             .where(UserSession.org_id == ctx.org_id, col(UserSession.status).in_(ACTIVE))
-            .group_by(UserSession.user_id)
+            .group_by(col(UserSession.user_id))
         )
         counts = dict(active.all())
     if counts.get(ctx.user_id, 0) >= res.settings.max_sessions_per_user or (

@@ -16,6 +16,7 @@ from uuid import UUID
 from litestar import Request, delete, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException, PermissionDeniedException
+from sqlalchemy import inspect
 from sqlmodel import col, func, select, update
 from sqlmodel import delete as sql_delete
 
@@ -148,9 +149,10 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
     if user_id != ctx.user_id:
         # Erasing someone ends their membership: only an owner may end an owner's.
         may_grant(ctx, member.role, None)
+    org_id = member.org_id
     async with tenant_transaction(res.engine, ctx) as db:
-        await keep_an_owner(db, ctx.org_id, user_id, member.role)
-        live = await live_session_ids(db, ctx.org_id, user_id)
+        await keep_an_owner(db, org_id, user_id, member.role)
+        live = await live_session_ids(db, org_id, user_id)
         for model in (
             McpOAuthToken,
             SessionMessage,
@@ -159,15 +161,16 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
             SystemPrompt,
             McpConfiguration,
         ):
-            await db.exec(sql_delete(model).where(model.org_id == ctx.org_id, model.user_id == user_id))  # type: ignore[attr-defined, call-overload]
+            columns = inspect(model).columns
+            await db.exec(sql_delete(model).where(columns.org_id == org_id, columns.user_id == user_id))
         # The membership stays as a tombstone, so the erased user's still-valid token cannot
         # provision them again.
         await db.exec(
             update(Membership)
-            .where(Membership.org_id == ctx.org_id, Membership.user_id == user_id)
+            .where(col(Membership.org_id) == org_id, col(Membership.user_id) == user_id)
             .values(removed_at=utcnow(), updated_at=utcnow())
         )
-    forget_membership(ctx.org_id, user_id)  # type: ignore[arg-type]
+    forget_membership(org_id, user_id)
     await stop_sessions(res, live)
     # Whether the person still belongs anywhere is a platform question: RLS hides other orgs.
     async with tenant_transaction(res.engine, PLATFORM) as db:
@@ -182,7 +185,7 @@ async def erase_user(user_id: UUID, request: Request[Principal, str, State], sta
             # The row stays for the tombstones' sake; what identifies the person goes.
             await db.exec(
                 update(User)
-                .where(User.id == user_id)
+                .where(col(User.id) == user_id)
                 .values(email=None, display_name=None, updated_at=utcnow())
             )
     await publish(
