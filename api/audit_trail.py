@@ -14,6 +14,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -75,9 +76,10 @@ def _route(scope: Scope) -> tuple[str, str | None, str | None]:
 
 def audit_trail_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(GATEWAY_PATH):
+        if scope["type"] != ScopeType.HTTP or scope["path"].startswith(GATEWAY_PATH):
             await app(scope, receive, send)
             return
+        method = scope["method"]
         status = 500
 
         async def capture(message: Message) -> None:
@@ -93,8 +95,8 @@ def audit_trail_middleware(app: ASGIApp) -> ASGIApp:
             status = int(getattr(exc, "status_code", 500))
             raise
         finally:
-            if scope["method"] in MUTATING or status in (401, 403):
-                await _record(scope, status)
+            if method in MUTATING or status in (401, 403):
+                await _record(scope, method, status)
 
     return middleware
 
@@ -112,12 +114,12 @@ async def _first_refusal(scope: Scope, org_id: UUID, resource_id: str | None) ->
     return bool(first)
 
 
-async def _record(scope: Scope, status: int) -> None:
+async def _record(scope: Scope, method: str, status: int) -> None:
     principal: Any = scope.get("user")
     template, resource_type, resource_id = _route(scope)
     client = scope.get("client")
     ip = client[0] if client else None
-    action = f"{scope['method']} {template}"
+    action = f"{method} {template}"
     if isinstance(principal, Principal) and principal.org_id is not None:
         org_id, actor, role = principal.org_id, principal.user_id, principal.role
     elif scope.get(PUBLIC_ORG_KEY) is not None:

@@ -11,10 +11,11 @@ import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import TypeIs
 
 from schemas.crypto import KeyRing, KeyRingError
 
@@ -30,6 +31,10 @@ MIN_JWT_SECRET_BYTES = 32
 
 
 Transport = Literal["acp", "pty"]
+
+
+def is_transport(value: object) -> TypeIs[Transport]:
+    return value in get_args(Transport)
 
 
 def _env(name: str, *plain: str) -> AliasChoices:

@@ -120,7 +120,7 @@ async def resolve(host: str, port: int, field: str = "endpoint_url") -> list[IPA
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise EgressRefused(field, f"host {host!r} does not resolve ({exc.strerror})") from exc
-    return sorted({ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, key=str)
+    return sorted({ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, key=str)
 
 
 async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_url") -> None:

@@ -37,7 +37,8 @@ async def purge_expired(
         )
     deleted: dict[str, int] = {}
     for org_id, days in policies:
-        cutoff = now - timedelta(days=int(days))
+        assert days is not None  # the query leaves out orgs without a retention period
+        cutoff = now - timedelta(days=days)
         org = TenantContext(org_id=org_id, user_id=None, role="admin")
         async with tenant_transaction(engine, org) as db:
             result = await db.exec(

@@ -19,15 +19,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from acp import PROTOCOL_VERSION, RequestError, connect_to_agent, text_block
+from acp import PROTOCOL_VERSION, Client, RequestError, connect_to_agent, text_block
 from acp.connection import StreamDirection, StreamEvent
 from acp.core import ClientSideConnection
 from acp.schema import (
+    AcpMcpServer,
     AgentMessageChunk,
     AgentPlanUpdate,
     AllowedOutcome,
@@ -35,8 +36,10 @@ from acp.schema import (
     DeniedOutcome,
     HttpMcpServer,
     Implementation,
+    McpServerStdio,
     PermissionOption,
     RequestPermissionResponse,
+    SseMcpServer,
     ToolCallProgress,
     ToolCallStart,
     ToolCallUpdate,
@@ -48,6 +51,9 @@ from workers.sandbox import Sandbox
 from workers.screen_tracker import Message, Status
 
 log = logging.getLogger(__name__)
+
+# What ACP's session/new and session/load take; this platform hands agents its HTTP gateway only.
+McpServer = HttpMcpServer | SseMcpServer | AcpMcpServer | McpServerStdio
 
 # JSON-RPC lines carry whole files and tool outputs: far longer than asyncio's 64 KiB default.
 LINE_LIMIT = 16 * 1024 * 1024
@@ -71,7 +77,7 @@ class AcpConversation:
         cwd: Path,
         env: dict[str, str],
         limits: ResourceLimits | None = None,
-        mcp_servers: list[HttpMcpServer] | None = None,
+        mcp_servers: Sequence[McpServer] = (),
         ask_permission: PermissionCallback | None = None,
         session_meta: dict[str, Any] | None = None,
         resume_session_id: str | None = None,
@@ -83,7 +89,7 @@ class AcpConversation:
         self.cwd = cwd
         self.env = env
         self.limits = limits or ResourceLimits()
-        self.mcp_servers = mcp_servers or []
+        self.mcp_servers = list(mcp_servers)
         self.ask_permission = ask_permission
         # ``_meta`` of session/new and session/load (the agent's own options, e.g. its system prompt).
         self.session_meta = session_meta or {}
@@ -163,7 +169,12 @@ class AcpConversation:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._waiter = asyncio.create_task(self._wait_exit(), name=f"acp-exit-{self._proc.pid}")
         self._conn = connect_to_agent(
-            _Client(self), self._proc.stdin, self._proc.stdout, observers=[self._count_update]
+            # ACP's Client protocol also lists file-system and terminal methods; the connection
+            # answers method-not-found for those a client lacks, and this one grants neither.
+            cast(Client, _Client(self)),
+            self._proc.stdin,
+            self._proc.stdout,
+            observers=[self._count_update],
         )
         try:
             init = await self._conn.initialize(

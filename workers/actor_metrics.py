@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import redis
-from dramatiq import Broker, Message, Middleware
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
 
 from events.metrics import observe
 from events.streams import Names
@@ -23,24 +24,24 @@ class ActorMetrics(Middleware):
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def before_process_message(self, broker: Broker, message: Message[Any]) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         with self._lock:
             self._started[message.message_id] = time.monotonic()
 
     def after_process_message(
         self,
         broker: Broker,
-        message: Message[Any],
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         self._record(message, "failed" if exception is not None else "ok")
 
-    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._record(message, "skipped")
 
-    def _record(self, message: Message[Any], outcome: str) -> None:
+    def _record(self, message: MessageProxy, outcome: str) -> None:
         with self._lock:
             started = self._started.pop(message.message_id, None)
         if started is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
 import redis
@@ -61,7 +62,7 @@ def dispatchers(
     names: Names,
     broker: Broker,
     actors: dict[EventType, Actor],
-    kinds: list[WorkKind],
+    kinds: Collection[WorkKind],
     claim_idle_ms: int,
 ) -> list[StreamConsumer]:
     handler = enqueuer(broker, {t: a for t, a in actors.items() if WORK_ROUTES.get(t) in kinds})

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 
 import redis
-from dramatiq import Broker, Message
+from dramatiq import Broker
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from events.streams import Names
@@ -31,7 +32,7 @@ class Idempotency(Middleware):
         self.names = names
         self.lease_seconds = lease_seconds
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         event_id = message.message_id
         if self.client.exists(self.names.processed(event_id)):
             log.info("skipping %s: event %s already processed", message.actor_name, event_id)
@@ -46,7 +47,7 @@ class Idempotency(Middleware):
     def after_process_message(
         self,
         broker: Broker,
-        message: Message,
+        message: MessageProxy,
         *,
         result: object = None,
         exception: BaseException | None = None,
@@ -58,5 +59,5 @@ class Idempotency(Middleware):
             pipe.delete(self.names.claim(event_id))
             pipe.execute()
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         """Skipped duplicates leave the other holder's lease alone."""

@@ -213,9 +213,9 @@ class ClientPool:
     ) -> dict[str, Any]:
         client = await self._guarded_connect(spec)
 
-        async def progress(done: float, total: float | None, message: str | None) -> None:
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
             if on_progress is not None:
-                await on_progress(done, total, message)
+                await on_progress(progress, total, message)
 
         try:
             async with self._token_watched(spec, client):

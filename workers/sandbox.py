@@ -41,7 +41,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -208,12 +208,9 @@ class Sandbox:
             details = await asyncio.to_thread(_read_info, info)
             self._netns = os.open(f"/proc/{details['child-pid']}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             for forward in self._forwards:
-                listener = await _in_netns(self._netns, lambda f=forward: _listen(f.listen))  # type: ignore[misc]
+                listener = await _in_netns(self._netns, partial(_listen, forward.listen))
                 self._servers.append(
-                    await asyncio.start_server(
-                        lambda r, w, f=forward: self._relay(r, w, f),
-                        sock=listener,
-                    )
+                    await asyncio.start_server(partial(self._relay, forward=forward), sock=listener)
                 )
         finally:
             os.close(info)

@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from acp.schema import HttpHeader, HttpMcpServer
 from dramatiq import Retry
@@ -311,7 +312,7 @@ class SessionHost:
             )
             return [Message(r.seq, r.role, r.content, r.created_at) for r in rows]  # type: ignore[arg-type]
 
-    async def _launch(self, adapter: AgentAdapter, recovering: bool) -> Conversation:
+    async def _launch(self, adapter: AgentAdapter, recovering: bool) -> Conversation | AcpConversation:
         workspace = workspace_for(self.context, self.event)
         if recovering:
             # The previous host may have been another machine: bring its last snapshot here first.
@@ -325,6 +326,11 @@ class SessionHost:
         custom = self.event.payload.get("custom_agent")
         gateway_token = await self._issue_gateway_token()
         self._session_secrets.append(gateway_token)
+        tenant_settings, tenant_secrets = (
+            await self._tenant_configuration()
+            if getattr(adapter, "uses_tenant_settings", False)
+            else ({}, {})
+        )
         ctx = LaunchContext(
             session_id=self.event.session_id,  # type: ignore[arg-type]
             org_id=self.event.org_id,
@@ -338,7 +344,8 @@ class SessionHost:
             mcp_gateway_url=self.settings.gateway_url(self.session_id),
             mcp_gateway_token=gateway_token,
             private=private,
-            **(await self._tenant_configuration() if getattr(adapter, "uses_tenant_settings", False) else {}),
+            tenant_settings=tenant_settings,
+            tenant_secrets=tenant_secrets,
         )
         adapter.prepare(ctx)
         agent_env = (
@@ -503,19 +510,19 @@ class SessionHost:
             )
             return PermissionPolicy(kinds=dict.fromkeys(DEFAULT_KINDS, "ask"))
 
-    async def _tenant_configuration(self) -> dict[str, object]:
+    async def _tenant_configuration(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The organization's settings and opened secrets, for an adapter that builds its config from them."""
         async with tenant_transaction(self.context.engine, self.tenant) as db:
             row = (
                 await db.exec(select(TenantSettings).where(TenantSettings.org_id == self.event.org_id))
             ).first()
         if row is None:
-            return {}
+            return {}, {}
         try:
             secrets_ = open_tenant_secrets(self.settings.key_ring(), row)
         except (KeyRingError, DecryptionError) as exc:
             raise ValueError(f"the organization's secrets cannot be opened: {exc}") from exc
-        return {"tenant_settings": dict(row.settings), "tenant_secrets": secrets_}
+        return dict(row.settings), secrets_
 
     async def _sandbox(
         self,

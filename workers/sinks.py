@@ -139,7 +139,7 @@ class Drain:
         (and since the sink exists), whichever notices were handled: an event is never overtaken by a
         later one whose notice came sooner (its row may exist already; that one is left as it is)."""
         after = stream_id(last) if last else "0-0"
-        rows = []
+        rows: list[WebhookDelivery] = []
         while True:
             entries = await read_log(self.context.redis, self.context.names, self.session, after, count=BATCH)
             if not entries:

@@ -36,6 +36,7 @@ from api.tenancy import tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
 from schemas.db import TenantContext, tenant_transaction
+from schemas.settings import is_transport
 from schemas.tables import SessionMessage, UserSession
 from workers.agents import canonical_agent_type
 from workers.lifecycle import ACTIVE, end_lost_sessions, end_session, host_is_live
@@ -264,7 +265,8 @@ class SessionController(Controller):
         live = await live_state(res.redis, res.names, session_id)
         agent_status = "stable" if live.get("status") == "stable" else "running"
         # The host says which it chose; before it has, the configured one.
-        backend = live.get("transport") or res.settings.transport_of(row.agent_type)
+        chosen = live.get("transport")
+        backend = chosen if is_transport(chosen) else res.settings.transport_of(row.agent_type)
         detail = live.get("detail") or DETAIL_BY_SESSION_STATUS.get(live.get("status") or row.status)
         return StatusOut(
             status=agent_status,
