@@ -34,7 +34,7 @@ from api.single_flight import SingleFlight
 from api.state import Resources
 from events.audit import audit_event
 from events.publisher import publish
-from schemas.db import TenantContext, dialect_insert, tenant_transaction
+from schemas.db import MemberContext, TenantContext, dialect_insert, tenant_transaction
 from schemas.roles import ROLE_RANK
 from schemas.tables import Membership, Organization, TenantSettings, User
 
@@ -54,12 +54,12 @@ _lookups: SingleFlight[tuple[UUID, UUID, str, str | None], str | None] = SingleF
 _user_rows: set[UUID] = set()
 
 
-def tenant_context(principal: Principal) -> TenantContext:
+def tenant_context(principal: Principal) -> MemberContext:
     """Tenant endpoints need an organization in the token."""
     if principal.org_id is None:
         raise PermissionDeniedException("the token names no organization (app_metadata.org_id)")
     role = "superadmin" if principal.is_superadmin else principal.role
-    return TenantContext(org_id=principal.org_id, user_id=principal.user_id, role=role)
+    return MemberContext(org_id=principal.org_id, user_id=principal.user_id, role=role)
 
 
 def forget_membership(org_id: UUID, user_id: UUID) -> None:

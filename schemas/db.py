@@ -43,6 +43,14 @@ class TenantContext:
     role: str
 
 
+@dataclass(frozen=True)
+class MemberContext(TenantContext):
+    """A caller's context: the organization and the user are both known."""
+
+    org_id: UUID
+    user_id: UUID
+
+
 def dialect_insert(db: AsyncSession, table: Any) -> postgresql.Insert | sqlite.Insert:
     """An INSERT into ``table`` in the session's dialect, for its ``ON CONFLICT`` clauses (both
     backends spell ``on_conflict_do_nothing``/``on_conflict_do_update`` and ``excluded`` alike)."""

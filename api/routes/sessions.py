@@ -35,7 +35,7 @@ from api.state import Resources, resources
 from api.tenancy import tenant_context
 from events.envelope import Event, EventType
 from events.publisher import publish
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.settings import is_transport
 from schemas.tables import SessionMessage, UserSession
 from workers.agents import canonical_agent_type
@@ -456,7 +456,7 @@ async def _reload(res: Resources, row: UserSession) -> UserSession:
         return await db.get(UserSession, row.id) or row
 
 
-async def _check_quota(res: Resources, ctx: TenantContext) -> None:
+async def _check_quota(res: Resources, ctx: MemberContext) -> None:
     """Per-user and per-org limits on active sessions (a soft limit: two racing creates may both pass).
 
     Members see only their own rows under RLS, so the org-wide count reads as an org admin would;
@@ -474,7 +474,6 @@ async def _check_quota(res: Resources, ctx: TenantContext) -> None:
         sum(counts.values()) >= res.settings.max_sessions_per_org
     ):
         # Sessions whose host is gone hold no agent: end them before refusing the caller.
-        assert ctx.org_id is not None
         if await end_lost_sessions(res.engine, res.redis, res.names, res.settings, ctx.org_id):
             await _check_quota(res, ctx)
             return
