@@ -28,13 +28,13 @@ from pydantic import TypeAdapter
 from sqlmodel import select
 
 from api.recent import Recent
-from api.routes.mcp import effective
 from api.state import Resources
 from events.envelope import Event, EventType
 from events.publisher import publish
 from events.results import await_reply
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import McpConfiguration
+from services.mcp.configs import effective
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from litestar import Controller, Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import (
-    ClientException,
-    NotFoundException,
     PermissionDeniedException,
     ValidationException,
 )
@@ -23,25 +21,24 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, or_, select
 
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
 from api.routes.sessions import find_session
-from api.state import Resources, resources
+from api.state import resources
 from api.tenancy import tenant_context
-from events.envelope import Event, EventType
-from events.publisher import publish
-from events.results import await_reply
-from schemas.crypto import KeyRingError, SecretRef
-from schemas.db import TenantContext, tenant_transaction
-from schemas.roles import ADMIN_ROLES
-from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
-from services.egress import EgressRefused, check_endpoint, check_stdio
-from services.mcp.oauth_grants import revoke_grants
+from schemas.tables import McpConfiguration
+from services.mcp.configs import (
+    ConfigSpec,
+    create_config,
+    get_config,
+    list_configs,
+    remove_config,
+    replace_config,
+)
+from services.mcp.work import ToolCall, WorkOutcome, request_test, request_tool_call
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # How long a request waits for a worker's answer before it returns 202 and the event id.
@@ -113,13 +110,20 @@ class ConfigIn(StrictBody):
             )
         return self
 
-    @property
-    def secret(self) -> str | None:
-        """The write-only secret to seal: a bearer token or an OAuth client's secret."""
-        return self.bearer_token if self.auth_type == "bearer" else self.oauth.client_secret
-
-    def stored_oauth(self) -> dict[str, Any]:
-        return self.oauth.model_dump(exclude={"client_secret"}, exclude_none=True, exclude_defaults=True)
+    def spec(self) -> ConfigSpec:
+        return ConfigSpec(
+            name=self.name,
+            scope=self.scope,
+            transport=self.transport,
+            endpoint_url=self.endpoint_url,
+            command=self.command,
+            args=self.args,
+            env=self.env,
+            auth_type=self.auth_type,
+            oauth=self.oauth.model_dump(exclude={"client_secret"}, exclude_none=True, exclude_defaults=True),
+            enabled=self.enabled,
+            secret=self.bearer_token if self.auth_type == "bearer" else self.oauth.client_secret,
+        )
 
 
 class ConfigOut(BaseModel):
@@ -190,51 +194,6 @@ def config_out(row: McpConfiguration, grants: dict[UUID, str] | None = None) -> 
     )
 
 
-def effective(query: Any, ctx: TenantContext) -> Any:
-    """The org's configurations and the caller's own (RLS enforces the same underneath)."""
-    return query.where(
-        McpConfiguration.org_id == ctx.org_id,
-        or_(col(McpConfiguration.user_id).is_(None), McpConfiguration.user_id == ctx.user_id),
-    )
-
-
-async def connections(db: Any, ctx: TenantContext, config_ids: list[UUID]) -> dict[UUID, str]:
-    """The caller's OAuth connection state per configuration (never the tokens)."""
-    if not config_ids:
-        return {}
-    rows = await db.exec(
-        select(McpOAuthToken.configuration_id, McpOAuthToken.status).where(
-            McpOAuthToken.user_id == ctx.user_id, col(McpOAuthToken.configuration_id).in_(config_ids)
-        )
-    )
-    return {config_id: status for config_id, status in rows}
-
-
-async def _validate(data: ConfigIn, res: Resources) -> None:
-    try:
-        if data.transport == "stdio":
-            assert data.command is not None
-            check_stdio(data.command, data.args, data.env, res.settings)
-        else:
-            assert data.endpoint_url is not None
-            await check_endpoint(data.endpoint_url, res.settings)
-        if data.oauth.authorization_server:
-            await check_endpoint(data.oauth.authorization_server, res.settings, "oauth.authorization_server")
-    except EgressRefused as exc:
-        raise ValidationException(str(exc), extra=[{"key": exc.field, "message": exc.reason}]) from exc
-    if data.secret is not None:
-        try:
-            res.settings.key_ring()
-        except KeyRingError as exc:
-            raise ClientException(str(exc), status_code=503) from exc
-
-
-def _seal(res: Resources, row: McpConfiguration, token: str) -> str:
-    return res.settings.key_ring().encrypt(
-        token, SecretRef("mcp_configurations", "encrypted_secret", row.id, row.org_id)
-    )
-
-
 def _after(cursor: str) -> tuple[str, UUID]:
     name, ident = decode_cursor(cursor, 2)
     try:
@@ -243,28 +202,13 @@ def _after(cursor: str) -> tuple[str, UUID]:
         raise ValidationException("cursor is not one this API returned") from exc
 
 
-async def find_config(res: Resources, ctx: TenantContext, config_id: UUID) -> McpConfiguration:
-    async with tenant_transaction(res.engine, ctx) as db:
-        row = (
-            await db.exec(effective(select(McpConfiguration), ctx).where(McpConfiguration.id == config_id))
-        ).first()
-    if row is None:
-        raise NotFoundException("no such MCP configuration")
-    return row
-
-
-def _may_change(ctx: TenantContext, row: McpConfiguration) -> None:
-    if row.scope == "organization" and ctx.role not in ADMIN_ROLES:
-        raise PermissionDeniedException("only organization admins change organization MCP configurations")
-
-
-async def request_work(res: Resources, event: Event, wait_seconds: float) -> Response[WorkAnswer]:
-    """Publish work for the tools pool; wait (bounded) for its answer, else 202 with the event id."""
-    await publish(res.redis, res.names, event)
-    answer = await await_reply(res.redis, res.names, event.id, wait_seconds) if wait_seconds > 0 else None
-    if answer is None:
-        return Response(WorkAnswer(event_id=event.id, status="pending"), status_code=202)
-    return Response(WorkAnswer(event_id=event.id, status="completed", result=answer.payload), status_code=200)
+def _answer(outcome: WorkOutcome) -> Response[WorkAnswer]:
+    """The worker's answer when it came in time, else 202 with the event id to follow."""
+    if outcome.result is None:
+        return Response(WorkAnswer(event_id=outcome.event_id, status="pending"), status_code=202)
+    return Response(
+        WorkAnswer(event_id=outcome.event_id, status="completed", result=outcome.result), status_code=200
+    )
 
 
 class McpConfigurationController(Controller):
@@ -276,36 +220,7 @@ class McpConfigurationController(Controller):
         self, data: ConfigIn, request: Request[Principal, str, State], state: State
     ) -> ConfigOut:
         """Add an MCP server for the organization (admins) or for yourself."""
-        res = resources(state)
-        ctx = tenant_context(request.user)
-        if data.scope == "organization" and ctx.role not in ADMIN_ROLES:
-            raise PermissionDeniedException("only organization admins add organization MCP configurations")
-        await _validate(data, res)
-        row = McpConfiguration(
-            id=uuid4(),
-            org_id=ctx.org_id,
-            user_id=ctx.user_id if data.scope == "user" else None,
-            scope=data.scope,
-            name=data.name,
-            transport=data.transport,
-            auth_type=data.auth_type,
-            endpoint_url=data.endpoint_url,
-            command=data.command,
-            args=data.args,
-            env=data.env,
-            oauth=data.stored_oauth(),
-            enabled=data.enabled,
-        )
-        if data.secret is not None:
-            row.encrypted_secret = _seal(res, row, data.secret)
-        try:
-            async with tenant_transaction(res.engine, ctx) as db:
-                db.add(row)
-        except IntegrityError as exc:
-            raise ClientException(
-                f"an MCP configuration named {data.name!r} already exists in this scope", status_code=409
-            ) from exc
-        return config_out(row)
+        return config_out(await create_config(resources(state), tenant_context(request.user), data.spec()))
 
     @get("/")
     async def list_configurations(
@@ -316,20 +231,9 @@ class McpConfigurationController(Controller):
         cursor: Annotated[str | None, Parameter(max_length=400)] = None,
     ) -> ConfigPage:
         """Your effective MCP servers: the organization's and your own, by name."""
-        res = resources(state)
-        ctx = tenant_context(request.user)
-        query = effective(select(McpConfiguration), ctx)
-        if cursor:
-            name, ident = _after(cursor)
-            query = query.where(
-                (col(McpConfiguration.name) > name)
-                | ((col(McpConfiguration.name) == name) & (col(McpConfiguration.id) > ident))
-            )
-        query = query.order_by(col(McpConfiguration.name), col(McpConfiguration.id)).limit(limit + 1)
-        async with tenant_transaction(res.engine, ctx) as db:
-            rows = list(await db.exec(query))
-            page = rows[:limit]
-            grants = await connections(db, ctx, [r.id for r in page if r.auth_type == "oauth"])
+        after = _after(cursor) if cursor else None
+        rows, grants = await list_configs(resources(state), tenant_context(request.user), limit, after)
+        page = rows[:limit]
         return ConfigPage(
             configurations=[config_out(r, grants) for r in page],
             next_cursor=encode_cursor(page[-1].name, page[-1].id) if len(rows) > limit else None,
@@ -339,97 +243,21 @@ class McpConfigurationController(Controller):
     async def get_configuration(
         self, config_id: UUID, request: Request[Principal, str, State], state: State
     ) -> ConfigOut:
-        res = resources(state)
-        ctx = tenant_context(request.user)
-        row = await find_config(res, ctx, config_id)
-        async with tenant_transaction(res.engine, ctx) as db:
-            return config_out(row, await connections(db, ctx, [row.id]))
+        return config_out(*await get_config(resources(state), tenant_context(request.user), config_id))
 
     @put("/{config_id:uuid}")
     async def replace(
         self, config_id: UUID, data: ConfigIn, request: Request[Principal, str, State], state: State
     ) -> ConfigOut:
         """Replace a configuration. Omitting `bearer_token` keeps the stored one (with auth_type bearer)."""
-        res = resources(state)
         ctx = tenant_context(request.user)
-        row = await find_config(res, ctx, config_id)
-        _may_change(ctx, row)
-        if data.scope != row.scope:
-            raise ValidationException(
-                "scope cannot change; create a new configuration instead",
-                extra=[{"key": "scope", "message": f"is {row.scope}"}],
-            )
-        await _validate(data, res)
-        if (
-            data.auth_type == "bearer"
-            and data.bearer_token is None
-            and (row.encrypted_secret is None or row.auth_type != "bearer")
-        ):
-            raise ValidationException(
-                "bearer_token is required",
-                extra=[{"key": "bearer_token", "message": "required for auth_type bearer"}],
-            )
-        if data.auth_type == "bearer" and data.bearer_token is None and data.endpoint_url != row.endpoint_url:
-            # The stored token was given for the old host; keeping it would send it to the new one.
-            raise ValidationException(
-                "bearer_token is required when endpoint_url changes: the stored token is not sent elsewhere",
-                extra=[{"key": "bearer_token", "message": "required when endpoint_url changes"}],
-            )
-        previous_auth = row.auth_type
-        for name in (
-            "name",
-            "transport",
-            "endpoint_url",
-            "command",
-            "args",
-            "env",
-            "auth_type",
-            "enabled",
-        ):
-            setattr(row, name, getattr(data, name))
-        row.oauth = data.stored_oauth()
-        if data.secret is not None:
-            row.encrypted_secret = _seal(res, row, data.secret)
-        elif (
-            data.auth_type != previous_auth
-            or data.auth_type == "none"
-            or (data.auth_type == "oauth" and not data.oauth.client_id)
-        ):
-            row.encrypted_secret = None
-        row.updated_at = utcnow()
-        try:
-            async with tenant_transaction(res.engine, ctx) as db:
-                await db.merge(row)
-        except IntegrityError as exc:
-            raise ClientException(
-                f"an MCP configuration named {data.name!r} already exists in this scope", status_code=409
-            ) from exc
-        await res.redis.delete(res.names.mcp_tools(row.id))
-        return config_out(row)
+        return config_out(await replace_config(resources(state), ctx, config_id, data.spec()))
 
     @delete("/{config_id:uuid}", status_code=204)
     async def remove(self, config_id: UUID, request: Request[Principal, str, State], state: State) -> None:
         """Delete a configuration with its stored secret and tokens; OAuth grants (everyone's, for an
         organization's server) are revoked at the authorization server first."""
-        res = resources(state)
-        ctx = tenant_context(request.user)
-        row = await find_config(res, ctx, config_id)
-        _may_change(ctx, row)
-        async with tenant_transaction(res.engine, ctx) as db:
-            grants = list(
-                await db.exec(select(McpOAuthToken).where(McpOAuthToken.configuration_id == row.id))
-            )
-        if grants:
-            try:
-                ring = res.settings.key_ring()
-            except KeyRingError as exc:
-                raise ClientException(str(exc), status_code=503) from exc
-            await revoke_grants(ring, grants, res.settings)
-        async with tenant_transaction(res.engine, ctx) as db:
-            stored = await db.get(McpConfiguration, row.id)
-            if stored is not None:
-                await db.delete(stored)
-        await res.redis.delete(res.names.mcp_tools(row.id), res.names.breaker(row.id))
+        await remove_config(resources(state), tenant_context(request.user), config_id)
 
 
 # Both answers are documented: the result when it came within `wait_seconds`, else the event id.
@@ -444,17 +272,11 @@ async def test_configuration(
 ) -> Response[WorkAnswer]:
     """Connect to the server and list its tools, through a tools worker. Waits up to
     `wait_seconds` for the answer (200), else answers 202 with the event id."""
-    res = resources(state)
     ctx = tenant_context(request.user)
-    row = await find_config(res, ctx, data.config_id)
-    event = Event(
-        type=EventType.MCP_TEST_REQUESTED,
-        org_id=row.org_id,
-        user_id=ctx.user_id,
-        correlation_id=current_correlation_id(),
-        payload={"config_id": str(row.id), "reply": True},
+    outcome = await request_test(
+        resources(state), ctx, data.config_id, data.wait_seconds, current_correlation_id()
     )
-    return await request_work(res, event, data.wait_seconds)
+    return _answer(outcome)
 
 
 @post(
@@ -470,20 +292,5 @@ async def call_tool(
     session = await find_session(state, request.user, session_id)
     if session.user_id != ctx.user_id:
         raise PermissionDeniedException("only the session's owner calls tools in it")
-    row = await find_config(res, ctx, data.config_id)
-    event = Event(
-        type=EventType.TOOL_CALL_REQUESTED,
-        org_id=row.org_id,
-        user_id=ctx.user_id,
-        session_id=session_id,
-        correlation_id=current_correlation_id(),
-        payload={
-            "config_id": str(row.id),
-            "tool": data.tool,
-            "arguments": data.arguments,
-            "timeout": data.timeout_seconds,
-            "source": "api",
-            "reply": True,
-        },
-    )
-    return await request_work(res, event, data.wait_seconds)
+    call = ToolCall(session_id, data.config_id, data.tool, data.arguments, data.timeout_seconds)
+    return _answer(await request_tool_call(res, ctx, call, data.wait_seconds, current_correlation_id()))
