@@ -27,6 +27,12 @@ class NotFound(DomainError):
     status = 404
 
 
+class Unauthenticated(DomainError):
+    """The caller's credentials (a token, a signature) are missing or do not verify."""
+
+    status = 401
+
+
 class Forbidden(DomainError):
     status = 403
 
