@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from api.event_hub import EventHub, LogEntry, Subscription
 from api.problems import OUTAGE_RETRY_AFTER_SECONDS, default_outage_exceptions
 from events import replies
-from events.envelope import Event, EventType
+from events.envelope import Event, EventType, rfc3339
 from events.results import read_log
 from events.streams import Names, stream_id_key
 
@@ -52,6 +52,7 @@ _SSE_NAMES: dict[EventType, str] = {
     EventType.TOOL_CALL_FAILED: "tool_call",
     EventType.AGENT_TOOL_CALL: "tool_call",
     EventType.PLAN_UPDATED: "plan",
+    EventType.AGENT_ERROR: "agent_error",
     EventType.PERMISSION_REQUESTED: "permission_request",
     EventType.PERMISSION_DECIDED: "permission_decision",
 }
@@ -69,11 +70,14 @@ def sse_data(event: Event) -> dict[str, Any]:
             "id": payload.get("id", 0),
             "role": payload.get("role", "agent"),
             "message": payload.get("content", ""),
-            "time": payload.get("time", event.ts.isoformat()),
+            "time": payload.get("time", rfc3339(event.ts)),
             **meta,
         }
     if event.type is EventType.SESSION_STATUS:
-        return {"status": payload.get("status"), "agent_type": payload.get("agent_type"), **meta}
+        status = {"status": payload.get("status"), "agent_type": payload.get("agent_type")}
+        if payload.get("detail"):
+            status["detail"] = payload["detail"]
+        return {**status, **meta}
     return {**payload, **meta}
 
 

@@ -30,6 +30,8 @@ class EventType(StrEnum):
     # A tool call as an ACP agent reports it (its own tools and MCP tools alike), start and updates.
     AGENT_TOOL_CALL = "tool_call.agent"
     PLAN_UPDATED = "plan.updated"
+    # What the agent's screen says went wrong (coder/agentapi's agent_error): {level, message, kind, time}.
+    AGENT_ERROR = "agent.error"
     PERMISSION_REQUESTED = "permission.requested"
     PERMISSION_DECIDED = "permission.decided"
     MCP_TEST_REQUESTED = "mcp.test_requested"
@@ -63,6 +65,11 @@ def new_event_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    """A UTC time as the JSON answers write it (``Z``, not ``+00:00``), so SSE and GET /messages agree."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Event(BaseModel):

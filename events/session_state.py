@@ -25,13 +25,17 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'detail', 'thinking', 'claimed'
 return redis.call('XADD', KEYS[2], '*', 'type', 'user', 'content', ARGV[1])
 """
 
-# ARGV: status, agent_type, transport, ttl seconds.
+# ARGV: status, agent_type, transport, ttl seconds, detail ('' for none: the ingress tells it by status).
 _SET_STATUS = """
 if ARGV[1] == 'stable' and redis.call('HEXISTS', KEYS[1], 'claimed') == 1 then
   redis.call('HSET', KEYS[1], 'agent_type', ARGV[2], 'transport', ARGV[3])
 else
   redis.call('HSET', KEYS[1], 'status', ARGV[1], 'agent_type', ARGV[2], 'transport', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'detail')
+  if ARGV[5] == '' then
+    redis.call('HDEL', KEYS[1], 'detail')
+  else
+    redis.call('HSET', KEYS[1], 'detail', ARGV[5])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -45,11 +49,27 @@ async def start_turn(redis: Redis, names: Names, session_id: UUID | str, content
 
 
 async def set_status(
-    redis: Redis, names: Names, session_id: UUID | str, status: str, agent_type: str, transport: str, ttl: int
+    redis: Redis,
+    names: Names,
+    session_id: UUID | str,
+    status: str,
+    agent_type: str,
+    transport: str,
+    ttl: int,
+    detail: str = "",
 ) -> None:
     """The host's status write; ``stable`` waits while a turn is claimed but not yet taken."""
     keys = [names.session_state(session_id)]
-    await redis.register_script(_SET_STATUS)(keys, [status, agent_type, transport, ttl])
+    await redis.register_script(_SET_STATUS)(keys, [status, agent_type, transport, ttl, detail])
+
+
+async def set_detail(redis: Redis, names: Names, session_id: UUID | str, detail: str) -> None:
+    """The host's detail alone (``error`` while the agent shows a failure; '' removes it)."""
+    key = names.session_state(session_id)
+    if detail:
+        await redis.hset(key, "detail", detail)
+    else:
+        await redis.hdel(key, "detail")
 
 
 async def claim_turn(redis: Redis, names: Names, session_id: UUID | str) -> None:

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # longer than a dead host's redelivery (dispatch_claim_idle_ms) so recoverable ones recover first.
     session_host_lost_seconds: float = Field(120.0, gt=0, validation_alias=_env("SESSION_HOST_LOST_SECONDS"))
     reconcile_interval_seconds: float = Field(30.0, gt=0, validation_alias=_env("RECONCILE_INTERVAL_SECONDS"))
+    # How long an agent may show a failure (model unreachable, not logged in, rate limited) before
+    # its session fails with it: CLIs retry by themselves for minutes, showing only a countdown.
+    agent_error_fail_seconds: float = Field(60.0, gt=0, validation_alias=_env("AGENT_ERROR_FAIL_SECONDS"))
     # How long the screen must be still before the agent counts as stable (coder/agentapi: 2 s).
     agent_settle_seconds: float = Field(2.0, gt=0, validation_alias=_env("AGENT_SETTLE_SECONDS"))
     # How each agent type that can speak the Agent Client Protocol is driven: over ACP (structured

@@ -45,6 +45,7 @@ from acp.schema import (
     ToolCallUpdate,
 )
 
+from workers.agents.base import AgentError
 from workers.conversation import AgentBusy, Change, Notice
 from workers.pty_session import ResourceLimits, die_with_parent
 from workers.sandbox import Sandbox
@@ -101,6 +102,9 @@ class AcpConversation:
         self.agent_session_id: str | None = None
         # Why a recovered conversation started afresh instead of loading the agent's session.
         self.resume_note: str | None = None
+        # An ACP agent reports a failed turn as an error answer, not as a screen to recognise.
+        self.agent_error: AgentError | None = None
+        self.error_since: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._conn: ClientSideConnection | None = None
         self._turn: asyncio.Task[None] | None = None
@@ -119,6 +123,14 @@ class AcpConversation:
     @property
     def exited(self) -> bool:
         return self._exited.is_set()
+
+    async def exit_code(self, timeout: float) -> int | None:
+        """The agent's exit status once it has exited (None if it is not reaped within ``timeout``)."""
+        if self._proc is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(self._proc.wait(), timeout)
+        return None
 
     @property
     def workspace(self) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from workers.agents.base import AgentAdapter
+from workers.agents.base import AgentAdapter, AgentError, recognise_error
 from workers.pty_session import PtySession
 from workers.screen_tracker import Message, ScreenTracker, Status
 
@@ -40,9 +40,10 @@ class Timing:
 
 @dataclass(frozen=True)
 class Notice:
-    """Something a structured transport (ACP) reports besides messages: a tool call or a plan."""
+    """Something reported besides messages: a tool call or a plan (ACP); a failure the agent's
+    screen shows (``agent_error``) or that it no longer shows (``agent_recovered``)."""
 
-    kind: Literal["tool_call", "plan"]
+    kind: Literal["tool_call", "plan", "agent_error", "agent_recovered"]
     payload: dict[str, Any]
 
 
@@ -66,6 +67,9 @@ class Conversation:
         self._answers = {id(rule): rule.limit for rule in adapter.auto_responses}
         self._task: asyncio.Task[None] | None = None
         self._screen_changed = asyncio.Event()
+        # The failure the current turn's screen shows, and since when (monotonic) without a break.
+        self.agent_error: AgentError | None = None
+        self.error_since: float | None = None
 
     @property
     def status(self) -> Status:
@@ -78,6 +82,12 @@ class Conversation:
     @property
     def exited(self) -> bool:
         return self.pty.exited
+
+    async def exit_code(self, timeout: float) -> int | None:
+        """The agent's exit status once it has exited (None if it is not reaped within ``timeout``)."""
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(self.pty.wait(), timeout)
+        return None
 
     @property
     def workspace(self) -> Path:
@@ -108,6 +118,7 @@ class Conversation:
                 self._screen_changed.set()
                 for message in self.tracker.observe(screen, now):
                     self.changes.put_nowait(Change(message=message))
+                self._notice_error(screen, now)
             status = self.tracker.tick(now)
             if status == "stable":
                 self.changes.put_nowait(Change(status=status, completed=self.tracker.completed()))
@@ -133,6 +144,24 @@ class Conversation:
                 await asyncio.wait_for(self.pty.activity.wait(), interval)
         if self.pty.last_input < looked_at:
             await asyncio.sleep(max(0.0, looked_at + interval - time.monotonic()))
+
+    def _notice_error(self, screen: str, now: float) -> None:
+        """Reports a failure line of the current turn when it appears or says something new, and
+        its end; an error of an earlier turn that is still in view is not this turn's."""
+        found = recognise_error(self.adapter, self.tracker.turn_region(screen))
+        if found is None:
+            if self.agent_error is not None:
+                self.agent_error = self.error_since = None
+                self.changes.put_nowait(Change(notice=Notice("agent_recovered", {})))
+            return
+        if self.agent_error is None:
+            self.error_since = now
+        elif found.key == self.agent_error.key:
+            self.agent_error = found
+            return
+        self.agent_error = found
+        payload = {"level": found.level, "message": found.message, "kind": found.kind}
+        self.changes.put_nowait(Change(notice=Notice("agent_error", payload)))
 
     def _answer_dialogs(self, screen: str) -> None:
         for rule in self.adapter.auto_responses:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+from events.envelope import rfc3339
+
 Status = Literal["running", "stable"]
 Formatter = Callable[[str, str], str]
 
@@ -27,7 +29,7 @@ class Message:
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def as_payload(self) -> dict[str, object]:
-        return {"id": self.id, "role": self.role, "content": self.content, "time": self.time.isoformat()}
+        return {"id": self.id, "role": self.role, "content": self.content, "time": rfc3339(self.time)}
 
 
 def new_lines(baseline: str, screen: str) -> str:
@@ -63,12 +65,15 @@ class ScreenTracker:
             self._changed_at = now
             message = self.messages[-1]
             if message.role == "agent" and not self._resumed:
-                source = screen if self._baseline is None else new_lines(self._baseline, screen)
-                content = self.format_message(source, self._input)
+                content = self.format_message(self.turn_region(screen), self._input)
                 if content != message.content:
                     message.content = content
                     updated.append(message)
         return updated
+
+    def turn_region(self, screen: str) -> str:
+        """What of ``screen`` belongs to the current turn: all of it before the first input."""
+        return screen if self._baseline is None else new_lines(self._baseline, screen)
 
     def tick(self, now: float) -> Status | None:
         """Advance the settle clock; returns the new status when it changed."""

@@ -27,7 +27,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from acp.schema import HttpHeader, HttpMcpServer
 from dramatiq import Retry
@@ -37,9 +37,9 @@ from sqlmodel import col, select, update
 
 from events import replies
 from events.audit import audit_event
-from events.envelope import Event, EventType
+from events.envelope import Event, EventType, rfc3339
 from events.publisher import publish
-from events.session_state import claim_turn, set_status, turn_taken
+from events.session_state import claim_turn, set_detail, set_status, turn_taken
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -81,6 +81,8 @@ DISK_CHECK_SECONDS = 2.0
 HANDOVER_DELAY_MS = 200
 # How often a growing reply is stored: at most this much shown text is lost when its host dies.
 PARTIAL_STORE_SECONDS = 1.0
+# How long an agent whose terminal closed may take to be reaped before its exit code is read.
+EXIT_CODE_WAIT_SECONDS = 2.0
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 # How long an ACP agent's session id outlives the longest session (for session/load on recovery).
 ACP_SESSION_GRACE_SECONDS = 3600
@@ -89,9 +91,10 @@ NOTICE_EVENTS = {"tool_call": EventType.AGENT_TOOL_CALL, "plan": EventType.PLAN_
 
 
 class SessionEnded(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: Literal["ended", "failed"] = "ended") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
 
 
 class HandedOver(Retry):
@@ -297,7 +300,7 @@ class SessionHost:
             await self._release()
             log.info("handing session %s over: this worker is stopping", self.session_id)
             raise stopped
-        await self._finish("ended", stopped.reason)
+        await self._finish(stopped.status, stopped.reason)
 
     async def _load_row(self) -> UserSession | None:
         async with tenant_transaction(self.context.engine, self.tenant) as db:
@@ -570,7 +573,9 @@ class SessionHost:
         assert self.conversation is not None
         while True:
             change: Change = await self.conversation.changes.get()
-            if change.notice is not None:
+            if change.notice is not None and change.notice.kind in ("agent_error", "agent_recovered"):
+                await self._report_agent_error(change.notice.payload)
+            elif change.notice is not None:
                 await self._emit(NOTICE_EVENTS[change.notice.kind], change.notice.payload)
             if change.message is not None:
                 await self._emit(EventType.MESSAGE_UPDATED, change.message.as_payload())
@@ -585,12 +590,30 @@ class SessionHost:
                 if change.status == "running" and self._turn_pending:
                     self._turn_pending = False
                     await turn_taken(self.context.redis, self.names, self.session_id)
-                await self._emit(
-                    EventType.SESSION_STATUS, {"status": change.status, "agent_type": self.agent_type}
-                )
+                await self._emit(EventType.SESSION_STATUS, self._status_payload(change.status))
                 if change.completed is not None and change.completed.content:
                     await self._emit(EventType.MESSAGE_COMPLETED, change.completed.as_payload())
                 self._to_record.put_nowait(change.status)
+
+    @property
+    def _detail(self) -> str:
+        """What /status says beyond running/stable when the host knows better than the status."""
+        return "error" if self.conversation is not None and self.conversation.agent_error else ""
+
+    def _status_payload(self, status: str) -> dict[str, object]:
+        payload: dict[str, object] = {"status": status, "agent_type": self.agent_type}
+        if self._detail:
+            payload["detail"] = self._detail
+        return payload
+
+    async def _report_agent_error(self, error: dict[str, object]) -> None:
+        """coder/agentapi's ``agent_error`` event when the screen shows a failure, and the status
+        detail while it does (``error``), cleared when it no longer does."""
+        assert self.conversation is not None
+        if error:
+            await self._emit(EventType.AGENT_ERROR, {**error, "time": rfc3339(datetime.now(UTC))})
+        await set_detail(self.context.redis, self.names, self.session_id, self._detail)
+        await self._emit(EventType.SESSION_STATUS, self._status_payload(self.conversation.status))
 
     async def _record(self) -> None:
         """The row's status. Statuses that queued up during a write are written as one: the row
@@ -609,7 +632,7 @@ class SessionHost:
             while True:
                 entry_id, fields = await entries.get()
                 if self.conversation.exited:
-                    raise SessionEnded("exited")
+                    raise await self._exit_reason()
                 if fields.get("type") == "user":
                     # Keystrokes and uploads go on while a reply is written; a message waits for it.
                     await self._turn_closed.wait()
@@ -719,9 +742,12 @@ class SessionHost:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             if self.conversation.exited:
-                raise SessionEnded("exited")
+                raise await self._exit_reason()
             if self.context.draining.is_set():
                 raise HandedOver()
+            error, since = self.conversation.agent_error, self.conversation.error_since
+            if error and since is not None and now - since >= self.settings.agent_error_fail_seconds:
+                raise SessionEnded(f"agent_error ({error.kind}): {error.message}", "failed")
             if now - started >= self.settings.session_max_lifetime:
                 raise SessionEnded("max_lifetime")
             quota = self.settings.workspace_quota_bytes
@@ -736,6 +762,16 @@ class SessionHost:
                 raise SessionEnded("idle_timeout")
             if self.conversation.status == "running":
                 self.last_activity = now
+
+    async def _exit_reason(self) -> SessionEnded:
+        """An agent that exits by itself ends its session; one that exits with an error or a
+        signal crashed, and its session fails saying so."""
+        assert self.conversation is not None
+        code = await self.conversation.exit_code(EXIT_CODE_WAIT_SECONDS)
+        if not code:
+            return SessionEnded("exited")
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        return SessionEnded(f"agent_error (crashed): the agent exited with {how}", "failed")
 
     async def _emit(self, type_: EventType, payload: dict[str, object]) -> None:
         await self.context.emit(self.event.follow_up(type_, payload))
@@ -767,6 +803,7 @@ class SessionHost:
             self.agent_type,
             self.transport,
             STATE_TTL_SECONDS,
+            self._detail,
         )
 
     async def _update_row(self, **values: object) -> None:

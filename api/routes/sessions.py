@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, post
@@ -37,8 +37,9 @@ from events.envelope import Event, EventType
 from events.publisher import publish
 from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.settings import is_transport
-from schemas.tables import SessionMessage, UserSession
+from schemas.tables import SessionMessage, TenantSettings, UserSession
 from workers.agents import canonical_agent_type
+from workers.agents.catalogue import SPECS, missing_settings
 from workers.lifecycle import ACTIVE, end_lost_sessions, end_session, host_is_live
 
 # Permission request ids are event ids (ULIDs).
@@ -335,6 +336,7 @@ async def start_session(
             extra=[{"key": "custom_agent", "message": "not an allowlisted command name"}],
         )
     ctx = tenant_context(principal)
+    await _refuse_unconfigured(res, ctx, data.agent_type)
     await _check_quota(res, ctx)
     assert ctx.org_id is not None and ctx.user_id is not None
     system_prompt = await composed_prompt(res, ctx.org_id, ctx.user_id, data.agent_type)
@@ -375,6 +377,24 @@ async def start_session(
                 db.add(stored)
         raise
     return row, event
+
+
+async def _refuse_unconfigured(res: Resources, ctx: TenantContext, agent_type: str) -> None:
+    """422 naming the settings an agent type lacks here: its session would only fail (a Claude Code
+    without a key answers "Not logged in" after a dozen seconds of `running`)."""
+    tenant: dict[str, Any] = {}
+    if SPECS[agent_type].tenant_section:
+        async with tenant_transaction(res.engine, ctx) as db:
+            query = select(TenantSettings).where(TenantSettings.org_id == ctx.org_id)
+            row = (await db.exec(query)).first()
+        tenant = row.settings if row else {}
+    missing = missing_settings(res.settings, agent_type, tenant)
+    if missing:
+        needs = " or ".join(missing) if SPECS[agent_type].needs_one_of else ", ".join(missing)
+        raise ValidationException(
+            f"agent type {agent_type} is not configured",
+            extra=[{"key": "agent_type", "message": f"cannot run here until {needs} is set"}],
+        )
 
 
 def refuse_if_over(row: UserSession) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 from uuid import UUID
 
 
@@ -65,10 +65,52 @@ class Sidecar:
     endpoints: tuple[str, ...] = ()
 
 
+_DIGITS = re.compile(r"\d+")
+# A spinner glyph, tree corner or error mark a TUI draws before the line's text.
+_LEAD = re.compile(r"^[\s✻✶✳✢✽·*⎿└■●⏺✕✖×!]+")  # noqa: RUF001
+
+ErrorKind = Literal["not_logged_in", "api_error", "rate_limited", "crashed"]
+
+
+@dataclass(frozen=True)
+class ErrorScreen:
+    """A failure its CLI shows on screen instead of a reply: the line that says so."""
+
+    pattern: re.Pattern[str]
+    kind: ErrorKind
+    # "warning" while the CLI retries by itself, "error" when it has given up.
+    level: Literal["warning", "error"]
+
+
+@dataclass(frozen=True)
+class AgentError:
+    """coder/agentapi's ``agent_error``: what the agent's screen says went wrong."""
+
+    kind: ErrorKind
+    level: Literal["warning", "error"]
+    message: str
+
+    @property
+    def key(self) -> str:
+        """The same failure with another countdown or attempt number is the same error."""
+        return f"{self.kind}:{_DIGITS.sub('#', self.message)}"
+
+
+def recognise_error(adapter: AgentAdapter, screen: str) -> AgentError | None:
+    """The last failure line on ``screen`` that the adapter's ``error_screens`` know, if any."""
+    rules: tuple[ErrorScreen, ...] = getattr(adapter, "error_screens", ())
+    for line in reversed(screen.splitlines()):
+        for rule in rules:
+            if rule.pattern.search(line):
+                return AgentError(rule.kind, rule.level, _LEAD.sub("", line).strip())
+    return None
+
+
 class AgentAdapter(Protocol):
     """Optional beyond this protocol: ``uses_tenant_settings: ClassVar[bool]`` (fill the context's
     tenant settings and secrets), ``sidecars(ctx) -> list[Sidecar]`` (started before the agent,
-    stopped with the session) and ``interrupt_keys: ClassVar[bytes]`` (see :func:`interrupt_keys`).
+    stopped with the session), ``interrupt_keys: ClassVar[bytes]`` (see :func:`interrupt_keys`) and
+    ``error_screens: ClassVar[tuple[ErrorScreen, ...]]`` (see :func:`recognise_error`).
     Agent types that also speak the Agent Client Protocol add
     ``acp_command(ctx) -> list[str]`` and ``acp_session_meta(ctx) -> dict`` (``_meta`` for
     session/new, e.g. the system prompt), and ``acp_environment(ctx)`` where ACP needs other

@@ -54,6 +54,20 @@ def setting_name(field: str) -> str:
     return f"AGENTAPI_{field.upper()}"
 
 
+def missing_settings(settings: Settings, agent_type: str, tenant_settings: dict[str, Any]) -> list[str]:
+    """The settings an agent type still needs here (one of its provider keys, its tenant section,
+    for ``custom`` an allowlist): a session of it could only fail without them."""
+    spec = SPECS[agent_type]
+    needs = []
+    if spec.needs_one_of and not any(getattr(settings, field) for field in spec.needs_one_of):
+        needs = [setting_name(field) for field in spec.needs_one_of]
+    if spec.tenant_section and not tenant_settings.get(spec.tenant_section):
+        needs.append(f"tenant settings: {spec.tenant_section}")
+    if agent_type == "custom" and not settings.custom_agents:
+        needs.append(setting_name("custom_agents"))
+    return needs
+
+
 def describe(settings: Settings, tenant_settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Every agent type with whether it can run here: ``installed``, ``configured`` and what is missing."""
     agents = []
@@ -61,14 +75,8 @@ def describe(settings: Settings, tenant_settings: dict[str, Any]) -> list[dict[s
         spec = SPECS[agent_type]
         transport = settings.transport_of(agent_type)
         binaries = (spec.acp_binary,) if transport == "acp" and spec.acp_binary else spec.binaries
-        needs = []
-        if spec.needs_one_of and not any(getattr(settings, field) for field in spec.needs_one_of):
-            needs = [setting_name(field) for field in spec.needs_one_of]
-        if spec.tenant_section and not tenant_settings.get(spec.tenant_section):
-            needs.append(f"tenant settings: {spec.tenant_section}")
+        needs = missing_settings(settings, agent_type, tenant_settings)
         custom = sorted(settings.custom_agents) if agent_type == "custom" else []
-        if agent_type == "custom" and not custom:
-            needs.append(setting_name("custom_agents"))
         agents.append(
             {
                 "type": agent_type,

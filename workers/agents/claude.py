@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from workers.agents.base import AutoResponse, LaunchContext
+from workers.agents.base import AutoResponse, ErrorScreen, LaunchContext
 from workers.agents.binaries import agent_binary, repo_bin
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message
@@ -25,6 +25,24 @@ FOOTER = re.compile(r"\? for shortcuts|esc to interrupt|/effort|← for agents|c
 # Progress lines: a spinner glyph, a word, then "…" or "for 3s" ("✻ Baked for 0s", "✶ Thinking…").
 SPINNER = re.compile(r"^\s*[✻✶✳✢✽·*]\s+\S+.*(…|for \d+(\.\d+)?[ms]s?\b|\(esc to interrupt)")
 BULLET = re.compile(r"^(\s*)[●⏺]\s")
+# Claude Code 2.1's failure lines (tests/agents/golden/claude/errors): the spinner line while it
+# retries ("✻ API error · Retrying in 12s · attempt 7/10", "✻ Unable to connect to API
+# (ConnectionRefused) · Retrying in …", "✻ Rate limited · …"), and the reply it gives instead of one
+# ("⎿  Not logged in · Please run /login", "⎿  API Error: 500 …").
+SPINNER_GLYPHS = "✻✶✳✢✽·*"
+ERROR_SCREENS = (
+    ErrorScreen(re.compile(r"^\s*⎿\s+.*Please run /login"), "not_logged_in", "error"),
+    ErrorScreen(
+        re.compile(rf"^\s*[{SPINNER_GLYPHS}]\s+(Rate limited|API overloaded).* · Retrying in "),
+        "rate_limited",
+        "warning",
+    ),
+    ErrorScreen(
+        re.compile(rf"^\s*[{SPINNER_GLYPHS}]\s+.* · Retrying in \d+\w* · attempt "), "api_error", "warning"
+    ),
+    ErrorScreen(re.compile(r"^\s*⎿\s+API Error:? .*(429|rate_limit|[Rr]ate limit)"), "rate_limited", "error"),
+    ErrorScreen(re.compile(r"^\s*⎿\s+API Error"), "api_error", "error"),
+)
 
 
 def claude_binary() -> str:
@@ -37,6 +55,7 @@ class ClaudeAdapter:
     bracketed_paste: ClassVar[bool] = True
     paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
+    error_screens: ClassVar[tuple[ErrorScreen, ...]] = ERROR_SCREENS
 
     def prepare(self, ctx: LaunchContext) -> None:
         state: dict[str, object] = {

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import tomli_w
 
-from workers.agents.base import AutoResponse, LaunchContext
+from workers.agents.base import AutoResponse, ErrorScreen, LaunchContext
 from workers.agents.binaries import agent_binary
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message, drop_echo
@@ -37,6 +37,15 @@ FOOTER = re.compile(
     r"\? for shortcuts|← for agents|f2 to view|^\s*\S+ (default|minimal|low|medium|high|xhigh) · "
 )
 BULLET = re.compile(r"^(\s*)•\s")
+# Codex 0.169's failure lines (tests/agents/golden/codex/errors): an error cell ("■ Missing
+# environment variable: `OPENAI_API_KEY`.", "■ unexpected status 429 …") and, while it retries,
+# "Reconnecting... waiting for network" over "└ Connection failed: error sending request".
+ERROR_SCREENS = (
+    ErrorScreen(re.compile(r"^\s*■ Missing environment variable"), "not_logged_in", "error"),
+    ErrorScreen(re.compile(r"^\s*■ .*(429|Too Many Requests|[Rr]ate limit)"), "rate_limited", "error"),
+    ErrorScreen(re.compile(r"^\s*■ .*([Ee]rror|failed|unexpected status)"), "api_error", "error"),
+    ErrorScreen(re.compile(r"^\s*└ Connection failed|^\s*Reconnecting\.\.\."), "api_error", "warning"),
+)
 
 
 def codex_home(ctx: LaunchContext) -> Path:
@@ -49,6 +58,7 @@ class CodexAdapter:
     bracketed_paste: ClassVar[bool] = True
     paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
+    error_screens: ClassVar[tuple[ErrorScreen, ...]] = ERROR_SCREENS
 
     def prepare(self, ctx: LaunchContext) -> None:
         config: dict[str, Any] = {
