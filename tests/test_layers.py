@@ -44,6 +44,7 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("workers.actors.webhooks", "api.auth"): "svc-sessions (issue 19)",
     ("workers.actors.webhooks", "api.routes.sessions"): "svc-sessions (issue 19)",
     ("api.routes.agents", "workers.agents.catalogue"): "svc-sessions (issue 19)",
+    ("api.routes.sessions", "workers.agents.catalogue"): "svc-sessions (issue 19)",
     ("api.routes.prompts", "workers.agents"): "svc-sessions (issue 19)",
     ("api.routes.sessions", "workers.agents"): "svc-sessions (issue 19)",
     ("api.routes.webhooks", "workers.agents"): "svc-sessions (issue 19)",
