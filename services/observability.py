@@ -13,6 +13,7 @@ from typing import Any
 
 from events.redaction import REDACTED, redact
 from schemas.settings import Settings
+from services import asyncio_compat
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
 # The correlation id of the work in hand: an HTTP request in the ingress, an event in a worker.
@@ -142,5 +143,6 @@ def init_sentry(settings: Settings, component: str) -> bool:
 
 
 def configure_process(settings: Settings, component: str) -> None:
+    asyncio_compat.install()
     configure_logging(settings, component)
     init_sentry(settings, component)
