@@ -37,12 +37,9 @@ from events.publisher import publish
 from schemas.db import MemberContext, TenantContext, dialect_insert, tenant_transaction
 from schemas.roles import ROLE_RANK
 from schemas.tables import Membership, Organization, TenantSettings, User
+from services.tenant_settings import AUTO_PROVISION_DEFAULT, AUTO_PROVISION_KEY, AUTO_PROVISION_POLICIES
 
 log = logging.getLogger("agentapi.tenancy")
-
-AUTO_PROVISION_KEY = "auto_provision"
-AUTO_PROVISION_POLICIES = ("off", "member", "token_role")
-AUTO_PROVISION_DEFAULT = "member"
 
 CACHE_SECONDS = 5.0
 # (org, user) -> membership role, or None when removed

@@ -29,7 +29,7 @@ from events.sinks import (
     check_exchange,
     check_routing_key,
 )
-from schemas.db import TenantContext
+from schemas.db import MemberContext
 from schemas.tables import Webhook
 from services import webhooks as service
 from services.webhooks import FIELDS, WebhookSpec
@@ -228,7 +228,7 @@ def _out(row: Webhook) -> dict[str, Any]:
     }
 
 
-def _admin(principal: Principal) -> TenantContext:
+def _admin(principal: Principal) -> MemberContext:
     return service.admin_only(tenant_context(principal))
 
 
