@@ -30,6 +30,7 @@ from sqlmodel import select
 from api.recent import Recent
 from api.state import Resources
 from events.envelope import Event, EventType
+from events.payloads import ToolCall
 from events.publisher import publish
 from events.results import await_reply
 from schemas.db import TenantContext, tenant_transaction
@@ -164,13 +165,9 @@ class TenantTools(Provider):
             org_id=identity.org_id,
             user_id=identity.user_id,
             session_id=identity.session_id,
-            payload={
-                "config_id": str(config_id),
-                "tool": tool,
-                "arguments": arguments,
-                "source": "gateway",
-                "reply": True,
-            },
+            payload=ToolCall(
+                config_id=str(config_id), tool=tool, arguments=arguments, source="gateway", reply=True
+            ).payload(),
             **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
         )
         await publish(res.redis, res.names, event)

@@ -9,6 +9,8 @@ from uuid import UUID
 from sqlmodel import col, select
 
 from api.state import Resources
+from events.payloads import Stop
+from events.session_state import queue_input
 from schemas.tables import UserSession
 
 ACTIVE = ("requested", "starting", "running", "stable")
@@ -28,4 +30,4 @@ async def live_session_ids(db, org_id: UUID, user_id: UUID) -> list[UUID]:
 
 async def stop_sessions(res: Resources, session_ids: list[UUID]) -> None:
     for session_id in session_ids:
-        await res.redis.xadd(res.names.session_input(session_id), {"type": "stop", "content": ""})
+        await queue_input(res.redis, res.names, session_id, Stop())

@@ -20,7 +20,6 @@ class EventType(StrEnum):
     SESSION_ENDED = "session.ended"
     SESSION_FAILED = "session.failed"
     SESSION_RECOVERED = "session.recovered"
-    MESSAGE_SUBMITTED = "message.submitted"
     MESSAGE_UPDATED = "message.updated"
     MESSAGE_COMPLETED = "message.completed"
     TOOL_CALL_REQUESTED = "tool_call.requested"

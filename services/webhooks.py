@@ -19,6 +19,7 @@ from sqlmodel import col, select
 
 from events.cloudevents import encode, to_cloudevent
 from events.envelope import Event, EventType
+from events.payloads import WebhookReceived, WebhookRedelivery
 from events.publisher import publish
 from events.sinks import DEFAULT_ROUTING_KEY, Outgoing, PublishFailed, redacted, routing_key
 from events.sinks import publish as publish_to_sink
@@ -284,7 +285,7 @@ async def redeliver(backends: Backends, ctx: MemberContext, delivery_id: UUID, c
         org_id=ctx.org_id,
         user_id=ctx.user_id,
         correlation_id=correlation_id,
-        payload={"delivery_id": str(delivery_id)},
+        payload=WebhookRedelivery(delivery_id=str(delivery_id)).payload(),
     )
     await publish(backends.redis, backends.names, event)
     return event.id
@@ -344,7 +345,7 @@ async def accept_delivery(
         user_id=run_as,
         session_id=UUID(row.action["session_id"]) if row.action.get("session_id") else None,
         correlation_id=correlation_id,
-        payload={"webhook_id": str(row.id), "delivery_id": delivery_id, "body": document},
+        payload=WebhookReceived(webhook_id=str(row.id), delivery_id=delivery_id, body=document).payload(),
     )
     try:
         await publish(backends.redis, backends.names, event)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.connection import pooled_redis
 from events.envelope import NOTIFIED_TYPES, Event, EventType
+from events.payloads import WebhookNotice
 from events.publisher import publish
 from events.results import append_result
 from events.streams import Names
@@ -74,7 +75,8 @@ class WorkerContext:
         if event.type in NOTIFIED_TYPES:
             # The log position lets event sinks publish a session's events in log order.
             notice = event.follow_up(
-                EventType.WEBHOOK_NOTIFY_REQUESTED, {"event": event.to_wire(), "stream_id": stream_id}
+                EventType.WEBHOOK_NOTIFY_REQUESTED,
+                WebhookNotice(event=event.to_wire(), stream_id=stream_id).payload(),
             )
             await publish(self.redis, self.names, notice)
         return stream_id

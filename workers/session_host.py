@@ -38,8 +38,18 @@ from sqlmodel import col, select, update
 from events import replies
 from events.audit import audit_event
 from events.envelope import Event, EventType, rfc3339
+from events.payloads import (
+    Interrupt,
+    PermissionChoice,
+    RawKeys,
+    SessionInput,
+    Stop,
+    Upload,
+    UserMessage,
+    parse_input,
+)
 from events.publisher import publish
-from events.session_state import claim_turn, set_detail, set_status, turn_taken
+from events.session_state import claim_turn, queue_input, set_detail, set_status, turn_taken
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -429,8 +439,8 @@ class SessionHost:
             # The first message waits for the agent to settle, like any other input; its turn is
             # claimed now, so the first `stable` a client sees comes after the prompt's reply.
             await claim_turn(self.context.redis, self.names, self.session_id)
-            await self.context.redis.xadd(
-                self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
+            await queue_input(
+                self.context.redis, self.names, self.session_id, UserMessage(content=str(prompt))
             )
         return conversation
 
@@ -633,10 +643,16 @@ class SessionHost:
                 entry_id, fields = await entries.get()
                 if self.conversation.exited:
                     raise await self._exit_reason()
-                if fields.get("type") == "user":
-                    # Keystrokes and uploads go on while a reply is written; a message waits for it.
-                    await self._turn_closed.wait()
-                await self._handle_input(entry_id, fields)
+                try:
+                    item = parse_input(fields)
+                except ValidationError as exc:
+                    # Nothing writes such an entry; it must not end the session, nor block what follows.
+                    log.warning("session %s: skipped input %s: %s", self.session_id, entry_id, exc)
+                else:
+                    if isinstance(item, UserMessage):
+                        # Keystrokes and uploads go on while a reply is written; a message waits for it.
+                        await self._turn_closed.wait()
+                    await self._handle_input(entry_id, item)
                 self._handled_id = entry_id
                 self.last_activity = time.monotonic()
                 if self._open_turn is None:
@@ -658,26 +674,25 @@ class SessionHost:
             await asyncio.sleep(PARTIAL_STORE_SECONDS)
             await self._persist_messages()
 
-    async def _handle_input(self, entry_id: str, fields: dict[str, str]) -> None:
+    async def _handle_input(self, entry_id: str, item: SessionInput) -> None:
         assert self.conversation is not None
-        kind = fields.get("type")
-        if kind == "stop":
+        if isinstance(item, Stop):
             raise SessionEnded("stopped")
-        if kind == "raw":
-            self.conversation.send_raw(fields.get("content", "").encode())
+        if isinstance(item, RawKeys):
+            self.conversation.send_raw(item.content.encode())
             return
-        if kind == "interrupt":
+        if isinstance(item, Interrupt):
             if isinstance(self.conversation, AcpConversation):
                 await self.conversation.cancel()
             else:
                 self.conversation.send_raw(interrupt_keys(self.conversation.adapter))
             return
-        if kind == "upload":
-            await self._place_upload(fields)
+        if isinstance(item, Upload):
+            await self._place_upload(item)
             return
-        if kind == "permission":
+        if isinstance(item, PermissionChoice):
             if self.permissions is not None:
-                self.permissions.answer(fields["request_id"], fields["option_id"], fields.get("actor", ""))
+                self.permissions.answer(item.request_id, item.option_id, item.actor)
             return
         # The ingress only queues a user message while the agent is stable; the first prompt may
         # arrive while it starts, so wait for it to settle rather than lose the message.
@@ -685,9 +700,7 @@ class SessionHost:
             await self.conversation.wait_stable(self.settings.session_max_lifetime)
             self._turn_pending = True
             try:
-                user = self.conversation.open_turn(
-                    fields.get("content", ""), reopen=entry_id == self._reopen_id
-                )
+                user = self.conversation.open_turn(item.content, reopen=entry_id == self._reopen_id)
             except AgentBusy:
                 continue
             except ValueError:
@@ -703,19 +716,17 @@ class SessionHost:
         await self.conversation.type_turn(user.content)
         await self._persist_messages()
 
-    async def _place_upload(self, fields: dict[str, str]) -> None:
+    async def _place_upload(self, upload: Upload) -> None:
         """Put an uploaded file where the ingress said it would be, before any later input runs."""
-        encoded = await self.context.redis.get(fields["key"])
+        encoded = await self.context.redis.get(upload.key)
         if encoded is None:
-            log.warning(
-                "upload %s for session %s expired before it was placed", fields["key"], self.session_id
-            )
+            log.warning("upload %s for session %s expired before it was placed", upload.key, self.session_id)
             return
         workspace = self.settings.workspace_of(self.event.org_id, self.event.user_id, self.session_id)
         await asyncio.to_thread(
-            place_upload, workspace / UPLOADS_DIR / fields["name"], base64.b64decode(encoded), self._agent_uid
+            place_upload, workspace / UPLOADS_DIR / upload.name, base64.b64decode(encoded), self._agent_uid
         )
-        await self.context.redis.delete(fields["key"])
+        await self.context.redis.delete(upload.key)
 
     async def _heartbeat(self) -> None:
         while True:

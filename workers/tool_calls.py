@@ -20,6 +20,7 @@ from sqlmodel import select
 from events.audit import audit_event, redact_details
 from events.envelope import Event, EventType
 from events.metrics import count
+from events.payloads import ToolCall
 from events.publisher import publish
 from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
@@ -191,9 +192,8 @@ class ToolService:
     async def call_tool(self, event: Event) -> None:
         """``tool_call.requested``: call one tool, report progress and the outcome, audit it."""
         started = time.monotonic()
-        tool = str(event.payload.get("tool", ""))
-        arguments = event.payload.get("arguments") or {}
-        config_id = str(event.payload.get("config_id"))
+        request = ToolCall.of(event)
+        tool, arguments, config_id = request.tool, request.arguments, request.config_id
         outcome, result_type = "success", EventType.TOOL_CALL_COMPLETED
         payload: dict[str, Any] = {"call_id": event.id, "config_id": config_id, "tool": tool}
         try:
@@ -212,7 +212,7 @@ class ToolService:
                         },
                     )
 
-            timeout = float(event.payload.get("timeout") or self.context.settings.mcp_call_timeout_seconds)
+            timeout = request.timeout or self.context.settings.mcp_call_timeout_seconds
             _, result = await self._authorized(
                 event, lambda spec: self.pool.call_tool(spec, tool, dict(arguments), timeout, on_progress)
             )
@@ -244,7 +244,7 @@ class ToolService:
                 resource_id=config_id,
                 details={
                     "tool": tool,
-                    "source": event.payload.get("source", "api"),
+                    "source": request.source,
                     "duration_ms": duration_ms,
                     "arguments": redact_details(arguments),
                     "error": payload.get("error"),

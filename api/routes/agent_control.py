@@ -23,6 +23,8 @@ from api.session_turns import live_state
 from api.sse import sse_response
 from api.state import Resources, resources
 from events import replies
+from events.payloads import Interrupt
+from events.session_state import queue_input
 
 # How often a waiting interrupt or a screen stream looks at Redis again.
 POLL_SECONDS = 0.05
@@ -57,7 +59,7 @@ async def interrupt(
     res = resources(state)
     refuse_if_over(await find_session(state, request.user, session_id))
     started = time.monotonic()
-    await res.redis.xadd(res.names.session_input(session_id), {"type": "interrupt", "content": ""})
+    await queue_input(res.redis, res.names, session_id, Interrupt())
     status = await _settled(res, session_id, started + wait_seconds)
     return Interrupted(status=status, waited_seconds=round(time.monotonic() - started, 3))
 

@@ -34,7 +34,9 @@ from api.sse import parse_last_event_id, session_event_stream, sse_response
 from api.state import Resources, resources
 from api.tenancy import tenant_context
 from events.envelope import Event, EventType
+from events.payloads import PermissionChoice, RawKeys, Stop
 from events.publisher import publish
+from events.session_state import queue_input
 from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.settings import is_transport
 from schemas.tables import SessionMessage, TenantSettings, UserSession
@@ -420,7 +422,7 @@ async def deliver_message(res: Resources, row: UserSession, data: SendMessage) -
         if not await start_turn(res.redis, res.names, row.id, content):
             raise ClientException("the agent is busy; send when its status is stable", status_code=409)
         return
-    await res.redis.xadd(res.names.session_input(row.id), {"type": data.type, "content": content})
+    await queue_input(res.redis, res.names, row.id, RawKeys(content=content))
 
 
 async def answer_permission(
@@ -441,9 +443,11 @@ async def answer_permission(
         )
     if not await res.redis.delete(key):
         raise NotFoundException("no open permission request with this id (answered, expired or never asked)")
-    await res.redis.xadd(
-        res.names.session_input(row.id),
-        {"type": "permission", "request_id": request_id, "option_id": option_id, "actor": str(actor)},
+    await queue_input(
+        res.redis,
+        res.names,
+        row.id,
+        PermissionChoice(request_id=request_id, option_id=option_id, actor=str(actor)),
     )
 
 
@@ -453,7 +457,7 @@ async def stop(res: Resources, row: UserSession) -> tuple[UserSession, bool]:
     if row.status not in ACTIVE:
         return row, False
     # Asked in any case: a host that is starting right now finds the request when it reads its input.
-    await res.redis.xadd(res.names.session_input(row.id), {"type": "stop", "content": ""})
+    await queue_input(res.redis, res.names, row.id, Stop())
     if await host_is_live(res.redis, res.names, row.id):
         return row, True
     ended = await end_session(

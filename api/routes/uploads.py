@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from api.auth import Principal
 from api.routes.sessions import ACTIVE, find_session
 from api.state import resources
+from events.payloads import Upload
+from events.session_state import queue_input
 from schemas.settings import UPLOADS_DIR
 
 # coder/agentapi's limit; the body limit leaves room for the multipart framing around the file.
@@ -99,6 +101,6 @@ async def upload_file(
         )
     key = res.names.session_upload(session_id, secrets.token_hex(8))
     await res.redis.set(key, base64.b64encode(content).decode(), ex=PARKED_SECONDS)
-    await res.redis.xadd(res.names.session_input(session_id), {"type": "upload", "key": key, "name": name})
+    await queue_input(res.redis, res.names, session_id, Upload(key=key, name=name))
     path = res.settings.workspace_of(row.org_id, row.user_id, row.id) / UPLOADS_DIR / name
     return Uploaded(filePath=str(path))

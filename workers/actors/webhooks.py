@@ -19,6 +19,8 @@ from api.auth import Principal
 from api.routes.sessions import ACTIVE, CreateSession, start_session
 from events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from events.envelope import Event
+from events.payloads import UserMessage, WebhookReceived, WebhookRedelivery, webhook_notify
+from events.session_state import queue_input
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import UserSession, Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
@@ -44,46 +46,49 @@ async def run_webhook_action(envelope: str) -> None:
     """Carry out an inbound delivery's action: start a session, or post to one."""
     with working_on(Event.from_wire(envelope)) as event:
         context = current()
+        delivery = WebhookReceived.of(event)
         async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-            hook = await db.get(Webhook, UUID(str(event.payload["webhook_id"])))
+            hook = await db.get(Webhook, UUID(delivery.webhook_id))
         if hook is None or not hook.enabled:
-            log.info("webhook %s is gone or disabled; delivery dropped", event.payload["webhook_id"])
+            log.info("webhook %s is gone or disabled; delivery dropped", delivery.webhook_id)
             return
         action = hook.action
-        message = render(str(action["template"]), event.payload.get("body"))
+        message = render(str(action["template"]), delivery.body)
         if action["type"] == "start_session":
-            await _start(context, event, action, message)
+            await _start(context, event, delivery, action, message)
         else:
-            await _post(context, event, UUID(str(action["session_id"])), message)
+            await _post(context, event, delivery, UUID(str(action["session_id"])), message)
 
 
-async def _start(context: WorkerContext, event: Event, action: dict[str, object], message: str) -> None:
+async def _start(
+    context: WorkerContext, event: Event, delivery: WebhookReceived, action: dict[str, object], message: str
+) -> None:
     principal = Principal(user_id=UUID(str(action["run_as_user_id"])), org_id=event.org_id, role="admin")
     data = CreateSession(
         agent_type=str(action["agent_type"]),
         custom_agent=str(action["custom_agent"]) if action.get("custom_agent") else None,
         prompt=message,
-        title=f"webhook delivery {event.payload.get('delivery_id')}",
+        title=f"webhook delivery {delivery.delivery_id}",
     )
     try:
         # The ingress's own path, so quotas, prompts and publish-after-commit are the same.
         row, _ = await start_session(context, principal, data)  # type: ignore[arg-type]
     except HTTPException as exc:
-        log.warning("webhook %s could not start a session: %s", event.payload["webhook_id"], exc.detail)
+        log.warning("webhook %s could not start a session: %s", delivery.webhook_id, exc.detail)
         return
-    log.info("webhook %s started session %s", event.payload["webhook_id"], row.id)
+    log.info("webhook %s started session %s", delivery.webhook_id, row.id)
 
 
-async def _post(context: WorkerContext, event: Event, session_id: UUID, message: str) -> None:
+async def _post(
+    context: WorkerContext, event: Event, delivery: WebhookReceived, session_id: UUID, message: str
+) -> None:
     async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
         row = await db.get(UserSession, session_id)
     if row is None or row.org_id != event.org_id or row.status not in ACTIVE:
-        log.warning(
-            "webhook %s: session %s is not active; message dropped", event.payload["webhook_id"], session_id
-        )
+        log.warning("webhook %s: session %s is not active; message dropped", delivery.webhook_id, session_id)
         return
     # The host delivers input only once the agent is stable, so a busy agent gets it next.
-    await context.redis.xadd(context.names.session_input(session_id), {"type": "user", "content": message})
+    await queue_input(context.redis, context.names, session_id, UserMessage(content=message))
 
 
 @dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5)
@@ -92,11 +97,12 @@ async def notify_webhooks(envelope: str) -> None:
     or a redelivery an admin asked for."""
     with working_on(Event.from_wire(envelope)) as event:
         context = current()
-        if "delivery_id" in event.payload:
-            await _redeliver(context, UUID(str(event.payload["delivery_id"])), event.org_id)
+        notice = webhook_notify(event)
+        if isinstance(notice, WebhookRedelivery):
+            await _redeliver(context, UUID(notice.delivery_id), event.org_id)
             return
-        source = Event.from_wire(str(event.payload["event"]))
-        at = position(str(event.payload["stream_id"])) if event.payload.get("stream_id") else ""
+        source = notice.source()
+        at = position(notice.stream_id) if notice.stream_id else ""
         async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
             hooks = [
                 hook
