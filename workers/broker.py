@@ -25,6 +25,7 @@ from dramatiq.middleware import (
 from events.streams import Names, WorkKind
 from schemas.settings import Settings
 from workers.actor_metrics import ActorMetrics
+from workers.event_context import EventContext
 from workers.idempotency import Idempotency
 
 QUEUES = [kind.value for kind in WorkKind]
@@ -124,6 +125,8 @@ def make_broker(settings: Settings) -> RedisBroker:
             Retries(max_retries=5, min_backoff=1_000, max_backoff=60_000),
             CurrentMessage(),
             AsyncIO(),
+            # Before Idempotency, so its log lines about an event carry the event's correlation id.
+            EventContext(),
             Idempotency(client, names),
             ActorMetrics(client, names),
         ],

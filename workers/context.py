@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis.asyncio
@@ -24,7 +22,6 @@ from events.results import append_result
 from events.streams import Names
 from schemas.db import create_engine
 from schemas.settings import Settings
-from services.observability import correlation_id
 from workers.input_streams import InputStreams
 from workers.placement import HostLoad
 
@@ -94,13 +91,3 @@ def current() -> WorkerContext:
     if _context is None:
         raise RuntimeError("worker context is not set up: start workers through workers.main.run_worker")
     return _context
-
-
-@contextmanager
-def working_on(event: Event) -> Iterator[Event]:
-    """Log lines written while handling ``event`` carry its correlation id."""
-    token = correlation_id.set(event.correlation_id)
-    try:
-        yield event
-    finally:
-        correlation_id.reset(token)

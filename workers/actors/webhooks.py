@@ -26,7 +26,8 @@ from schemas.tables import UserSession, Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
 from services.egress import EgressRefused, check_endpoint
 from workers.actors.sinks import request_drain
-from workers.context import WorkerContext, current, working_on
+from workers.context import WorkerContext, current
+from workers.event_context import current_event
 from workers.sinks import NO_SESSION, delivery_row, drain_key, insert_new, position
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,23 @@ def render(template: str, body: object) -> str:
     return template.replace("{body}", body if isinstance(body, str) else json.dumps(body))
 
 
-@dramatiq.actor(queue_name="default", actor_name="run_webhook_action", max_retries=5)
+@dramatiq.actor(queue_name="default", actor_name="run_webhook_action", max_retries=5, envelope=True)
 async def run_webhook_action(envelope: str) -> None:
     """Carry out an inbound delivery's action: start a session, or post to one."""
-    with working_on(Event.from_wire(envelope)) as event:
-        context = current()
-        delivery = WebhookReceived.of(event)
-        async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-            hook = await db.get(Webhook, UUID(delivery.webhook_id))
-        if hook is None or not hook.enabled:
-            log.info("webhook %s is gone or disabled; delivery dropped", delivery.webhook_id)
-            return
-        action = hook.action
-        message = render(str(action["template"]), delivery.body)
-        if action["type"] == "start_session":
-            await _start(context, event, delivery, action, message)
-        else:
-            await _post(context, event, delivery, UUID(str(action["session_id"])), message)
+    event = current_event()
+    context = current()
+    delivery = WebhookReceived.of(event)
+    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+        hook = await db.get(Webhook, UUID(delivery.webhook_id))
+    if hook is None or not hook.enabled:
+        log.info("webhook %s is gone or disabled; delivery dropped", delivery.webhook_id)
+        return
+    action = hook.action
+    message = render(str(action["template"]), delivery.body)
+    if action["type"] == "start_session":
+        await _start(context, event, delivery, action, message)
+    else:
+        await _post(context, event, delivery, UUID(str(action["session_id"])), message)
 
 
 async def _start(
@@ -91,51 +92,51 @@ async def _post(
     await queue_input(context.redis, context.names, session_id, UserMessage(content=message))
 
 
-@dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5)
+@dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5, envelope=True)
 async def notify_webhooks(envelope: str) -> None:
     """One delivery per subscription to the reported event (idempotent: one row per webhook and event),
     or a redelivery an admin asked for."""
-    with working_on(Event.from_wire(envelope)) as event:
-        context = current()
-        notice = webhook_notify(event)
-        if isinstance(notice, WebhookRedelivery):
-            await _redeliver(context, UUID(notice.delivery_id), event.org_id)
-            return
-        source = notice.source()
-        at = position(notice.stream_id) if notice.stream_id else ""
-        async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-            hooks = [
-                hook
-                for hook in await db.exec(
-                    select(Webhook).where(
-                        Webhook.org_id == event.org_id,
-                        col(Webhook.direction).in_(("outbound", "sink")),
-                        Webhook.enabled,
-                    )
+    event = current_event()
+    context = current()
+    notice = webhook_notify(event)
+    if isinstance(notice, WebhookRedelivery):
+        await _redeliver(context, UUID(notice.delivery_id), event.org_id)
+        return
+    source = notice.source()
+    at = position(notice.stream_id) if notice.stream_id else ""
+    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+        hooks = [
+            hook
+            for hook in await db.exec(
+                select(Webhook).where(
+                    Webhook.org_id == event.org_id,
+                    col(Webhook.direction).in_(("outbound", "sink")),
+                    Webhook.enabled,
                 )
-                if str(source.type) in hook.event_types
-            ]
-            sinks = [hook for hook in hooks if hook.direction == "sink"]
-            # The event's own row, in case its session's log no longer holds it when the drain reads.
-            await insert_new(db, [delivery_row(sink, source, at) for sink in sinks])
-        for sink in sinks:
-            await request_drain(context, sink.id, event.org_id, drain_key(source))
-        for hook in hooks:
-            if hook.direction == "sink":
-                continue
-            delivery = WebhookDelivery(
-                org_id=hook.org_id,
-                webhook_id=hook.id,
-                event_id=source.id,
-                event_type=str(source.type),
-                payload=json.loads(source.to_wire()),
             )
-            try:
-                async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-                    db.add(delivery)
-            except IntegrityError:
-                continue  # a redelivered notice: this subscription has its delivery already
-            await _enqueue(str(delivery.id), str(event.org_id))
+            if str(source.type) in hook.event_types
+        ]
+        sinks = [hook for hook in hooks if hook.direction == "sink"]
+        # The event's own row, in case its session's log no longer holds it when the drain reads.
+        await insert_new(db, [delivery_row(sink, source, at) for sink in sinks])
+    for sink in sinks:
+        await request_drain(context, sink.id, event.org_id, drain_key(source))
+    for hook in hooks:
+        if hook.direction == "sink":
+            continue
+        delivery = WebhookDelivery(
+            org_id=hook.org_id,
+            webhook_id=hook.id,
+            event_id=source.id,
+            event_type=str(source.type),
+            payload=json.loads(source.to_wire()),
+        )
+        try:
+            async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+                db.add(delivery)
+        except IntegrityError:
+            continue  # a redelivered notice: this subscription has its delivery already
+        await _enqueue(str(delivery.id), str(event.org_id))
 
 
 async def _redeliver(context: WorkerContext, delivery_id: UUID, org_id: UUID) -> None:
