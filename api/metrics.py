@@ -70,10 +70,9 @@ async def _queues(res: Resources) -> Metric:
         ["queue", "state"],
     )
     for kind in WorkKind:
-        queue = res.names.dramatiq_queue(kind.value)
-        ready = await res.redis.llen(queue)
+        ready = await res.redis.llen(res.names.dramatiq_queue(kind.value))
         # The broker keeps each message's body until it is acknowledged: waiting, prefetched or running.
-        unacked = await res.redis.hlen(f"{queue}.msgs")
+        unacked = await res.redis.hlen(res.names.dramatiq_unacked(kind.value))
         depth.add_metric([kind.value, "ready"], ready)
         depth.add_metric([kind.value, "in_flight"], max(unacked - ready, 0))
         depth.add_metric(
@@ -121,8 +120,7 @@ async def _placement(res: Resources) -> list[Metric]:
     undispatched = sum(
         (group.get("lag") or 0) + group["pending"] for group in groups if group["name"] == DISPATCH_GROUP
     )
-    queue = res.names.dramatiq_queue(WorkKind.SESSIONS.value)
-    unacked = await res.redis.hlen(f"{queue}.msgs")
+    unacked = await res.redis.hlen(res.names.dramatiq_unacked(WorkKind.SESSIONS.value))
     delayed = await res.redis.hlen(res.names.dramatiq_delayed(WorkKind.SESSIONS.value))
     running = sum(int(entry["sessions"]) for entry in hosts.values())
     waiting = _gauge(

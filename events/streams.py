@@ -94,9 +94,18 @@ class Names:
         """The Redis broker's list of messages ready on ``queue``."""
         return f"{self.dramatiq_namespace()}:{queue}"
 
+    def dramatiq_unacked(self, queue: str) -> str:
+        """The Redis broker's hash of every message on ``queue`` not yet acknowledged: waiting,
+        prefetched or running. Dramatiq's own layout, not its API (tests/test_dramatiq_internals.py)."""
+        return f"{self.dramatiq_queue(queue)}.msgs"
+
     def dramatiq_delayed(self, queue: str) -> str:
         """The Redis broker's hash of messages waiting for a retry's back-off on ``queue``."""
-        return f"{self.dramatiq_namespace()}:{queue}.DQ.msgs"
+        return self.dramatiq_unacked(f"{queue}.DQ")
+
+    def dramatiq_wake(self, queue: str) -> str:
+        """Wake-up tokens for ``queue``'s idle consumers, pushed at every enqueue (workers.broker)."""
+        return f"{self.dramatiq_queue(queue)}.wake"
 
     def metrics(self) -> str:
         """Hash of the cluster-wide counters and histograms (see events.metrics)."""
