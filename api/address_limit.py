@@ -72,7 +72,7 @@ def address_limit_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         res = scope["app"].state["resources"]
-        key = f"{res.names.prefix}rl:addr:{client_address(scope, res.settings)}"
+        key = res.names.rate_limit_address(client_address(scope, res.settings))
         limit = res.settings.rate_limit_per_address
         try:
             wait_ms = int(await res.redis.register_script(PEEK)([key], [PERIOD_SECONDS, limit]))

@@ -107,7 +107,7 @@ async def _first_refusal(scope: Scope, org_id: UUID, resource_id: str | None) ->
     of each window is stored; the rest are counted (``agentapi_public_requests_refused_total``)."""
     try:
         res = scope["app"].state["resources"]
-        key = f"{res.names.prefix}audit:refused:{org_id}:{resource_id}"
+        key = res.names.audit_refused(org_id, resource_id)
         first = await res.redis.set(key, "1", nx=True, ex=REFUSAL_WINDOW_SECONDS)
     except (RedisError, OSError, KeyError):
         return True

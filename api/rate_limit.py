@@ -62,9 +62,9 @@ async def _check(scope: Scope, principal: Principal) -> None:
     except KeyError:
         return
     settings = res.settings
-    keys, limits = [f"{res.names.prefix}rl:user:{principal.user_id}"], [settings.rate_limit_per_user]
+    keys, limits = [res.names.rate_limit_user(principal.user_id)], [settings.rate_limit_per_user]
     if principal.org_id:
-        keys.append(f"{res.names.prefix}rl:org:{principal.org_id}")
+        keys.append(res.names.rate_limit_org(principal.org_id))
         limits.append(settings.rate_limit_per_org)
     try:
         answer = await res.redis.register_script(GCRA)(keys, [PERIOD_SECONDS, *limits])
