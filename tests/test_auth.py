@@ -164,6 +164,19 @@ async def test_leeway_accepts_a_just_expired_token(jwt_secret: str, make_token: 
         await verifier.verify(make_token(exp=int(time.time()) - 60))
 
 
+async def test_a_verified_token_still_expires(jwt_secret: str, make_token: TokenFactory) -> None:
+    """Verified tokens are kept per process, never past their own expiry."""
+    verifier = TokenVerifier(make_settings(jwt_secret=jwt_secret, jwt_leeway_seconds=0))
+    exp = int(time.time()) + 1
+    token = make_token(exp=exp)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) is first  # the second use is answered from the cache
+    while time.time() < exp:
+        await asyncio.sleep(0.05)
+    with pytest.raises(AuthError, match="token expired"):
+        await verifier.verify(token)
+
+
 async def test_missing_exp(hs_client: AsyncTestClient[Litestar], make_token: TokenFactory) -> None:
     response = await hs_client.get("/api/v1/whoami", headers=bearer(make_token(without=("exp",))))
     assert_401(response, "missing exp claim")
@@ -429,6 +442,20 @@ async def test_key_rotation_triggers_one_refetch(jwks_server: JWKSServer) -> Non
         for token in tokens:
             await verifier.verify(token)
         assert jwks_server.fetch_count == 2
+    finally:
+        await verifier.aclose()
+
+
+async def test_a_verified_token_is_refused_once_its_key_leaves_the_jwks(jwks_server: JWKSServer) -> None:
+    verifier = jwks_verifier(jwks_server, refetch_cooldown_seconds=0)
+    try:
+        old = jwks_server.token()
+        await verifier.verify(old)
+        await verifier.verify(old)
+        new_key = jwks_server.rotate("RSA", keep_old=False)
+        await verifier.verify(jwks_server.token(key=new_key))  # an unknown kid refetches the JWKS
+        with pytest.raises(AuthError, match="unknown signing key"):
+            await verifier.verify(old)
     finally:
         await verifier.aclose()
 
