@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from api.auth import Principal
 from api.correlation import current_correlation_id
 from events.audit import audit_event
-from events.publisher import publish
+from events.publisher import queue_publish
 from schemas.settings import GATEWAY_PATH
 
 log = logging.getLogger("agentapi.audit")
@@ -144,6 +144,6 @@ async def _record(scope: Scope, method: str, status: int) -> None:
     )
     try:
         res = scope["app"].state["resources"]
-        await publish(res.redis, res.names, event)
+        await res.batch.execute(lambda pipe: queue_publish(pipe, res.names, event))
     except (RedisError, OSError, KeyError) as exc:
         log.error("audit event for %s could not be published: %s", action, exc)

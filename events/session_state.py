@@ -55,8 +55,14 @@ async def start_turn(redis: Redis, names: Names, session_id: UUID | str, content
 
 async def queue_input(redis: Redis, names: Names, session_id: UUID | str, item: SessionInput) -> None:
     """Append ``item`` to the session's input stream, for its host to take in order."""
-    fields: dict[FieldT, EncodableT] = {key: value for key, value in input_fields(item).items()}
-    await redis.xadd(names.session_input(session_id), fields)
+    await redis.xadd(*input_entry(names, session_id, item))
+
+
+def input_entry(
+    names: Names, session_id: UUID | str, item: SessionInput
+) -> tuple[str, dict[FieldT, EncodableT]]:
+    """The stream and fields of ``item``'s entry in the session's input stream (for a pipeline)."""
+    return names.session_input(session_id), {key: value for key, value in input_fields(item).items()}
 
 
 async def set_status(

@@ -36,7 +36,7 @@ from api.tenancy import tenant_context
 from events.envelope import Event, EventType
 from events.payloads import PermissionChoice, RawKeys, Stop
 from events.publisher import publish
-from events.session_state import queue_input
+from events.session_state import input_entry, queue_input
 from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.settings import is_transport
 from schemas.tables import SessionMessage, TenantSettings, UserSession
@@ -422,7 +422,8 @@ async def deliver_message(res: Resources, row: UserSession, data: SendMessage) -
         if not await start_turn(res.redis, res.names, row.id, content):
             raise ClientException("the agent is busy; send when its status is stable", status_code=409)
         return
-    await queue_input(res.redis, res.names, row.id, RawKeys(content=content))
+    stream, fields = input_entry(res.names, row.id, RawKeys(content=content))
+    await res.batch.execute(lambda pipe: pipe.xadd(stream, fields))
 
 
 async def answer_permission(
