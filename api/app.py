@@ -37,9 +37,11 @@ from api.routes.tenant_settings import read_settings, write_settings
 from api.routes.uploads import upload_file
 from api.routes.users import erase_user, export_user
 from api.routes.webhooks import WebhookController, receive_delivery
+from api.shutdown import drain_on_signals
 from api.state import lifespan, resources
 from api.tenancy import membership_middleware
 from schemas.settings import GATEWAY_PATH, Settings, get_settings
+from services.gc_tuning import tune_gc
 from services.observability import configure_process
 
 VERSION = "0.1.0"
@@ -116,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         exception_handlers=make_exception_handlers(),
         request_max_body_size=settings.max_request_body_bytes,
-        lifespan=[lifespan(settings), gateway_lifespan],
+        lifespan=[lifespan(settings), gateway_lifespan, drain_on_signals],
         openapi_config=OpenAPIConfig(
             title="agentapi",
             version=VERSION,
@@ -131,6 +133,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     _document_problems(app)
     app_ref.append(app)
+    return app
+
+
+def serving_app() -> Litestar:
+    """The app as ``agentapi serve`` runs it, in each of its processes (uvicorn's factory)."""
+    settings = get_settings()
+    app = create_app(settings)
+    tune_gc(settings)
     return app
 
 

@@ -247,6 +247,9 @@ class Settings(BaseSettings):
     # Proxies (addresses or networks, as JSON) whose X-Forwarded-For names the client; nobody else's is read.
     trusted_proxies: list[str] = Field(default_factory=list, validation_alias=_env("TRUSTED_PROXIES"))
 
+    # Processes of `agentapi serve` (uvicorn workers on one port); `--workers` overrides it.
+    serve_workers: int = Field(1, ge=1, le=64, validation_alias=_env("WORKERS"))
+
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
     # All request header names and values together; more is a 431 before anything reads them.
     max_header_bytes: int = Field(32_768, ge=4096, validation_alias=_env("MAX_HEADER_BYTES"))
