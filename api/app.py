@@ -13,13 +13,12 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Receive, Scope, Send
 
 from api.address_limit import address_limit_middleware
-from api.audit_trail import audit_trail_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.console import console_assets, console_login, console_page, root
-from api.correlation import correlation_middleware
-from api.limits import header_size_middleware, json_content_type_middleware, query_text_middleware
+from api.edge import edge_middleware
+from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
-from api.metrics import http_metrics_middleware, metrics
+from api.metrics import metrics
 from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
 from api.routes.agent_control import internal_screen, interrupt
@@ -105,11 +104,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             console_login,
         ],
         middleware=[
-            header_size_middleware,
-            http_metrics_middleware(),
-            correlation_middleware,
-            audit_trail_middleware,
-            query_text_middleware,
+            edge_middleware,
             address_limit_middleware,
             auth_middleware(),
             membership_middleware,
