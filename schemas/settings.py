@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     # passes the same tests as the PTY one; an operator can fall back per agent type.
     claude_transport: Transport = Field("acp", validation_alias=_env("CLAUDE_TRANSPORT"))
     gemini_transport: Transport = Field("acp", validation_alias=_env("GEMINI_TRANSPORT"))
+    codex_transport: Transport = Field("acp", validation_alias=_env("CODEX_TRANSPORT"))
     # An ACP agent's permission request nobody answers is cancelled (a denial) after this long.
     acp_permission_timeout_seconds: float = Field(
         300.0, gt=0, le=86_400, validation_alias=_env("ACP_PERMISSION_TIMEOUT_SECONDS")
