@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,7 @@ from workers.agents import AdapterUnavailable, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext, interrupt_keys
 from workers.agents.gateway import gateway_headers
 from workers.context import WorkerContext
-from workers.conversation import AgentBusy, Change, Conversation, Timing
+from workers.conversation import AgentBusy, AgentNotResponding, Change, Conversation, Timing
 from workers.lifecycle import END_REASON_MAX
 from workers.pty_session import PtySession, ResourceLimits
 from workers.sandbox import (
@@ -713,7 +714,21 @@ class SessionHost:
         self._reopen_id = None
         self._open_turn = (entry_id, user.id + 1)
         self._turn_closed.clear()
-        await self.conversation.type_turn(user.content)
+        try:
+            await self.conversation.type_turn(user.content)
+        except AgentNotResponding as exc:
+            # The agent lives but did not take the message: that turn fails, the session goes on and
+            # the turn closes when the screen settles. Re-hosting would only type it again.
+            log.warning("session %s: %s", self.session_id, exc)
+            await self._emit(
+                EventType.AGENT_ERROR,
+                {
+                    "level": "error",
+                    "message": str(exc),
+                    "kind": "not_responding",
+                    "time": rfc3339(datetime.now(UTC)),
+                },
+            )
         await self._persist_messages()
 
     async def _place_upload(self, upload: Upload) -> None:
@@ -889,14 +904,26 @@ class SessionHost:
             self._stored_cursor = cursor
 
     async def _release(self) -> None:
-        """Forget this host's hold on the session: its state, gauge entry and gateway token."""
-        with contextlib.suppress(Exception):
-            await self.context.redis.delete(
-                self.names.session_state(self.session_id), self.names.session_screen(self.session_id)
-            )
-            await self.context.redis.zrem(self.names.active_sessions(), self._active_member)
-            if self._gateway_key:
-                await self.context.redis.delete(self._gateway_key)
+        """Forget this host's hold on the session: its state, gauge entry and gateway token. Each
+        is tried whatever became of the others: one failed delete must not leave the gateway token
+        valid."""
+        redis, names, gateway_key = self.context.redis, self.names, self._gateway_key
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            (
+                "live state",
+                lambda: redis.delete(
+                    names.session_state(self.session_id), names.session_screen(self.session_id)
+                ),
+            ),
+            ("active-sessions entry", lambda: redis.zrem(names.active_sessions(), self._active_member)),
+        ]
+        if gateway_key:
+            steps.append(("gateway token", lambda: redis.delete(gateway_key)))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("session %s: its %s was not released", self.session_id, what)
 
     async def _snapshot_for_handover(self) -> None:
         """The agent has stopped: its files go to the store for the next host (a failure is logged;
