@@ -205,10 +205,6 @@ class TokenVerifier:
             VERIFIED_CACHE_SECONDS
         )
 
-    @property
-    def jwks(self) -> JWKSCache | None:
-        return self._jwks
-
     async def aclose(self) -> None:
         if self._jwks is not None:
             await self._jwks.aclose()
