@@ -179,6 +179,7 @@ class TokenVerifier:
         http_client: Any = None,
         refetch_cooldown_seconds: float = 10.0,
         jwks_timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._secret: bytes | None = (
             settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret is not None else None
@@ -191,6 +192,7 @@ class TokenVerifier:
                 refetch_cooldown_seconds=refetch_cooldown_seconds,
                 timeout_seconds=jwks_timeout_seconds,
                 client=http_client,
+                clock=clock,
             )
             if url
             else None
