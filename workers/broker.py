@@ -147,8 +147,9 @@ def make_broker(settings: Settings) -> RedisBroker:
             AsyncIO(),
             # Before Idempotency, so its log lines about an event carry the event's correlation id.
             EventContext(),
-            Idempotency(client, names),
+            # Before Idempotency too: a duplicate it skips is still timed, with the outcome "skipped".
             ActorMetrics(client, names),
+            Idempotency(client, names),
         ],
     )
     for queue in QUEUES:
