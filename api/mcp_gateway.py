@@ -30,7 +30,7 @@ from sqlmodel import select
 from api.recent import Recent
 from api.state import Resources
 from events.envelope import Event, EventType
-from events.payloads import ToolCall
+from events.payloads import McpWork, ToolCall
 from events.publisher import publish
 from events.results import await_reply
 from schemas.db import TenantContext, tenant_transaction
@@ -135,7 +135,7 @@ class TenantTools(Provider):
                 type=EventType.MCP_TEST_REQUESTED,
                 org_id=identity.org_id,
                 user_id=identity.user_id,
-                payload={"config_id": str(config.id), "reply": True},
+                payload=McpWork(config_id=str(config.id), reply=True).payload(),
                 **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
             )
             await publish(res.redis, res.names, event)

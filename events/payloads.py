@@ -95,11 +95,19 @@ class _Payload(BaseModel):
         return cls.model_validate(event.payload)
 
 
-class ToolCall(_Payload):
-    """``tool_call.requested``: call ``tool`` of one MCP configuration."""
+class McpWork(_Payload):
+    """Work for the tools pool on one MCP configuration; ``mcp.test_requested`` carries just this
+    (connect and list the tools)."""
 
     # Kept as text: a configuration id that is no UUID is answered ``not_found`` by the tools pool.
     config_id: str
+    # Whether the requester waits on a reply stream for the outcome.
+    reply: bool = False
+
+
+class ToolCall(McpWork):
+    """``tool_call.requested``: call ``tool`` of one MCP configuration."""
+
     tool: str
     arguments: Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})] = Field(
         default_factory=dict
@@ -107,8 +115,17 @@ class ToolCall(_Payload):
     # Seconds; none means the deployment's MCP_CALL_TIMEOUT_SECONDS.
     timeout: float | None = None
     source: Literal["api", "gateway"] = "api"
-    # Whether the requester waits on a reply stream for the outcome.
-    reply: bool = False
+
+
+class OAuthRefresh(_Payload):
+    """``mcp.oauth_refresh_requested``: refresh one MCP OAuth grant shortly before its token expires."""
+
+    grant_id: str
+    config_id: str
+    # The grant row's ``updated_at`` when the job was scheduled: a grant refreshed since has moved on.
+    version: str
+    # ISO time the dispatcher holds the job back until (on Dramatiq's delay queue).
+    not_before: str | None = None
 
 
 OUTCOMES = frozenset({"success", "failure", "denied", "error"})

@@ -16,6 +16,8 @@ from events.envelope import Event, EventType
 from events.payloads import (
     AuditRecord,
     Interrupt,
+    McpWork,
+    OAuthRefresh,
     PermissionChoice,
     RawKeys,
     SessionInput,
@@ -145,6 +147,21 @@ def test_old_tool_calls_read_and_new_ones_carry_the_same_fields() -> None:
         **gateway,
         "timeout": None,
     }
+
+
+def test_old_mcp_tests_and_oauth_refreshes_read() -> None:
+    test = {"config_id": str(ORG), "reply": True}
+    assert McpWork.of(_envelope(EventType.MCP_TEST_REQUESTED, test)).payload() == test
+    # The tools pool reads a tool call's configuration and reply flag the same way.
+    call = {"config_id": str(ORG), "tool": "echo", "arguments": {}, "source": "api", "reply": False}
+    assert McpWork.of(_envelope(EventType.TOOL_CALL_REQUESTED, call)) == McpWork(config_id=str(ORG))
+    refresh = {
+        "grant_id": str(ORG),
+        "config_id": str(ORG),
+        "version": "2026-01-01T00:00:00+00:00",
+        "not_before": "2026-01-01T00:55:00+00:00",
+    }
+    assert OAuthRefresh.of(_envelope(EventType.MCP_OAUTH_REFRESH_REQUESTED, refresh)).payload() == refresh
 
 
 def test_audit_records_keep_what_the_writer_stored_before() -> None:

@@ -20,7 +20,7 @@ from sqlmodel import select
 from events.audit import audit_event, redact_details
 from events.envelope import Event, EventType
 from events.metrics import count
-from events.payloads import ToolCall
+from events.payloads import McpWork, ToolCall
 from events.publisher import publish
 from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
@@ -74,9 +74,8 @@ class ToolService:
         )
 
     async def load(self, event: Event) -> tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]:
-        raw_id = event.payload.get("config_id")
         try:
-            config_id = UUID(str(raw_id))
+            config_id = UUID(McpWork.of(event).config_id)
         except ValueError as exc:
             raise ToolRequestError("not_found", "no such MCP configuration") from exc
         # The requester's own context: RLS shows org configs and only their own user configs.
@@ -185,7 +184,7 @@ class ToolService:
             )
             payload = {"ok": True, "config_id": str(row.id), "tools": tools}
         except REPORTED_FAILURES as exc:
-            payload = {"ok": False, "config_id": str(event.payload.get("config_id")), **_error(exc)}
+            payload = {"ok": False, "config_id": McpWork.of(event).config_id, **_error(exc)}
         payload["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         await self._answer(event, EventType.MCP_TEST_COMPLETED, payload)
 
@@ -292,7 +291,7 @@ class ToolService:
             payload=payload,
         )
         # The caller blocks on the reply; the session's stream can learn of it a moment later.
-        if request.payload.get("reply"):
+        if McpWork.of(request).reply:
             await append_reply(self.context.redis, self.context.names, request.id, answer)
         if request.session_id is not None:
             await self.context.emit(answer)

@@ -42,7 +42,7 @@ async def request_test(
         org_id=row.org_id,
         user_id=ctx.user_id,
         correlation_id=correlation_id,
-        payload={"config_id": str(row.id), "reply": True},
+        payload=payloads.McpWork(config_id=str(row.id), reply=True).payload(),
     )
     return await request_work(backends, event, wait_seconds)
 
