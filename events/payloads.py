@@ -101,6 +101,9 @@ class McpWork(_Payload):
 
     # Kept as text: a configuration id that is no UUID is answered ``not_found`` by the tools pool.
     config_id: str
+    # The configuration's version (its updated_at) as the requester listed it: a tools worker
+    # reuses what it loaded for that version; none means load afresh.
+    version: str | None = None
     # Whether the requester waits on a reply stream for the outcome.
     reply: bool = False
 

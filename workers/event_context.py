@@ -15,6 +15,8 @@ Dramatiq's own ``CurrentMessage`` relies on), so the actor sees what was set her
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from dramatiq import Broker
@@ -28,6 +30,19 @@ from services.observability import correlation_id
 log = logging.getLogger(__name__)
 
 _EVENT: ContextVar[Event | None] = ContextVar("event", default=None)
+
+
+@contextmanager
+def handling(event: Event) -> Iterator[None]:
+    """``event`` is the current one, and its correlation id the logged one, while the block runs:
+    for work started outside Dramatiq (the dispatcher's direct lane). A coroutine handed to the
+    event loop in the block keeps them, as it starts with a copy of this context."""
+    event_token, correlation_token = _EVENT.set(event), correlation_id.set(event.correlation_id)
+    try:
+        yield
+    finally:
+        correlation_id.reset(correlation_token)
+        _EVENT.reset(event_token)
 
 
 def current_event() -> Event:

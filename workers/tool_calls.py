@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -21,7 +22,7 @@ from events.audit import audit_event, redact_details
 from events.envelope import Event, EventType
 from events.metrics import count
 from events.payloads import McpWork, ToolCall
-from events.publisher import publish
+from events.publisher import queue_publish
 from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
@@ -63,21 +64,51 @@ REPORTED_FAILURES = (
 )
 
 
+# A configuration loaded for a caller serves their later calls that name the same version (the
+# gateway sends the version it listed) for this long: a tenant transaction and an AES-GCM open per
+# call were a quarter of what the gateway added. It bounds how long this worker still uses a
+# configuration that was disabled or deleted, or a grant withdrawn, without a new version; the
+# gateway itself lists afresh every 2 s and stops offering such a configuration's tools.
+LOADED_SECONDS = 5.0
+MAX_LOADED = 1024
+
+Loaded = tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]
+LoadedKey = tuple[UUID, UUID | None, UUID]
+
+
 class ToolService:
     def __init__(self, context: WorkerContext) -> None:
         self.context = context
         settings = context.settings
         self.pool = ClientPool(settings)
+        self._loaded: OrderedDict[LoadedKey, tuple[float, Loaded]] = OrderedDict()
         self.refresher = TokenRefresher(context)
         self.breaker = CircuitBreaker(
             context.redis, context.names, settings.mcp_breaker_threshold, settings.mcp_breaker_reset_seconds
         )
 
-    async def load(self, event: Event) -> tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]:
+    async def load(self, event: Event) -> Loaded:
+        work = McpWork.of(event)
         try:
-            config_id = UUID(McpWork.of(event).config_id)
+            config_id = UUID(work.config_id)
         except ValueError as exc:
             raise ToolRequestError("not_found", "no such MCP configuration") from exc
+        key = (event.org_id, event.user_id, config_id)
+        cached = self._loaded.get(key)
+        if cached is not None:
+            at, (row, spec, grant) = cached
+            fresh = time.monotonic() - at < LOADED_SECONDS
+            due = grant is not None and is_due(grant, self.context.settings)
+            if fresh and not due and work.version == row.updated_at.isoformat():
+                return row, spec, grant
+        loaded = await self._load(event, config_id)
+        self._loaded[key] = (time.monotonic(), loaded)
+        self._loaded.move_to_end(key)
+        while len(self._loaded) > MAX_LOADED:
+            self._loaded.popitem(last=False)
+        return loaded
+
+    async def _load(self, event: Event, config_id: UUID) -> Loaded:
         # The requester's own context: RLS shows org configs and only their own user configs.
         ctx = TenantContext(org_id=event.org_id, user_id=event.user_id, role="member")
         grant: McpOAuthToken | None = None
@@ -101,11 +132,13 @@ class ToolService:
                 ).first()
         if grant is not None and grant.status == "connected" and is_due(grant, self.context.settings):
             grant = await self._refreshed(row, grant, event)
-        return row, self._spec(row, self._token(row, grant, event)), grant
+        return row, self._spec(row, self._token(row, grant, event), event), grant
 
-    def _spec(self, row: McpConfiguration, token: str | None) -> ServerSpec:
+    def _spec(self, row: McpConfiguration, token: str | None, event: Event) -> ServerSpec:
         return ServerSpec(
             config_id=row.id,
+            # An OAuth grant is the user's own: their calls get an upstream session of their own.
+            caller=event.user_id if row.auth_type == "oauth" else None,
             version=row.updated_at,
             transport=row.transport,
             endpoint_url=row.endpoint_url,
@@ -167,8 +200,9 @@ class ToolService:
         except McpUnauthorized:
             if grant is None:
                 raise
+        self._loaded.pop((event.org_id, event.user_id, row.id), None)
         grant = await self._refreshed(row, grant, event, stale=True)
-        retry = self._spec(row, self._token(row, grant, event))
+        retry = self._spec(row, self._token(row, grant, event), event)
         return row, await self._guarded(retry, work(retry))
 
     async def list_tools(self, event: Event) -> None:
@@ -225,38 +259,36 @@ class ToolService:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         payload["duration_ms"] = duration_ms
         await self._answer(event, result_type, payload)
-        await count(
-            self.context.redis,
-            self.context.names,
-            "tool_calls",
-            outcome=str(payload.get("error_code", "success")),
-        )
-        await publish(
-            self.context.redis,
-            self.context.names,
-            audit_event(
-                org_id=event.org_id,
-                actor_user_id=event.user_id,
-                action="mcp.tool_call",
-                outcome=outcome,
-                resource_type="mcp_configuration",
-                resource_id=config_id,
-                details={
-                    "tool": tool,
-                    "source": request.source,
-                    "duration_ms": duration_ms,
-                    "arguments": redact_details(arguments),
-                    "error": payload.get("error"),
-                },
-                correlation_id=event.correlation_id,
-                session_id=event.session_id,
-            ),
-        )
+        # After the answer, off the caller's wait: the count and the audit record in one round trip.
+        async with self.context.redis.pipeline(transaction=False) as pipe:
+            count(pipe, self.context.names, "tool_calls", outcome=str(payload.get("error_code", "success")))
+            queue_publish(
+                pipe,
+                self.context.names,
+                audit_event(
+                    org_id=event.org_id,
+                    actor_user_id=event.user_id,
+                    action="mcp.tool_call",
+                    outcome=outcome,
+                    resource_type="mcp_configuration",
+                    resource_id=config_id,
+                    details={
+                        "tool": tool,
+                        "source": request.source,
+                        "duration_ms": duration_ms,
+                        "arguments": redact_details(arguments),
+                        "error": payload.get("error"),
+                    },
+                    correlation_id=event.correlation_id,
+                    session_id=event.session_id,
+                ),
+            )
+            await pipe.execute()
 
     async def _guarded(self, spec: ServerSpec, work: Any) -> Any:
         """Runs ``work`` behind the server's circuit breaker."""
         try:
-            await self.breaker.before_call(spec.config_id)
+            troubled = await self.breaker.before_call(spec.config_id)
         except CircuitOpen:
             work.close()
             raise
@@ -266,7 +298,8 @@ class ToolService:
             if await self.breaker.record_failure(spec.config_id):
                 log.warning("circuit opened for MCP configuration %s", spec.config_id)
             raise
-        await self.breaker.record_success(spec.config_id)
+        if troubled:
+            await self.breaker.record_success(spec.config_id)
         return result
 
     async def _session_event(self, request: Event, type_: EventType, payload: dict[str, Any]) -> None:
