@@ -95,6 +95,18 @@ class _Payload(BaseModel):
         return cls.model_validate(event.payload)
 
 
+class SessionRequest(_Payload):
+    """``session.requested``: host a new session of ``agent_type``."""
+
+    agent_type: str = "custom"
+    # The first message, typed once the agent has settled.
+    prompt: str | None = None
+    # For ``custom``: which of the deployment's AGENTAPI_CUSTOM_AGENTS commands to run.
+    custom_agent: str | None = None
+    # The org's and user's prompts composed for this agent type.
+    system_prompt: Annotated[str, BeforeValidator(lambda value: value or "")] = ""
+
+
 class McpWork(_Payload):
     """Work for the tools pool on one MCP configuration; ``mcp.test_requested`` carries just this
     (connect and list the tools)."""

@@ -21,6 +21,7 @@ from events.payloads import (
     PermissionChoice,
     RawKeys,
     SessionInput,
+    SessionRequest,
     Stop,
     ToolCall,
     Upload,
@@ -147,6 +148,13 @@ def test_old_tool_calls_read_and_new_ones_carry_the_same_fields() -> None:
         **gateway,
         "timeout": None,
     }
+
+
+def test_old_session_requests_read() -> None:
+    old = {"agent_type": "claude", "prompt": "fix it", "custom_agent": None, "system_prompt": "be brief"}
+    assert SessionRequest.of(_envelope(EventType.SESSION_REQUESTED, old)).payload() == old
+    bare = SessionRequest.of(_envelope(EventType.SESSION_REQUESTED, {"system_prompt": None}))
+    assert (bare.agent_type, bare.prompt, bare.custom_agent, bare.system_prompt) == ("custom", None, None, "")
 
 
 def test_old_mcp_tests_and_oauth_refreshes_read() -> None:

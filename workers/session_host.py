@@ -44,6 +44,7 @@ from events.payloads import (
     PermissionChoice,
     RawKeys,
     SessionInput,
+    SessionRequest,
     Stop,
     Upload,
     UserMessage,
@@ -209,7 +210,8 @@ class SessionHost:
         self.settings = context.settings
         self.names = context.names
         self.session_id = str(event.session_id)
-        self.agent_type = str(event.payload.get("agent_type", "custom"))
+        self.request = SessionRequest.of(event)
+        self.agent_type = self.request.agent_type
         self.tenant = TenantContext(org_id=event.org_id, user_id=event.user_id, role="owner")
         # The input cursor (see the module's docstring): the last input that is done, the last one
         # handled, and the user message whose turn is open, with the id of its reply.
@@ -337,7 +339,7 @@ class SessionHost:
             self.settings.workspace_root.absolute(), self.settings.private_of(self.session_id)
         )
         confined = required(self.settings)
-        custom = self.event.payload.get("custom_agent")
+        custom = self.request.custom_agent
         gateway_token = await self._issue_gateway_token()
         self._session_secrets.append(gateway_token)
         tenant_settings, tenant_secrets = (
@@ -351,9 +353,9 @@ class SessionHost:
             user_id=self.event.user_id,  # type: ignore[arg-type]
             workspace=workspace,
             home=home,
-            system_prompt=str(self.event.payload.get("system_prompt") or ""),
+            system_prompt=self.request.system_prompt,
             agent_env=provider_environment(self.settings),
-            custom_command=tuple(self.settings.custom_agents.get(str(custom), ())) if custom else (),
+            custom_command=tuple(self.settings.custom_agents.get(custom, ())) if custom else (),
             resume=recovering,
             mcp_gateway_url=self.settings.gateway_url(self.session_id),
             mcp_gateway_token=gateway_token,
@@ -435,14 +437,12 @@ class SessionHost:
             self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
         )
         await self._audit("session.started", "success")
-        prompt = self.event.payload.get("prompt")
+        prompt = self.request.prompt
         if prompt:
             # The first message waits for the agent to settle, like any other input; its turn is
             # claimed now, so the first `stable` a client sees comes after the prompt's reply.
             await claim_turn(self.context.redis, self.names, self.session_id)
-            await queue_input(
-                self.context.redis, self.names, self.session_id, UserMessage(content=str(prompt))
-            )
+            await queue_input(self.context.redis, self.names, self.session_id, UserMessage(content=prompt))
         return conversation
 
     @staticmethod

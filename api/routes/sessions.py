@@ -35,7 +35,7 @@ from api.sse import parse_last_event_id, session_event_stream, sse_response
 from api.state import Resources, resources
 from api.tenancy import tenant_context
 from events.envelope import Event, EventType
-from events.payloads import PermissionChoice, RawKeys, Stop
+from events.payloads import PermissionChoice, RawKeys, SessionRequest, Stop
 from events.publisher import publish
 from events.session_state import input_entry, queue_input
 from schemas.db import MemberContext, TenantContext, tenant_transaction
@@ -361,12 +361,12 @@ async def start_session(
         user_id=row.user_id,
         session_id=row.id,
         correlation_id=current_correlation_id(),
-        payload={
-            "agent_type": row.agent_type,
-            "prompt": data.prompt,
-            "custom_agent": data.custom_agent,
-            "system_prompt": system_prompt,
-        },
+        payload=SessionRequest(
+            agent_type=row.agent_type,
+            prompt=data.prompt,
+            custom_agent=data.custom_agent,
+            system_prompt=system_prompt,
+        ).payload(),
     )
     try:
         await publish(res.redis, res.names, event)
