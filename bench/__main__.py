@@ -14,7 +14,8 @@ import platform
 import time
 
 from bench.harness import Row, table, write
-from bench.ingress import bare_rate, xadd_rate
+from bench.ingress import BODY, bare_server, xadd_rate
+from bench.wrk import wrk
 
 # The README's table, run by default.
 TABLE = ("ingress", "latency", "session_start", "gateway", "fanout", "sessions")
@@ -40,7 +41,8 @@ def calibration() -> Row:
 
 def anchors(quick: bool) -> tuple[list[Row], dict[str, str]]:
     """The bare Litestar endpoint under wrk and raw Redis XADD, measured once at the start."""
-    bare = bare_rate(3.0 if quick else 5.0)
+    with bare_server() as url:
+        bare = wrk(url, method="POST", headers={"content-type": "application/json"}, body=BODY, seconds=3)
     xadd = xadd_rate(20_000 if quick else 100_000)
     http = f"bare Litestar {bare['per_second']:,.0f} req/s, p50 {bare['p50_ms']:g} ms"
     redis = f"raw Redis XADD {xadd:,.0f}/s"
