@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Principal
 from api.rate_limit import GCRA, PERIOD_SECONDS
+from api.state import Resources
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,19 +73,19 @@ def address_limit_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         res = scope["app"].state["resources"]
-        key = f"{res.names.prefix}rl:addr:{client_address(scope, res.settings)}"
+        key = res.names.rate_limit_address(client_address(scope, res.settings))
         limit = res.settings.rate_limit_per_address
-        try:
-            wait_ms = int(await res.redis.register_script(PEEK)([key], [PERIOD_SECONDS, limit]))
-        except (RedisError, OSError) as exc:
-            log.warning("address limit not checked (Redis unavailable): %s", exc)
-            wait_ms = 0
-        if wait_ms and not _has_token(scope):
-            _refuse(limit, wait_ms)
+        # A request with a token is refused here only once its token fails, so its bucket is read
+        # only then: one Redis round trip less for every authenticated request.
+        if not _has_token(scope):
+            wait_ms = await _peek(res, key, limit)
+            if wait_ms:
+                _refuse(limit, wait_ms)
         try:
             await app(scope, receive, send)
         except NotAuthorizedException:
             # A token that failed verification from an exhausted address: 429, not another 401.
+            wait_ms = await _peek(res, key, limit)
             if wait_ms:
                 _refuse(limit, wait_ms)
             raise
@@ -96,6 +97,15 @@ def address_limit_middleware(app: ASGIApp) -> ASGIApp:
                     log.warning("address limit not charged (Redis unavailable): %s", exc)
 
     return middleware
+
+
+async def _peek(res: Resources, key: str, limit: int) -> int:
+    """Milliseconds until the address's bucket allows one more (0: it does now)."""
+    try:
+        return int(await res.redis.register_script(PEEK)([key], [PERIOD_SECONDS, limit]))
+    except (RedisError, OSError) as exc:
+        log.warning("address limit not checked (Redis unavailable): %s", exc)
+        return 0
 
 
 def _has_token(scope: Scope) -> bool:

@@ -13,13 +13,12 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Receive, Scope, Send
 
 from api.address_limit import address_limit_middleware
-from api.audit_trail import audit_trail_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.console import console_assets, console_login, console_page, root
-from api.correlation import correlation_middleware
-from api.limits import header_size_middleware, json_content_type_middleware, query_text_middleware
+from api.edge import edge_middleware
+from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
-from api.metrics import http_metrics_middleware, metrics
+from api.metrics import metrics
 from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
 from api.routes.agent_control import internal_screen, interrupt
@@ -37,9 +36,11 @@ from api.routes.tenant_settings import read_settings, write_settings
 from api.routes.uploads import upload_file
 from api.routes.users import erase_user, export_user
 from api.routes.webhooks import WebhookController, receive_delivery
+from api.shutdown import drain_on_signals
 from api.state import lifespan, resources
 from api.tenancy import membership_middleware
 from schemas.settings import GATEWAY_PATH, Settings, get_settings
+from services.gc_tuning import tune_gc
 from services.observability import configure_process
 
 VERSION = "0.1.0"
@@ -103,11 +104,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             console_login,
         ],
         middleware=[
-            header_size_middleware,
-            http_metrics_middleware(),
-            correlation_middleware,
-            audit_trail_middleware,
-            query_text_middleware,
+            edge_middleware,
             address_limit_middleware,
             auth_middleware(),
             membership_middleware,
@@ -116,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         exception_handlers=make_exception_handlers(),
         request_max_body_size=settings.max_request_body_bytes,
-        lifespan=[lifespan(settings), gateway_lifespan],
+        lifespan=[lifespan(settings), gateway_lifespan, drain_on_signals],
         openapi_config=OpenAPIConfig(
             title="agentapi",
             version=VERSION,
@@ -131,6 +128,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     _document_problems(app)
     app_ref.append(app)
+    return app
+
+
+def serving_app() -> Litestar:
+    """The app as ``agentapi serve`` runs it, in each of its processes (uvicorn's factory)."""
+    settings = get_settings()
+    app = create_app(settings)
+    tune_gc(settings)
     return app
 
 

@@ -1,6 +1,6 @@
 """Every mutating request and every refused one leaves an ``audit.recorded`` event.
 
-An ASGI middleware, so no route can forget it: after the response is sent it publishes who
+Recorded by the edge middleware (api.edge), so no route can forget it: after the response is sent it publishes who
 (the verified principal), what (method and route template), which resource (the route's first
 path parameter), the outcome from the status code, the client's IP and user agent, and the
 correlation id. Requests refused before a principal is known (401) name no organization, so they
@@ -14,16 +14,14 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Scope
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from api.auth import Principal
+from api.correlation import current_correlation_id
 from events.audit import audit_event
-from events.publisher import publish
-from schemas.settings import GATEWAY_PATH
-from services.context import current_correlation_id
+from events.publisher import queue_publish
 
 log = logging.getLogger("agentapi.audit")
 
@@ -54,13 +52,6 @@ def outcome_of(status: int) -> str:
     return "failure" if status < 500 else "error"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _route(scope: Scope) -> tuple[str, str | None, str | None]:
     """(route template, resource type, resource id) of the handled request."""
     handler = scope.get("route_handler")
@@ -74,47 +65,25 @@ def _route(scope: Scope) -> tuple[str, str | None, str | None]:
     return template, resource_type, resource_id
 
 
-def audit_trail_middleware(app: ASGIApp) -> ASGIApp:
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"].startswith(GATEWAY_PATH):
-            await app(scope, receive, send)
-            return
-        method = scope["method"]
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await app(scope, receive, capture)
-        except Exception as exc:
-            # Raised errors are answered further out; their status is the exception's.
-            status = int(getattr(exc, "status_code", 500))
-            raise
-        finally:
-            if method in MUTATING or status in (401, 403):
-                await _record(scope, method, status)
-
-    return middleware
-
-
 async def _first_refusal(scope: Scope, org_id: UUID, resource_id: str | None) -> bool:
     """Whether this is the first refused (401) public request for the resource in this window:
     300 badly signed deliveries wrote 300 audit rows, a way to flood a tenant's trail. The first
     of each window is stored; the rest are counted (``agentapi_public_requests_refused_total``)."""
     try:
         res = scope["app"].state["resources"]
-        key = f"{res.names.prefix}audit:refused:{org_id}:{resource_id}"
+        key = res.names.audit_refused(org_id, resource_id)
         first = await res.redis.set(key, "1", nx=True, ex=REFUSAL_WINDOW_SECONDS)
     except (RedisError, OSError, KeyError):
         return True
     return bool(first)
 
 
-async def _record(scope: Scope, method: str, status: int) -> None:
+def audited(method: str, status: int) -> bool:
+    """Whether the request goes on the audit trail: what changes something, and every refusal."""
+    return method in MUTATING or status in (401, 403)
+
+
+async def record(scope: Scope, method: str, status: int, user_agent: str | None) -> None:
     principal: Any = scope.get("user")
     template, resource_type, resource_id = _route(scope)
     client = scope.get("client")
@@ -139,11 +108,11 @@ async def _record(scope: Scope, method: str, status: int) -> None:
         resource_id=resource_id,
         details={"status": status, "role": role},
         ip=ip,
-        user_agent=_header(scope, b"user-agent"),
+        user_agent=user_agent,
         correlation_id=current_correlation_id(),
     )
     try:
         res = scope["app"].state["resources"]
-        await publish(res.redis, res.names, event)
+        await res.batch.execute(lambda pipe: queue_publish(pipe, res.names, event))
     except (RedisError, OSError, KeyError) as exc:
         log.error("audit event for %s could not be published: %s", action, exc)

@@ -16,6 +16,7 @@ user-writable and never read. Superadmin is granted only by ``app_metadata`` (``
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,6 +37,7 @@ from api.jwks import (
     JWKSUnavailableError,
     UnknownSigningKeyError,
 )
+from api.recent import Recent
 from schemas.roles import ORG_ROLES, ROLES
 
 if TYPE_CHECKING:
@@ -48,6 +50,11 @@ logger = logging.getLogger("agentapi.auth")
 
 HMAC_ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 16 * 1024
+# Verified tokens kept per process: decoding and checking a signature was 12 % of a message's CPU,
+# and a client sends the same token with every request. An entry is used only until the token's
+# own expiry and while the key that verified it is still the one its header names (a key dropped
+# from the JWKS refuses its tokens at once, as before).
+VERIFIED_CACHE_SECONDS = 60.0
 REALM = "agentapi"
 
 # Paths the app serves without a token (regular expressions, matched against the path).
@@ -172,6 +179,7 @@ class TokenVerifier:
         http_client: Any = None,
         refetch_cooldown_seconds: float = 10.0,
         jwks_timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._secret: bytes | None = (
             settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret is not None else None
@@ -184,6 +192,7 @@ class TokenVerifier:
                 refetch_cooldown_seconds=refetch_cooldown_seconds,
                 timeout_seconds=jwks_timeout_seconds,
                 client=http_client,
+                clock=clock,
             )
             if url
             else None
@@ -193,10 +202,10 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.leeway = settings.jwt_leeway_seconds
-
-    @property
-    def jwks(self) -> JWKSCache | None:
-        return self._jwks
+        # token -> (alg, kid, the key that verified it, its principal, the second it expires)
+        self._verified: Recent[str, tuple[str, object, Any, Principal, float]] = Recent(
+            VERIFIED_CACHE_SECONDS
+        )
 
     async def aclose(self) -> None:
         if self._jwks is not None:
@@ -204,6 +213,12 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; raises AuthError (401) or JWKSUnavailableError (503)."""
+        cached = self._verified.get(token, None)
+        if cached is not None:
+            cached_alg, cached_kid, cached_key, cached_principal, expires = cached
+            if time.time() < expires and await self._signing_key(cached_alg, cached_kid) is cached_key:
+                return cached_principal
+            self._verified.forget(token)
         if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
             raise AuthError("malformed token")
         try:
@@ -214,26 +229,8 @@ class TokenVerifier:
         if not isinstance(alg, str):
             raise AuthError("malformed token")
 
-        key: Any
-        if alg == HMAC_ALGORITHM and self._secret is not None:
-            key = self._secret
-        elif alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
-            kid = header.get("kid")
-            if kid is not None and not isinstance(kid, str):
-                raise AuthError("malformed token")
-            try:
-                signing_key = await self._jwks.get(kid, alg)
-            except UnknownSigningKeyError:
-                raise AuthError("unknown signing key") from None
-            except AmbiguousSigningKeyError:
-                raise AuthError("token has no key id (kid)") from None
-            if alg not in signing_key.algorithms:
-                raise AuthError("unsupported algorithm")
-            key = signing_key.key
-        else:
-            # "none", HS256 without a shared secret (e.g. signed with a public key), HS384, unknown names...
-            raise AuthError("unsupported algorithm")
-
+        kid = header.get("kid")
+        key = await self._signing_key(alg, kid)
         try:
             claims = jwt.decode(
                 token,
@@ -249,7 +246,28 @@ class TokenVerifier:
         except jwt_errors.PyJWTError as exc:
             detail = next((d for t, d in _JWT_ERROR_DETAILS if isinstance(exc, t)), "invalid token")
             raise AuthError(detail) from None
-        return Principal.from_claims(claims)
+        principal = Principal.from_claims(claims)
+        self._verified.put(token, (alg, kid, key, principal, float(claims["exp"]) + self.leeway))
+        return principal
+
+    async def _signing_key(self, alg: str, kid: object) -> Any:
+        """The key a token with this header must be signed with; AuthError when there is none."""
+        if alg == HMAC_ALGORITHM and self._secret is not None:
+            return self._secret
+        if alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+            if kid is not None and not isinstance(kid, str):
+                raise AuthError("malformed token")
+            try:
+                signing_key = await self._jwks.get(kid, alg)
+            except UnknownSigningKeyError:
+                raise AuthError("unknown signing key") from None
+            except AmbiguousSigningKeyError:
+                raise AuthError("token has no key id (kid)") from None
+            if alg not in signing_key.algorithms:
+                raise AuthError("unsupported algorithm")
+            return signing_key.key
+        # "none", HS256 without a shared secret (e.g. signed with a public key), HS384, unknown names...
+        raise AuthError("unsupported algorithm")
 
 
 def parse_bearer(authorization: str | None) -> str:

@@ -16,24 +16,21 @@ ALL_QUEUES = [kind.value for kind in WorkKind]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
-    from api.shutdown import DrainingServer
-    from services.gc_tuning import tune_gc
-
     settings = get_settings()
-    app = create_app(settings)
-    tune_gc(settings)
-    config = uvicorn.Config(
-        app,
+    # Each process builds its own app (connections, caches, the event hub); with --workers N
+    # uvicorn binds the port once and supervises N of them, restarting one that dies.
+    uvicorn.run(
+        "api.app:serving_app",
+        factory=True,
         host=args.host,
         port=args.port,
+        workers=args.workers or settings.serve_workers,
         log_level=settings.log_level.lower(),
         # Uvicorn's own loggers go through the root handlers configured by create_app (JSON, redacted).
         log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
-    DrainingServer(config, app).run()
     return 0
 
 
@@ -162,6 +159,13 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(host=args.host, port=args.port, data_dir=args.data_dir)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentapi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP ingress")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="processes serving the port (default: AGENTAPI_WORKERS, else 1)",
+    )
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser("worker", help="run worker pools")

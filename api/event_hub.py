@@ -162,7 +162,7 @@ class EventHub:
                 await self._pull(name, channel)
 
     async def _pull(self, channel_name: str, channel: _Channel) -> None:
-        session_id = channel_name.removeprefix(self._names.prefix + "session:").removesuffix(":notify")
+        session_id = self._names.session_of_channel(channel_name)
         async with channel.lock:
             try:
                 entries = await read_log(self._redis, self._names, session_id, after_id=channel.last_id)

@@ -92,25 +92,19 @@ def _utf8(text: str) -> str | None:
         return None
 
 
-def query_text_middleware(app: ASGIApp) -> ASGIApp:
+def check_query_text(query_string: bytes) -> None:
     """422 naming the query parameter whose value is not UTF-8 or holds what PostgreSQL cannot store
     (a NUL in ``/audit?action=`` reached the database and came back as a 500)."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("query_string"):
-            # latin-1 keeps every byte, so UTF-8 is checked per parameter and the culprit named.
-            raw = scope["query_string"].decode("latin-1")
-            for name, value in parse_qsl(raw, keep_blank_values=True, encoding="latin-1"):
-                text_name, text_value = _utf8(name), _utf8(value)
-                if text_name is None or text_value is None or UNSTORABLE.search(text_name + text_value):
-                    shown = (text_name or name).encode("ascii", "replace").decode()[:64]
-                    raise ValidationException(
-                        f"query parameter {shown} is not UTF-8 text or {UNSTORABLE_REASON}",
-                        extra=[{"key": shown, "message": "unstorable text"}],
-                    )
-        await app(scope, receive, send)
-
-    return middleware
+    # latin-1 keeps every byte, so UTF-8 is checked per parameter and the culprit named.
+    raw = query_string.decode("latin-1")
+    for name, value in parse_qsl(raw, keep_blank_values=True, encoding="latin-1"):
+        text_name, text_value = _utf8(name), _utf8(value)
+        if text_name is None or text_value is None or UNSTORABLE.search(text_name + text_value):
+            shown = (text_name or name).encode("ascii", "replace").decode()[:64]
+            raise ValidationException(
+                f"query parameter {shown} is not UTF-8 text or {UNSTORABLE_REASON}",
+                extra=[{"key": shown, "message": "unstorable text"}],
+            )
 
 
 class RequestHeaderFieldsTooLargeException(ClientException):
@@ -119,18 +113,10 @@ class RequestHeaderFieldsTooLargeException(ClientException):
     status_code = 431
 
 
-def header_size_middleware(app: ASGIApp) -> ASGIApp:
+def check_header_size(size: int, limit: int) -> None:
     """431 for requests whose header names and values together exceed the configured bytes: the
-    server took a 1 MB header, and every middleware after this one reads headers."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            limit = scope["app"].state["resources"].settings.max_header_bytes
-            size = sum(len(name) + len(value) for name, value in scope["headers"])
-            if size > limit:
-                raise RequestHeaderFieldsTooLargeException(
-                    f"the request headers are {size} bytes; at most {limit} are accepted"
-                )
-        await app(scope, receive, send)
-
-    return middleware
+    server took a 1 MB header, and everything after this check reads headers."""
+    if size > limit:
+        raise RequestHeaderFieldsTooLargeException(
+            f"the request headers are {size} bytes; at most {limit} are accepted"
+        )

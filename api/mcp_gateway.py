@@ -29,7 +29,9 @@ from sqlmodel import select
 
 from api.recent import Recent
 from api.state import Resources
+from events.audit import audit_event
 from events.envelope import Event, EventType
+from events.payloads import McpWork, ToolCall
 from events.publisher import publish
 from events.results import await_reply
 from schemas.db import TenantContext, tenant_transaction
@@ -75,11 +77,13 @@ class GatewayTool(Tool):
     """A tenant tool as the agent sees it; running it sends the call to a tools worker."""
 
     config_id: UUID
+    # The configuration's version as listed: the tools worker reuses what it loaded for that version.
+    config_version: str
     remote_name: str
-    call: Callable[[GatewayIdentity, UUID, str, dict[str, Any]], Any]
+    call: Callable[[GatewayIdentity, GatewayTool, dict[str, Any]], Any]
 
     async def run(self, arguments: dict[str, Any], context: Any = None) -> ToolResult:
-        return await self.call(_identity(), self.config_id, self.remote_name, arguments)
+        return await self.call(_identity(), self, arguments)
 
 
 class TenantTools(Provider):
@@ -134,7 +138,7 @@ class TenantTools(Provider):
                 type=EventType.MCP_TEST_REQUESTED,
                 org_id=identity.org_id,
                 user_id=identity.user_id,
-                payload={"config_id": str(config.id), "reply": True},
+                payload=McpWork(config_id=str(config.id), reply=True).payload(),
                 **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
             )
             await publish(res.redis, res.names, event)
@@ -149,6 +153,7 @@ class TenantTools(Provider):
                 description=tool.get("description") or "",
                 parameters=tool.get("input_schema") or {"type": "object"},
                 config_id=config.id,
+                config_version=config.updated_at.isoformat(),
                 remote_name=tool["name"],
                 call=self._call,
             )
@@ -156,7 +161,7 @@ class TenantTools(Provider):
         ]
 
     async def _call(
-        self, identity: GatewayIdentity, config_id: UUID, tool: str, arguments: dict[str, Any]
+        self, identity: GatewayIdentity, tool: GatewayTool, arguments: dict[str, Any]
     ) -> ToolResult:
         res = self._resources()
         event = Event(
@@ -164,18 +169,43 @@ class TenantTools(Provider):
             org_id=identity.org_id,
             user_id=identity.user_id,
             session_id=identity.session_id,
-            payload={
-                "config_id": str(config_id),
-                "tool": tool,
-                "arguments": arguments,
-                "source": "gateway",
-                "reply": True,
-            },
+            payload=ToolCall(
+                config_id=str(tool.config_id),
+                version=tool.config_version,
+                tool=tool.remote_name,
+                arguments=arguments,
+                source="gateway",
+                reply=True,
+            ).payload(),
             **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
         )
         await publish(res.redis, res.names, event)
-        answer = await await_reply(res.redis, res.names, event.id, res.settings.mcp_call_timeout_seconds + 15)
+        waited = res.settings.mcp_call_timeout_seconds + 15
+        answer = await await_reply(res.redis, res.names, event.id, waited)
         if answer is None:
+            # The tools worker audits every call it answers; one that never answered (a worker that
+            # died with the call in hand: the direct lane does not redeliver it) is audited here.
+            await publish(
+                res.redis,
+                res.names,
+                audit_event(
+                    org_id=identity.org_id,
+                    actor_user_id=identity.user_id,
+                    action="mcp.tool_call",
+                    outcome="failure",
+                    resource_type="mcp_configuration",
+                    resource_id=str(tool.config_id),
+                    details={
+                        "tool": tool.remote_name,
+                        "source": "gateway",
+                        "call_id": event.id,
+                        "arguments": arguments,
+                        "error": f"no answer from a tools worker within {waited:.0f} s",
+                    },
+                    correlation_id=identity.correlation_id,
+                    session_id=identity.session_id,
+                ),
+            )
             raise ToolError("the tool call got no answer in time")
         payload = answer.payload
         if not payload.get("ok"):

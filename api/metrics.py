@@ -8,13 +8,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
+import prometheus_client
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.middleware.base import DefineMiddleware
-from litestar.plugins.prometheus import PrometheusConfig
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError, ResponseError
@@ -29,11 +29,60 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def http_metrics_middleware() -> DefineMiddleware:
-    """Request rate and latency by route template (never the raw path: ids would explode the series)."""
-    return PrometheusConfig(
-        app_name="agentapi", prefix=f"{PREFIX}http", group_path=True, exclude=["^/metrics"]
-    ).middleware
+class HttpMetrics:
+    """Request rate and latency by route template (never the raw path: ids would explode the
+    series), with the names and labels Litestar's Prometheus middleware gave them. Each label
+    set's children are looked up once and kept: ``labels()`` takes a lock and builds the key on
+    every call, and a request made five such calls."""
+
+    LABELS = ("method", "path", "status_code", "app_name")
+
+    def __init__(self) -> None:
+        self._requests = prometheus_client.Counter(
+            f"{PREFIX}http_requests_total", "Total requests", self.LABELS
+        )
+        self._errors = prometheus_client.Counter(
+            f"{PREFIX}http_requests_error_total", "Total errors in requests", self.LABELS
+        )
+        self._seconds = Histogram(
+            f"{PREFIX}http_request_duration_seconds", "Request duration, in seconds", self.LABELS
+        )
+        self._in_progress = Gauge(
+            f"{PREFIX}http_requests_in_progress",
+            "Total requests currently in progress",
+            self.LABELS,
+            multiprocess_mode="livesum",
+        )
+        self._done: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._running: dict[tuple[str, str], Any] = {}
+
+    def running(self, method: str, path: str) -> Any:
+        """The in-progress gauge of a route (``inc()`` it, ``dec()`` it when done)."""
+        key = (method, path)
+        child = self._running.get(key)
+        if child is None:
+            child = self._running[key] = self._in_progress.labels(method, path, "200", APP_NAME)
+        return child
+
+    def done(self, method: str, path: str, status: int, seconds: float) -> None:
+        key = (method, path, status)
+        children = self._done.get(key)
+        if children is None:
+            labels = (method, path, str(status), APP_NAME)
+            children = self._done[key] = (
+                self._requests.labels(*labels),
+                self._seconds.labels(*labels),
+                self._errors.labels(*labels) if status >= 500 else None,
+            )
+        requests, latency, errors = children
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
+
+
+APP_NAME = "agentapi"
+HTTP = HttpMetrics()
 
 
 def _gauge(name: str, help_: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
@@ -70,10 +119,9 @@ async def _queues(res: Resources) -> Metric:
         ["queue", "state"],
     )
     for kind in WorkKind:
-        queue = res.names.dramatiq_queue(kind.value)
-        ready = await res.redis.llen(queue)
+        ready = await res.redis.llen(res.names.dramatiq_queue(kind.value))
         # The broker keeps each message's body until it is acknowledged: waiting, prefetched or running.
-        unacked = await res.redis.hlen(f"{queue}.msgs")
+        unacked = await res.redis.hlen(res.names.dramatiq_unacked(kind.value))
         depth.add_metric([kind.value, "ready"], ready)
         depth.add_metric([kind.value, "in_flight"], max(unacked - ready, 0))
         depth.add_metric(
@@ -121,8 +169,7 @@ async def _placement(res: Resources) -> list[Metric]:
     undispatched = sum(
         (group.get("lag") or 0) + group["pending"] for group in groups if group["name"] == DISPATCH_GROUP
     )
-    queue = res.names.dramatiq_queue(WorkKind.SESSIONS.value)
-    unacked = await res.redis.hlen(f"{queue}.msgs")
+    unacked = await res.redis.hlen(res.names.dramatiq_unacked(WorkKind.SESSIONS.value))
     delayed = await res.redis.hlen(res.names.dramatiq_delayed(WorkKind.SESSIONS.value))
     running = sum(int(entry["sessions"]) for entry in hosts.values())
     waiting = _gauge(

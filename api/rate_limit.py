@@ -20,6 +20,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from redis.exceptions import RedisError
 
 from api.auth import Principal
+from events.batch import script
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,12 @@ async def _check(scope: Scope, principal: Principal) -> None:
     except KeyError:
         return
     settings = res.settings
-    keys, limits = [f"{res.names.prefix}rl:user:{principal.user_id}"], [settings.rate_limit_per_user]
+    keys, limits = [res.names.rate_limit_user(principal.user_id)], [settings.rate_limit_per_user]
     if principal.org_id:
-        keys.append(f"{res.names.prefix}rl:org:{principal.org_id}")
+        keys.append(res.names.rate_limit_org(principal.org_id))
         limits.append(settings.rate_limit_per_org)
     try:
-        answer = await res.redis.register_script(GCRA)(keys, [PERIOD_SECONDS, *limits])
+        (answer,) = await res.batch.execute(lambda pipe: script(pipe, GCRA, keys, [PERIOD_SECONDS, *limits]))
     except (RedisError, OSError) as exc:
         log.warning("rate limits not counted (Redis unavailable): %s", exc)
         return

@@ -291,6 +291,10 @@ async def chat_event_stream(
         try:
             tail = replies.entries(await redis.xrevrange(names.session_log(session_id), count=1))
             after = tail[0][0] if tail else None
+            # From here on nothing of this session is missed: the client may rely on that.
+            await merged.put(
+                ServerSentEventMessage(event="session_joined", data=json.dumps({"session_id": session_id}))
+            )
             async for message in session_event_stream(redis, names, hub, session_id, after or "0-0", 3600):
                 if message.data is not None:
                     data = json.loads(str(message.data))

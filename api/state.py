@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import TokenVerifier
 from api.event_hub import EventHub
+from events.batch import RedisBatch
 from events.connection import pooled_redis
 from events.streams import Names
 from schemas.db import create_engine, rls_bypass_reason
@@ -31,6 +32,8 @@ class Resources:
     names: Names
     hub: EventHub
     verifier: TokenVerifier
+    # The per-request writes (rate limits, messages, audit events) of one loop turn, as one pipeline.
+    batch: RedisBatch
     # Set when the process starts shutting down (api.shutdown): SSE streams end, /ready fails.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,7 +61,7 @@ def lifespan(settings: Settings):
         hub = EventHub(redis, names)
         verifier = TokenVerifier(settings)
         await hub.start()
-        app.state["resources"] = Resources(settings, engine, redis, names, hub, verifier)
+        app.state["resources"] = Resources(settings, engine, redis, names, hub, verifier, RedisBatch(redis))
         try:
             yield
         finally:

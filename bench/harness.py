@@ -35,6 +35,9 @@ class Row:
     target: str
     meets: bool | None
     details: dict[str, Any] = field(default_factory=dict)
+    # What the same machine did in the same run on the simplest version of the work (a bare
+    # Litestar endpoint, raw Redis, a direct MCP call): a figure is read against it.
+    anchor: str = ""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,8 +114,9 @@ def write(rows: list[Row]) -> Path:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| bench | figure | value | target | meets |", "|---|---|---|---|---|"]
+    lines = ["| bench | figure | value | anchor (same run) | target | met |", "|---|---|---|---|---|---|"]
     for r in rows:
-        meets = "—" if r.meets is None else ("yes" if r.meets else "no")
-        lines.append(f"| {r.bench} | {r.figure} | {r.value:g} {r.unit} | {r.target} | {meets} |")
+        meets = "—" if r.meets is None else ("yes" if r.meets else "**no**")
+        value = "not measured" if r.value != r.value else f"{r.value:g} {r.unit}"
+        lines.append(f"| {r.bench} | {r.figure} | {value} | {r.anchor or '—'} | {r.target} | {meets} |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from events.envelope import Event, EventType
+from events.payloads import AuditRecord
 from events.redaction import REDACTED, redact
 
 MAX_DETAIL_STRING = 500
@@ -60,21 +61,21 @@ def audit_event(
     correlation_id: str | None = None,
     session_id: UUID | None = None,
 ) -> Event:
-    payload = {
-        "action": action,
-        "outcome": outcome,
-        "resource_type": resource_type,
-        "resource_id": resource_id,
-        "details": redact_details(details or {}),
-        "ip": ip,
-        "user_agent": user_agent[:512] if user_agent else None,
-    }
+    record = AuditRecord(
+        action=action,
+        outcome=outcome,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        details=redact_details(details or {}),
+        ip=ip,
+        user_agent=user_agent,
+    )
     extra = {"correlation_id": correlation_id} if correlation_id else {}
     return Event(
         type=EventType.AUDIT_RECORDED,
         org_id=org_id,
         user_id=actor_user_id,
         session_id=session_id,
-        payload=payload,
+        payload=record.payload(),
         **extra,
     )

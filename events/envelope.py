@@ -20,7 +20,6 @@ class EventType(StrEnum):
     SESSION_ENDED = "session.ended"
     SESSION_FAILED = "session.failed"
     SESSION_RECOVERED = "session.recovered"
-    MESSAGE_SUBMITTED = "message.submitted"
     MESSAGE_UPDATED = "message.updated"
     MESSAGE_COMPLETED = "message.completed"
     TOOL_CALL_REQUESTED = "tool_call.requested"
@@ -30,7 +29,8 @@ class EventType(StrEnum):
     # A tool call as an ACP agent reports it (its own tools and MCP tools alike), start and updates.
     AGENT_TOOL_CALL = "tool_call.agent"
     PLAN_UPDATED = "plan.updated"
-    # What the agent's screen says went wrong (coder/agentapi's agent_error): {level, message, kind, time}.
+    # What went wrong with the agent (coder/agentapi's agent_error): a failure its screen shows, or a
+    # message it never took. {level, message, kind, time}.
     AGENT_ERROR = "agent.error"
     PERMISSION_REQUESTED = "permission.requested"
     PERMISSION_DECIDED = "permission.decided"

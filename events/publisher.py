@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from events.envelope import Event
 from events.metrics import count
@@ -19,9 +20,14 @@ def work_stream(names: Names, event: Event) -> str:
 async def publish(redis: Redis, names: Names, event: Event) -> str:
     """XADD the event to its work stream; returns the stream id. No MAXLEN here: an entry may
     leave only after its consumer group acknowledged it (see ``StreamConsumer.trim``)."""
-    stream = work_stream(names, event)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(stream, {FIELD: event.to_wire()})
-        count(pipe, names, "events_published", stream=names.stream_label(stream))
+        queue_publish(pipe, names, event)
         stream_id, _ = await pipe.execute()
     return str(stream_id)
+
+
+def queue_publish(pipe: Pipeline, names: Names, event: Event) -> None:
+    """Put ``publish``'s two commands on ``pipe``: its replies are the stream id and the count."""
+    stream = work_stream(names, event)
+    pipe.xadd(stream, {FIELD: event.to_wire()})
+    count(pipe, names, "events_published", stream=names.stream_label(stream))

@@ -12,7 +12,9 @@ from __future__ import annotations
 from uuid import UUID
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
+from events.payloads import SessionInput, UserMessage, input_fields
 from events.streams import Names
 
 CLAIMED = "claimed"
@@ -22,7 +24,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'stable' then
   return false
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'detail', 'thinking', 'claimed', '1')
-return redis.call('XADD', KEYS[2], '*', 'type', 'user', 'content', ARGV[1])
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV))
 """
 
 # ARGV: status, agent_type, transport, ttl seconds, detail ('' for none: the ingress tells it by status).
@@ -45,7 +47,22 @@ return 1
 async def start_turn(redis: Redis, names: Names, session_id: UUID | str, content: str) -> bool:
     """Queue ``content`` as the next user message if the agent is stable; False if it is not."""
     keys = [names.session_state(session_id), names.session_input(session_id)]
-    return bool(await redis.register_script(_START_TURN)(keys, [content]))
+    fields = input_fields(UserMessage(content=content))
+    return bool(
+        await redis.register_script(_START_TURN)(keys, [item for pair in fields.items() for item in pair])
+    )
+
+
+async def queue_input(redis: Redis, names: Names, session_id: UUID | str, item: SessionInput) -> None:
+    """Append ``item`` to the session's input stream, for its host to take in order."""
+    await redis.xadd(*input_entry(names, session_id, item))
+
+
+def input_entry(
+    names: Names, session_id: UUID | str, item: SessionInput
+) -> tuple[str, dict[FieldT, EncodableT]]:
+    """The stream and fields of ``item``'s entry in the session's input stream (for a pipeline)."""
+    return names.session_input(session_id), {key: value for key, value in input_fields(item).items()}
 
 
 async def set_status(

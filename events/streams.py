@@ -63,6 +63,10 @@ class Names:
     def session_channel(self, session_id: UUID | str) -> str:
         return f"{self.prefix}session:{session_id}:notify"
 
+    def session_of_channel(self, channel: str) -> str:
+        """The session id a ``session_channel`` name is for."""
+        return channel.removeprefix(f"{self.prefix}session:").removesuffix(":notify")
+
     def session_upload(self, session_id: UUID | str, upload_id: str) -> str:
         """An uploaded file (base64) waiting for the session's host to place it in the workspace."""
         return f"{self.prefix}session:{session_id}:upload:{upload_id}"
@@ -94,9 +98,18 @@ class Names:
         """The Redis broker's list of messages ready on ``queue``."""
         return f"{self.dramatiq_namespace()}:{queue}"
 
+    def dramatiq_unacked(self, queue: str) -> str:
+        """The Redis broker's hash of every message on ``queue`` not yet acknowledged: waiting,
+        prefetched or running. Dramatiq's own layout, not its API (tests/test_dramatiq_internals.py)."""
+        return f"{self.dramatiq_queue(queue)}.msgs"
+
     def dramatiq_delayed(self, queue: str) -> str:
         """The Redis broker's hash of messages waiting for a retry's back-off on ``queue``."""
-        return f"{self.dramatiq_namespace()}:{queue}.DQ.msgs"
+        return self.dramatiq_unacked(f"{queue}.DQ")
+
+    def dramatiq_wake(self, queue: str) -> str:
+        """Wake-up tokens for ``queue``'s idle consumers, pushed at every enqueue (workers.broker)."""
+        return f"{self.dramatiq_queue(queue)}.wake"
 
     def metrics(self) -> str:
         """Hash of the cluster-wide counters and histograms (see events.metrics)."""
@@ -145,6 +158,21 @@ class Names:
     def breaker(self, config_id: UUID | str) -> str:
         """Circuit-breaker hash of one MCP server, shared by every tools worker."""
         return f"{self.prefix}mcp:{config_id}:breaker"
+
+    def rate_limit_user(self, user_id: UUID | str) -> str:
+        """The GCRA state (theoretical arrival time) of one user's request budget."""
+        return f"{self.prefix}rl:user:{user_id}"
+
+    def rate_limit_org(self, org_id: UUID | str) -> str:
+        return f"{self.prefix}rl:org:{org_id}"
+
+    def rate_limit_address(self, address: str) -> str:
+        """The request budget of one client address, before any authentication."""
+        return f"{self.prefix}rl:addr:{address}"
+
+    def audit_refused(self, org_id: UUID | str, resource_id: str | None) -> str:
+        """Set while a window's first refused public request for a resource is on the audit trail."""
+        return f"{self.prefix}audit:refused:{org_id}:{resource_id}"
 
     def console_login(self, code: str) -> str:
         """A one-time console sign-in (the token it stands for), written by ``agentapi dev``."""

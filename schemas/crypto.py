@@ -87,10 +87,6 @@ class KeyRing:
     def generate_key() -> str:
         return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
 
-    @property
-    def key_ids(self) -> list[str]:
-        return list(self._keys)
-
     def encrypt(self, plaintext: str, ref: SecretRef) -> str:
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._keys[self.primary_id].encrypt(nonce, plaintext.encode(), ref.associated_data())

@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     # passes the same tests as the PTY one; an operator can fall back per agent type.
     claude_transport: Transport = Field("acp", validation_alias=_env("CLAUDE_TRANSPORT"))
     gemini_transport: Transport = Field("acp", validation_alias=_env("GEMINI_TRANSPORT"))
+    codex_transport: Transport = Field("acp", validation_alias=_env("CODEX_TRANSPORT"))
     # An ACP agent's permission request nobody answers is cancelled (a denial) after this long.
     acp_permission_timeout_seconds: float = Field(
         300.0, gt=0, le=86_400, validation_alias=_env("ACP_PERMISSION_TIMEOUT_SECONDS")
@@ -224,6 +225,8 @@ class Settings(BaseSettings):
     mcp_breaker_threshold: int = Field(5, ge=1, validation_alias=_env("MCP_BREAKER_THRESHOLD"))
     mcp_breaker_reset_seconds: float = Field(30.0, gt=0, validation_alias=_env("MCP_BREAKER_RESET_SECONDS"))
     mcp_tools_cache_seconds: int = Field(300, ge=0, validation_alias=_env("MCP_TOOLS_CACHE_SECONDS"))
+    # How long a tools worker keeps an unused upstream MCP session (and a stdio server) open.
+    mcp_client_idle_seconds: float = Field(300.0, gt=0, validation_alias=_env("MCP_CLIENT_IDLE_SECONDS"))
     # OAuth connections to MCP servers: how long an authorization may take, how early tokens are
     # refreshed, and which frontend pages (URL prefixes) may receive the code instead of the callback.
     mcp_oauth_state_ttl_seconds: int = Field(
@@ -246,6 +249,9 @@ class Settings(BaseSettings):
     rate_limit_per_address: int = Field(120, ge=1, validation_alias=_env("RATE_LIMIT_PER_ADDRESS"))
     # Proxies (addresses or networks, as JSON) whose X-Forwarded-For names the client; nobody else's is read.
     trusted_proxies: list[str] = Field(default_factory=list, validation_alias=_env("TRUSTED_PROXIES"))
+
+    # Processes of `agentapi serve` (uvicorn workers on one port); `--workers` overrides it.
+    serve_workers: int = Field(1, ge=1, le=64, validation_alias=_env("WORKERS"))
 
     max_request_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MAX_REQUEST_BODY_BYTES"))
     # All request header names and values together; more is a 431 before anything reads them.

@@ -19,11 +19,12 @@ from sqlmodel import col, select
 
 from events.cloudevents import encode, to_cloudevent
 from events.envelope import Event, EventType
+from events.payloads import WebhookReceived, WebhookRedelivery
 from events.publisher import publish
 from events.sinks import DEFAULT_ROUTING_KEY, Outgoing, PublishFailed, redacted, routing_key
 from events.sinks import publish as publish_to_sink
 from schemas.crypto import KeyRingError
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.roles import ADMIN_ROLES
 from schemas.tables import Membership, Webhook, WebhookDelivery, utcnow
 from schemas.webhook_signing import ID_HEADER, new_secret, secret_ref, verify
@@ -68,7 +69,7 @@ class SinkTest:
     elapsed_ms: float
 
 
-def admin_only(ctx: TenantContext) -> TenantContext:
+def admin_only(ctx: MemberContext) -> MemberContext:
     if ctx.role not in ADMIN_ROLES:
         raise Forbidden("only organization admins manage webhooks")
     return ctx
@@ -106,7 +107,7 @@ def _open_secret(backends: Backends, row: Webhook) -> str:
         raise Unavailable("this webhook's secret cannot be opened") from exc
 
 
-def _stored_action(action: dict[str, Any], ctx: TenantContext) -> dict[str, Any]:
+def _stored_action(action: dict[str, Any], ctx: MemberContext) -> dict[str, Any]:
     stored = dict(action)
     if stored:
         # The action runs as the admin who set it (quotas and prompts are theirs).
@@ -124,7 +125,7 @@ def _new_secret(backends: Backends, row: Webhook) -> str:
     return secret
 
 
-async def find_webhook(backends: Backends, ctx: TenantContext, webhook_id: UUID) -> Webhook:
+async def find_webhook(backends: Backends, ctx: MemberContext, webhook_id: UUID) -> Webhook:
     async with tenant_transaction(backends.engine, ctx) as db:
         row = await db.get(Webhook, webhook_id)
     if row is None or row.org_id != ctx.org_id:
@@ -133,10 +134,9 @@ async def find_webhook(backends: Backends, ctx: TenantContext, webhook_id: UUID)
 
 
 async def create_webhook(
-    backends: Backends, ctx: TenantContext, spec: WebhookSpec
+    backends: Backends, ctx: MemberContext, spec: WebhookSpec
 ) -> tuple[Webhook, str | None]:
     """The new webhook and its secret (None for a sink: its credentials are in its broker URL)."""
-    assert ctx.org_id is not None
     if spec.target_url:
         await _check_target(backends, spec.target_url)
     row = Webhook(
@@ -167,7 +167,7 @@ async def create_webhook(
 
 
 async def update_webhook(
-    backends: Backends, ctx: TenantContext, webhook_id: UUID, changes: dict[str, Any]
+    backends: Backends, ctx: MemberContext, webhook_id: UUID, changes: dict[str, Any]
 ) -> Webhook:
     """``changes``: the fields to set, none null; an ``action`` as stored, less who it runs as."""
     row = await find_webhook(backends, ctx, webhook_id)
@@ -196,7 +196,7 @@ async def update_webhook(
     return row
 
 
-async def rotate_secret(backends: Backends, ctx: TenantContext, webhook_id: UUID) -> tuple[Webhook, str]:
+async def rotate_secret(backends: Backends, ctx: MemberContext, webhook_id: UUID) -> tuple[Webhook, str]:
     """Replaces the webhook's secret at once (the old one stops working)."""
     row = await find_webhook(backends, ctx, webhook_id)
     if row.direction == "sink":
@@ -209,7 +209,7 @@ async def rotate_secret(backends: Backends, ctx: TenantContext, webhook_id: UUID
 
 
 async def test_sink(
-    backends: Backends, ctx: TenantContext, webhook_id: UUID, correlation_id: str
+    backends: Backends, ctx: MemberContext, webhook_id: UUID, correlation_id: str
 ) -> SinkTest:
     """Publishes a test CloudEvent to the sink now and reports the broker's answer (within
     AGENTAPI_SINK_TIMEOUT_SECONDS); the sink's delivery state is left as it is."""
@@ -244,7 +244,7 @@ async def test_sink(
     return SinkTest(test.id, row.exchange or "", key, error, elapsed_ms)
 
 
-async def list_webhooks(backends: Backends, ctx: TenantContext) -> list[Webhook]:
+async def list_webhooks(backends: Backends, ctx: MemberContext) -> list[Webhook]:
     async with tenant_transaction(backends.engine, ctx) as db:
         return list(
             await db.exec(
@@ -253,14 +253,14 @@ async def list_webhooks(backends: Backends, ctx: TenantContext) -> list[Webhook]
         )
 
 
-async def delete_webhook(backends: Backends, ctx: TenantContext, webhook_id: UUID) -> None:
+async def delete_webhook(backends: Backends, ctx: MemberContext, webhook_id: UUID) -> None:
     row = await find_webhook(backends, ctx, webhook_id)
     async with tenant_transaction(backends.engine, ctx) as db:
         await db.delete(await db.get(Webhook, row.id))
 
 
 async def list_deliveries(
-    backends: Backends, ctx: TenantContext, status: str | None, limit: int
+    backends: Backends, ctx: MemberContext, status: str | None, limit: int
 ) -> list[WebhookDelivery]:
     """The outbound delivery log, newest first; ``failed`` is the dead-letter view."""
     query = select(WebhookDelivery).where(WebhookDelivery.org_id == ctx.org_id)
@@ -270,7 +270,7 @@ async def list_deliveries(
         return list(await db.exec(query.order_by(col(WebhookDelivery.created_at).desc()).limit(limit)))
 
 
-async def redeliver(backends: Backends, ctx: TenantContext, delivery_id: UUID, correlation_id: str) -> str:
+async def redeliver(backends: Backends, ctx: MemberContext, delivery_id: UUID, correlation_id: str) -> str:
     """Sends a dead-lettered delivery again, with a fresh attempt budget; the event id."""
     async with tenant_transaction(backends.engine, ctx) as db:
         row = await db.get(WebhookDelivery, delivery_id)
@@ -285,7 +285,7 @@ async def redeliver(backends: Backends, ctx: TenantContext, delivery_id: UUID, c
         org_id=ctx.org_id,
         user_id=ctx.user_id,
         correlation_id=correlation_id,
-        payload={"delivery_id": str(delivery_id)},
+        payload=WebhookRedelivery(delivery_id=str(delivery_id)).payload(),
     )
     await publish(backends.redis, backends.names, event)
     return event.id
@@ -345,7 +345,7 @@ async def accept_delivery(
         user_id=run_as,
         session_id=UUID(row.action["session_id"]) if row.action.get("session_id") else None,
         correlation_id=correlation_id,
-        payload={"webhook_id": str(row.id), "delivery_id": delivery_id, "body": document},
+        payload=WebhookReceived(webhook_id=str(row.id), delivery_id=delivery_id, body=document).payload(),
     )
     try:
         await publish(backends.redis, backends.names, event)

@@ -29,7 +29,8 @@ def test_agents_say_what_is_installed_and_what_they_need(stack: Stack) -> None:
     assert agents["claude"]["installed"] is True, "claude-code-acp is installed from package.json"
     assert agents["claude"]["transport"] == "acp", "ACP by default where the agent speaks it"
     assert agents["gemini"]["transport"] == "acp"
-    assert agents["codex"]["transport"] == "pty", "no ACP adapter for codex yet"
+    assert agents["codex"]["transport"] == "acp"
+    assert agents["goose"]["transport"] == "pty", "no ACP adapter for goose yet"
     assert agents["claude"]["needs"] == ["AGENTAPI_ANTHROPIC_API_KEY"]
     assert agents["codex"]["configured"] is True
     assert agents["ccrouter"]["aliases"] == ["ccr"]

@@ -164,6 +164,19 @@ async def test_leeway_accepts_a_just_expired_token(jwt_secret: str, make_token: 
         await verifier.verify(make_token(exp=int(time.time()) - 60))
 
 
+async def test_a_verified_token_still_expires(jwt_secret: str, make_token: TokenFactory) -> None:
+    """Verified tokens are kept per process, never past their own expiry."""
+    verifier = TokenVerifier(make_settings(jwt_secret=jwt_secret, jwt_leeway_seconds=0))
+    exp = int(time.time()) + 1
+    token = make_token(exp=exp)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) is first  # the second use is answered from the cache
+    while time.time() < exp:
+        await asyncio.sleep(0.05)
+    with pytest.raises(AuthError, match="token expired"):
+        await verifier.verify(token)
+
+
 async def test_missing_exp(hs_client: AsyncTestClient[Litestar], make_token: TokenFactory) -> None:
     response = await hs_client.get("/api/v1/whoami", headers=bearer(make_token(without=("exp",))))
     assert_401(response, "missing exp claim")
@@ -351,9 +364,27 @@ def test_mint_token_claim_shape(jwt_secret: str) -> None:
 # JWKS (asymmetric keys, fetched over HTTP)
 
 
-def jwks_verifier(server: JWKSServer, **settings: Any) -> TokenVerifier:
+class Clock:
+    """The JWKS cache's clock, moved on by the test: cache ages and cooldowns without waiting
+    (in steps a float holds exactly, so a cooldown passes exactly when the test says)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def jwks_verifier(server: JWKSServer, clock: Clock | None = None, **settings: Any) -> TokenVerifier:
     cooldown = settings.pop("refetch_cooldown_seconds", 10.0)
-    return TokenVerifier(make_settings(jwks_url=server.url, **settings), refetch_cooldown_seconds=cooldown)
+    return TokenVerifier(
+        make_settings(jwks_url=server.url, **settings),
+        refetch_cooldown_seconds=cooldown,
+        clock=clock or Clock(),
+    )
 
 
 async def test_jwks_rs256_es256_and_eddsa_verify(jwks_server: JWKSServer) -> None:
@@ -393,12 +424,14 @@ async def test_jwks_is_cached(jwks_server: JWKSServer) -> None:
 
 
 async def test_jwks_cache_expires(jwks_server: JWKSServer) -> None:
-    verifier = jwks_verifier(jwks_server, jwks_cache_seconds=1)
+    clock = Clock()
+    verifier = jwks_verifier(jwks_server, clock, jwks_cache_seconds=1)
     try:
         await verifier.verify(jwks_server.token())
+        clock.advance(0.5)
         await verifier.verify(jwks_server.token())
         assert jwks_server.fetch_count == 1
-        await asyncio.sleep(1.1)
+        clock.advance(0.5)
         await verifier.verify(jwks_server.token())
         assert jwks_server.fetch_count == 2
     finally:
@@ -418,11 +451,12 @@ async def test_concurrent_requests_share_one_fetch(jwks_server: JWKSServer) -> N
 
 
 async def test_key_rotation_triggers_one_refetch(jwks_server: JWKSServer) -> None:
-    verifier = jwks_verifier(jwks_server, refetch_cooldown_seconds=0.3)
+    clock = Clock()
+    verifier = jwks_verifier(jwks_server, clock, refetch_cooldown_seconds=0.5)
     try:
         await verifier.verify(jwks_server.token())
         assert jwks_server.fetch_count == 1
-        await asyncio.sleep(0.35)
+        clock.advance(0.5)
         new_key = jwks_server.rotate("RSA", keep_old=False)
         tokens = [jwks_server.token(key=new_key) for _ in range(10)]
         await asyncio.gather(*(verifier.verify(t) for t in tokens))
@@ -433,12 +467,27 @@ async def test_key_rotation_triggers_one_refetch(jwks_server: JWKSServer) -> Non
         await verifier.aclose()
 
 
+async def test_a_verified_token_is_refused_once_its_key_leaves_the_jwks(jwks_server: JWKSServer) -> None:
+    verifier = jwks_verifier(jwks_server, refetch_cooldown_seconds=0)
+    try:
+        old = jwks_server.token()
+        await verifier.verify(old)
+        await verifier.verify(old)
+        new_key = jwks_server.rotate("RSA", keep_old=False)
+        await verifier.verify(jwks_server.token(key=new_key))  # an unknown kid refetches the JWKS
+        with pytest.raises(AuthError, match="unknown signing key"):
+            await verifier.verify(old)
+    finally:
+        await verifier.aclose()
+
+
 async def test_unknown_kid_flood_does_not_hammer_the_jwks(jwks_server: JWKSServer) -> None:
-    verifier = jwks_verifier(jwks_server, refetch_cooldown_seconds=0.5)
+    clock = Clock()
+    verifier = jwks_verifier(jwks_server, clock, refetch_cooldown_seconds=0.5)
     try:
         await verifier.verify(jwks_server.token())
         assert jwks_server.fetch_count == 1
-        await asyncio.sleep(0.55)  # the cooldown has passed: the first bogus kid may refetch, once
+        clock.advance(0.5)  # the cooldown has passed: the first bogus kid may refetch, once
 
         async def bogus(i: int) -> str:
             try:
@@ -447,13 +496,13 @@ async def test_unknown_kid_flood_does_not_hammer_the_jwks(jwks_server: JWKSServe
                 return exc.detail
             return "accepted"
 
-        flood_started = time.monotonic()
         details = await asyncio.gather(*(bogus(i) for i in range(100)))
         details += [await bogus(i) for i in range(100, 200)]
         assert set(details) == {"unknown signing key"}
-        # One refetch per cooldown at most: on a loaded machine the flood may outlast a cooldown or two.
-        cooldowns_passed = int((time.monotonic() - flood_started) / 0.5)
-        assert 2 <= jwks_server.fetch_count <= 2 + cooldowns_passed
+        assert jwks_server.fetch_count == 2, "one refetch within the cooldown"
+        clock.advance(0.5)
+        assert await bogus(200) == "unknown signing key"
+        assert jwks_server.fetch_count == 3, "and one more once it has passed"
     finally:
         await verifier.aclose()
 
@@ -551,11 +600,12 @@ async def test_jwks_unavailable_is_503_not_401(jwks_server: JWKSServer) -> None:
 
 
 async def test_stale_keys_survive_a_jwks_outage(jwks_server: JWKSServer) -> None:
-    verifier = jwks_verifier(jwks_server, jwks_cache_seconds=0)
+    clock = Clock()
+    verifier = jwks_verifier(jwks_server, clock, jwks_cache_seconds=0)
     try:
         await verifier.verify(jwks_server.token())
         jwks_server.fail_status = 503
-        await asyncio.sleep(0.01)
+        clock.advance(0.5)
         assert (await verifier.verify(jwks_server.token())).role == "member"
         assert jwks_server.fetch_count == 2
         # Failure backoff: no new fetch on every request while the JWKS server is down.

@@ -10,6 +10,7 @@ import pytest
 import redis
 from dramatiq.message import Message
 
+from events.streams import Names
 from workers.broker import WAKE_TOKENS, WakingRedisBroker
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -17,11 +18,11 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @pytest.fixture
 def broker() -> Iterator[WakingRedisBroker]:
-    made = WakingRedisBroker(url=REDIS_URL, namespace=f"wake-test-{secrets.token_hex(4)}")
+    made = WakingRedisBroker(Names(f"wake-test-{secrets.token_hex(4)}:"), url=REDIS_URL)
     made.declare_queue("q")
     yield made
     made.flush_all()
-    made.client.delete(made.wake_key("q"))
+    made.client.delete(made.names.dramatiq_wake("q"))
     made.close()
 
 
@@ -47,7 +48,7 @@ def test_wake_tokens_are_bounded_when_nobody_listens(broker: WakingRedisBroker) 
         broker.enqueue(message(str(number)))
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        assert client.llen(broker.wake_key("q")) == WAKE_TOKENS
-        assert 0 < client.ttl(broker.wake_key("q")) <= 60
+        assert client.llen(broker.names.dramatiq_wake("q")) == WAKE_TOKENS
+        assert 0 < client.ttl(broker.names.dramatiq_wake("q")) <= 60
     finally:
         client.close()

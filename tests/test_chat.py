@@ -26,10 +26,13 @@ async def test_chat_starts_and_continues_sessions_and_streams_them_all(stack: St
         )
 
         seen: list[dict[str, object]] = []
+        joined = asyncio.Event()
 
         async def listen() -> None:
             async with aconnect_sse(client, "GET", "/api/v1/chat/stream", headers=headers) as source:
                 async for sse in source.aiter_sse():
+                    if sse.event == "session_joined" and json.loads(sse.data)["session_id"] == session_id:
+                        joined.set()
                     if sse.event == "message_update" and sse.data:
                         data = json.loads(sse.data)
                         seen.append(data)
@@ -37,7 +40,7 @@ async def test_chat_starts_and_continues_sessions_and_streams_them_all(stack: St
                             return
 
         listener = asyncio.create_task(listen())
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(joined.wait(), 30)
         for _ in range(40):
             sent = await client.post(
                 "/api/v1/chat", json={"session_id": session_id, "content": "second words"}, headers=headers

@@ -32,6 +32,8 @@ def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fi
         "AGENTAPI_OPENAI_BASE_URL": f"{fake.base_url}/v1",
         "AGENTAPI_OPENAI_API_KEY": API_KEY,
         "AGENTAPI_OPENAI_MODEL": MODEL,
+        # The PTY fallback: ACP is the default (tests/test_acp_codex.py).
+        "AGENTAPI_CODEX_TRANSPORT": "pty",
         "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
     }
 

@@ -382,3 +382,47 @@ async def test_configuration_rules_scopes_and_tenants(
     assert (
         await client.delete(f"/api/v1/mcp/configurations/{org_config['id']}", headers=admin)
     ).status_code == 204
+
+
+async def test_the_gateway_keeps_the_upstream_client_until_the_configuration_changes(
+    client: httpx.AsyncClient, tools_stack: Stack, http_server: tuple[str, str]
+) -> None:
+    url, bearer = http_server
+    body = {
+        "name": f"kept{secrets.token_hex(3)}",
+        "transport": "http",
+        "endpoint_url": url,
+        "auth_type": "bearer",
+        "bearer_token": bearer,
+    }
+    config = await create_config(client, tools_stack, **body)
+    session_id = await start_session(client, tools_stack)
+    await read_events(
+        client,
+        f"/api/v1/sessions/{session_id}/events",
+        tools_stack.headers(),
+        until=lambda sse: sse.event == "status_change" and json.loads(sse.data)["status"] == "stable",
+    )
+    entry = gateway_config(tools_stack, session_id)
+    token = str(entry["headers"]["Authorization"]).removeprefix("Bearer ")  # type: ignore[index]
+    tool = f"{body['name']}__connection"
+    async with Client(StreamableHttpTransport(str(entry["url"]), auth=token), timeout=60) as mcp:
+
+        async def upstream_peer() -> str:
+            result = await mcp.call_tool(tool, {})
+            return str(result.content[0].text)  # type: ignore[union-attr]
+
+        # The tools worker's client and its connection to the server carry call after call.
+        first = await upstream_peer()
+        assert {await upstream_peer() for _ in range(5)} == {first}
+        edited = await client.put(
+            f"/api/v1/mcp/configurations/{config['id']}", json=body, headers=tools_stack.headers()
+        )
+        assert edited.status_code == 200, edited.text
+        # Once the gateway lists the new version (it reuses a listing for 2 s), the worker opens a
+        # new client for it, and keeps that one.
+        async with asyncio.timeout(30):
+            while (after := await upstream_peer()) == first:
+                await asyncio.sleep(0.2)
+        assert {await upstream_peer() for _ in range(5)} == {after}
+    await client.delete(f"/api/v1/sessions/{session_id}", headers=tools_stack.headers())

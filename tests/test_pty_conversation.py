@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import until
 from workers.agents.base import LaunchContext
 from workers.agents.custom import CustomAdapter
 from workers.conversation import AgentBusy, Conversation, Timing
@@ -164,6 +165,37 @@ async def test_file_size_limit_applies_in_the_child(tmp_path: Path) -> None:
     code = await asyncio.wait_for(pty.wait(), 20)
     assert code != 0
     assert (tmp_path / "big").stat().st_size <= 1_000_000
+
+
+# Reads nothing until ``go`` exists in its directory, then all it was sent.
+LATE_READER = """
+import os, sys, time, tty
+tty.setraw(0)
+print("ready", end="\\r\\n", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.01)
+got = 0
+while got < int(sys.argv[1]):
+    got += len(os.read(0, 65536))
+print(f"took {got}", end="\\r\\n", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_input_the_agent_does_not_read_yet_waits_without_blocking_the_loop(tmp_path: Path) -> None:
+    """More input than the terminal buffers: ``write`` returns at once and the rest follows as the
+    agent reads (it used to spin on the event loop, which runs every session of its host, until
+    the agent read; here the agent only reads once the loop has gone on)."""
+    size = 1_000_000
+    pty = PtySession([sys.executable, "-c", LATE_READER, str(size)], cwd=tmp_path, env=BASE_ENV)
+    await pty.start()
+    try:
+        await until(lambda: "ready" in pty.snapshot(), 10)
+        pty.write(b"x" * size)
+        (tmp_path / "go").touch()
+        await until(lambda: f"took {size}" in pty.snapshot(), 30)
+    finally:
+        await pty.terminate(grace=0)
 
 
 async def test_terminate_kills_the_process_group(tmp_path: Path) -> None:

@@ -83,3 +83,37 @@ async def test_a_stopped_host_is_replaced_and_the_conversation_goes_on(stack: St
         assert [m["id"] for m in messages] == list(range(len(messages)))
         await client.delete(base, headers=headers)
     await store.aclose()
+
+
+# Enter is retried for 15 s before the turn fails.
+@pytest.mark.timeout(120)
+async def test_a_message_the_agent_never_takes_fails_its_turn_and_the_host_stays(stack: Stack) -> None:
+    """The agent lives but stops reading its terminal: Enter is pressed again for 15 s, then that
+    turn fails with an ``agent_error`` while the same host keeps the session (it used to crash the
+    host, and Dramatiq hosted the session again, typing the message into a new agent)."""
+    stack.start_worker("sessions")
+    headers = stack.headers()
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        created = (
+            await client.post("/api/v1/sessions", json={**ECHO, "prompt": "/deaf"}, headers=headers)
+        ).json()
+        base = f"/api/v1/sessions/{created['id']}"
+        events = await read_events(client, f"{base}/events", headers, until=agent_said("not listening"))
+        await wait_stable(client, base, headers)
+        host = (await store.hgetall(names.session_state(created["id"])))["host"]
+
+        sent = await client.post(f"{base}/message", json={"content": "anyone there?"}, headers=headers)
+        assert sent.status_code == 200
+        after = await read_events(
+            client, f"{base}/events", {**headers, "Last-Event-ID": events[-1].id}, until=named("agent_error")
+        )
+        error = json.loads(after[-1].data)
+        assert error["level"] == "error" and "did not react" in error["message"]
+        assert "session_recovered" not in [sse.event for sse in after]
+
+        await wait_stable(client, base, headers)
+        assert (await store.hgetall(names.session_state(created["id"])))["host"] == host
+        status = (await client.get(f"{base}/status", headers=headers)).json()
+        assert status["session_status"] in ("running", "stable"), "the session is still live"

@@ -4,6 +4,7 @@ read is finished by another process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -15,6 +16,7 @@ from events.publisher import publish
 from events.results import read_log
 from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
 from tests.fixtures.stack import Stack
+from tests.waiting import until
 
 
 async def started(client: redis.asyncio.Redis, names: Names, session_id: uuid.UUID) -> list[Event]:
@@ -28,6 +30,15 @@ async def wait_started(client: redis.asyncio.Redis, names: Names, session_id: uu
             return found
         await asyncio.sleep(0.05)
     raise AssertionError("the session never started")
+
+
+async def skipped(client: redis.asyncio.Redis, names: Names) -> bool:
+    """Whether a worker has skipped a message as a duplicate (its actor metrics say so)."""
+    for field in await client.hkeys(names.metrics()):
+        name, labels = json.loads(field)
+        if name == "actor_duration_seconds" and dict(labels).get("outcome") == "skipped":
+            return True
+    return False
 
 
 async def create_session(stack: Stack) -> uuid.UUID:
@@ -56,7 +67,7 @@ async def test_a_duplicated_event_has_one_effect(stack: Stack) -> None:
         ]
         original = Event.from_wire(raw)
         await publish(client, names, original)
-        await asyncio.sleep(2.0)
+        await until(lambda: skipped(client, names), 30, "the worker skipped the duplicate")
         assert len(await started(client, names, session_id)) == 1, "the duplicate started no second host"
         assert not await client.xrange(names.dead_letter())
     finally:

@@ -29,6 +29,7 @@ from sqlmodel import col, select
 from events import replies
 from events.consumer import StreamConsumer, lost_group
 from events.envelope import Event, EventType
+from events.payloads import AuditRecord
 from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
 from schemas.audit_chain import PLATFORM, row_hash
 from schemas.db import create_engine, tenant_transaction
@@ -40,25 +41,23 @@ log = logging.getLogger(__name__)
 BATCH = 500
 # Errors that say the event itself cannot be stored: retrying it would block the stream for good.
 POISON = (IntegrityError, DataError)
-OUTCOMES = {"success", "failure", "denied", "error"}
 
 
 def _row(event: Event) -> dict[str, Any]:
-    payload = event.payload
-    outcome = payload.get("outcome") if payload.get("outcome") in OUTCOMES else "error"
+    record = AuditRecord.of(event)
     return {
         "org_id": event.org_id,
         "event_id": event.id,
         "ts": event.ts,
         "actor_user_id": event.user_id,
-        "action": str(payload.get("action") or "unknown")[:100],
-        "resource_type": (str(payload["resource_type"])[:64] if payload.get("resource_type") else None),
-        "resource_id": (str(payload["resource_id"])[:128] if payload.get("resource_id") else None),
-        "outcome": outcome,
-        "ip": (str(payload["ip"])[:64] if payload.get("ip") else None),
-        "user_agent": (str(payload["user_agent"])[:512] if payload.get("user_agent") else None),
+        "action": record.action,
+        "resource_type": record.resource_type,
+        "resource_id": record.resource_id,
+        "outcome": record.outcome,
+        "ip": record.ip,
+        "user_agent": record.user_agent,
         "correlation_id": event.correlation_id[:128],
-        "details": payload.get("details") if isinstance(payload.get("details"), dict) else {},
+        "details": record.details,
     }
 
 

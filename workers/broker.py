@@ -1,4 +1,10 @@
-"""Dramatiq's RedisBroker for the four pools, with the middleware every actor gets."""
+"""Dramatiq's RedisBroker for the four pools, with the middleware every actor gets.
+
+Two parts rest on Dramatiq internals for want of an API: the consumer that waits for a wake-up
+(``_RedisConsumer``, its prefetch bookkeeping and ``do_fetch``) and the maintenance on every fetch
+(``RedisBroker._should_do_maintenance``). pyproject.toml pins Dramatiq to the minor version they
+were written for, and tests/test_dramatiq_internals.py fails naming the internal that changed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq import Broker
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
@@ -16,6 +23,7 @@ from dramatiq.middleware import (
     AsyncIO,
     Callbacks,
     CurrentMessage,
+    Middleware,
     Pipelines,
     Retries,
     ShutdownNotifications,
@@ -25,6 +33,7 @@ from dramatiq.middleware import (
 from events.streams import Names, WorkKind
 from schemas.settings import Settings
 from workers.actor_metrics import ActorMetrics
+from workers.event_context import EventContext
 from workers.idempotency import Idempotency
 
 QUEUES = [kind.value for kind in WorkKind]
@@ -43,15 +52,36 @@ WAKE_TOKENS = 64
 WAKE_TTL_SECONDS = 60
 
 
+class WakeOnEnqueue(Middleware):
+    """Every enqueue (a delayed one on its delay queue) pushes a token on the queue's wake list."""
+
+    def __init__(self, client: redis.Redis, names: Names) -> None:
+        self.client = client
+        self.names = names
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        key = self.names.dramatiq_wake(message.queue_name)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, 1)
+            pipe.ltrim(key, 0, WAKE_TOKENS - 1)
+            pipe.expire(key, WAKE_TTL_SECONDS)
+            pipe.execute()
+
+
 class WakingRedisBroker(RedisBroker):
     """Dramatiq's Redis broker, but an idle consumer waits for work instead of polling for it.
 
     Dramatiq's consumer sleeps between fetches of an empty queue (growing up to the worker
     timeout), so a message waits on average half a sleep before anyone looks: milliseconds an
     agent's tool call pays every time, up to a second for the pools that poll slowly. Here every
-    enqueue also pushes a token on the queue's wake list, and an idle consumer blocks on that list
-    (at most the worker timeout, so it still heartbeats through its fetches, handles delayed
-    messages and notices a stop)."""
+    enqueue also pushes a token on the queue's wake list (``WakeOnEnqueue``), and an idle consumer
+    blocks on that list (at most the worker timeout, so it still heartbeats through its fetches,
+    handles delayed messages and notices a stop)."""
+
+    def __init__(self, names: Names, *, middleware: list[Middleware] | None = None, **options: Any) -> None:
+        super().__init__(namespace=names.dramatiq_namespace(), middleware=middleware, **options)
+        self.names = names
+        self.add_middleware(WakeOnEnqueue(self.client, names))
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -63,21 +93,10 @@ class WakingRedisBroker(RedisBroker):
         (Dramatiq's way) it took ~10 fetches more on average: 14-15 s to recover a session."""
         return 1 if command == "fetch" else super()._should_do_maintenance(command)
 
-    def wake_key(self, queue_name: str) -> str:
-        return f"{self.namespace}:{queue_name}.wake"
-
-    def do_enqueue(self, queue_name: str, *args: Any) -> Any:
-        result = self._dispatch("enqueue")(queue_name, *args)
-        key = self.wake_key(queue_name)
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.lpush(key, 1)
-            pipe.ltrim(key, 0, WAKE_TOKENS - 1)
-            pipe.expire(key, WAKE_TTL_SECONDS)
-            pipe.execute()
-        return result
-
 
 class _WakingConsumer(_RedisConsumer):
+    broker: WakingRedisBroker
+
     def __next__(self) -> MessageProxy | None:
         try:
             while True:
@@ -101,7 +120,9 @@ class _WakingConsumer(_RedisConsumer):
                 if self.message_cache:
                     continue
                 # A timeout of 0 would block for good.
-                self.broker.client.blpop([self.broker.wake_key(self.queue_name)], max(self.timeout, 1) / 1000)
+                self.broker.client.blpop(
+                    [self.broker.names.dramatiq_wake(self.queue_name)], max(self.timeout, 1) / 1000
+                )
                 return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
@@ -111,8 +132,8 @@ def make_broker(settings: Settings) -> RedisBroker:
     names = Names(settings.redis_prefix)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     broker = WakingRedisBroker(
+        names,
         url=settings.redis_url,
-        namespace=names.dramatiq_namespace(),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
         middleware=[
@@ -124,8 +145,11 @@ def make_broker(settings: Settings) -> RedisBroker:
             Retries(max_retries=5, min_backoff=1_000, max_backoff=60_000),
             CurrentMessage(),
             AsyncIO(),
-            Idempotency(client, names),
+            # Before Idempotency, so its log lines about an event carry the event's correlation id.
+            EventContext(),
+            # Before Idempotency too: a duplicate it skips is still timed, with the outcome "skipped".
             ActorMetrics(client, names),
+            Idempotency(client, names),
         ],
     )
     for queue in QUEUES:

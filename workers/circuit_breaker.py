@@ -29,18 +29,23 @@ class CircuitBreaker:
         self.redis, self.names = redis, names
         self.threshold, self.reset_seconds = threshold, reset_seconds
 
-    async def before_call(self, config_id: UUID) -> None:
-        """Raises CircuitOpen while the breaker is open; lets one trial through once it may close."""
+    async def before_call(self, config_id: UUID) -> bool:
+        """Raises CircuitOpen while the breaker is open; lets one trial through once it may close.
+        Returns whether the server had any breaker state (failures counted, or a trial): only then
+        does a success need recording, which keeps a healthy server's calls at one round trip."""
         key = self.names.breaker(config_id)
-        open_until = await self.redis.hget(key, "open_until")
+        state = await self.redis.hgetall(key)
+        if not state:
+            return False
+        open_until = state.get("open_until")
         if open_until is None:
-            return
+            return True
         now = time.time()
         if now < float(open_until):
             raise CircuitOpen(float(open_until) - now)
-        # Half-open: the first worker to claim the trial goes; others wait out a short extension.
         if not await self.redis.hsetnx(key, "trial", str(now)):
             raise CircuitOpen(1.0)
+        return True
 
     async def record_success(self, config_id: UUID) -> None:
         await self.redis.delete(self.names.breaker(config_id))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis.asyncio
@@ -18,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.connection import pooled_redis
 from events.envelope import NOTIFIED_TYPES, Event, EventType
+from events.payloads import WebhookNotice
 from events.publisher import publish
 from events.results import append_result
 from events.streams import Names
 from schemas.db import create_engine
 from schemas.settings import Settings
-from services.observability import correlation_id
 from workers.input_streams import InputStreams
 from workers.placement import HostLoad
 
@@ -74,7 +72,8 @@ class WorkerContext:
         if event.type in NOTIFIED_TYPES:
             # The log position lets event sinks publish a session's events in log order.
             notice = event.follow_up(
-                EventType.WEBHOOK_NOTIFY_REQUESTED, {"event": event.to_wire(), "stream_id": stream_id}
+                EventType.WEBHOOK_NOTIFY_REQUESTED,
+                WebhookNotice(event=event.to_wire(), stream_id=stream_id).payload(),
             )
             await publish(self.redis, self.names, notice)
         return stream_id
@@ -92,13 +91,3 @@ def current() -> WorkerContext:
     if _context is None:
         raise RuntimeError("worker context is not set up: start workers through workers.main.run_worker")
     return _context
-
-
-@contextmanager
-def working_on(event: Event) -> Iterator[Event]:
-    """Log lines written while handling ``event`` carry its correlation id."""
-    token = correlation_id.set(event.correlation_id)
-    try:
-        yield event
-    finally:
-        correlation_id.reset(token)

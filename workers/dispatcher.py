@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Coroutine
+from concurrent.futures import Future
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 import redis
 from dramatiq import Actor, Broker, Message
+from dramatiq.asyncio import get_event_loop_thread
 
 from events.consumer import PoisonEvent, StreamConsumer
 from events.envelope import Event, EventType, utcnow
 from events.streams import DISPATCH_GROUP, WORK_ROUTES, Names, WorkKind
+from workers.event_context import handling
+
+log = logging.getLogger(__name__)
 
 
 def consumer_name() -> str:
@@ -57,6 +68,57 @@ def enqueuer(broker: Broker, actors: dict[EventType, Actor]):
     return enqueue
 
 
+class DirectLane:
+    """Runs the requests a caller is waiting on (``reply`` set: the MCP gateway's tool calls) in
+    this process, skipping Dramatiq's queue; everything else is enqueued as usual.
+
+    The hop it skips (the enqueue, a worker thread's fetch, the idempotency lease, the ack) cost the
+    gateway's caller a few milliseconds per call and, under concurrency, most of the tools worker's
+    CPU. The trade-off: the stream entry is acknowledged once the request is handed to the event
+    loop, as it is once enqueued, but the request then lives only in this process. If the worker
+    dies with it in hand, it is not redelivered (Dramatiq would run it again after the heartbeat
+    timeout and the idempotency lease), and the caller's wait ends without an answer. For a tool
+    call that is the better failure: tool calls are not idempotent on the server's side (they are
+    never retried), and the caller that gave up would not read a late answer. The tools worker
+    audits every call it answers and the gateway audits the calls that got no answer, so no call
+    goes unrecorded.
+
+    At most ``slots`` requests run at once; a full lane stops this dispatcher reading, leaving the
+    stream's next entries to the other workers' dispatchers.
+    """
+
+    def __init__(self, enqueue: Callable[[Event], None], actors: dict[EventType, Actor], slots: int) -> None:
+        self.enqueue = enqueue
+        # The actors' own coroutine functions (Dramatiq wraps them to block a worker thread).
+        self.handlers: dict[EventType, Callable[[str], Coroutine[Any, Any, None]]] = {
+            type_: unwrapped
+            for type_, actor in actors.items()
+            if inspect.iscoroutinefunction(unwrapped := inspect.unwrap(actor.fn))
+        }
+        self.slots = threading.BoundedSemaphore(slots)
+
+    def __call__(self, event: Event) -> None:
+        handler = self.handlers.get(event.type)
+        loop_thread = get_event_loop_thread()
+        if handler is None or loop_thread is None or not event.payload.get("reply"):
+            self.enqueue(event)
+            return
+        self.slots.acquire()
+        try:
+            # The actor reads its event from the context Dramatiq's EventContext middleware would set.
+            with handling(event):
+                running = asyncio.run_coroutine_threadsafe(handler(event.to_wire()), loop_thread.loop)
+        except BaseException:
+            self.slots.release()
+            raise
+        running.add_done_callback(partial(self._done, event))
+
+    def _done(self, event: Event, running: Future[None]) -> None:
+        self.slots.release()
+        if not running.cancelled() and running.exception() is not None:
+            log.error("%s %s failed in the direct lane", event.type, event.id, exc_info=running.exception())
+
+
 def dispatchers(
     client: redis.Redis,
     names: Names,
@@ -64,8 +126,13 @@ def dispatchers(
     actors: dict[EventType, Actor],
     kinds: Collection[WorkKind],
     claim_idle_ms: int,
+    direct_slots: int = 0,
 ) -> list[StreamConsumer]:
-    handler = enqueuer(broker, {t: a for t, a in actors.items() if WORK_ROUTES.get(t) in kinds})
+    """One consumer per work stream; with ``direct_slots``, waited-on tool calls take the direct lane."""
+    routed = {t: a for t, a in actors.items() if WORK_ROUTES.get(t) in kinds}
+    enqueue = enqueuer(broker, routed)
+    direct = {t: a for t, a in routed.items() if WORK_ROUTES[t] is WorkKind.TOOLS}
+    handler = DirectLane(enqueue, direct, direct_slots) if direct and direct_slots else enqueue
     name = consumer_name()
     return [
         StreamConsumer(

@@ -43,7 +43,13 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     # Audit events skip Dramatiq: the writer takes them from their stream in batches itself.
     dispatched = [kind for kind in kinds if kind is not WorkKind.AUDIT]
     consumers = dispatchers(
-        client, Names(settings.redis_prefix), broker, actors, dispatched, settings.dispatch_claim_idle_ms
+        client,
+        Names(settings.redis_prefix),
+        broker,
+        actors,
+        dispatched,
+        settings.dispatch_claim_idle_ms,
+        direct_slots=threads,
     )
     # Idle worker threads also wake at this interval, so only pools whose callers wait on each message
     # (an agent's tool call) poll fast; a sessions pool holds hundreds of threads.

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -64,11 +65,15 @@ class ServerSpec:
     # The bearer or OAuth access token; it lives only in this process's memory and the request header.
     token: str | None = None
 
+    # Whose session this is: the user for an OAuth grant (their own token), None when shared.
+    caller: UUID | None = None
+
     @property
-    def pool_key(self) -> tuple[UUID, datetime, str | None]:
-        return (self.config_id, self.version, self.token)
+    def pool_key(self) -> PoolKey:
+        return (self.config_id, self.caller)
 
 
+PoolKey = tuple[UUID, UUID | None]
 ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
@@ -111,17 +116,43 @@ def _is_connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, OSError, ConnectionError)) and not isinstance(exc, McpToolError)
 
 
-class ClientPool:
-    """Connected clients by configuration version, least recently used evicted.
+@dataclass
+class _Pooled:
+    """One upstream MCP session: the credentials it was opened with, and who is using it now."""
 
-    Reuse keeps stdio servers running between calls and HTTP sessions initialised. A client that
-    fails is closed and forgotten, so the next call reconnects.
+    client: Client[Any]
+    version: datetime
+    token: str | None
+    last_used: float
+    users: int = 0
+    # Replaced (new configuration version or token) or expired while in use: closed by its last user.
+    retired: bool = False
+
+
+class ClientPool:
+    """One upstream MCP session per (configuration, caller), kept open between calls.
+
+    Reuse keeps stdio servers running and HTTP sessions initialised, so a call costs one request to
+    the server. The caller is the user for OAuth grants (each has their own token) and nobody for the
+    rest (the configuration's secret is everyone's). A session is replaced when the configuration's
+    version or the token changes (an edit, an OAuth refresh), closed after ``idle_seconds`` unused,
+    and the least recently used goes past ``MAX_POOLED_CLIENTS``. Calls share a session
+    concurrently (MCP multiplexes requests by id). A client that fails is closed and forgotten, so the
+    next call reconnects.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._clients: OrderedDict[tuple[UUID, datetime, str | None], Client[Any]] = OrderedDict()
+        self.idle_seconds = settings.mcp_client_idle_seconds
+        self._clients: OrderedDict[PoolKey, _Pooled] = OrderedDict()
+        # Concurrent first calls for one key open one session, not one each.
+        self._connecting: dict[PoolKey, asyncio.Lock] = {}
         self._sandboxes: dict[int, Sandbox] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def open_sessions(self) -> int:
+        """How many upstream sessions are open now."""
+        return len(self._clients)
 
     async def _stdio_sandbox(self, spec: ServerSpec) -> Sandbox | None:
         """A stdio server's own sandbox (uid per configuration, scratch HOME, no network at all):
@@ -135,14 +166,47 @@ class ClientPool:
         await asyncio.to_thread(give_to, scratch, uid)
         return Sandbox("mcp", uid, self.settings.private_of(f"{key}.etc"), writable=(scratch,))
 
-    async def _connect(self, spec: ServerSpec) -> Client[Any]:
-        client = self._clients.get(spec.pool_key)
-        if client is not None:
+    def _current(self, spec: ServerSpec) -> _Pooled | None:
+        pooled = self._clients.get(spec.pool_key)
+        if pooled is None or (pooled.version, pooled.token) == (spec.version, spec.token):
+            return pooled
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _session(self, spec: ServerSpec) -> AsyncIterator[Client[Any]]:
+        """The pooled session for ``spec``, connected if need be, held for the duration of a call."""
+        try:
+            pooled = self._current(spec) or await self._connect_once(spec)
+        except MCPError as exc:
+            raise McpUnavailable(f"the MCP server refused the connection: {exc}") from exc
+        except (RuntimeError, OSError) as exc:
+            raise McpUnavailable(f"cannot connect to the MCP server: {exc}") from exc
+        if self._clients.get(spec.pool_key) is pooled:
             self._clients.move_to_end(spec.pool_key)
-            return client
+        pooled.users += 1
+        try:
+            yield pooled.client
+        finally:
+            pooled.users -= 1
+            pooled.last_used = time.monotonic()
+            if pooled.retired and pooled.users == 0:
+                await self._close(pooled.client)
+
+    async def _connect_once(self, spec: ServerSpec) -> _Pooled:
+        lock = self._connecting.setdefault(spec.pool_key, asyncio.Lock())
+        async with lock:
+            pooled = self._current(spec)
+            if pooled is None:
+                pooled = await self._connect(spec)
+        if not lock.locked():
+            self._connecting.pop(spec.pool_key, None)
+        return pooled
+
+    async def _connect(self, spec: ServerSpec) -> _Pooled:
         if spec.endpoint_url:
             await check_endpoint(spec.endpoint_url, self.settings)
         timeout = self.settings.mcp_call_timeout_seconds
+        client: Client[Any] | None = None
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.2, max=2),
@@ -162,11 +226,33 @@ class ClientPool:
                         raise McpUnauthorized("the MCP server refused the token (401)") from exc
                     raise
         assert client is not None
-        self._clients[spec.pool_key] = client
+        # The session it replaces (an older version or token of the same configuration and caller).
+        await self._retire(self._clients.pop(spec.pool_key, None))
+        pooled = _Pooled(client, spec.version, spec.token, time.monotonic())
+        self._clients[spec.pool_key] = pooled
         while len(self._clients) > MAX_POOLED_CLIENTS:
             _, oldest = self._clients.popitem(last=False)
-            await self._close(oldest)
-        return client
+            await self._retire(oldest)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="mcp-client-sweeper")
+        return pooled
+
+    async def _retire(self, pooled: _Pooled | None) -> None:
+        if pooled is None:
+            return
+        pooled.retired = True
+        if pooled.users == 0:
+            await self._close(pooled.client)
+
+    async def _sweep(self) -> None:
+        """Closes sessions idle for ``idle_seconds``, while any are open."""
+        while self._clients:
+            await asyncio.sleep(self.idle_seconds / 2)
+            cutoff = time.monotonic() - self.idle_seconds
+            for key, pooled in list(self._clients.items()):
+                if pooled.users == 0 and pooled.last_used < cutoff:
+                    del self._clients[key]
+                    await self._retire(pooled)
 
     async def _close(self, client: Client[Any]) -> None:
         """Close a client, then remove its stdio server's sandbox and scratch directory."""
@@ -177,27 +263,31 @@ class ClientPool:
             for path in sandbox.writable:
                 await asyncio.to_thread(shutil.rmtree, path, True)
 
-    async def discard(self, spec: ServerSpec) -> None:
-        client = self._clients.pop(spec.pool_key, None)
-        if client is not None:
-            await self._close(client)
+    async def _discard(self, spec: ServerSpec, client: Client[Any]) -> None:
+        """Forget a session that failed (if a concurrent call has not replaced it already)."""
+        pooled = self._clients.get(spec.pool_key)
+        if pooled is not None and pooled.client is client:
+            del self._clients[spec.pool_key]
+            await self._retire(pooled)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         while self._clients:
-            _, client = self._clients.popitem()
-            await self._close(client)
+            _, pooled = self._clients.popitem()
+            await self._retire(pooled)
 
     async def list_tools(self, spec: ServerSpec) -> list[dict[str, Any]]:
-        client = await self._guarded_connect(spec)
-        try:
-            async with self._token_watched(spec, client):
-                tools = await client.list_tools()
-        except MCPError as exc:
-            await self.discard(spec)
-            raise _classify(exc) from exc
-        except (RuntimeError, OSError) as exc:
-            await self.discard(spec)
-            raise McpUnavailable(f"the MCP server stopped answering: {exc}") from exc
+        async with self._session(spec) as client:
+            try:
+                async with self._token_watched(spec, client):
+                    tools = await client.list_tools()
+            except MCPError as exc:
+                await self._discard(spec, client)
+                raise _classify(exc) from exc
+            except (RuntimeError, OSError) as exc:
+                await self._discard(spec, client)
+                raise McpUnavailable(f"the MCP server stopped answering: {exc}") from exc
         return [
             {"name": tool.name, "description": tool.description or "", "input_schema": tool.input_schema}
             for tool in tools
@@ -211,26 +301,25 @@ class ClientPool:
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
-        client = await self._guarded_connect(spec)
-
         async def progress(progress: float, total: float | None, message: str | None) -> None:
             if on_progress is not None:
                 await on_progress(progress, total, message)
 
-        try:
-            async with self._token_watched(spec, client):
-                result = await client.call_tool(
-                    name, arguments, timeout=timeout, progress_handler=progress, raise_on_error=False
-                )
-        except MCPError as exc:
-            error = _classify(exc)
-            if isinstance(error, McpUnavailable):
-                # A timed-out session may be stuck on the server side; start afresh next time.
-                await self.discard(spec)
-            raise error from exc
-        except (RuntimeError, OSError) as exc:
-            await self.discard(spec)
-            raise McpUnavailable(f"the MCP server stopped answering: {exc}") from exc
+        async with self._session(spec) as client:
+            try:
+                async with self._token_watched(spec, client):
+                    result = await client.call_tool(
+                        name, arguments, timeout=timeout, progress_handler=progress, raise_on_error=False
+                    )
+            except MCPError as exc:
+                error = _classify(exc)
+                if isinstance(error, McpUnavailable):
+                    # A timed-out session may be stuck on the server side; start afresh next time.
+                    await self._discard(spec, client)
+                raise error from exc
+            except (RuntimeError, OSError) as exc:
+                await self._discard(spec, client)
+                raise McpUnavailable(f"the MCP server stopped answering: {exc}") from exc
         content = [block.model_dump(mode="json", exclude_none=True) for block in result.content]
         if result.is_error:
             text = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
@@ -246,16 +335,8 @@ class ClientPool:
         except (MCPError, RuntimeError, OSError) as exc:
             if not _rejected(client):
                 raise
-            await self.discard(spec)
+            await self._discard(spec, client)
             raise McpUnauthorized("the MCP server refused the token (401)") from exc
-
-    async def _guarded_connect(self, spec: ServerSpec) -> Client[Any]:
-        try:
-            return await self._connect(spec)
-        except MCPError as exc:
-            raise McpUnavailable(f"the MCP server refused the connection: {exc}") from exc
-        except (RuntimeError, OSError) as exc:
-            raise McpUnavailable(f"cannot connect to the MCP server: {exc}") from exc
 
 
 def _rejected(client: Client[Any]) -> bool:

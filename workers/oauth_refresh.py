@@ -18,6 +18,7 @@ from sqlmodel import select
 
 from events.audit import audit_event
 from events.envelope import Event, EventType, new_event_id
+from events.payloads import OAuthRefresh
 from events.publisher import publish
 from schemas.crypto import DecryptionError
 from schemas.db import TenantContext, tenant_transaction
@@ -169,13 +170,9 @@ class TokenRefresher:
     async def scheduled(self, event: Event) -> None:
         """``mcp.oauth_refresh_requested``: refresh if this job is still the grant's current one."""
         assert event.user_id is not None
-        grant_id = UUID(str(event.payload["grant_id"]))
-        row = await self._load(self._ctx(event.org_id, event.user_id), grant_id)
-        if (
-            row is None
-            or row.status != "connected"
-            or row.updated_at.isoformat() != event.payload.get("version")
-        ):
+        job = OAuthRefresh.of(event)
+        row = await self._load(self._ctx(event.org_id, event.user_id), UUID(job.grant_id))
+        if row is None or row.status != "connected" or row.updated_at.isoformat() != job.version:
             return
         if not is_due(row, self.context.settings):
             # Handed over in steps when the token outlives the broker's longest delay.
@@ -186,4 +183,4 @@ class TokenRefresher:
         try:
             await self.refresh(row, request=event)
         except NeedsReauth as exc:
-            log.info("scheduled refresh of grant %s ended: %s", grant_id, exc)
+            log.info("scheduled refresh of grant %s ended: %s", job.grant_id, exc)

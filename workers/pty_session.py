@@ -108,6 +108,9 @@ class PtySession:
         self.last_input = 0.0
         # Set on every read, write and EOF, so a watcher of an idle terminal can wait instead of poll.
         self.activity = asyncio.Event()
+        # Input the terminal could not take yet (its buffer was full): written, in order, once the
+        # loop says the master is writable again.
+        self._unwritten = bytearray()
 
     @property
     def pid(self) -> int | None:
@@ -178,29 +181,35 @@ class PtySession:
         self.write(data.encode())
 
     def write(self, data: bytes) -> None:
+        """Queue ``data`` for the agent and write what the terminal takes now, never blocking the
+        loop: an agent that stops reading fills the PTY's buffer, and one host runs many sessions."""
         if self._master is None:
             raise ProcessLookupError("the process has exited")
         self.last_input = time.monotonic()
         self.activity.set()
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._master, view)
-            except BlockingIOError:
-                time.sleep(0.001)
-                continue
-            view = view[written:]
+        waiting = bool(self._unwritten)
+        self._unwritten += data
+        if not waiting:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._master is not None
+        try:
+            written = os.write(self._master, self._unwritten)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            # The agent is gone; EOF on the reader closes the session.
+            written = len(self._unwritten)
+        del self._unwritten[:written]
+        loop = asyncio.get_running_loop()
+        if self._unwritten:
+            loop.add_writer(self._master, self._flush)
+        else:
+            loop.remove_writer(self._master)
 
     def snapshot(self) -> str:
         return "\n".join(line.rstrip() for line in self.screen.display).rstrip("\n")
-
-    def resize(self, columns: int, rows: int) -> None:
-        self.screen.resize(rows, columns)
-        if self._master is not None:
-            _set_size(self._master, columns, rows)
-        if self._proc and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGWINCH)
 
     async def wait(self) -> int:
         await self._eof.wait()
@@ -232,7 +241,9 @@ class PtySession:
     def _close_master(self) -> None:
         if self._master is not None:
             with contextlib.suppress(ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(self._master)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(self._master)
+                loop.remove_writer(self._master)
             os.close(self._master)
             self._master = None
         self._eof.set()

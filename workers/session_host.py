@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +39,19 @@ from sqlmodel import col, select, update
 from events import replies
 from events.audit import audit_event
 from events.envelope import Event, EventType, rfc3339
+from events.payloads import (
+    Interrupt,
+    PermissionChoice,
+    RawKeys,
+    SessionInput,
+    SessionRequest,
+    Stop,
+    Upload,
+    UserMessage,
+    parse_input,
+)
 from events.publisher import publish
-from events.session_state import claim_turn, set_detail, set_status, turn_taken
+from events.session_state import claim_turn, queue_input, set_detail, set_status, turn_taken
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -47,14 +59,14 @@ from schemas.db import TenantContext, dialect_insert, tenant_transaction
 from schemas.settings import UPLOADS_DIR, Settings
 from schemas.tables import SessionMessage, TenantSettings, UserSession
 from schemas.tenant_secrets import open_tenant_secrets
-from services.sessions.lifecycle import END_REASON_MAX
 from workers.acp_permissions import PermissionDesk
 from workers.acp_session import AcpConversation
 from workers.agents import AdapterUnavailable, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext, interrupt_keys
 from workers.agents.gateway import gateway_headers
 from workers.context import WorkerContext
-from workers.conversation import AgentBusy, Change, Conversation, Timing
+from workers.conversation import AgentBusy, AgentNotResponding, Change, Conversation, Timing
+from workers.lifecycle import END_REASON_MAX
 from workers.pty_session import PtySession, ResourceLimits
 from workers.sandbox import (
     Endpoint,
@@ -198,7 +210,8 @@ class SessionHost:
         self.settings = context.settings
         self.names = context.names
         self.session_id = str(event.session_id)
-        self.agent_type = str(event.payload.get("agent_type", "custom"))
+        self.request = SessionRequest.of(event)
+        self.agent_type = self.request.agent_type
         self.tenant = TenantContext(org_id=event.org_id, user_id=event.user_id, role="owner")
         # The input cursor (see the module's docstring): the last input that is done, the last one
         # handled, and the user message whose turn is open, with the id of its reply.
@@ -326,7 +339,7 @@ class SessionHost:
             self.settings.workspace_root.absolute(), self.settings.private_of(self.session_id)
         )
         confined = required(self.settings)
-        custom = self.event.payload.get("custom_agent")
+        custom = self.request.custom_agent
         gateway_token = await self._issue_gateway_token()
         self._session_secrets.append(gateway_token)
         tenant_settings, tenant_secrets = (
@@ -340,9 +353,9 @@ class SessionHost:
             user_id=self.event.user_id,  # type: ignore[arg-type]
             workspace=workspace,
             home=home,
-            system_prompt=str(self.event.payload.get("system_prompt") or ""),
+            system_prompt=self.request.system_prompt,
             agent_env=provider_environment(self.settings),
-            custom_command=tuple(self.settings.custom_agents.get(str(custom), ())) if custom else (),
+            custom_command=tuple(self.settings.custom_agents.get(custom, ())) if custom else (),
             resume=recovering,
             mcp_gateway_url=self.settings.gateway_url(self.session_id),
             mcp_gateway_token=gateway_token,
@@ -424,14 +437,12 @@ class SessionHost:
             self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
         )
         await self._audit("session.started", "success")
-        prompt = self.event.payload.get("prompt")
+        prompt = self.request.prompt
         if prompt:
             # The first message waits for the agent to settle, like any other input; its turn is
             # claimed now, so the first `stable` a client sees comes after the prompt's reply.
             await claim_turn(self.context.redis, self.names, self.session_id)
-            await self.context.redis.xadd(
-                self.names.session_input(self.session_id), {"type": "user", "content": str(prompt)}
-            )
+            await queue_input(self.context.redis, self.names, self.session_id, UserMessage(content=prompt))
         return conversation
 
     @staticmethod
@@ -633,10 +644,16 @@ class SessionHost:
                 entry_id, fields = await entries.get()
                 if self.conversation.exited:
                     raise await self._exit_reason()
-                if fields.get("type") == "user":
-                    # Keystrokes and uploads go on while a reply is written; a message waits for it.
-                    await self._turn_closed.wait()
-                await self._handle_input(entry_id, fields)
+                try:
+                    item = parse_input(fields)
+                except ValidationError as exc:
+                    # Nothing writes such an entry; it must not end the session, nor block what follows.
+                    log.warning("session %s: skipped input %s: %s", self.session_id, entry_id, exc)
+                else:
+                    if isinstance(item, UserMessage):
+                        # Keystrokes and uploads go on while a reply is written; a message waits for it.
+                        await self._turn_closed.wait()
+                    await self._handle_input(entry_id, item)
                 self._handled_id = entry_id
                 self.last_activity = time.monotonic()
                 if self._open_turn is None:
@@ -658,26 +675,25 @@ class SessionHost:
             await asyncio.sleep(PARTIAL_STORE_SECONDS)
             await self._persist_messages()
 
-    async def _handle_input(self, entry_id: str, fields: dict[str, str]) -> None:
+    async def _handle_input(self, entry_id: str, item: SessionInput) -> None:
         assert self.conversation is not None
-        kind = fields.get("type")
-        if kind == "stop":
+        if isinstance(item, Stop):
             raise SessionEnded("stopped")
-        if kind == "raw":
-            self.conversation.send_raw(fields.get("content", "").encode())
+        if isinstance(item, RawKeys):
+            self.conversation.send_raw(item.content.encode())
             return
-        if kind == "interrupt":
+        if isinstance(item, Interrupt):
             if isinstance(self.conversation, AcpConversation):
                 await self.conversation.cancel()
             else:
                 self.conversation.send_raw(interrupt_keys(self.conversation.adapter))
             return
-        if kind == "upload":
-            await self._place_upload(fields)
+        if isinstance(item, Upload):
+            await self._place_upload(item)
             return
-        if kind == "permission":
+        if isinstance(item, PermissionChoice):
             if self.permissions is not None:
-                self.permissions.answer(fields["request_id"], fields["option_id"], fields.get("actor", ""))
+                self.permissions.answer(item.request_id, item.option_id, item.actor)
             return
         # The ingress only queues a user message while the agent is stable; the first prompt may
         # arrive while it starts, so wait for it to settle rather than lose the message.
@@ -685,9 +701,7 @@ class SessionHost:
             await self.conversation.wait_stable(self.settings.session_max_lifetime)
             self._turn_pending = True
             try:
-                user = self.conversation.open_turn(
-                    fields.get("content", ""), reopen=entry_id == self._reopen_id
-                )
+                user = self.conversation.open_turn(item.content, reopen=entry_id == self._reopen_id)
             except AgentBusy:
                 continue
             except ValueError:
@@ -700,22 +714,34 @@ class SessionHost:
         self._reopen_id = None
         self._open_turn = (entry_id, user.id + 1)
         self._turn_closed.clear()
-        await self.conversation.type_turn(user.content)
+        try:
+            await self.conversation.type_turn(user.content)
+        except AgentNotResponding as exc:
+            # The agent lives but did not take the message: that turn fails, the session goes on and
+            # the turn closes when the screen settles. Re-hosting would only type it again.
+            log.warning("session %s: %s", self.session_id, exc)
+            await self._emit(
+                EventType.AGENT_ERROR,
+                {
+                    "level": "error",
+                    "message": str(exc),
+                    "kind": "not_responding",
+                    "time": rfc3339(datetime.now(UTC)),
+                },
+            )
         await self._persist_messages()
 
-    async def _place_upload(self, fields: dict[str, str]) -> None:
+    async def _place_upload(self, upload: Upload) -> None:
         """Put an uploaded file where the ingress said it would be, before any later input runs."""
-        encoded = await self.context.redis.get(fields["key"])
+        encoded = await self.context.redis.get(upload.key)
         if encoded is None:
-            log.warning(
-                "upload %s for session %s expired before it was placed", fields["key"], self.session_id
-            )
+            log.warning("upload %s for session %s expired before it was placed", upload.key, self.session_id)
             return
         workspace = self.settings.workspace_of(self.event.org_id, self.event.user_id, self.session_id)
         await asyncio.to_thread(
-            place_upload, workspace / UPLOADS_DIR / fields["name"], base64.b64decode(encoded), self._agent_uid
+            place_upload, workspace / UPLOADS_DIR / upload.name, base64.b64decode(encoded), self._agent_uid
         )
-        await self.context.redis.delete(fields["key"])
+        await self.context.redis.delete(upload.key)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -878,14 +904,26 @@ class SessionHost:
             self._stored_cursor = cursor
 
     async def _release(self) -> None:
-        """Forget this host's hold on the session: its state, gauge entry and gateway token."""
-        with contextlib.suppress(Exception):
-            await self.context.redis.delete(
-                self.names.session_state(self.session_id), self.names.session_screen(self.session_id)
-            )
-            await self.context.redis.zrem(self.names.active_sessions(), self._active_member)
-            if self._gateway_key:
-                await self.context.redis.delete(self._gateway_key)
+        """Forget this host's hold on the session: its state, gauge entry and gateway token. Each
+        is tried whatever became of the others: one failed delete must not leave the gateway token
+        valid."""
+        redis, names, gateway_key = self.context.redis, self.names, self._gateway_key
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            (
+                "live state",
+                lambda: redis.delete(
+                    names.session_state(self.session_id), names.session_screen(self.session_id)
+                ),
+            ),
+            ("active-sessions entry", lambda: redis.zrem(names.active_sessions(), self._active_member)),
+        ]
+        if gateway_key:
+            steps.append(("gateway token", lambda: redis.delete(gateway_key)))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("session %s: its %s was not released", self.session_id, what)
 
     async def _snapshot_for_handover(self) -> None:
         """The agent has stopped: its files go to the store for the next host (a failure is logged;

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -20,7 +21,8 @@ from sqlmodel import select
 from events.audit import audit_event, redact_details
 from events.envelope import Event, EventType
 from events.metrics import count
-from events.publisher import publish
+from events.payloads import McpWork, ToolCall
+from events.publisher import queue_publish
 from events.results import append_reply
 from schemas.crypto import DecryptionError, SecretRef
 from schemas.db import TenantContext, tenant_transaction
@@ -62,22 +64,51 @@ REPORTED_FAILURES = (
 )
 
 
+# A configuration loaded for a caller serves their later calls that name the same version (the
+# gateway sends the version it listed) for this long: a tenant transaction and an AES-GCM open per
+# call were a quarter of what the gateway added. It bounds how long this worker still uses a
+# configuration that was disabled or deleted, or a grant withdrawn, without a new version; the
+# gateway itself lists afresh every 2 s and stops offering such a configuration's tools.
+LOADED_SECONDS = 5.0
+MAX_LOADED = 1024
+
+Loaded = tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]
+LoadedKey = tuple[UUID, UUID | None, UUID]
+
+
 class ToolService:
     def __init__(self, context: WorkerContext) -> None:
         self.context = context
         settings = context.settings
         self.pool = ClientPool(settings)
+        self._loaded: OrderedDict[LoadedKey, tuple[float, Loaded]] = OrderedDict()
         self.refresher = TokenRefresher(context)
         self.breaker = CircuitBreaker(
             context.redis, context.names, settings.mcp_breaker_threshold, settings.mcp_breaker_reset_seconds
         )
 
-    async def load(self, event: Event) -> tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]:
-        raw_id = event.payload.get("config_id")
+    async def load(self, event: Event) -> Loaded:
+        work = McpWork.of(event)
         try:
-            config_id = UUID(str(raw_id))
+            config_id = UUID(work.config_id)
         except ValueError as exc:
             raise ToolRequestError("not_found", "no such MCP configuration") from exc
+        key = (event.org_id, event.user_id, config_id)
+        cached = self._loaded.get(key)
+        if cached is not None:
+            at, (row, spec, grant) = cached
+            fresh = time.monotonic() - at < LOADED_SECONDS
+            due = grant is not None and is_due(grant, self.context.settings)
+            if fresh and not due and work.version == row.updated_at.isoformat():
+                return row, spec, grant
+        loaded = await self._load(event, config_id)
+        self._loaded[key] = (time.monotonic(), loaded)
+        self._loaded.move_to_end(key)
+        while len(self._loaded) > MAX_LOADED:
+            self._loaded.popitem(last=False)
+        return loaded
+
+    async def _load(self, event: Event, config_id: UUID) -> Loaded:
         # The requester's own context: RLS shows org configs and only their own user configs.
         ctx = TenantContext(org_id=event.org_id, user_id=event.user_id, role="member")
         grant: McpOAuthToken | None = None
@@ -101,11 +132,13 @@ class ToolService:
                 ).first()
         if grant is not None and grant.status == "connected" and is_due(grant, self.context.settings):
             grant = await self._refreshed(row, grant, event)
-        return row, self._spec(row, self._token(row, grant, event)), grant
+        return row, self._spec(row, self._token(row, grant, event), event), grant
 
-    def _spec(self, row: McpConfiguration, token: str | None) -> ServerSpec:
+    def _spec(self, row: McpConfiguration, token: str | None, event: Event) -> ServerSpec:
         return ServerSpec(
             config_id=row.id,
+            # An OAuth grant is the user's own: their calls get an upstream session of their own.
+            caller=event.user_id if row.auth_type == "oauth" else None,
             version=row.updated_at,
             transport=row.transport,
             endpoint_url=row.endpoint_url,
@@ -167,8 +200,9 @@ class ToolService:
         except McpUnauthorized:
             if grant is None:
                 raise
+        self._loaded.pop((event.org_id, event.user_id, row.id), None)
         grant = await self._refreshed(row, grant, event, stale=True)
-        retry = self._spec(row, self._token(row, grant, event))
+        retry = self._spec(row, self._token(row, grant, event), event)
         return row, await self._guarded(retry, work(retry))
 
     async def list_tools(self, event: Event) -> None:
@@ -184,16 +218,15 @@ class ToolService:
             )
             payload = {"ok": True, "config_id": str(row.id), "tools": tools}
         except REPORTED_FAILURES as exc:
-            payload = {"ok": False, "config_id": str(event.payload.get("config_id")), **_error(exc)}
+            payload = {"ok": False, "config_id": McpWork.of(event).config_id, **_error(exc)}
         payload["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         await self._answer(event, EventType.MCP_TEST_COMPLETED, payload)
 
     async def call_tool(self, event: Event) -> None:
         """``tool_call.requested``: call one tool, report progress and the outcome, audit it."""
         started = time.monotonic()
-        tool = str(event.payload.get("tool", ""))
-        arguments = event.payload.get("arguments") or {}
-        config_id = str(event.payload.get("config_id"))
+        request = ToolCall.of(event)
+        tool, arguments, config_id = request.tool, request.arguments, request.config_id
         outcome, result_type = "success", EventType.TOOL_CALL_COMPLETED
         payload: dict[str, Any] = {"call_id": event.id, "config_id": config_id, "tool": tool}
         try:
@@ -212,7 +245,7 @@ class ToolService:
                         },
                     )
 
-            timeout = float(event.payload.get("timeout") or self.context.settings.mcp_call_timeout_seconds)
+            timeout = request.timeout or self.context.settings.mcp_call_timeout_seconds
             _, result = await self._authorized(
                 event, lambda spec: self.pool.call_tool(spec, tool, dict(arguments), timeout, on_progress)
             )
@@ -226,38 +259,36 @@ class ToolService:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         payload["duration_ms"] = duration_ms
         await self._answer(event, result_type, payload)
-        await count(
-            self.context.redis,
-            self.context.names,
-            "tool_calls",
-            outcome=str(payload.get("error_code", "success")),
-        )
-        await publish(
-            self.context.redis,
-            self.context.names,
-            audit_event(
-                org_id=event.org_id,
-                actor_user_id=event.user_id,
-                action="mcp.tool_call",
-                outcome=outcome,
-                resource_type="mcp_configuration",
-                resource_id=config_id,
-                details={
-                    "tool": tool,
-                    "source": event.payload.get("source", "api"),
-                    "duration_ms": duration_ms,
-                    "arguments": redact_details(arguments),
-                    "error": payload.get("error"),
-                },
-                correlation_id=event.correlation_id,
-                session_id=event.session_id,
-            ),
-        )
+        # After the answer, off the caller's wait: the count and the audit record in one round trip.
+        async with self.context.redis.pipeline(transaction=False) as pipe:
+            count(pipe, self.context.names, "tool_calls", outcome=str(payload.get("error_code", "success")))
+            queue_publish(
+                pipe,
+                self.context.names,
+                audit_event(
+                    org_id=event.org_id,
+                    actor_user_id=event.user_id,
+                    action="mcp.tool_call",
+                    outcome=outcome,
+                    resource_type="mcp_configuration",
+                    resource_id=config_id,
+                    details={
+                        "tool": tool,
+                        "source": request.source,
+                        "duration_ms": duration_ms,
+                        "arguments": redact_details(arguments),
+                        "error": payload.get("error"),
+                    },
+                    correlation_id=event.correlation_id,
+                    session_id=event.session_id,
+                ),
+            )
+            await pipe.execute()
 
     async def _guarded(self, spec: ServerSpec, work: Any) -> Any:
         """Runs ``work`` behind the server's circuit breaker."""
         try:
-            await self.breaker.before_call(spec.config_id)
+            troubled = await self.breaker.before_call(spec.config_id)
         except CircuitOpen:
             work.close()
             raise
@@ -267,7 +298,8 @@ class ToolService:
             if await self.breaker.record_failure(spec.config_id):
                 log.warning("circuit opened for MCP configuration %s", spec.config_id)
             raise
-        await self.breaker.record_success(spec.config_id)
+        if troubled:
+            await self.breaker.record_success(spec.config_id)
         return result
 
     async def _session_event(self, request: Event, type_: EventType, payload: dict[str, Any]) -> None:
@@ -292,7 +324,7 @@ class ToolService:
             payload=payload,
         )
         # The caller blocks on the reply; the session's stream can learn of it a moment later.
-        if request.payload.get("reply"):
+        if McpWork.of(request).reply:
             await append_reply(self.context.redis, self.context.names, request.id, answer)
         if request.session_id is not None:
             await self.context.emit(answer)

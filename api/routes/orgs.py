@@ -9,31 +9,26 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import (
-    ClientException,
-    NotFoundException,
     PermissionDeniedException,
 )
 from litestar.params import Parameter
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import Principal
-from api.org_rules import keep_an_owner, may_grant, owners_left
+from api.member_sessions import live_session_ids, stop_sessions
 from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
-from api.state import Resources, resources
+from api.state import resources
 from api.tenancy import forget_membership, tenant_context
-from schemas.db import TenantContext, dialect_insert, tenant_transaction
+from schemas.db import tenant_transaction
 from schemas.roles import OrgRole
-from schemas.tables import Membership, Organization, User, utcnow
-from services.sessions.ending import live_session_ids, stop_sessions
+from schemas.tables import utcnow
+from services import orgs as service
 
 
 class OrgIn(StrictBody):
@@ -72,37 +67,6 @@ class MemberPage(BaseModel):
     next_cursor: str | None
 
 
-async def _upsert_user(db: AsyncSession, user_id: UUID, email: str | None) -> None:
-    await db.exec(
-        dialect_insert(db, User).values(id=user_id, email=email).on_conflict_do_nothing(index_elements=["id"])
-    )
-
-
-def _own_org(principal: Principal, org_id: UUID) -> TenantContext:
-    ctx = tenant_context(principal)
-    if org_id != ctx.org_id:
-        raise NotFoundException("no such organization")
-    return ctx
-
-
-async def _member(res: Resources, ctx: TenantContext, user_id: UUID) -> tuple[Membership, str | None]:
-    async with tenant_transaction(res.engine, ctx) as db:
-        row = (
-            await db.exec(
-                select(Membership, User.email)
-                .join(User, col(User.id) == col(Membership.user_id), isouter=True)
-                .where(
-                    Membership.org_id == ctx.org_id,
-                    Membership.user_id == user_id,
-                    col(Membership.removed_at).is_(None),
-                )
-            )
-        ).first()
-    if row is None:
-        raise NotFoundException("no such member")
-    return row[0], row[1]
-
-
 class OrgController(Controller):
     path = "/api/v1/orgs"
     tags = ("organizations",)
@@ -112,28 +76,13 @@ class OrgController(Controller):
         """Create an organization (platform superadmins)."""
         if not request.user.is_superadmin:
             raise PermissionDeniedException("only platform superadmins create organizations")
-        res = resources(state)
-        org = Organization(id=uuid4(), name=data.name, slug=data.slug)
-        platform = TenantContext(org_id=org.id, user_id=request.user.user_id, role="superadmin")
-        try:
-            async with tenant_transaction(res.engine, platform) as db:
-                db.add(org)
-                await db.flush()
-                if data.owner_user_id:
-                    await _upsert_user(db, data.owner_user_id, data.owner_email)
-                    db.add(Membership(org_id=org.id, user_id=data.owner_user_id, role="owner"))
-        except IntegrityError as exc:
-            raise ClientException(f"an organization with slug {data.slug!r} exists", status_code=409) from exc
+        owner = (data.owner_user_id, data.owner_email) if data.owner_user_id else None
+        org = await service.create_org(resources(state), request.user.user_id, data.name, data.slug, owner)
         return OrgOut(**org.model_dump())
 
     @get("/{org_id:uuid}")
     async def get_org(self, org_id: UUID, request: Request[Principal, str, State], state: State) -> OrgOut:
-        res = resources(state)
-        ctx = _own_org(request.user, org_id)
-        async with tenant_transaction(res.engine, ctx) as db:
-            org = await db.get(Organization, org_id)
-        if org is None:
-            raise NotFoundException("no such organization")
+        org = await service.get_org(resources(state), tenant_context(request.user), org_id)
         return OrgOut(**org.model_dump())
 
     @get("/{org_id:uuid}/members")
@@ -145,17 +94,9 @@ class OrgController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 100,
         cursor: Annotated[str | None, Parameter(max_length=100)] = None,
     ) -> MemberPage:
-        res = resources(state)
-        ctx = _own_org(request.user, org_id)
-        query = (
-            select(Membership, User.email)
-            .join(User, col(User.id) == col(Membership.user_id), isouter=True)
-            .where(Membership.org_id == org_id, col(Membership.removed_at).is_(None))
-        )
-        if cursor:
-            query = query.where(col(Membership.user_id) > cursor_value(cursor, UUID))
-        async with tenant_transaction(res.engine, ctx) as db:
-            rows = list(await db.exec(query.order_by(col(Membership.user_id)).limit(limit + 1)))
+        ctx = service.own_org(tenant_context(request.user), org_id)
+        after = cursor_value(cursor, UUID) if cursor else None
+        rows = await service.list_members(resources(state), ctx, limit, after)
         page = rows[:limit]
         return MemberPage(
             members=[
@@ -170,26 +111,8 @@ class OrgController(Controller):
         self, org_id: UUID, data: MemberIn, request: Request[Principal, str, State], state: State
     ) -> MemberOut:
         """Add a user to the organization (admins; owners for the owner role)."""
-        res = resources(state)
-        ctx = _own_org(request.user, org_id)
-        may_grant(ctx, None, data.role)
-        # The user row is global: created here under the platform context when the person is new.
-        platform = TenantContext(org_id=org_id, user_id=ctx.user_id, role="superadmin")
-        async with tenant_transaction(res.engine, platform) as db:
-            await _upsert_user(db, data.user_id, data.email)
-        async with tenant_transaction(res.engine, ctx) as db:
-            member = (
-                await db.exec(
-                    select(Membership).where(Membership.org_id == org_id, Membership.user_id == data.user_id)
-                )
-            ).first()
-            if member is not None and member.removed_at is None:
-                raise ClientException("the user is already a member", status_code=409)
-            if member is None:
-                member = Membership(org_id=org_id, user_id=data.user_id, role=data.role)
-            else:  # someone removed before comes back
-                member.role, member.removed_at, member.updated_at = data.role, None, utcnow()
-            db.add(member)
+        ctx = service.own_org(tenant_context(request.user), org_id)
+        member = await service.add_member(resources(state), ctx, data.user_id, data.role, data.email)
         forget_membership(org_id, data.user_id)
         return MemberOut(user_id=data.user_id, role=data.role, email=data.email, created_at=member.created_at)
 
@@ -197,19 +120,8 @@ class OrgController(Controller):
     async def change_role(
         self, org_id: UUID, user_id: UUID, data: RoleIn, request: Request[Principal, str, State], state: State
     ) -> MemberOut:
-        res = resources(state)
-        ctx = _own_org(request.user, org_id)
-        member, email = await _member(res, ctx, user_id)
-        may_grant(ctx, member.role, data.role)
-        async with tenant_transaction(res.engine, ctx) as db:
-            if (
-                member.role == "owner"
-                and data.role != "owner"
-                and await owners_left(db, org_id, user_id) == 0
-            ):
-                raise ClientException("the organization must keep an owner", status_code=409)
-            member.role, member.updated_at = data.role, utcnow()
-            await db.merge(member)
+        ctx = service.own_org(tenant_context(request.user), org_id)
+        member, email = await service.change_role(resources(state), ctx, user_id, data.role)
         forget_membership(org_id, user_id)
         return MemberOut(user_id=user_id, role=data.role, email=email, created_at=member.created_at)
 
@@ -220,11 +132,11 @@ class OrgController(Controller):
         """Remove a member; their token stops working here. Their data stays until erased
         (DELETE /api/v1/users/{id})."""
         res = resources(state)
-        ctx = _own_org(request.user, org_id)
-        member, _ = await _member(res, ctx, user_id)
-        may_grant(ctx, member.role, None)
+        ctx = service.own_org(tenant_context(request.user), org_id)
+        member, _ = await service.find_member(res, ctx, user_id)
+        service.may_grant(ctx, member.role, None)
         async with tenant_transaction(res.engine, ctx) as db:
-            await keep_an_owner(db, org_id, user_id, member.role)
+            await service.keep_an_owner(db, org_id, user_id, member.role)
             # A tombstone, not a deletion: the member's still-valid token must not provision them again.
             member.removed_at = member.updated_at = utcnow()
             await db.merge(member)

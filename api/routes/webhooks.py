@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.audit_trail import audit_under
 from api.auth import Principal
+from api.correlation import current_correlation_id
 from api.problems import StrictBody
 from api.state import resources
 from api.tenancy import tenant_context
@@ -28,12 +29,11 @@ from events.sinks import (
     check_exchange,
     check_routing_key,
 )
-from schemas.db import TenantContext
+from schemas.db import MemberContext
 from schemas.tables import Webhook
 from services import webhooks as service
-from services.agents import canonical_agent_type
-from services.context import current_correlation_id
 from services.webhooks import FIELDS, WebhookSpec
+from workers.agents import canonical_agent_type
 
 MAX_INBOUND_BYTES = 256 * 1024
 
@@ -228,7 +228,7 @@ def _out(row: Webhook) -> dict[str, Any]:
     }
 
 
-def _admin(principal: Principal) -> TenantContext:
+def _admin(principal: Principal) -> MemberContext:
     return service.admin_only(tenant_context(principal))
 
 

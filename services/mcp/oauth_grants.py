@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events.envelope import Event, EventType, new_event_id
+from events.payloads import OAuthRefresh
 from schemas.crypto import KeyRing, SecretRef
 from schemas.settings import Settings
 from schemas.tables import McpOAuthToken, utcnow
@@ -82,12 +83,12 @@ def refresh_request(
         type=EventType.MCP_OAUTH_REFRESH_REQUESTED,
         org_id=row.org_id,
         user_id=row.user_id,
-        payload={
-            "grant_id": str(row.id),
-            "config_id": str(row.configuration_id),
-            "version": row.updated_at.isoformat(),
-            "not_before": not_before.isoformat(),
-        },
+        payload=OAuthRefresh(
+            grant_id=str(row.id),
+            config_id=str(row.configuration_id),
+            version=row.updated_at.isoformat(),
+            not_before=not_before.isoformat(),
+        ).payload(),
         correlation_id=correlation_id or new_event_id(),
     )
 

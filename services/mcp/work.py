@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from events import payloads
 from events.envelope import Event, EventType
 from events.publisher import publish
 from events.results import await_reply
@@ -41,7 +42,7 @@ async def request_test(
         org_id=row.org_id,
         user_id=ctx.user_id,
         correlation_id=correlation_id,
-        payload={"config_id": str(row.id), "reply": True},
+        payload=payloads.McpWork(config_id=str(row.id), reply=True).payload(),
     )
     return await request_work(backends, event, wait_seconds)
 
@@ -67,13 +68,13 @@ async def request_tool_call(
         user_id=ctx.user_id,
         session_id=call.session_id,
         correlation_id=correlation_id,
-        payload={
-            "config_id": str(row.id),
-            "tool": call.tool,
-            "arguments": call.arguments,
-            "timeout": call.timeout_seconds,
-            "source": "api",
-            "reply": True,
-        },
+        payload=payloads.ToolCall(
+            config_id=str(row.id),
+            tool=call.tool,
+            arguments=call.arguments,
+            timeout=call.timeout_seconds,
+            source="api",
+            reply=True,
+        ).payload(),
     )
     return await request_work(backends, event, wait_seconds)

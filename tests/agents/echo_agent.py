@@ -3,7 +3,7 @@
 It draws an input box at the bottom like Claude Code does, reads raw keystrokes (bracketed paste
 aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly (Esc or Ctrl-C stops it),
 ``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/write BYTES`` fills
-a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``.
+a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``, ``/deaf`` stops reading input for good.
 ``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first.
 """
 
@@ -78,6 +78,13 @@ def answer(text: str) -> None:
     elif command == "/cat" and len(words) > 1:
         with open(words[1], encoding="utf-8", errors="replace") as handle:
             say("\r\n".join(handle.read().splitlines()))
+    elif command == "/deaf":
+        # Alive, but never reads its terminal again: what it is sent is never taken.
+        say("not listening")
+        say("")
+        draw_box()
+        while True:
+            time.sleep(60)
     elif command == "/sleep" and len(words) > 1:
         say("working...")
         time.sleep(float(words[1]))

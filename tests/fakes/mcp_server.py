@@ -1,14 +1,15 @@
 """A real MCP server for tests, built with fastmcp: stdio, or Streamable HTTP behind a bearer token.
 
     python -m tests.fakes.mcp_server stdio
-    python -m tests.fakes.mcp_server http --port P --token T
+    python -m tests.fakes.mcp_server http --port P --token T [--token T2 ...]
     python -m tests.fakes.mcp_server oauth --port P --issuer URL --introspection-secret S
 
 ``oauth`` accepts only access tokens the authorization server at ``--issuer`` vouches for (RFC 7662
 introspection, as its client ``resource_server``) and publishes RFC 9728 metadata naming it.
 
 Tools: ``echo``, ``add``, ``progress`` (reports progress, then answers), ``fail`` (a tool error),
-and ``hang`` (never answers, for timeouts and the circuit breaker).
+``connection`` (the caller's TCP address over HTTP, to see a client kept or replaced) and ``hang``
+(never answers, for timeouts and the circuit breaker).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
+from fastmcp.server.dependencies import get_http_request
 
 server = FastMCP("agentapi-test-tools")
 
@@ -52,6 +54,14 @@ def fail(reason: str) -> str:
 
 
 @server.tool
+def connection() -> str:
+    """The caller's TCP address, ``host:port``: a client that keeps its connection open comes back
+    on the same port, a new client on another (MCP 2026-07-28 has no server-side session to tell)."""
+    peer = get_http_request().client
+    return f"{peer.host}:{peer.port}" if peer else "stdio"
+
+
+@server.tool
 async def hang() -> str:
     """Never answers."""
     await asyncio.sleep(3600)
@@ -59,15 +69,15 @@ async def hang() -> str:
 
 
 class BearerOnly:
-    """ASGI wrapper: every request needs ``Authorization: Bearer <token>``."""
+    """ASGI wrapper: every request needs ``Authorization: Bearer <token>``, one of ``tokens``."""
 
-    def __init__(self, app: Any, token: str) -> None:
-        self.app, self.expected = app, f"Bearer {token}".encode()
+    def __init__(self, app: Any, tokens: list[str]) -> None:
+        self.app, self.expected = app, [f"Bearer {token}".encode() for token in tokens]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            if not any([hmac.compare_digest(given, expected) for expected in self.expected]):
                 await send(
                     {
                         "type": "http.response.start",
@@ -84,7 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("transport", choices=["stdio", "http", "oauth"])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--token", default="")
+    # Repeatable: each is accepted (a refreshed token beside the old one).
+    parser.add_argument("--token", action="append", default=[])
     parser.add_argument("--issuer", default="")
     parser.add_argument("--introspection-secret", default="")
     args = parser.parse_args()

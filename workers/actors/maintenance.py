@@ -9,17 +9,17 @@ import dramatiq
 
 from events.envelope import Event
 from services.workspace_store import erase_prefix, open_store, user_prefix
-from workers.context import current, working_on
+from workers.context import current
+from workers.event_context import current_event
 
 log = logging.getLogger(__name__)
 
 
-@dramatiq.actor(queue_name="default", actor_name="erase_workspaces", max_retries=5)
+@dramatiq.actor(queue_name="default", actor_name="erase_workspaces", max_retries=5, envelope=True)
 def erase_workspaces(envelope: str) -> None:
     """Delete an erased user's workspaces in one organization, and their snapshots in the workspace
     store (idempotent: gone is gone)."""
-    with working_on(Event.from_wire(envelope)) as event:
-        _erase(event)
+    _erase(current_event())
 
 
 def _erase(event: Event) -> None:

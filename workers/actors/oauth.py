@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
-from events.envelope import Event
-from workers.context import current, working_on
+from workers.context import current
+from workers.event_context import current_event
 from workers.oauth_refresh import TokenRefresher
 
 # Unreachable authorization servers are retried with Dramatiq's back-off; a refusal is final and
@@ -13,7 +13,8 @@ from workers.oauth_refresh import TokenRefresher
 MAX_RETRIES = 5
 
 
-@dramatiq.actor(queue_name="default", actor_name="refresh_oauth_grant", max_retries=MAX_RETRIES)
+@dramatiq.actor(
+    queue_name="default", actor_name="refresh_oauth_grant", max_retries=MAX_RETRIES, envelope=True
+)
 async def refresh_oauth_grant(envelope: str) -> None:
-    with working_on(Event.from_wire(envelope)) as event:
-        await TokenRefresher(current()).scheduled(event)
+    await TokenRefresher(current()).scheduled(current_event())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
-from events.envelope import Event
-from workers.context import current, working_on
+from workers.context import current
+from workers.event_context import current_event
 from workers.session_host import HandedOver, SessionHost
 
 # The host enforces the session's lifetime itself; Dramatiq's limit is only a backstop.
@@ -21,9 +21,13 @@ def retry_when(retries: int, exception: BaseException) -> bool:
 
 
 @dramatiq.actor(
-    queue_name="sessions", actor_name="run_session", retry_when=retry_when, time_limit=TIME_LIMIT_MS
+    queue_name="sessions",
+    actor_name="run_session",
+    retry_when=retry_when,
+    time_limit=TIME_LIMIT_MS,
+    envelope=True,
 )
 async def run_session(envelope: str) -> None:
     context = current()
-    with working_on(Event.from_wire(envelope)) as event, context.load.hosting():
-        await SessionHost(context, event).run()
+    with context.load.hosting():
+        await SessionHost(context, current_event()).run()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
-from events.envelope import Event
-from workers.context import current, working_on
+from workers.context import current
+from workers.event_context import current_event
 from workers.tool_calls import ToolService
 
 # Made on first use, inside the worker's event loop, so pooled clients belong to that loop.
@@ -22,13 +22,15 @@ def service() -> ToolService:
 
 
 # Tool calls are not idempotent on the server's side: a failed call is reported, never retried.
-@dramatiq.actor(queue_name="tools", actor_name="call_tool", max_retries=0, time_limit=TIME_LIMIT_MS)
+@dramatiq.actor(
+    queue_name="tools", actor_name="call_tool", max_retries=0, time_limit=TIME_LIMIT_MS, envelope=True
+)
 async def call_tool(envelope: str) -> None:
-    with working_on(Event.from_wire(envelope)) as event:
-        await service().call_tool(event)
+    await service().call_tool(current_event())
 
 
-@dramatiq.actor(queue_name="tools", actor_name="test_mcp", max_retries=0, time_limit=TIME_LIMIT_MS)
+@dramatiq.actor(
+    queue_name="tools", actor_name="test_mcp", max_retries=0, time_limit=TIME_LIMIT_MS, envelope=True
+)
 async def test_mcp(envelope: str) -> None:
-    with working_on(Event.from_wire(envelope)) as event:
-        await service().list_tools(event)
+    await service().list_tools(current_event())

@@ -11,21 +11,23 @@ from uuid import UUID
 
 import dramatiq
 import httpx
+from litestar.exceptions import HTTPException
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from api.auth import Principal
+from api.routes.sessions import ACTIVE, CreateSession, start_session
 from events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from events.envelope import Event
-from schemas.db import MemberContext, TenantContext, tenant_transaction
-from schemas.tables import Webhook, WebhookDelivery
+from events.payloads import UserMessage, WebhookReceived, WebhookRedelivery, webhook_notify
+from events.session_state import queue_input
+from schemas.db import TenantContext, tenant_transaction
+from schemas.tables import UserSession, Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
-from services.agents import canonical_agent_type
 from services.egress import EgressRefused, check_endpoint
-from services.errors import DomainError
-from services.sessions.input import queue_webhook_message
-from services.sessions.start import NewSession, start_session
 from workers.actors.sinks import request_drain
-from workers.context import WorkerContext, current, working_on
+from workers.context import WorkerContext, current
+from workers.event_context import current_event
 from workers.sinks import NO_SESSION, delivery_row, drain_key, insert_new, position
 
 log = logging.getLogger(__name__)
@@ -40,96 +42,101 @@ def render(template: str, body: object) -> str:
     return template.replace("{body}", body if isinstance(body, str) else json.dumps(body))
 
 
-@dramatiq.actor(queue_name="default", actor_name="run_webhook_action", max_retries=5)
+@dramatiq.actor(queue_name="default", actor_name="run_webhook_action", max_retries=5, envelope=True)
 async def run_webhook_action(envelope: str) -> None:
     """Carry out an inbound delivery's action: start a session, or post to one."""
-    with working_on(Event.from_wire(envelope)) as event:
-        context = current()
-        async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-            hook = await db.get(Webhook, UUID(str(event.payload["webhook_id"])))
-        if hook is None or not hook.enabled:
-            log.info("webhook %s is gone or disabled; delivery dropped", event.payload["webhook_id"])
-            return
-        action = hook.action
-        message = render(str(action["template"]), event.payload.get("body"))
-        if action["type"] == "start_session":
-            await _start(context, event, action, message)
-        else:
-            await _post(context, event, UUID(str(action["session_id"])), message)
-
-
-async def _start(context: WorkerContext, event: Event, action: dict[str, object], message: str) -> None:
-    webhook_id = event.payload["webhook_id"]
-    if event.org_id is None:
-        log.warning("webhook %s could not start a session: the delivery names no organization", webhook_id)
+    event = current_event()
+    context = current()
+    delivery = WebhookReceived.of(event)
+    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+        hook = await db.get(Webhook, UUID(delivery.webhook_id))
+    if hook is None or not hook.enabled:
+        log.info("webhook %s is gone or disabled; delivery dropped", delivery.webhook_id)
         return
-    actor = MemberContext(org_id=event.org_id, user_id=UUID(str(action["run_as_user_id"])), role="admin")
-    new = NewSession(
-        agent_type=canonical_agent_type(str(action["agent_type"])),
+    action = hook.action
+    message = render(str(action["template"]), delivery.body)
+    if action["type"] == "start_session":
+        await _start(context, event, delivery, action, message)
+    else:
+        await _post(context, event, delivery, UUID(str(action["session_id"])), message)
+
+
+async def _start(
+    context: WorkerContext, event: Event, delivery: WebhookReceived, action: dict[str, object], message: str
+) -> None:
+    principal = Principal(user_id=UUID(str(action["run_as_user_id"])), org_id=event.org_id, role="admin")
+    data = CreateSession(
+        agent_type=str(action["agent_type"]),
         custom_agent=str(action["custom_agent"]) if action.get("custom_agent") else None,
         prompt=message,
-        title=f"webhook delivery {event.payload.get('delivery_id')}",
+        title=f"webhook delivery {delivery.delivery_id}",
     )
     try:
-        # The ingress's own service, so quotas, prompts and publish-after-commit are the same.
-        row, _ = await start_session(context, actor, new)
-    except DomainError as exc:
-        log.warning("webhook %s could not start a session: %s", webhook_id, exc.detail)
+        # The ingress's own path, so quotas, prompts and publish-after-commit are the same.
+        row, _ = await start_session(context, principal, data)  # type: ignore[arg-type]
+    except HTTPException as exc:
+        log.warning("webhook %s could not start a session: %s", delivery.webhook_id, exc.detail)
         return
-    log.info("webhook %s started session %s", webhook_id, row.id)
+    log.info("webhook %s started session %s", delivery.webhook_id, row.id)
 
 
-async def _post(context: WorkerContext, event: Event, session_id: UUID, message: str) -> None:
-    if event.org_id is None or not await queue_webhook_message(context, event.org_id, session_id, message):
-        log.warning(
-            "webhook %s: session %s is not active; message dropped", event.payload["webhook_id"], session_id
-        )
+async def _post(
+    context: WorkerContext, event: Event, delivery: WebhookReceived, session_id: UUID, message: str
+) -> None:
+    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+        row = await db.get(UserSession, session_id)
+    if row is None or row.org_id != event.org_id or row.status not in ACTIVE:
+        log.warning("webhook %s: session %s is not active; message dropped", delivery.webhook_id, session_id)
+        return
+    # The host delivers input only once the agent is stable, so a busy agent gets it next.
+    await queue_input(context.redis, context.names, session_id, UserMessage(content=message))
 
 
-@dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5)
+@dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5, envelope=True)
 async def notify_webhooks(envelope: str) -> None:
     """One delivery per subscription to the reported event (idempotent: one row per webhook and event),
     or a redelivery an admin asked for."""
-    with working_on(Event.from_wire(envelope)) as event:
-        context = current()
-        if "delivery_id" in event.payload:
-            await _redeliver(context, UUID(str(event.payload["delivery_id"])), event.org_id)
-            return
-        source = Event.from_wire(str(event.payload["event"]))
-        at = position(str(event.payload["stream_id"])) if event.payload.get("stream_id") else ""
-        async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-            hooks = [
-                hook
-                for hook in await db.exec(
-                    select(Webhook).where(
-                        Webhook.org_id == event.org_id,
-                        col(Webhook.direction).in_(("outbound", "sink")),
-                        Webhook.enabled,
-                    )
+    event = current_event()
+    context = current()
+    notice = webhook_notify(event)
+    if isinstance(notice, WebhookRedelivery):
+        await _redeliver(context, UUID(notice.delivery_id), event.org_id)
+        return
+    source = notice.source()
+    at = position(notice.stream_id) if notice.stream_id else ""
+    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+        hooks = [
+            hook
+            for hook in await db.exec(
+                select(Webhook).where(
+                    Webhook.org_id == event.org_id,
+                    col(Webhook.direction).in_(("outbound", "sink")),
+                    Webhook.enabled,
                 )
-                if str(source.type) in hook.event_types
-            ]
-            sinks = [hook for hook in hooks if hook.direction == "sink"]
-            # The event's own row, in case its session's log no longer holds it when the drain reads.
-            await insert_new(db, [delivery_row(sink, source, at) for sink in sinks])
-        for sink in sinks:
-            await request_drain(context, sink.id, event.org_id, drain_key(source))
-        for hook in hooks:
-            if hook.direction == "sink":
-                continue
-            delivery = WebhookDelivery(
-                org_id=hook.org_id,
-                webhook_id=hook.id,
-                event_id=source.id,
-                event_type=str(source.type),
-                payload=json.loads(source.to_wire()),
             )
-            try:
-                async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-                    db.add(delivery)
-            except IntegrityError:
-                continue  # a redelivered notice: this subscription has its delivery already
-            await _enqueue(str(delivery.id), str(event.org_id))
+            if str(source.type) in hook.event_types
+        ]
+        sinks = [hook for hook in hooks if hook.direction == "sink"]
+        # The event's own row, in case its session's log no longer holds it when the drain reads.
+        await insert_new(db, [delivery_row(sink, source, at) for sink in sinks])
+    for sink in sinks:
+        await request_drain(context, sink.id, event.org_id, drain_key(source))
+    for hook in hooks:
+        if hook.direction == "sink":
+            continue
+        delivery = WebhookDelivery(
+            org_id=hook.org_id,
+            webhook_id=hook.id,
+            event_id=source.id,
+            event_type=str(source.type),
+            payload=json.loads(source.to_wire()),
+        )
+        try:
+            async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
+                db.add(delivery)
+        except IntegrityError:
+            continue  # a redelivered notice: this subscription has its delivery already
+        await _enqueue(str(delivery.id), str(event.org_id))
 
 
 async def _redeliver(context: WorkerContext, delivery_id: UUID, org_id: UUID) -> None:

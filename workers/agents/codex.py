@@ -8,7 +8,8 @@ approval only to step outside it). The system prompt is the global ``$CODEX_HOME
 Codex adds to its own instructions. ``--no-daemon``: otherwise Codex starts a background app server
 that outlives the PTY's process group and copies its 300 MB binary into CODEX_HOME.
 
-Verified with Codex 0.169.0 against a local fake Responses API (tests/test_codex_cli.py).
+Verified with Codex 0.169.0 against a local fake Responses API (tests/test_codex_cli.py), and over
+ACP with codex-acp 0.16.0 (tests/test_acp_codex.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any, ClassVar
 
 import tomli_w
 
-from services.agents.binaries import agent_binary
 from workers.agents.base import AutoResponse, ErrorScreen, LaunchContext
+from workers.agents.binaries import agent_binary
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message, drop_echo
 from workers.agents.gateway import gateway_headers
@@ -92,6 +93,14 @@ class CodexAdapter:
         if ctx.resume:
             argv += ["resume", "--last"]
         return [*argv, "--no-daemon"]
+
+    def acp_command(self, ctx: LaunchContext) -> list[str]:
+        """Codex over ACP (npm @zed-industries/codex-acp, built on Codex's own core): it reads the
+        same ``$CODEX_HOME/config.toml`` and ``AGENTS.md`` as the CLI in the PTY."""
+        return [agent_binary("codex-acp")]
+
+    def acp_session_meta(self, ctx: LaunchContext) -> dict[str, object]:
+        return {}
 
     def environment(self, ctx: LaunchContext) -> dict[str, str]:
         env = {"CODEX_HOME": str(codex_home(ctx))}

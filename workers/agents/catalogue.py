@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.settings import Settings
-from services.agents import AGENT_TYPES, ALIASES
-from services.agents.binaries import agent_binary
+from workers.agents import AGENT_TYPES, ALIASES
+from workers.agents.binaries import agent_binary
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class AgentSpec:
 SPECS: dict[str, AgentSpec] = {
     "claude": AgentSpec("Claude Code", ("claude",), ("anthropic_api_key",), acp_binary="claude-code-acp"),
     "ccrouter": AgentSpec("Claude Code Router", ("ccr", "claude"), tenant_section="ccrouter"),
-    "codex": AgentSpec("Codex CLI", ("codex",), ("openai_api_key",)),
+    "codex": AgentSpec("Codex CLI", ("codex",), ("openai_api_key",), acp_binary="codex-acp"),
     "gemini": AgentSpec("Gemini CLI", ("gemini",), ("gemini_api_key",), acp_binary="gemini"),
     "aider": AgentSpec("Aider", ("aider",), ("openai_api_key",)),
     "goose": AgentSpec("goose", ("goose",), ("openai_api_key",)),

@@ -1,0 +1,128 @@
+"""The tools worker's upstream MCP clients (``workers/mcp_client.ClientPool``) against a real
+fastmcp server over Streamable HTTP: kept per (configuration, caller) and shared by concurrent
+calls, replaced when the configuration's version or the token changes, closed when idle.
+
+MCP 2026-07-28 keeps no session on the server, so what is kept is the client: its negotiated
+connection and its HTTP connections. The server's ``connection`` tool answers the TCP address a call
+came from, so what is reused or replaced is what the server saw, not what the pool says."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas.settings import Settings
+from tests.fixtures.mcp import mcp_server
+from workers.mcp_client import ClientPool, McpUnauthorized, ServerSpec
+
+pytestmark = pytest.mark.timeout(120)
+
+FIRST, REFRESHED, WITHDRAWN = (secrets.token_urlsafe(16) for _ in range(3))
+NOW = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    with mcp_server("http", f"--token={FIRST}", f"--token={REFRESHED}") as url:
+        yield url
+
+
+def settings(**overrides: object) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, environment="test", jwt_secret="x" * 32, mcp_allow_insecure_http=True, **overrides
+    )
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ClientPool]:
+    pool = ClientPool(settings())
+    yield pool
+    await pool.close()
+
+
+def spec(
+    url: str, *, config_id: uuid.UUID, version: datetime, token: str, caller: uuid.UUID | None = None
+) -> ServerSpec:
+    return ServerSpec(
+        config_id=config_id,
+        caller=caller,
+        version=version,
+        transport="http",
+        endpoint_url=url,
+        command=None,
+        args=(),
+        env=(),
+        token=token,
+    )
+
+
+async def peer(pool: ClientPool, server: ServerSpec) -> str:
+    result = await pool.call_tool(server, "connection", {}, timeout=20)
+    return str(result["content"][0]["text"])
+
+
+async def test_one_client_serves_sequential_and_concurrent_calls(pool: ClientPool, server_url: str) -> None:
+    server = spec(server_url, config_id=uuid.uuid4(), version=NOW, token=FIRST)
+    first = await peer(pool, server)
+    assert await peer(pool, server) == first
+    # Concurrent calls of another configuration share one client of its own, whose HTTP
+    # connections then carry the later calls.
+    other = spec(server_url, config_id=uuid.uuid4(), version=NOW, token=FIRST)
+    together = set(await asyncio.gather(*(peer(pool, other) for _ in range(8))))
+    assert pool.open_sessions() == 2
+    assert first not in together
+    assert await peer(pool, other) in together
+    assert await peer(pool, server) == first
+
+
+async def test_a_new_version_or_token_replaces_the_client(pool: ClientPool, server_url: str) -> None:
+    config_id = uuid.uuid4()
+    original = spec(server_url, config_id=config_id, version=NOW, token=FIRST)
+    before = await peer(pool, original)
+    edited = spec(server_url, config_id=config_id, version=NOW + timedelta(seconds=1), token=FIRST)
+    after_edit = await peer(pool, edited)
+    assert after_edit != before
+    assert await peer(pool, edited) == after_edit
+    # An OAuth refresh: the same configuration and caller with a new access token.
+    refreshed = spec(server_url, config_id=config_id, version=edited.version, token=REFRESHED)
+    after_refresh = await peer(pool, refreshed)
+    assert after_refresh not in (before, after_edit)
+    assert pool.open_sessions() == 1
+    # A token the server refuses is reported as the token's fault and replaces nothing.
+    withdrawn = spec(server_url, config_id=config_id, version=edited.version, token=WITHDRAWN)
+    with pytest.raises(McpUnauthorized):
+        await peer(pool, withdrawn)
+    assert await peer(pool, refreshed) == after_refresh
+    assert pool.open_sessions() == 1
+
+
+async def test_callers_of_an_oauth_configuration_get_clients_of_their_own(
+    pool: ClientPool, server_url: str
+) -> None:
+    config_id = uuid.uuid4()
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    of_alice = spec(server_url, config_id=config_id, version=NOW, token=FIRST, caller=alice)
+    of_bob = spec(server_url, config_id=config_id, version=NOW, token=REFRESHED, caller=bob)
+    alice_peer, bob_peer = await peer(pool, of_alice), await peer(pool, of_bob)
+    assert alice_peer != bob_peer
+    # Bob's client did not replace Alice's.
+    assert await peer(pool, of_alice) == alice_peer
+    assert await peer(pool, of_bob) == bob_peer
+
+
+async def test_an_idle_client_is_closed_and_the_next_call_opens_another(server_url: str) -> None:
+    pool = ClientPool(settings(mcp_client_idle_seconds=0.3))
+    try:
+        server = spec(server_url, config_id=uuid.uuid4(), version=NOW, token=FIRST)
+        before = await peer(pool, server)
+        async with asyncio.timeout(20):
+            while pool.open_sessions():
+                await asyncio.sleep(0.05)
+        assert await peer(pool, server) != before
+    finally:
+        await pool.close()
