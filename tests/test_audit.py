@@ -12,9 +12,12 @@ import uuid
 import httpx
 import psycopg
 import pytest
+import redis.asyncio
 
+from events.streams import DISPATCH_GROUP, Names, WorkKind
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import REPO, Stack
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,6 +43,26 @@ async def wait_for_count(urls: DbUrls, org_id: uuid.UUID, expected: int, timeout
             break
         await asyncio.sleep(0.25)
     return count
+
+
+async def audit_writer_progress(stack: Stack) -> tuple[int, int]:
+    """(audit events not read yet, read but not stored): the writer acknowledges an entry once its
+    row is written."""
+    client = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    try:
+        groups = await client.xinfo_groups(Names(stack.env["AGENTAPI_REDIS_PREFIX"]).work(WorkKind.AUDIT))
+    finally:
+        await client.aclose()
+    group = next((g for g in groups if g["name"] == DISPATCH_GROUP), None)
+    return (-1, -1) if group is None else (int(group["lag"]), int(group["pending"]))
+
+
+async def audit_writer_tried(stack: Stack) -> bool:
+    return (await audit_writer_progress(stack))[1] > 0
+
+
+async def audit_writer_done(stack: Stack) -> bool:
+    return await audit_writer_progress(stack) == (0, 0)
 
 
 def verify(stack: Stack, org_id: uuid.UUID) -> subprocess.CompletedProcess[str]:
@@ -180,12 +203,12 @@ async def test_nothing_is_lost_or_doubled_while_postgres_refuses_audit_writes(
         try:
             async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
                 await bad_creates(client, stack, 1000)
-            await asyncio.sleep(2)
+            await until(lambda: audit_writer_tried(stack), 60, "the writer tried to store them")
             assert await asyncio.to_thread(audit_count, pg_urls, stack.org_id) == 0
         finally:
             owner.execute("GRANT INSERT ON audit_logs TO agentapi_app")
     assert await wait_for_count(pg_urls, stack.org_id, 1000) == 1000
-    await asyncio.sleep(2)
+    await until(lambda: audit_writer_done(stack), 60, "the writer stored them all")
     assert await asyncio.to_thread(audit_count, pg_urls, stack.org_id) == 1000
     result = verify(stack, stack.org_id)
     assert result.returncode == 0, result.stdout

@@ -110,8 +110,7 @@ async def test_busy_agent_refuses_input_and_raw_keys_reach_it(tmp_path: Path) ->
         await conversation.wait_stable(20)
         count = len(conversation.messages)
         conversation.send_raw(b"\x03")
-        await asyncio.sleep(0.3)
-        assert "^C interrupted" in conversation.pty.snapshot()
+        await until(lambda: "^C interrupted" in conversation.pty.snapshot(), 10)
         assert len(conversation.messages) == count, "raw keys are not recorded as messages"
     finally:
         await conversation.stop()
@@ -201,8 +200,9 @@ async def test_input_the_agent_does_not_read_yet_waits_without_blocking_the_loop
 async def test_terminate_kills_the_process_group(tmp_path: Path) -> None:
     pty = PtySession(["/bin/sh", "-c", "sleep 300 & sleep 300"], cwd=tmp_path, env=BASE_ENV)
     await pty.start()
-    await asyncio.sleep(0.2)
     pgid = pty.pid
+    assert pgid is not None
+    await until(lambda: _group_commands(pgid).count("sleep") == 2, 10, "both sleeps run")
     await pty.terminate(grace=1.0)
     assert pty.returncode is not None
     proc = await asyncio.create_subprocess_exec(
@@ -231,6 +231,19 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """The command names of the processes in process group ``pgid``."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields.split()[2]) == pgid:
+            commands.append(name.split("(", 1)[1])
+    return commands
 
 
 def _running(pid: int) -> bool:
