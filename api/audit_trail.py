@@ -41,7 +41,7 @@ def audit_under(scope: Scope, org_id: UUID) -> None:
     """Record this request, which has no principal, in ``org_id``'s trail (with no actor): for
     public routes, once they know whose resource the request is for, so that what they refuse or
     accept from then on (a bad signature, a replay, an accepted delivery) is on record."""
-    scope[PUBLIC_ORG_KEY] = org_id  # type: ignore[literal-required]
+    scope[PUBLIC_ORG_KEY] = org_id  # type: ignore[literal-required]  # ASGI lets middleware add scope keys; Litestar's TypedDict does not list ours
 
 
 def outcome_of(status: int) -> str:
@@ -92,7 +92,7 @@ async def record(scope: Scope, method: str, status: int, user_agent: str | None)
     if isinstance(principal, Principal) and principal.org_id is not None:
         org_id, actor, role = principal.org_id, principal.user_id, principal.role
     elif scope.get(PUBLIC_ORG_KEY) is not None:
-        org_id, actor, role = scope[PUBLIC_ORG_KEY], None, "public"  # type: ignore[literal-required]
+        org_id, actor, role = scope[PUBLIC_ORG_KEY], None, "public"  # type: ignore[literal-required]  # our own scope key, see audit_under
         if status == 401 and not await _first_refusal(scope, org_id, resource_id):
             REFUSED_PUBLIC.labels(action=action[:100]).inc()
             return

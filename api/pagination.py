@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import TypeVar
 
 from litestar.exceptions import ValidationException
@@ -27,10 +28,10 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
     return values
 
 
-def cursor_value(cursor: str, kind: type[T]) -> T:
+def cursor_value(cursor: str, kind: Callable[[str], T]) -> T:
     """A one-part cursor parsed as ``kind`` (UUID, int, ...)."""
     (value,) = decode_cursor(cursor, 1)
     try:
-        return kind(value)  # type: ignore[call-arg]
+        return kind(value)
     except ValueError as exc:
         raise ValidationException("cursor is not one this API returned") from exc

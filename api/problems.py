@@ -538,7 +538,7 @@ def make_exception_handlers(
     }
     outage_handler = _outage_handler_for(outage_retry_after_seconds)
     for exc_type in outages:
-        handlers[exc_type] = outage_handler  # type: ignore[index]
+        handlers[exc_type] = outage_handler  # type: ignore[index]  # Litestar's map is keyed by int | type[Exception]; these are exception types
     return handlers
 
 

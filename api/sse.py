@@ -168,7 +168,7 @@ async def until_draining(
             task.cancel()
         await asyncio.gather(following, watching, return_exceptions=True)
         with contextlib.suppress(RuntimeError):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()  # type: ignore[attr-defined]  # every caller passes an async generator
 
 
 async def sse_response(

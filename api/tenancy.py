@@ -70,7 +70,7 @@ async def membership_role(res: Resources, principal: Principal) -> str | None:
     key = (principal.org_id, principal.user_id)
     cached = _recent.get(key, _UNKNOWN)
     if cached is not _UNKNOWN:
-        return cached  # type: ignore[return-value]
+        return cached  # type: ignore[return-value]  # not the sentinel, so a cached role or None
     return await _lookups.run(
         (*key, principal.role, principal.email), lambda: _load_membership(res, principal)
     )

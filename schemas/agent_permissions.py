@@ -46,7 +46,7 @@ class PermissionPolicy(BaseModel):
     outside_workspace: Literal["ask", "deny"] = "ask"
 
     def decide(self, kind: str | None, locations: list[str], workspace: Path) -> Decision:
-        decision = self.kinds.get(kind or "other", DEFAULT_KINDS.get(kind or "other", "ask"))  # type: ignore[call-overload]
+        decision = self.kinds.get(kind or "other", DEFAULT_KINDS.get(kind or "other", "ask"))  # type: ignore[call-overload]  # an agent may name a kind ACP does not list: it is looked up as a plain string
         if decision == "allow" and not all(_inside(path, workspace) for path in locations):
             return self.outside_workspace
         return decision

@@ -50,7 +50,7 @@ class Provider(_Strict):
     name: str = Field(pattern=NAME)
     api_base_url: str = Field(max_length=2048, description="the provider's full endpoint URL")
     models: list[str] = Field(min_length=1, max_length=50)
-    transformer: Literal[TRANSFORMERS] | None = Field(  # type: ignore[valid-type]
+    transformer: Literal[TRANSFORMERS] | None = Field(  # type: ignore[valid-type]  # a Literal of a tuple constant: pydantic expands it, mypy cannot
         None, description="Claude Code Router transformer; none for OpenAI-compatible endpoints"
     )
     api_key_secret: str | None = Field(

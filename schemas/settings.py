@@ -419,7 +419,7 @@ def _field_env_name(loc: tuple[int | str, ...]) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Load settings or exit with one clear line per missing or invalid setting."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # type: ignore[arg-type]  # overrides are checked by pydantic, field by field
     except ValidationError as exc:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")

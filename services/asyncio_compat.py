@@ -35,5 +35,6 @@ async def wait_for(fut: Awaitable[T], timeout: float | None) -> T:
 def install() -> None:
     """Call once per process, before the event loop runs any Redis client."""
     if sys.version_info < (3, 12):
-        asyncio.wait_for = wait_for  # type: ignore[assignment]
-        asyncio.tasks.wait_for = wait_for  # type: ignore[assignment]
+        # Replacing the library function on purpose; the signatures agree but typeshed's overloads differ.
+        asyncio.wait_for = wait_for  # type: ignore[assignment]  # see above
+        asyncio.tasks.wait_for = wait_for  # type: ignore[assignment]  # see above

@@ -84,7 +84,7 @@ async def write_batch(engine: AsyncEngine, events: list[Event]) -> int:
                     text("SELECT pg_advisory_xact_lock(hashtextextended(:org, 7))").bindparams(
                         org=str(org_id)
                     )
-                )  # type: ignore[call-overload]
+                )  # type: ignore[call-overload]  # SQLModel's exec takes no textual SQL; its execute is marked deprecated
             last = (
                 await db.exec(
                     select(AuditLog.seq, AuditLog.hash)

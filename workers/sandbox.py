@@ -320,7 +320,7 @@ async def _in_netns(netns: int, make: Callable[[], T]) -> T:
         if error is not None:
             done.set_exception(error)
         else:
-            done.set_result(result)  # type: ignore[arg-type]
+            done.set_result(result)  # type: ignore[arg-type]  # no error means make() returned: result is a T
 
     def run() -> None:
         try:
@@ -431,9 +431,10 @@ def forwarded_endpoints(
 def _service_endpoint(url: str) -> Endpoint | None:
     try:
         parts = urlsplit(url)
-        return Endpoint(parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0], 0))  # type: ignore[arg-type]
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0], 0)
     except ValueError:
         return None
+    return Endpoint(parts.hostname, port) if parts.hostname else None
 
 
 def remove_files_holding(root: Path, secrets: list[str]) -> int:
