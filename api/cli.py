@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers or settings.serve_workers,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         # Uvicorn's own loggers go through the root handlers configured by create_app (JSON, redacted).
         log_config=None,
         proxy_headers=True,

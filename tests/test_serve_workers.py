@@ -1,4 +1,5 @@
-"""`agentapi serve --workers N`: N processes answer on one port, each drains on SIGTERM."""
+"""`agentapi serve`: with --workers N, N processes answer on one port and each drains on SIGTERM;
+the access log can be turned off."""
 
 from __future__ import annotations
 
@@ -67,3 +68,17 @@ def test_every_worker_process_serves_and_all_drain(stack: Stack) -> None:
 def test_workers_must_be_positive(stack: Stack) -> None:
     refused = spawn(["serve", "--port", str(free_port()), "--workers", "0"], stack.env)
     assert refused.wait(timeout=30) == 2
+
+
+def test_the_access_log_can_be_turned_off(stack: Stack, tmp_path: Path) -> None:
+    for enabled in ("true", "false"):
+        port, log_file = free_port(), tmp_path / f"access-{enabled}.log"
+        env = {**stack.env, "AGENTAPI_ACCESS_LOG": enabled}
+        server = spawn(["serve", "--port", str(port)], env, log_file)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", server)
+            assert answered(f"http://127.0.0.1:{port}", stack.headers()) == 200
+        finally:
+            stop(server)
+        logged = [line for line in log_file.read_text().splitlines() if '"uvicorn.access"' in line]
+        assert bool(logged) == (enabled == "true"), logged
