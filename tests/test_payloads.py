@@ -142,11 +142,13 @@ def test_old_tool_calls_read_and_new_ones_carry_the_same_fields() -> None:
     )
     assert ToolCall.of(_envelope(EventType.TOOL_CALL_REQUESTED, api)).timeout == 5.0
     assert ToolCall.of(_envelope(EventType.TOOL_CALL_REQUESTED, {**api, "arguments": None})).arguments == {}
-    assert ToolCall.of(_envelope(EventType.TOOL_CALL_REQUESTED, api)).payload() == api
-    # The earlier tools pool read a missing timeout and a null one alike.
+    # Written back, only keys the earlier tools pool ignores or reads as absent (.get) are added: a
+    # null timeout, and the configuration version (null: load afresh).
+    assert ToolCall.of(_envelope(EventType.TOOL_CALL_REQUESTED, api)).payload() == {**api, "version": None}
     assert ToolCall.of(_envelope(EventType.TOOL_CALL_REQUESTED, gateway)).payload() == {
         **gateway,
         "timeout": None,
+        "version": None,
     }
 
 
@@ -159,7 +161,9 @@ def test_old_session_requests_read() -> None:
 
 def test_old_mcp_tests_and_oauth_refreshes_read() -> None:
     test = {"config_id": str(ORG), "reply": True}
-    assert McpWork.of(_envelope(EventType.MCP_TEST_REQUESTED, test)).payload() == test
+    assert McpWork.of(_envelope(EventType.MCP_TEST_REQUESTED, test)).payload() == {**test, "version": None}
+    versioned = {**test, "version": "2026-01-01T00:00:00+00:00"}
+    assert McpWork.of(_envelope(EventType.MCP_TEST_REQUESTED, versioned)).payload() == versioned
     # The tools pool reads a tool call's configuration and reply flag the same way.
     call = {"config_id": str(ORG), "tool": "echo", "arguments": {}, "source": "api", "reply": False}
     assert McpWork.of(_envelope(EventType.TOOL_CALL_REQUESTED, call)) == McpWork(config_id=str(ORG))
