@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.fixtures.stack import REPO, free_port
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -125,8 +126,7 @@ def test_dev_runs_a_session_end_to_end_and_stops_cleanly(tmp_path: Path) -> None
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-        time.sleep(0.5)
-        assert processes_of(proc.pid, tmp_path) == []
+        until_sync(lambda: processes_of(proc.pid, tmp_path) == [], 10, "every dev process ended")
     finally:
         stop_dev(proc)
 

@@ -11,6 +11,19 @@ from collections.abc import Awaitable, Callable
 POLL_SECONDS = 0.05
 
 
+def _timed_out(timeout: float, what: str | None) -> AssertionError:
+    return AssertionError(f"timed out after {timeout} s waiting until {what or 'the condition held'}")
+
+
+def until_sync(condition: Callable[[], object], timeout: float = 30.0, what: str | None = None) -> None:
+    """:func:`until` for a test without an event loop."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise _timed_out(timeout, what)
+        time.sleep(POLL_SECONDS)
+
+
 async def until(
     condition: Callable[[], object] | Callable[[], Awaitable[object]],
     timeout: float = 30.0,
@@ -26,5 +39,5 @@ async def until(
         if result:
             return
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting until {what or 'the condition held'}")
+            raise _timed_out(timeout, what)
         await asyncio.sleep(POLL_SECONDS)

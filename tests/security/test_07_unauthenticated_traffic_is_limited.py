@@ -16,7 +16,9 @@ from schemas.settings import Settings
 from schemas.webhook_signing import signed_headers
 from tests.fixtures.stack import Stack
 from tests.security.helpers import assert_problem
+from tests.test_audit import audit_writer_done
 from tests.test_skeleton_e2e import ECHO
+from tests.waiting import until
 
 LIMIT = 20
 STACK_ENV = {"AGENTAPI_RATE_LIMIT_PER_ADDRESS": str(LIMIT), "AGENTAPI_TRUSTED_PROXIES": '["127.0.0.1"]'}
@@ -88,7 +90,7 @@ async def test_badly_signed_deliveries_are_counted_not_stored_one_row_each(stack
             if rows:
                 break
             await asyncio.sleep(0.2)
-        await asyncio.sleep(2)  # any further row would have arrived with the first
+        await until(lambda: audit_writer_done(stack), 60, "the audit writer stored every event")
         rows = (await client.get("/api/v1/audit", params=query, headers=admin)).json()["entries"]
         assert [row["outcome"] for row in rows] == ["denied"]
         metrics = (await client.get("/metrics")).text
