@@ -17,6 +17,11 @@ from events.streams import Names
 log = logging.getLogger(__name__)
 
 
+def record_duration(pipe: Any, names: Names, actor: str, seconds: float, outcome: str) -> None:
+    """One run of ``actor`` (ok, failed or skipped) into ``pipe``, a sync or async pipeline."""
+    observe(pipe, names, "actor_duration_seconds", seconds, actor=actor, outcome=outcome)
+
+
 class ActorMetrics(Middleware):
     def __init__(self, client: redis.Redis, names: Names) -> None:
         self.client = client
@@ -48,14 +53,7 @@ class ActorMetrics(Middleware):
             return
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                observe(
-                    pipe,
-                    self.names,
-                    "actor_duration_seconds",
-                    time.monotonic() - started,
-                    actor=message.actor_name,
-                    outcome=outcome,
-                )
+                record_duration(pipe, self.names, message.actor_name, time.monotonic() - started, outcome)
                 pipe.execute()
         except redis.RedisError as exc:
             # A metric is never worth failing the message over.
