@@ -28,6 +28,7 @@ from tests.fixtures.rabbitmq import RabbitNode
 from tests.fixtures.stack import Stack, seed_async
 from tests.test_skeleton_e2e import ECHO, agent_said, read_events
 from tests.test_webhooks import Receiver
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(240)
 STACK_ENV = {
@@ -123,13 +124,6 @@ async def collect(node: RabbitNode, queue: str, until: Any, seconds: float = 90)
 
 def ended(documents: list[dict[str, Any]]) -> bool:
     return any(d["type"] == "dev.agentapi.session.ended" for d in documents)
-
-
-async def wait_until(condition: Any, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.2)
 
 
 def settings_in(environment: str) -> Settings:
@@ -259,7 +253,7 @@ async def test_a_broker_outage_delays_events_without_loss_or_duplicates(
                 row = (await client.get(f"/api/v1/webhooks/{sink['id']}", headers=admin)).json()
                 return bool(row["health"] == "failing" and row["last_error"])
 
-            await wait_until(failing)
+            await until(failing, 60)
             await asyncio.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
         finally:
             await asyncio.to_thread(rabbitmq.start_app)
@@ -275,7 +269,7 @@ async def test_a_broker_outage_delays_events_without_loss_or_duplicates(
                 (await client.get(f"/api/v1/webhooks/{sink['id']}", headers=admin)).json()["health"] == "ok"
             )
 
-        await wait_until(recovered)
+        await until(recovered, 60)
 
 
 async def test_refused_credentials_fail_the_sink_into_the_dead_letter_view(
@@ -302,7 +296,7 @@ async def test_refused_credentials_fail_the_sink_into_the_dead_letter_view(
         async def all_dead() -> bool:
             return len(await dead_letters()) == len(expected)
 
-        await wait_until(all_dead, 90)
+        await until(all_dead, 90)
         row = (await client.get(f"/api/v1/webhooks/{sink['id']}", headers=admin)).json()
         assert row["health"] == "failing" and "ACCESS_REFUSED" in row["last_error"]
         assert "wrong-password" not in json.dumps(row)

@@ -22,6 +22,7 @@ from schemas.webhook_signing import signed_headers, verify
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, seed_async
 from tests.test_skeleton_e2e import ECHO, agent_said, read_events
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 STACK_ENV = {
@@ -85,13 +86,6 @@ async def create(client: httpx.AsyncClient, stack: Stack, **body: Any) -> dict[s
     return dict(answer.json())
 
 
-async def wait_for(condition: Any, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-
-
 def deliveries_published(stack: Stack, webhook_id: str) -> int:
     """webhook.received events for one webhook on the default work stream (other tests' sessions
     publish notices there too, so the stream's length says nothing)."""
@@ -144,7 +138,7 @@ async def test_a_signed_delivery_starts_a_session_whose_reply_is_notified(
                 json.loads(r.body)["payload"].get("content") == expected for r in subscriber.succeeded()
             )
 
-        await wait_for(notified)
+        await until(notified, 60)
         hit = next(
             r for r in subscriber.succeeded() if json.loads(r.body)["payload"].get("content") == expected
         )
@@ -252,7 +246,7 @@ async def test_retries_until_success_and_dead_letters_what_never_succeeds(
         await read_events(client, created["events_url"], stack.headers(), until=agent_said("echo: hi"))
         await client.delete(f"/api/v1/sessions/{created['id']}", headers=stack.headers())
 
-        await wait_for(lambda: len(flaky.succeeded()) == 1 and len(broken.received) >= 4)
+        await until(lambda: len(flaky.succeeded()) == 1 and len(broken.received) >= 4, 60)
 
         async def dead_letters() -> list[dict[str, Any]]:
             answer = await client.get(
@@ -273,7 +267,7 @@ async def test_retries_until_success_and_dead_letters_what_never_succeeds(
         broken.plan = [200]
         again = await client.post(f"/api/v1/webhooks/deliveries/{failed[0]['id']}/redeliver", headers=admin)
         assert again.status_code == 202
-        await wait_for(lambda: len(broken.succeeded()) == 1)
+        await until(lambda: len(broken.succeeded()) == 1, 60)
         repeat = await client.post(f"/api/v1/webhooks/deliveries/{failed[0]['id']}/redeliver", headers=admin)
         assert repeat.status_code == 409
 

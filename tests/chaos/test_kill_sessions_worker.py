@@ -27,6 +27,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, running_stack
 from tests.test_skeleton_e2e import ECHO
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,14 +77,6 @@ async def follow(client: httpx.AsyncClient, headers: dict[str, str], watched: Wa
                         watched.events.append((time.monotonic(), sse))
                         last_id = sse.id
         await asyncio.sleep(0.2)
-
-
-async def until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.1)
 
 
 async def wait_stable(client: httpx.AsyncClient, session_id: str, headers: dict[str, str]) -> None:
