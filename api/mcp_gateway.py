@@ -25,7 +25,6 @@ from fastmcp.server.providers import Provider
 from fastmcp.tools.base import Tool, ToolResult
 from mcp_types import ContentBlock
 from pydantic import TypeAdapter
-from sqlmodel import select
 
 from api.recent import Recent
 from api.state import Resources
@@ -33,10 +32,10 @@ from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.payloads import McpWork, ToolCall
 from events.publisher import publish
-from events.results import await_reply
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import TenantContext
 from schemas.tables import McpConfiguration
-from services.mcp.configs import effective
+from services.mcp.configs import enabled_configs
+from services.mcp.work import request_work
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +108,7 @@ class TenantTools(Provider):
     async def _listing(self, identity: GatewayIdentity) -> list[Tool]:
         res = self._resources()
         ctx = TenantContext(org_id=identity.org_id, user_id=identity.user_id, role="member")
-        async with tenant_transaction(res.engine, ctx) as db:
-            configs = list(
-                await db.exec(
-                    effective(select(McpConfiguration), ctx).where(McpConfiguration.enabled == True)  # noqa: E712
-                )
-            )
+        configs = await enabled_configs(res, ctx)
         listed = await asyncio.gather(*(self._tools_of(res, identity, config) for config in configs))
         return [tool for tools in listed for tool in tools]
 
@@ -141,12 +135,11 @@ class TenantTools(Provider):
                 payload=McpWork(config_id=str(config.id), reply=True).payload(),
                 **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
             )
-            await publish(res.redis, res.names, event)
-            answer = await await_reply(res.redis, res.names, event.id, LIST_WAIT_SECONDS)
-            if answer is None or not answer.payload.get("ok"):
+            answer = (await request_work(res, event, LIST_WAIT_SECONDS)).result
+            if answer is None or not answer.get("ok"):
                 log.warning("gateway: tools of MCP configuration %s are unavailable", config.id)
                 return []
-            tools = answer.payload["tools"]
+            tools = answer["tools"]
         return [
             GatewayTool(
                 name=f"{config.name}{SEPARATOR}{tool['name']}",
@@ -179,10 +172,9 @@ class TenantTools(Provider):
             ).payload(),
             **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
         )
-        await publish(res.redis, res.names, event)
         waited = res.settings.mcp_call_timeout_seconds + 15
-        answer = await await_reply(res.redis, res.names, event.id, waited)
-        if answer is None:
+        payload = (await request_work(res, event, waited)).result
+        if payload is None:
             # The tools worker audits every call it answers; one that never answered (a worker that
             # died with the call in hand: the direct lane does not redeliver it) is audited here.
             await publish(
@@ -207,7 +199,6 @@ class TenantTools(Provider):
                 ),
             )
             raise ToolError("the tool call got no answer in time")
-        payload = answer.payload
         if not payload.get("ok"):
             raise ToolError(
                 f"{payload.get('error_code', 'error')}: {payload.get('error', 'the tool call failed')}"

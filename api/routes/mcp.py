@@ -38,7 +38,7 @@ from services.mcp.configs import (
     remove_config,
     replace_config,
 )
-from services.mcp.work import ToolCall, WorkOutcome, request_test, request_tool_call
+from services.mcp.work import DirectCall, WorkOutcome, request_test, request_tool_call
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # How long a request waits for a worker's answer before it returns 202 and the event id.
@@ -292,5 +292,5 @@ async def call_tool(
     session = await find_session(state, request.user, session_id)
     if session.user_id != ctx.user_id:
         raise PermissionDeniedException("only the session's owner calls tools in it")
-    call = ToolCall(session_id, data.config_id, data.tool, data.arguments, data.timeout_seconds)
+    call = DirectCall(session_id, data.config_id, data.tool, data.arguments, data.timeout_seconds)
     return _answer(await request_tool_call(res, ctx, call, data.wait_seconds, current_correlation_id()))

@@ -81,6 +81,16 @@ async def find_config(backends: Backends, ctx: TenantContext, config_id: UUID) -
     return row
 
 
+async def enabled_configs(backends: Backends, ctx: TenantContext) -> list[McpConfiguration]:
+    """The configurations whose tools a session of the caller's offers its agent."""
+    async with tenant_transaction(backends.engine, ctx) as db:
+        return list(
+            await db.exec(
+                effective(select(McpConfiguration), ctx).where(col(McpConfiguration.enabled).is_(True))
+            )
+        )
+
+
 async def list_configs(
     backends: Backends, ctx: TenantContext, limit: int, after: tuple[str, UUID] | None
 ) -> tuple[list[McpConfiguration], dict[UUID, str]]:

@@ -48,7 +48,9 @@ async def request_test(
 
 
 @dataclass(frozen=True)
-class ToolCall:
+class DirectCall:
+    """A tool call from the frontend, outside the agent (which calls through the gateway)."""
+
     session_id: UUID
     config_id: UUID
     tool: str
@@ -57,7 +59,7 @@ class ToolCall:
 
 
 async def request_tool_call(
-    backends: Backends, ctx: TenantContext, call: ToolCall, wait_seconds: float, correlation_id: str
+    backends: Backends, ctx: TenantContext, call: DirectCall, wait_seconds: float, correlation_id: str
 ) -> WorkOutcome:
     """One of the session's MCP tools, called directly (the caller owns the session); progress and
     the outcome also arrive on the session's events as ``tool_call``."""
