@@ -111,15 +111,31 @@ async def collect(node: RabbitNode, queue: str, until: Any, seconds: float = 90)
     deadline = time.monotonic() + seconds
     while not until(documents):
         assert time.monotonic() < deadline, f"timed out with {len(documents)} events"
-        for properties, body in await asyncio.to_thread(node.drain, queue):
-            assert properties["content_type"] == CONTENT_TYPE
-            event = JSONFormat().read(None, body)  # raises unless it is a valid CloudEvent
-            assert event.get_specversion() == "1.0"
-            document = json.loads(body)
-            assert properties["message_id"] == document["id"]
-            documents.append(document)
+        documents += await take(node, queue)
         await asyncio.sleep(0.2)
     return documents
+
+
+async def take(node: RabbitNode, queue: str) -> list[dict[str, Any]]:
+    """The CloudEvents waiting in ``queue`` now, each parsed by the package."""
+    documents = []
+    for properties, body in await asyncio.to_thread(node.drain, queue):
+        assert properties["content_type"] == CONTENT_TYPE
+        event = JSONFormat().read(None, body)  # raises unless it is a valid CloudEvent
+        assert event.get_specversion() == "1.0"
+        document = json.loads(body)
+        assert properties["message_id"] == document["id"]
+        documents.append(document)
+    return documents
+
+
+async def published_all(client: httpx.AsyncClient, stack: Stack, sink_id: str, count: int) -> bool:
+    """Whether the sink has ``count`` deliveries, every one published: nothing more will come."""
+    answer = await client.get(
+        "/api/v1/webhooks/deliveries", params={"limit": 200}, headers=stack.headers(role="admin")
+    )
+    mine = [d for d in answer.json() if d["webhook_id"] == sink_id]
+    return len(mine) == count and all(d["status"] == "succeeded" for d in mine)
 
 
 def ended(documents: list[dict[str, Any]]) -> bool:
@@ -223,9 +239,9 @@ async def test_a_sessions_events_arrive_in_order_once_each_as_cloudevents(
         session_id = await run_session(client, stack, ["one", "two", "three"])
 
         documents = await collect(rabbitmq, queue, ended)
-        await asyncio.sleep(1)
-        documents += await collect(rabbitmq, queue, lambda _: True)
-    expected = logged_ids(stack, session_id, SUBSCRIBED)
+        expected = logged_ids(stack, session_id, SUBSCRIBED)
+        await until(lambda: published_all(client, stack, sink["id"], len(expected)), 60, "all published")
+        documents += await take(rabbitmq, queue)
     assert [d["id"] for d in documents] == expected, "every event once, in the order of the session's log"
     replies = [d["data"]["content"] for d in documents if d["data"].get("content", "").startswith("echo: ")]
     assert replies == ["echo: one", "echo: two", "echo: three"]
@@ -259,8 +275,9 @@ async def test_a_broker_outage_delays_events_without_loss_or_duplicates(
             await asyncio.to_thread(rabbitmq.start_app)
         expected = logged_ids(stack, second, SUBSCRIBED)
         after = await collect(rabbitmq, queue, lambda d: len(d) >= len(expected))
-        await asyncio.sleep(2)
-        after += await collect(rabbitmq, queue, lambda _: True)
+        total = len(before) + len(expected)
+        await until(lambda: published_all(client, stack, sink["id"], total), 60, "all published")
+        after += await take(rabbitmq, queue)
         assert [d["id"] for d in before] == logged_ids(stack, first, SUBSCRIBED)
         assert [d["id"] for d in after] == expected, "all events after the outage, in order, none twice"
 
