@@ -19,9 +19,9 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from api.auth import Principal
-from api.correlation import current_correlation_id
 from events.audit import audit_event
 from events.publisher import queue_publish
+from services.context import current_correlation_id
 
 log = logging.getLogger("agentapi.audit")
 

@@ -37,8 +37,8 @@ from api.jwks import (
     JWKSUnavailableError,
     UnknownSigningKeyError,
 )
-from api.recent import Recent
 from schemas.roles import ORG_ROLES, ROLES
+from services.recent import Recent
 
 if TYPE_CHECKING:
     from litestar import Litestar

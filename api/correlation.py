@@ -6,14 +6,9 @@ from __future__ import annotations
 import re
 
 from events.envelope import new_event_id
-from services.observability import correlation_id
 
 HEADER = "x-correlation-id"
 _ACCEPTED = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def current_correlation_id() -> str:
-    return correlation_id.get() or new_event_id()
 
 
 def accepted_or_new(given: bytes | None) -> str:

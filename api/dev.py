@@ -27,7 +27,7 @@ from fakeredis import TcpFakeServer
 from api.tokens import mint_token
 from schemas.crypto import KeyRing
 from schemas.settings import Settings, load_settings
-from workers.lifecycle import end_sessions_of_last_run
+from services.sessions.lifecycle import end_sessions_of_last_run
 
 DEV_ORG_ID = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 DEV_USER_ID = uuid.UUID("00000000-0000-4000-8000-0000000000b1")

@@ -17,10 +17,11 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.audit_trail import audited, record
-from api.correlation import HEADER, accepted_or_new, correlation_id
+from api.correlation import HEADER, accepted_or_new
 from api.limits import check_header_size, check_query_text
 from api.metrics import HTTP
 from schemas.settings import GATEWAY_PATH
+from services.observability import correlation_id
 
 _CORRELATION = HEADER.encode()
 _METRICS_PATH = "/metrics"

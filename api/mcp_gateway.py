@@ -26,7 +26,6 @@ from fastmcp.tools.base import Tool, ToolResult
 from mcp_types import ContentBlock
 from pydantic import TypeAdapter
 
-from api.recent import Recent
 from api.state import Resources
 from events.audit import audit_event
 from events.envelope import Event, EventType
@@ -36,6 +35,7 @@ from schemas.db import TenantContext
 from schemas.tables import McpConfiguration
 from services.mcp.configs import enabled_configs
 from services.mcp.work import request_work
+from services.recent import Recent
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from services.errors import DomainError, Invalid, TooMany, Unavailable
+from services.observability import correlation_id
 
 logger = logging.getLogger("agentapi.errors")
 
@@ -175,10 +176,6 @@ class UnsupportedMediaTypeException(ClientException):
 
 
 def _correlation_id() -> str | None:
-    try:  # the correlation middleware is optional; problems must not depend on it
-        from api.correlation import correlation_id
-    except ImportError:  # pragma: no cover
-        return None
     return correlation_id.get()
 
 

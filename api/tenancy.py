@@ -28,15 +28,15 @@ from redis.exceptions import RedisError
 from sqlmodel import select
 
 from api.auth import Principal
-from api.correlation import current_correlation_id
-from api.recent import Recent
-from api.single_flight import SingleFlight
 from api.state import Resources
 from events.audit import audit_event
 from events.publisher import publish
 from schemas.db import MemberContext, TenantContext, dialect_insert, tenant_transaction
 from schemas.roles import ROLE_RANK
 from schemas.tables import Membership, Organization, TenantSettings, User
+from services.context import current_correlation_id
+from services.recent import Recent
+from services.single_flight import SingleFlight
 from services.tenant_settings import AUTO_PROVISION_DEFAULT, AUTO_PROVISION_KEY, AUTO_PROVISION_POLICIES
 
 log = logging.getLogger("agentapi.tenancy")

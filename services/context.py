@@ -1,21 +1,20 @@
-"""What a service is given: the backends it works with, and who acts.
-
-Both are plain types so that a route (``api.state.Resources``) and an actor
-(``workers.context.WorkerContext``) pass their own objects: each has these attributes.
-"""
+"""What a service is given: the backends it works with (a route passes its
+``api.state.Resources``, an actor its ``workers.context.WorkerContext``: each has these attributes)
+and who acts, a ``schemas.db.MemberContext`` (the ingress makes it from the verified token, a worker
+from the job, such as the user a webhook runs as)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
-from uuid import UUID
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from events.batch import RedisBatch
+from events.envelope import new_event_id
 from events.streams import Names
-from schemas.db import TenantContext
 from schemas.settings import Settings
+from services.observability import correlation_id
 
 
 class Backends(Protocol):
@@ -32,16 +31,14 @@ class Backends(Protocol):
     def names(self) -> Names: ...
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who acts, in which organization, with which effective role (``superadmin`` for a platform
-    superadmin): a verified caller in the ingress, or the user a webhook runs as in a worker."""
-
-    org_id: UUID
-    user_id: UUID
-    role: str
+class IngressBackends(Backends, Protocol):
+    """The ingress's backends also batch the Redis commands of concurrent requests."""
 
     @property
-    def tenant(self) -> TenantContext:
-        """The row-level-security scope this actor reads and writes in."""
-        return TenantContext(org_id=self.org_id, user_id=self.user_id, role=self.role)
+    def batch(self) -> RedisBatch: ...
+
+
+def current_correlation_id() -> str:
+    """The id that ties what this request or job causes together: the caller's (a request's
+    header, a job's envelope), else a new one."""
+    return correlation_id.get() or new_event_id()

@@ -70,6 +70,13 @@ class Invalid(DomainError):
         return cls(detail or f"{field}: {message}", [(field, message)])
 
 
+class Unprocessable(DomainError):
+    """Well-formed input that cannot be acted on as things stand (a stored template that no longer
+    renders)."""
+
+    status = 422
+
+
 class TooMany(DomainError):
     """A quota or rate is used up; ``retry_after`` seconds is when trying again may help."""
 

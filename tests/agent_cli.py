@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from services.agents.binaries import repo_bin
 from tests.fakes.model_server import FakeModelServer
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
 from workers.agents.base import AgentAdapter
-from workers.agents.binaries import repo_bin
 from workers.screen_tracker import new_lines
 
 GOLDEN = Path(__file__).parent / "golden"

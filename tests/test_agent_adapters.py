@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workers.agents import ADAPTERS, AGENT_TYPES, get_adapter
+from services.agents import AGENT_TYPES
+from services.agents.binaries import agent_binary, repo_bin
+from workers.agents import ADAPTERS, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
-from workers.agents.binaries import agent_binary, repo_bin
 from workers.agents.goose import openai_host_and_path
 from workers.screen_tracker import new_lines
 

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from services.agents.binaries import repo_bin
 from tests.fixtures.stack import Stack
 from tests.test_ccrouter import configure
 from tests.test_skeleton_e2e import named, read_events
-from workers.agents.binaries import repo_bin
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from services.agents.binaries import agent_binary
 from tests.agent_cli import converse
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fixtures.stack import Stack
-from workers.agents.binaries import agent_binary
 
 AIDER = agent_binary("aider")
 pytestmark = [

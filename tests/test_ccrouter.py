@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.agents.binaries import repo_bin
 from tests.agent_cli import converse
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, seed_async
-from workers.agents.binaries import repo_bin
 
 pytestmark = pytest.mark.timeout(180)
 

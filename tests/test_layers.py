@@ -34,21 +34,7 @@ ENTRY_POINTS = frozenset({"api.cli", "api.dev"})
 ROUTES = "api.routes"
 
 # Imports that break the rules today, each with who removes it. This list only shrinks.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("api.routes.mcp", "api.routes.sessions"): "svc-mcp (issue 19)",
-    ("api.routes.agent_control", "api.routes.sessions"): "svc-sessions (issue 19)",
-    ("api.routes.chat", "api.routes.sessions"): "svc-sessions (issue 19)",
-    ("api.routes.sessions", "api.routes.prompts"): "svc-sessions (issue 19)",
-    ("api.routes.uploads", "api.routes.sessions"): "svc-sessions (issue 19)",
-    ("api.routes.sessions", "workers.lifecycle"): "svc-sessions (issue 19)",
-    ("workers.actors.webhooks", "api.auth"): "svc-sessions (issue 19)",
-    ("workers.actors.webhooks", "api.routes.sessions"): "svc-sessions (issue 19)",
-    ("api.routes.agents", "workers.agents.catalogue"): "svc-sessions (issue 19)",
-    ("api.routes.sessions", "workers.agents.catalogue"): "svc-sessions (issue 19)",
-    ("api.routes.prompts", "workers.agents"): "svc-sessions (issue 19)",
-    ("api.routes.sessions", "workers.agents"): "svc-sessions (issue 19)",
-    ("api.routes.webhooks", "workers.agents"): "svc-sessions (issue 19)",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.recent import Recent
+from services.recent import Recent
 
 MISSING = object()
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from api.single_flight import SingleFlight
+from services.single_flight import SingleFlight
 
 
 async def test_concurrent_callers_share_one_lookup_and_later_ones_run_again() -> None:

@@ -59,6 +59,7 @@ from schemas.db import TenantContext, dialect_insert, tenant_transaction
 from schemas.settings import UPLOADS_DIR, Settings
 from schemas.tables import SessionMessage, TenantSettings, UserSession
 from schemas.tenant_secrets import open_tenant_secrets
+from services.sessions.lifecycle import END_REASON_MAX
 from workers.acp_permissions import PermissionDesk
 from workers.acp_session import AcpConversation
 from workers.agents import AdapterUnavailable, get_adapter
@@ -66,7 +67,6 @@ from workers.agents.base import AgentAdapter, LaunchContext, interrupt_keys
 from workers.agents.gateway import gateway_headers
 from workers.context import WorkerContext
 from workers.conversation import AgentBusy, AgentNotResponding, Change, Conversation, Timing
-from workers.lifecycle import END_REASON_MAX
 from workers.pty_session import PtySession, ResourceLimits
 from workers.sandbox import (
     Endpoint,

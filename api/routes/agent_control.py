@@ -18,13 +18,13 @@ from pydantic import BaseModel
 
 from api.auth import Principal
 from api.problems import problem_responses
-from api.routes.sessions import find_session, refuse_if_over
-from api.session_turns import live_state
 from api.sse import sse_response
 from api.state import Resources, resources
+from api.tenancy import tenant_context
 from events import replies
-from events.payloads import Interrupt
-from events.session_state import queue_input
+from services.sessions.input import request_interrupt
+from services.sessions.live import live_state
+from services.sessions.lookup import find_session
 
 # How often a waiting interrupt or a screen stream looks at Redis again.
 POLL_SECONDS = 0.05
@@ -57,9 +57,9 @@ async def interrupt(
     """Send the agent's own interrupt keys (Esc for Claude Code, Codex, Gemini CLI; Ctrl-C for Aider
     and goose) and answer once it is stable again, or after `wait_seconds` with its status then."""
     res = resources(state)
-    refuse_if_over(await find_session(state, request.user, session_id))
+    row = await find_session(res, tenant_context(request.user), session_id)
     started = time.monotonic()
-    await queue_input(res.redis, res.names, session_id, Interrupt())
+    await request_interrupt(res, row)
     status = await _settled(res, session_id, started + wait_seconds)
     return Interrupted(status=status, waited_seconds=round(time.monotonic() - started, 3))
 
@@ -83,7 +83,7 @@ async def internal_screen(
     the screen changes (as theirs); otherwise the current screen as JSON `{screen}`. Empty while
     no host holds the session."""
     res = resources(state)
-    await find_session(state, request.user, session_id)
+    await find_session(res, tenant_context(request.user), session_id)
     key = res.names.session_screen(session_id)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return Response(Screen(screen=await res.redis.get(key) or ""))

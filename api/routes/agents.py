@@ -14,7 +14,7 @@ from api.state import resources
 from api.tenancy import tenant_context
 from schemas.db import tenant_transaction
 from schemas.tables import TenantSettings
-from workers.agents.catalogue import describe
+from services.agents.catalogue import describe
 
 
 class AgentOut(BaseModel):

@@ -13,24 +13,16 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response, ServerSentEvent
 from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
-from sqlmodel import col, select
 
 from api.auth import Principal
 from api.problems import StrictBody, problem_responses
-from api.routes.sessions import (
-    ACTIVE,
-    MAX_MESSAGE_BYTES,
-    CreateSession,
-    SendMessage,
-    deliver_message,
-    find_session,
-    start_session,
-)
+from api.session_bodies import MAX_MESSAGE_BYTES, CreateSession
 from api.sse import chat_event_stream, sse_response
 from api.state import resources
 from api.tenancy import tenant_context
-from schemas.db import tenant_transaction
-from schemas.tables import UserSession
+from services.sessions.input import deliver_message
+from services.sessions.lookup import active_session_ids, find_session
+from services.sessions.start import start_session
 
 
 class ChatIn(StrictBody):
@@ -70,12 +62,12 @@ class ChatOut(BaseModel):
 )
 async def chat(data: ChatIn, request: Request[Principal, str, State], state: State) -> Response[ChatOut]:
     """Send a message to one of your sessions (200), or start a session with it (202)."""
-    res = resources(state)
+    res, actor = resources(state), tenant_context(request.user)
     if data.session_id is not None:
-        row = await find_session(state, request.user, data.session_id)
+        row = await find_session(res, actor, data.session_id)
         if row.user_id != request.user.user_id:
             raise PermissionDeniedException("only the session's owner chats in it")
-        await deliver_message(res, row, SendMessage(content=data.content, type=data.type))
+        await deliver_message(res, row, data.content, data.type)
         out = ChatOut(session_id=row.id, created=False, events_url=f"/api/v1/sessions/{row.id}/events")
         return Response(out, status_code=200)
     try:
@@ -90,7 +82,7 @@ async def chat(data: ChatIn, request: Request[Principal, str, State], state: Sta
             "the new session's settings are invalid",
             extra=[{"key": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         ) from exc
-    row, event = await start_session(res, request.user, create)
+    row, event = await start_session(res, actor, create.new_session())
     out = ChatOut(
         session_id=row.id, created=True, events_url=f"/api/v1/sessions/{row.id}/events", event_id=event.id
     )
@@ -100,19 +92,10 @@ async def chat(data: ChatIn, request: Request[Principal, str, State], state: Sta
 @get("/api/v1/chat/stream", tags=["chat"], timeout=None, media_type="text/event-stream")
 async def chat_stream(request: Request[Principal, str, State], state: State) -> ServerSentEvent:
     """SSE: live events of all your active sessions, each with `session_id`."""
-    res = resources(state)
-    ctx = tenant_context(request.user)
+    res, actor = resources(state), tenant_context(request.user)
 
     async def active_sessions() -> list[str]:
-        async with tenant_transaction(res.engine, ctx) as db:
-            rows = await db.exec(
-                select(UserSession.id).where(
-                    UserSession.org_id == ctx.org_id,
-                    UserSession.user_id == ctx.user_id,
-                    col(UserSession.status).in_(ACTIVE),
-                )
-            )
-            return [str(session_id) for session_id in rows]
+        return await active_session_ids(res, actor)
 
     return await sse_response(
         res.redis,

@@ -23,13 +23,12 @@ from litestar.response import Response
 from pydantic import BaseModel, Field, model_validator
 
 from api.auth import Principal
-from api.correlation import current_correlation_id
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody
-from api.routes.sessions import find_session
 from api.state import resources
 from api.tenancy import tenant_context
 from schemas.tables import McpConfiguration
+from services.context import current_correlation_id
 from services.mcp.configs import (
     ConfigSpec,
     create_config,
@@ -39,6 +38,7 @@ from services.mcp.configs import (
     replace_config,
 )
 from services.mcp.work import DirectCall, WorkOutcome, request_test, request_tool_call
+from services.sessions.lookup import find_session
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # How long a request waits for a worker's answer before it returns 202 and the event id.
@@ -289,7 +289,7 @@ async def call_tool(
     also arrive on the session's events as `tool_call`."""
     res = resources(state)
     ctx = tenant_context(request.user)
-    session = await find_session(state, request.user, session_id)
+    session = await find_session(res, ctx, session_id)
     if session.user_id != ctx.user_id:
         raise PermissionDeniedException("only the session's owner calls tools in it")
     call = DirectCall(session_id, data.config_id, data.tool, data.arguments, data.timeout_seconds)

@@ -21,12 +21,12 @@ from litestar.response import Redirect, Response
 from pydantic import BaseModel, Field
 
 from api.auth import Principal
-from api.correlation import current_correlation_id
 from api.problems import StrictBody, problem_response, problem_responses, problem_type
 from api.state import resources
 from api.tenancy import tenant_context
 from schemas.settings import OAUTH_CALLBACK_PATH
 from schemas.tables import McpConfiguration
+from services.context import current_correlation_id
 from services.mcp.connect import (
     CallbackRefused,
     Caller,

@@ -20,7 +20,6 @@ from litestar.params import Parameter
 from pydantic import BaseModel, Field
 
 from api.auth import Principal
-from api.member_sessions import live_session_ids, stop_sessions
 from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import resources
@@ -29,6 +28,7 @@ from schemas.db import tenant_transaction
 from schemas.roles import OrgRole
 from schemas.tables import utcnow
 from services import orgs as service
+from services.sessions.ending import live_session_ids, stop_sessions
 
 
 class OrgIn(StrictBody):

@@ -21,8 +21,6 @@ from sqlmodel import col, func, select, update
 from sqlmodel import delete as sql_delete
 
 from api.auth import Principal
-from api.correlation import current_correlation_id
-from api.member_sessions import live_session_ids, stop_sessions
 from api.state import Resources, resources
 from api.tenancy import forget_membership, tenant_context
 from events.envelope import Event, EventType
@@ -41,7 +39,9 @@ from schemas.tables import (
     UserSession,
     utcnow,
 )
+from services.context import current_correlation_id
 from services.orgs import keep_an_owner, may_grant
+from services.sessions.ending import live_session_ids, stop_sessions
 
 PLATFORM = TenantContext(org_id=None, user_id=None, role="superadmin")
 MAX_EXPORTED_AUDIT_ROWS = 10_000

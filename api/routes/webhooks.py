@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.audit_trail import audit_under
 from api.auth import Principal
-from api.correlation import current_correlation_id
 from api.problems import StrictBody
 from api.state import resources
 from api.tenancy import tenant_context
@@ -32,8 +31,9 @@ from events.sinks import (
 from schemas.db import MemberContext
 from schemas.tables import Webhook
 from services import webhooks as service
+from services.agents import canonical_agent_type
+from services.context import current_correlation_id
 from services.webhooks import FIELDS, WebhookSpec
-from workers.agents import canonical_agent_type
 
 MAX_INBOUND_BYTES = 256 * 1024
 

@@ -11,20 +11,20 @@ from uuid import UUID
 
 import dramatiq
 import httpx
-from litestar.exceptions import HTTPException
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from api.auth import Principal
-from api.routes.sessions import ACTIVE, CreateSession, start_session
 from events.cloudevents import CONTENT_TYPE, encode, to_cloudevent
 from events.envelope import Event
-from events.payloads import UserMessage, WebhookReceived, WebhookRedelivery, webhook_notify
-from events.session_state import queue_input
-from schemas.db import TenantContext, tenant_transaction
-from schemas.tables import UserSession, Webhook, WebhookDelivery
+from events.payloads import WebhookReceived, WebhookRedelivery, webhook_notify
+from schemas.db import MemberContext, TenantContext, tenant_transaction
+from schemas.tables import Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
+from services.agents import canonical_agent_type
 from services.egress import EgressRefused, check_endpoint
+from services.errors import DomainError
+from services.sessions.input import queue_webhook_message
+from services.sessions.start import NewSession, start_session
 from workers.actors.sinks import request_drain
 from workers.context import WorkerContext, current
 from workers.event_context import current_event
@@ -64,17 +64,22 @@ async def run_webhook_action(envelope: str) -> None:
 async def _start(
     context: WorkerContext, event: Event, delivery: WebhookReceived, action: dict[str, object], message: str
 ) -> None:
-    principal = Principal(user_id=UUID(str(action["run_as_user_id"])), org_id=event.org_id, role="admin")
-    data = CreateSession(
-        agent_type=str(action["agent_type"]),
+    if event.org_id is None:
+        log.warning(
+            "webhook %s could not start a session: the delivery names no organization", delivery.webhook_id
+        )
+        return
+    actor = MemberContext(org_id=event.org_id, user_id=UUID(str(action["run_as_user_id"])), role="admin")
+    new = NewSession(
+        agent_type=canonical_agent_type(str(action["agent_type"])),
         custom_agent=str(action["custom_agent"]) if action.get("custom_agent") else None,
         prompt=message,
         title=f"webhook delivery {delivery.delivery_id}",
     )
     try:
-        # The ingress's own path, so quotas, prompts and publish-after-commit are the same.
-        row, _ = await start_session(context, principal, data)  # type: ignore[arg-type]
-    except HTTPException as exc:
+        # The ingress's own service, so quotas, prompts and publish-after-commit are the same.
+        row, _ = await start_session(context, actor, new)
+    except DomainError as exc:
         log.warning("webhook %s could not start a session: %s", delivery.webhook_id, exc.detail)
         return
     log.info("webhook %s started session %s", delivery.webhook_id, row.id)
@@ -83,13 +88,8 @@ async def _start(
 async def _post(
     context: WorkerContext, event: Event, delivery: WebhookReceived, session_id: UUID, message: str
 ) -> None:
-    async with tenant_transaction(context.engine, _admin(event.org_id)) as db:
-        row = await db.get(UserSession, session_id)
-    if row is None or row.org_id != event.org_id or row.status not in ACTIVE:
+    if event.org_id is None or not await queue_webhook_message(context, event.org_id, session_id, message):
         log.warning("webhook %s: session %s is not active; message dropped", delivery.webhook_id, session_id)
-        return
-    # The host delivers input only once the agent is stable, so a busy agent gets it next.
-    await queue_input(context.redis, context.names, session_id, UserMessage(content=message))
 
 
 @dramatiq.actor(queue_name="default", actor_name="notify_webhooks", max_retries=5, envelope=True)

@@ -1,13 +1,12 @@
-"""Agent types the platform runs, by canonical name and alias, and their adapters."""
+"""The adapters of the agent types the platform runs (``services.agents`` lists the types)."""
 
 from __future__ import annotations
 
 import importlib
 
+from services.agents import canonical_agent_type
 from workers.agents.base import AgentAdapter
 
-AGENT_TYPES = ("claude", "ccrouter", "codex", "gemini", "aider", "goose", "droid", "custom")
-ALIASES = {"ccr": "ccrouter", "claude-code": "claude", "factory": "droid"}
 # Adapter classes by agent type, imported on first use.
 ADAPTERS = {
     "claude": "workers.agents.claude:ClaudeAdapter",
@@ -23,16 +22,6 @@ ADAPTERS = {
 
 class AdapterUnavailable(LookupError):
     """A known agent type whose adapter this deployment cannot run."""
-
-
-def canonical_agent_type(name: str) -> str:
-    """The canonical agent type for a name or alias; ValueError names the accepted ones."""
-    key = name.strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in AGENT_TYPES:
-        accepted = ", ".join([*AGENT_TYPES, *ALIASES])
-        raise ValueError(f"unknown agent type {name!r}; expected one of: {accepted}")
-    return key
 
 
 def get_adapter(name: str) -> AgentAdapter:

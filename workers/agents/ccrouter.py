@@ -20,8 +20,8 @@ from typing import ClassVar
 from pydantic import ValidationError
 
 from schemas.ccrouter import VERTEX_TRANSFORMERS, CCRouterSettings, router_config
+from services.agents.binaries import agent_binary
 from workers.agents.base import LaunchContext, Sidecar
-from workers.agents.binaries import agent_binary
 from workers.agents.claude import ClaudeAdapter
 from workers.agents.custom import write_private
 from workers.sidecars import free_port

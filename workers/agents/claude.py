@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
+from services.agents.binaries import agent_binary, repo_bin
 from workers.agents.base import AutoResponse, ErrorScreen, LaunchContext
-from workers.agents.binaries import agent_binary, repo_bin
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message
 

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import tomli_w
 
+from services.agents.binaries import agent_binary
 from workers.agents.base import AutoResponse, ErrorScreen, LaunchContext
-from workers.agents.binaries import agent_binary
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message, drop_echo
 from workers.agents.gateway import gateway_headers

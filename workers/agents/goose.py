@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from services.agents.binaries import agent_binary
 from workers.agents.base import AutoResponse, LaunchContext
-from workers.agents.binaries import agent_binary
 from workers.agents.custom import write_private
 from workers.agents.formatting import clean_message
 from workers.agents.gateway import gateway_headers

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.settings import Settings
-from workers.agents import AGENT_TYPES, ALIASES
-from workers.agents.binaries import agent_binary
+from services.agents import AGENT_TYPES, ALIASES
+from services.agents.binaries import agent_binary
 
 
 @dataclass(frozen=True)
