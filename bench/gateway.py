@@ -156,8 +156,8 @@ async def _project_target(s: Stack, http: httpx.AsyncClient, url: str, bearer: s
 
 
 async def bench(quick: bool) -> list[Row]:
-    count = 100 if quick else 500
-    seconds = 4.0 if quick else 10.0
+    count = 100 if quick else 300
+    seconds = 4.0 if quick else 6.0
     bearer = secrets.token_urlsafe(24)
     # "--token=": a token that starts with "-" would otherwise read as an option.
     server, url = await asyncio.to_thread(start_mcp_server, "http", f"--token={bearer}", timeout=60)

@@ -92,7 +92,7 @@ async def measure_turns(
 
 
 async def bench(quick: bool) -> list[Row]:
-    count = 100 if quick else 1000
+    count = 100 if quick else 300
     async with stack() as s:
         headers = s.headers()
         async with httpx.AsyncClient(base_url=s.base_url, timeout=30) as client:

@@ -11,7 +11,7 @@ from services.sandbox_probe import probe
 
 
 async def bench(quick: bool) -> list[Row]:
-    count = 10 if quick else 40
+    count = 10 if quick else 25
     samples: list[float] = []
     async with stack() as s:
         headers = s.headers()
