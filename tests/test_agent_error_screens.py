@@ -75,3 +75,13 @@ def test_a_countdown_is_the_same_error_and_another_failure_is_not() -> None:
 def test_a_model_reply_that_talks_about_errors_is_not_one() -> None:
     screen = "❯ What does API Error mean?\n\n● API Error: 500 means the server failed.\n  Retrying in 3s · attempt 2 is what the CLI shows.\n"  # noqa: RUF001
     assert recognise_error(get_adapter("claude"), screen) is None
+
+
+@pytest.mark.parametrize(
+    ("agent_type", "capture"),
+    [("ccrouter", "claude/errors/api_error_retrying.txt"), ("codex", "codex/errors/reconnecting.txt")],
+)
+def test_the_tip_under_a_spinner_is_no_part_of_a_message(agent_type: str, capture: str) -> None:
+    screen = (GOLDEN / capture).read_text()
+    assert "Tip: " in screen
+    assert "Tip: " not in get_adapter(agent_type).format_message(screen, "Say hello")

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +18,11 @@ from tests.agent_cli import fake_upstream, golden_reply, model_reply
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
+from workers.agents.base import LaunchContext
 from workers.agents.claude import ClaudeAdapter
+from workers.conversation import Change, Conversation, Timing
+from workers.pty_session import PtySession
+from workers.session_host import base_environment
 
 pytestmark = pytest.mark.timeout(120)
 API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
@@ -69,3 +78,61 @@ def test_format_message_on_a_captured_screen() -> None:
 def test_format_message_drops_progress_and_footer_lines() -> None:
     screen = "❯ Fix the bug\n\n● Looking into it\n  the fix is in main.py\n\n✶ Thinking… (esc to interrupt)\n❯\n  ? for shortcuts"  # noqa: RUF001
     assert ClaudeAdapter().format_message(screen, "Fix the bug") == "Looking into it\nthe fix is in main.py"
+
+
+async def test_claude_in_the_pty_reports_each_reply_once_without_tips_or_idle_cycles(
+    fake_anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    """Claude Code redraws its footer by itself a few seconds after it settles (the "/effort" hint
+    goes): no running→stable cycle, no second completion; no interim update carries a tip."""
+    adapter = ClaudeAdapter()
+    ctx = LaunchContext(
+        session_id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        workspace=tmp_path,
+        home=tmp_path / ".home",
+        agent_env={"ANTHROPIC_BASE_URL": fake_anthropic.base_url, "ANTHROPIC_API_KEY": API_KEY},
+    )
+    ctx.home.mkdir()
+    adapter.prepare(ctx)
+    pty = PtySession(
+        adapter.command(ctx), cwd=tmp_path, env={**base_environment(ctx.home), **adapter.environment(ctx)}
+    )
+    conversation = Conversation(pty, adapter, Timing(settle_seconds=2.0))
+    seen: list[Change] = []
+
+    async def drain(until: float) -> None:
+        while (left := until - time.monotonic()) > 0:
+            try:
+                seen.append(await asyncio.wait_for(conversation.changes.get(), left))
+            except TimeoutError:
+                return
+
+    await conversation.start()
+    try:
+        await conversation.wait_stable(60)
+        await conversation.send_user("Say hello")
+        while "FAKE-REPLY" not in conversation.pty.snapshot():
+            await drain(time.monotonic() + 0.1)
+        await conversation.wait_stable(60)
+        # The footer redraw Claude Code makes by itself once it is idle, then a settle window more.
+        deadline = time.monotonic() + 30
+        while "/effort" in conversation.pty.snapshot():
+            assert time.monotonic() < deadline, (
+                "Claude Code kept its /effort hint (the redraw this test needs)"
+            )
+            await drain(time.monotonic() + 0.1)
+        await drain(time.monotonic() + 2 * conversation.timing.settle_seconds)
+        reply = replace(conversation.messages[-1])
+    finally:
+        # Claude Code prints how to resume as it exits: no part of this conversation.
+        await conversation.stop()
+
+    statuses = [c.status for c in seen if c.status]
+    assert reply.content == model_reply("Say hello")
+    assert statuses[-2:] == ["running", "stable"] and statuses.count("stable") == 2, statuses
+    completions = [c.completed.id for c in seen if c.completed is not None]
+    assert completions.count(reply.id) == 1, completions
+    updates = [c.message.content for c in seen if c.message is not None]
+    assert not [u for u in updates if "Tip:" in u]

@@ -126,6 +126,35 @@ def test_a_user_message_restarts_the_settle_clock() -> None:
     assert tracker.tick(12.0) == "stable"
 
 
+def test_a_settled_agent_redrawing_its_chrome_stays_stable_and_is_completed_once() -> None:
+    """Claude Code redraws its footer ~8 s after it starts and after a reply; that is no work."""
+    tracker = ScreenTracker(CustomAdapter().format_message, settle_seconds=2.0)
+    tracker.observe("Echo Agent\n> ", now=0.0)
+    assert tracker.tick(2.0) == "stable" and tracker.completed() == tracker.messages[0]
+    tracker.begin_user_message("hi", "Echo Agent\n> ", now=3.0)
+    tracker.observe("Echo Agent\n> hi\necho: hi\n> ", now=3.1)
+    assert tracker.tick(5.5) == "stable"
+    assert tracker.completed() == tracker.messages[2]
+    # The footer changes, the message does not: still stable, and nothing to complete again.
+    assert tracker.observe("Echo Agent\n> hi\necho: hi\n> \n  ? for shortcuts", now=8.0) == []
+    assert tracker.tick(8.1) is None and tracker.status == "stable"
+    assert tracker.tick(10.1) is None and tracker.completed() is None
+    # What the agent says changes by itself: that is work, and its new text is completed.
+    assert tracker.observe("Echo Agent\n> hi\necho: hi\nand more\n> ", now=11.0) == [tracker.messages[2]]
+    assert tracker.tick(11.1) == "running"
+    assert tracker.tick(13.5) == "stable" and tracker.completed() == tracker.messages[2]
+    assert tracker.messages[2].content == "echo: hi\nand more"
+
+
+def test_after_keystrokes_any_redraw_is_the_agents_answer() -> None:
+    tracker = ScreenTracker(CustomAdapter().format_message, settle_seconds=2.0)
+    tracker.observe("Echo Agent\n> ", now=0.0)
+    assert tracker.tick(2.0) == "stable"
+    tracker.touch()
+    tracker.observe("Echo Agent\n> \n  interrupted", now=3.0)
+    assert tracker.tick(3.1) == "running" and tracker.tick(5.0) == "stable"
+
+
 def test_a_recovered_conversation_keeps_its_ids_and_shows_no_second_banner() -> None:
     """A new host's tracker over the stored transcript of a turn its previous host did not finish."""
     stored = [Message(0, "agent", "Echo Agent 1.0"), Message(1, "user", "hi"), Message(2, "agent", "ec")]

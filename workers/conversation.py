@@ -228,6 +228,7 @@ class Conversation:
 
     def send_raw(self, data: bytes) -> None:
         """Keystrokes straight to the terminal (Esc, arrows, Ctrl keys); not recorded."""
+        self.tracker.touch()
         self.pty.write(data)
 
     async def wait_stable(self, timeout: float) -> None:

@@ -5,6 +5,11 @@ screen at that moment becomes the baseline, and the agent's message is what the 
 beyond the baseline (lines inserted or replaced, which also covers scrolling), formatted by the
 adapter. The last agent message is updated in place while it grows. The agent is ``stable`` once
 the screen has been still for the settle window, ``running`` otherwise.
+
+Once the agent has settled after its start or a turn, a redraw that changes no message (a footer
+hint, a tip, a timer a TUI updates by itself) does not make it ``running`` again: only input or a
+change to what it says does. Otherwise a client sees a running→stable cycle it did not cause and
+its message meanwhile gets a 409, and the settled reply is "completed" a second time.
 """
 
 from __future__ import annotations
@@ -56,20 +61,30 @@ class ScreenTracker:
         # A recovered conversation: the screen answers nothing until the user types, and the new
         # agent's start-up screen is no message (it would be a second banner in the transcript).
         self._resumed = False
+        # Whether any screen change counts as work: from the start or an input until the next settle.
+        self._armed = True
+        # The last message a settle completed, as it was: a later settle with nothing new is no completion.
+        self._completed: tuple[int, str] | None = None
 
     def observe(self, screen: str, now: float) -> list[Message]:
         """Feed a new snapshot; returns the messages whose content changed."""
         updated: list[Message] = []
         if screen != self._screen or self._changed_at is None:
             self._screen = screen
-            self._changed_at = now
             message = self.messages[-1]
             if message.role == "agent" and not self._resumed:
                 content = self.format_message(self.turn_region(screen), self._input)
                 if content != message.content:
                     message.content = content
                     updated.append(message)
+                    self._armed = True
+            if self._armed or self._changed_at is None:
+                self._changed_at = now
         return updated
+
+    def touch(self) -> None:
+        """Keystrokes were sent: what the screen does next is the agent's answer to them."""
+        self._armed = True
 
     def turn_region(self, screen: str) -> str:
         """What of ``screen`` belongs to the current turn: all of it before the first input."""
@@ -83,12 +98,19 @@ class ScreenTracker:
         status: Status = "stable" if now - self._changed_at >= self.settle_seconds else "running"
         changed = status if status != self.status else None
         self.status = status
+        if status == "stable":
+            self._armed = False
         return changed
 
     def completed(self) -> Message | None:
         """At a settle: the message it completes, as it stands now (none for a recovered
-        conversation that was not typed to: its last message was completed by its previous host)."""
-        return None if self._resumed else replace(self.messages[-1])
+        conversation that was not typed to: its last message was completed by its previous host,
+        nor for a message a settle already completed as it is)."""
+        last = self.messages[-1]
+        if self._resumed or self._completed == (last.id, last.content):
+            return None
+        self._completed = (last.id, last.content)
+        return replace(last)
 
     def begin_user_message(
         self, text: str, screen_before: str, now: float, reopen: bool = False
@@ -109,6 +131,7 @@ class ScreenTracker:
         self._baseline = screen_before
         self._input = text
         self._changed_at = now
+        self._armed = True
         self.status = "running"
         return user, agent
 

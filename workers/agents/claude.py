@@ -21,7 +21,8 @@ from workers.agents.formatting import clean_message
 
 REPO_BIN = repo_bin("claude")
 PASSED_THROUGH = ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL")
-FOOTER = re.compile(r"\? for shortcuts|esc to interrupt|/effort|← for agents|ctrl\+[a-z] to ")
+# Hints around the input box, and the tip Claude Code shows under its spinner while it works.
+FOOTER = re.compile(r"\? for shortcuts|esc to interrupt|/effort|← for agents|ctrl\+[a-z] to |^\s*⎿\s+Tip: ")
 # Progress lines: a spinner glyph, a word, then "…" or "for 3s" ("✻ Baked for 0s", "✶ Thinking…").
 SPINNER = re.compile(r"^\s*[✻✶✳✢✽·*]\s+\S+.*(…|for \d+(\.\d+)?[ms]s?\b|\(esc to interrupt)")
 BULLET = re.compile(r"^(\s*)[●⏺]\s")

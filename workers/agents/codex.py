@@ -36,6 +36,7 @@ COMPOSER = "\u203a"
 # "← for agents", "⚠ 2 warnings · f2 to view", "gpt-5 high · ~/project".
 FOOTER = re.compile(
     r"\? for shortcuts|← for agents|f2 to view|^\s*\S+ (default|minimal|low|medium|high|xhigh) · "
+    r"|^\s*└ Tip: "
 )
 BULLET = re.compile(r"^(\s*)•\s")
 # Codex 0.169's failure lines (tests/agents/golden/codex/errors): an error cell ("■ Missing
