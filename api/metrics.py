@@ -26,7 +26,8 @@ from events.metrics import PREFIX, families
 from events.streams import DISPATCH_GROUP, WorkKind
 
 log = logging.getLogger(__name__)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Prometheus's text format; Litestar appends "; charset=utf-8" to every text/ type itself.
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class HttpMetrics:
