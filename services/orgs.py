@@ -20,6 +20,7 @@ from schemas.roles import ADMIN_ROLES, SUPERADMIN
 from schemas.tables import Membership, Organization, User, utcnow
 from services.context import Backends
 from services.errors import Conflict, Forbidden, NotFound
+from services.sessions.ending import live_session_ids, stop_sessions
 
 
 def may_grant(ctx: TenantContext, current: str | None, wanted: str | None) -> None:
@@ -167,3 +168,16 @@ async def change_role(
         member.role, member.updated_at = role, utcnow()
         await db.merge(member)
     return member, email
+
+
+async def remove_member(backends: Backends, ctx: MemberContext, user_id: UUID) -> None:
+    """Ends a membership; the member's live sessions here stop. Their data stays until erased."""
+    member, _ = await find_member(backends, ctx, user_id)
+    may_grant(ctx, member.role, None)
+    async with tenant_transaction(backends.engine, ctx) as db:
+        await keep_an_owner(db, ctx.org_id, user_id, member.role)
+        # A tombstone, not a deletion: the member's still-valid token must not provision them again.
+        member.removed_at = member.updated_at = utcnow()
+        await db.merge(member)
+        live = await live_session_ids(db, ctx.org_id, user_id)
+    await stop_sessions(backends, live)

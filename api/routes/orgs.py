@@ -24,11 +24,8 @@ from api.pagination import cursor_value, encode_cursor
 from api.problems import StrictBody
 from api.state import resources
 from api.tenancy import forget_membership, tenant_context
-from schemas.db import tenant_transaction
 from schemas.roles import OrgRole
-from schemas.tables import utcnow
 from services import orgs as service
-from services.sessions.ending import live_session_ids, stop_sessions
 
 
 class OrgIn(StrictBody):
@@ -131,15 +128,6 @@ class OrgController(Controller):
     ) -> None:
         """Remove a member; their token stops working here. Their data stays until erased
         (DELETE /api/v1/users/{id})."""
-        res = resources(state)
         ctx = service.own_org(tenant_context(request.user), org_id)
-        member, _ = await service.find_member(res, ctx, user_id)
-        service.may_grant(ctx, member.role, None)
-        async with tenant_transaction(res.engine, ctx) as db:
-            await service.keep_an_owner(db, org_id, user_id, member.role)
-            # A tombstone, not a deletion: the member's still-valid token must not provision them again.
-            member.removed_at = member.updated_at = utcnow()
-            await db.merge(member)
-            live = await live_session_ids(db, org_id, user_id)
+        await service.remove_member(resources(state), ctx, user_id)
         forget_membership(org_id, user_id)
-        await stop_sessions(res, live)
