@@ -83,17 +83,17 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(_: argparse.Namespace) -> int:
-    from schemas.db import create_engine
+    from schemas.db import dispose_engine, open_engine
     from services.key_rotation import rotate_all
 
     settings = get_settings()
 
     async def rotate() -> int:
-        engine = create_engine(settings.database_url, pool_size=2)
+        engine = open_engine(settings, pool_size=2)
         try:
             report = await rotate_all(engine, settings.key_ring())
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
         for column, count in report.rotated.items():
             print(f"{column}: {count} re-encrypted")
         for failure in report.failed:
@@ -109,16 +109,16 @@ def _keys_rotate(_: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from schemas.audit_chain import verify
-    from schemas.db import create_engine
+    from schemas.db import dispose_engine, open_engine
 
     settings = get_settings()
 
     async def run() -> int:
-        engine = create_engine(settings.database_url, pool_size=2)
+        engine = open_engine(settings, pool_size=2)
         try:
             checked, breaks = await verify(engine, args.org)
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
         for found in breaks:
             print(
                 f"agentapi: audit chain of org {found.org_id} breaks at row {found.row_id} (seq {found.seq}):"
@@ -133,7 +133,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _retention(_: argparse.Namespace) -> int:
-    from schemas.db import create_engine
+    from schemas.db import dispose_engine, open_engine
     from services.retention import purge_expired
     from services.workspace_store import open_store
 
@@ -141,11 +141,11 @@ def _retention(_: argparse.Namespace) -> int:
     store = open_store(settings.workspace_store_url) if settings.workspace_store_url else None
 
     async def run() -> dict[str, int]:
-        engine = create_engine(settings.database_url, pool_size=2)
+        engine = open_engine(settings, pool_size=2)
         try:
             return await purge_expired(engine, store=store)
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
 
     deleted = asyncio.run(run())
     for org_id, count in deleted.items():

@@ -17,7 +17,7 @@ from api.event_hub import EventHub
 from events.batch import RedisBatch
 from events.connection import pooled_redis
 from events.streams import Names
-from schemas.db import create_engine, rls_bypass_reason
+from schemas.db import dispose_engine, open_engine, rls_bypass_reason
 from schemas.settings import Settings
 
 # A request waits this long for a Redis connection in a burst, then gets a 503 with Retry-After.
@@ -45,14 +45,17 @@ def resources(state: State) -> Resources:
 def lifespan(settings: Settings):
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = open_engine(settings, pool_size=settings.db_pool_size)
         if settings.environment == "production":
             # Connected as a role RLS does not hold, every tenant would read every other's rows.
-            reason = await rls_bypass_reason(engine)
+            reason = await rls_bypass_reason(engine, settings.db_platform_role)
+            if reason is None and not settings.is_sqlite and not settings.platform_database_url:
+                reason = "AGENTAPI_PLATFORM_DATABASE_URL is not set (webhook deliveries and superadmin work need it)"
             if reason:
-                await engine.dispose()
+                await dispose_engine(engine)
                 raise RuntimeError(
-                    f"refusing to serve: {reason}; AGENTAPI_DATABASE_URL must name the service role"
+                    f"refusing to serve: {reason}; AGENTAPI_DATABASE_URL must name the service role and"
+                    " AGENTAPI_PLATFORM_DATABASE_URL the platform role"
                 )
         redis = pooled_redis(
             settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS, health_check_interval=30
@@ -68,6 +71,6 @@ def lifespan(settings: Settings):
             await hub.stop()
             await verifier.aclose()
             await redis.aclose()
-            await engine.dispose()
+            await dispose_engine(engine)
 
     return _lifespan

@@ -18,11 +18,19 @@ HELPERS = [
   $$ SELECT NULLIF(current_setting('app.user_id', true), '')::uuid $$""",
     """CREATE OR REPLACE FUNCTION app_role() RETURNS text LANGUAGE sql STABLE AS
   $$ SELECT COALESCE(NULLIF(current_setting('app.role', true), ''), 'none') $$""",
-    """CREATE OR REPLACE FUNCTION app_is_superadmin() RETURNS boolean LANGUAGE sql STABLE AS
-  $$ SELECT app_role() = 'superadmin' $$""",
     """CREATE OR REPLACE FUNCTION app_is_org_admin() RETURNS boolean LANGUAGE sql STABLE AS
   $$ SELECT app_role() IN ('admin', 'owner', 'superadmin') $$""",
 ]
+
+
+def superadmin_function(platform_role: str | None) -> str:
+    """``app_is_superadmin()``: since migration 0012, ``app.role=superadmin`` counts only on a
+    connection whose role is a member of ``platform_role``; ``None`` gives the definition earlier
+    migrations created (a later migration that re-applies the helpers must pass the role)."""
+    platform = f" AND pg_has_role({_literal(platform_role)}, 'MEMBER')" if platform_role else ""
+    return f"""CREATE OR REPLACE FUNCTION app_is_superadmin() RETURNS boolean LANGUAGE sql STABLE AS
+  $$ SELECT app_role() = 'superadmin'{platform} $$"""
+
 
 _IN_ORG = "org_id = app_org_id()"
 _OWN_OR_ADMIN = "(user_id = app_user_id() OR app_is_org_admin())"
@@ -57,10 +65,10 @@ POLICIES: dict[str, tuple[str, str]] = {
 ORGANIZATION_POLICY = ("id = app_org_id() OR app_is_superadmin()", "app_is_superadmin()")
 
 
-def policy_statements(tables: Iterable[str] | None = None) -> list[str]:
+def policy_statements(tables: Iterable[str] | None = None, platform_role: str | None = None) -> list[str]:
     """The helper functions and each table's policy (every tenant table unless ``tables`` is given:
     a migration names the tables that exist at its revision)."""
-    statements = list(HELPERS)
+    statements = [*HELPERS, superadmin_function(platform_role)]
     for table in TENANT_TABLES if tables is None else tables:
         kind = TENANT_TABLES[table]
         using, check = ORGANIZATION_POLICY if table == "organizations" else POLICIES[kind]
@@ -112,14 +120,35 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def reference_sql(role: str = "agentapi_app") -> str:
-    """What infra/sql/rls.sql holds: the migration's statements, for review and for DBAs."""
+def platform_statements(
+    platform_role: str, password: str | None, tables: Iterable[str] | None = None
+) -> list[str]:
+    """The platform role (its own login, held by Row-Level Security like the service role, with the
+    same grants), the migrating owner made a member of it, and ``app_is_superadmin()`` bound to it."""
+    return [
+        create_role_statement(platform_role, password),
+        f"""
+DO $$
+BEGIN
+  IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE format('GRANT %I TO %I', {_literal(platform_role)}, current_user);
+  END IF;
+END
+$$""",
+        *grant_statements(platform_role, tables),
+        superadmin_function(platform_role),
+    ]
+
+
+def reference_sql(role: str = "agentapi_app", platform_role: str = "agentapi_platform") -> str:
+    """What infra/sql/rls.sql holds: the migrations' statements, for review and for DBAs."""
     header = "-- Generated from schemas/rls.py (python -m schemas.rls); the migration applies the same.\n"
     body = [
         create_role_statement(role, None),
-        *policy_statements(),
+        *policy_statements(platform_role=platform_role),
         *force_statements(TENANT_TABLES),
         *grant_statements(role),
+        *platform_statements(platform_role, None),
     ]
     return header + ";\n\n".join(statement.strip() for statement in body) + ";\n"
 

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         "agentapi_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias=_env("DB_SERVICE_ROLE")
     )
     db_service_password: SecretStr | None = Field(None, validation_alias=_env("DB_SERVICE_PASSWORD"))
+    # Cross-organization work (superadmin requests, webhook lookup, the audit writer, retention, key
+    # rotation, the lifecycle reconciler) runs on a connection of its own, as the platform role:
+    # Row-Level Security lets ``app.role=superadmin`` cross organizations only for members of that
+    # role, so the service role cannot grant itself every tenant by setting a variable.
+    platform_database_url: str | None = Field(None, validation_alias=_env("PLATFORM_DATABASE_URL"))
+    db_platform_role: str = Field(
+        "agentapi_platform", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias=_env("DB_PLATFORM_ROLE")
+    )
+    db_platform_password: SecretStr | None = Field(None, validation_alias=_env("DB_PLATFORM_PASSWORD"))
     db_pool_size: int = Field(10, ge=1, le=200, validation_alias=_env("DB_POOL_SIZE"))
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL", "REDIS_URL"))
@@ -272,7 +281,7 @@ class Settings(BaseSettings):
     # JSON lines for log shippers; `agentapi dev` switches to text for people.
     log_format: Literal["json", "text"] = Field("json", validation_alias=_env("LOG_FORMAT"))
 
-    @field_validator("database_url", "migrations_database_url")
+    @field_validator("database_url", "migrations_database_url", "platform_database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:
         return async_database_url(value) if value else value

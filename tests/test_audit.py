@@ -199,14 +199,15 @@ async def test_nothing_is_lost_or_doubled_while_postgres_refuses_audit_writes(
 ) -> None:
     stack = fresh_org_stack
     with psycopg.connect(owner_dsn(pg_urls), autocommit=True) as owner:
-        owner.execute("REVOKE INSERT ON audit_logs FROM agentapi_app")
+        # The writer stores through the platform role (cross-organization work).
+        owner.execute("REVOKE INSERT ON audit_logs FROM agentapi_app, agentapi_platform")
         try:
             async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
                 await bad_creates(client, stack, 1000)
             await until(lambda: audit_writer_tried(stack), 60, "the writer tried to store them")
             assert await asyncio.to_thread(audit_count, pg_urls, stack.org_id) == 0
         finally:
-            owner.execute("GRANT INSERT ON audit_logs TO agentapi_app")
+            owner.execute("GRANT INSERT ON audit_logs TO agentapi_app, agentapi_platform")
     assert await wait_for_count(pg_urls, stack.org_id, 1000) == 1000
     await until(lambda: audit_writer_done(stack), 60, "the writer stored them all")
     assert await asyncio.to_thread(audit_count, pg_urls, stack.org_id) == 1000

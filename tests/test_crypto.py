@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from schemas.crypto import DecryptionError, KeyRing, KeyRingError, SecretRef
-from schemas.db import TenantContext, create_engine, tenant_transaction
+from schemas.db import TenantContext, create_engine, dispose_engine, tenant_transaction
 from schemas.tables import McpConfiguration, Membership, Organization, User, Webhook
 from services.key_rotation import PLATFORM, rotate_all
-from tests.fixtures.postgres import DbUrls
+from tests.fixtures.postgres import DbUrls, service_engine
 from tests.fixtures.stack import REPO
 
 
@@ -99,7 +99,7 @@ def test_a_bad_key_ring_stops_start_up_with_one_line() -> None:
 
 async def _seed(urls: DbUrls, keys: KeyRing) -> dict[str, uuid.UUID]:
     """Two orgs, each with a webhook and an MCP configuration holding sealed secrets."""
-    engine = create_engine(urls.service)
+    engine = service_engine(urls)
     ids: dict[str, uuid.UUID] = {}
     try:
         for name in ("a", "b"):
@@ -137,12 +137,12 @@ async def _seed(urls: DbUrls, keys: KeyRing) -> dict[str, uuid.UUID]:
                     )
                 )
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)
     return ids
 
 
 async def _secret(urls: DbUrls, keys: KeyRing, table: str, row: uuid.UUID, org: uuid.UUID) -> str:
-    engine = create_engine(urls.service)
+    engine = service_engine(urls)
     try:
         async with tenant_transaction(engine, PLATFORM) as db:
             sealed = (
@@ -150,7 +150,7 @@ async def _secret(urls: DbUrls, keys: KeyRing, table: str, row: uuid.UUID, org: 
             ).scalar_one()
         return keys.decrypt(sealed, SecretRef(table, "encrypted_secret", row, org))
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)
 
 
 async def test_ciphertext_copied_to_another_tenants_row_fails(pg_urls: DbUrls) -> None:
@@ -188,11 +188,11 @@ async def test_rotation_names_secrets_it_cannot_open_and_rotates_the_rest(own_pg
     finally:
         await engine.dispose()
     both = KeyRing.parse(f"new:{KeyRing.generate_key()},{old_spec}")
-    engine = create_engine(own_pg_urls.service)
+    engine = service_engine(own_pg_urls)
     try:
         report = await rotate_all(engine, both, batch_size=1)
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)
     assert len(report.failed) == 1 and str(ids["hook_b"]) in report.failed[0]
     assert report.total == 3 and report.remaining == 1
     assert await _secret(own_pg_urls, both, "webhooks", ids["hook_a"], ids["org_a"]) == "hook-secret-a"
@@ -210,6 +210,7 @@ async def test_rotation_re_encrypts_everything_then_the_old_key_can_go(own_pg_ur
         "AGENTAPI_ENVIRONMENT": "test",
         "AGENTAPI_JWT_SECRET": "x" * 32,
         "AGENTAPI_DATABASE_URL": pg_urls.service,
+        "AGENTAPI_PLATFORM_DATABASE_URL": pg_urls.platform,
         "AGENTAPI_ENCRYPTION_KEYS": f"{new_key},{old_spec}",
     }
     result = await asyncio.to_thread(
@@ -223,11 +224,11 @@ async def test_rotation_re_encrypts_everything_then_the_old_key_can_go(own_pg_ur
     assert result.returncode == 0, result.stderr
     assert "every secret is sealed under key 'new'" in result.stdout
 
-    engine = create_engine(pg_urls.service)
+    engine = service_engine(pg_urls)
     try:
         again = await rotate_all(engine, both)
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)
     assert again.total == 0 and again.remaining == 0
 
     new_only = KeyRing.parse(new_key)

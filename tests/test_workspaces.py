@@ -23,9 +23,9 @@ from sqlalchemy import text
 
 from events.streams import Names
 from schemas.crypto import DecryptionError, KeyRing
-from schemas.db import create_engine
+from schemas.db import create_engine, dispose_engine
 from services.retention import purge_expired
-from tests.fixtures.postgres import DbUrls
+from tests.fixtures.postgres import DbUrls, service_engine
 from tests.fixtures.s3 import Bucket, make_bucket
 from tests.fixtures.stack import TEST_ENCRYPTION_KEYS, Stack, running_stack, seed_async
 from tests.test_session_recovery import wait_stable
@@ -207,11 +207,11 @@ async def test_retention_erases_the_snapshots_of_the_sessions_it_deletes(
         (sync.workspace / "work.txt").write_text("work")
         assert await sync.snapshot()
         snapshots[session_id] = sync.prefix
-    service = create_engine(pg_urls.service, pool_size=1)
+    service = service_engine(pg_urls)
     try:
         deleted = await purge_expired(service, store=s3_bucket.store())
     finally:
-        await service.dispose()
+        await dispose_engine(service)
     assert deleted[str(org)] == 1
     assert await stored_paths(s3_bucket, snapshots[expired]) == []
     assert len(await stored_paths(s3_bucket, snapshots[recent])) == 2

@@ -32,7 +32,7 @@ from events.envelope import Event, EventType
 from events.payloads import AuditRecord
 from events.streams import DISPATCH_GROUP, FIELD, Names, WorkKind
 from schemas.audit_chain import PLATFORM, row_hash
-from schemas.db import create_engine, tenant_transaction
+from schemas.db import dispose_engine, open_engine, tenant_transaction
 from schemas.settings import Settings
 from schemas.tables import AuditLog
 
@@ -127,7 +127,7 @@ class AuditWriter:
         asyncio.run(self._run(stop))
 
     async def _run(self, stop: threading.Event) -> None:
-        engine = create_engine(self.settings.database_url, pool_size=2)
+        engine = open_engine(self.settings, pool_size=2)
         self.consumer.ensure_group()
         backoff = 0.5
         try:
@@ -155,7 +155,7 @@ class AuditWriter:
                         raise
                     await asyncio.to_thread(self.consumer.ensure_group)
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
 
     async def _write(self, engine: AsyncEngine, events: list[tuple[str, Event]]) -> list[str]:
         """Store the events; returns the entry ids to acknowledge (poison ones are dead-lettered)."""

@@ -20,7 +20,7 @@ from events.payloads import WebhookNotice
 from events.publisher import publish
 from events.results import append_result
 from events.streams import Names
-from schemas.db import create_engine
+from schemas.db import open_engine
 from schemas.settings import Settings
 from workers.input_streams import InputStreams
 from workers.placement import HostLoad
@@ -63,7 +63,7 @@ class WorkerContext:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            self._engine = create_engine(self.settings.database_url, pool_size=self.settings.db_pool_size)
+            self._engine = open_engine(self.settings, pool_size=self.settings.db_pool_size)
         return self._engine
 
     async def emit(self, event: Event) -> str:

@@ -9,7 +9,7 @@ import threading
 
 from events.connection import pooled_redis
 from events.streams import Names
-from schemas.db import create_engine
+from schemas.db import dispose_engine, open_engine
 from schemas.settings import Settings
 from services.sessions.lifecycle import end_lost_sessions
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 async def reconcile_forever(settings: Settings, stop: threading.Event) -> None:
     """At start-up and then every ``reconcile_interval_seconds`` until ``stop`` is set."""
-    engine = create_engine(settings.database_url, pool_size=2)
+    engine = open_engine(settings, pool_size=2)
     redis = pooled_redis(settings.redis_url, wait_seconds=5)
     names = Names(settings.redis_prefix)
     try:
@@ -32,7 +32,7 @@ async def reconcile_forever(settings: Settings, stop: threading.Event) -> None:
             await asyncio.to_thread(stop.wait, settings.reconcile_interval_seconds)
     finally:
         await redis.aclose()
-        await engine.dispose()
+        await dispose_engine(engine)
 
 
 def run_reconciler(settings: Settings, stop: threading.Event) -> None:

@@ -18,11 +18,11 @@ CREATE OR REPLACE FUNCTION app_user_id() RETURNS uuid LANGUAGE sql STABLE AS
 CREATE OR REPLACE FUNCTION app_role() RETURNS text LANGUAGE sql STABLE AS
   $$ SELECT COALESCE(NULLIF(current_setting('app.role', true), ''), 'none') $$;
 
-CREATE OR REPLACE FUNCTION app_is_superadmin() RETURNS boolean LANGUAGE sql STABLE AS
-  $$ SELECT app_role() = 'superadmin' $$;
-
 CREATE OR REPLACE FUNCTION app_is_org_admin() RETURNS boolean LANGUAGE sql STABLE AS
   $$ SELECT app_role() IN ('admin', 'owner', 'superadmin') $$;
+
+CREATE OR REPLACE FUNCTION app_is_superadmin() RETURNS boolean LANGUAGE sql STABLE AS
+  $$ SELECT app_role() = 'superadmin' AND pg_has_role('agentapi_platform', 'MEMBER') $$;
 
 ALTER TABLE organizations ENABLE ROW LEVEL SECURITY;
 
@@ -135,3 +135,32 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON organizations, memberships, user_session
 GRANT SELECT, INSERT ON audit_logs TO agentapi_app;
 
 GRANT EXECUTE ON FUNCTION app_org_id(), app_user_id(), app_role(), app_is_superadmin(), app_is_org_admin() TO agentapi_app;
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'agentapi_platform') THEN
+    CREATE ROLE agentapi_platform LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+  ELSE
+    ALTER ROLE agentapi_platform LOGIN NOSUPERUSER NOBYPASSRLS;
+  END IF;
+END
+$$;
+
+DO $$
+BEGIN
+  IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE format('GRANT %I TO %I', 'agentapi_platform', current_user);
+  END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO agentapi_platform;
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON organizations, memberships, user_sessions, session_messages, session_workspaces, mcp_configurations, mcp_oauth_tokens, system_prompts, tenant_settings, webhooks, webhook_deliveries, users TO agentapi_platform;
+
+GRANT SELECT, INSERT ON audit_logs TO agentapi_platform;
+
+GRANT EXECUTE ON FUNCTION app_org_id(), app_user_id(), app_role(), app_is_superadmin(), app_is_org_admin() TO agentapi_platform;
+
+CREATE OR REPLACE FUNCTION app_is_superadmin() RETURNS boolean LANGUAGE sql STABLE AS
+  $$ SELECT app_role() = 'superadmin' AND pg_has_role('agentapi_platform', 'MEMBER') $$;

@@ -25,7 +25,7 @@ from events.envelope import Event, EventType
 from events.publisher import publish
 from events.results import append_result
 from events.streams import Names
-from schemas.db import TenantContext, create_engine, tenant_transaction
+from schemas.db import TenantContext, dispose_engine, open_engine, tenant_transaction
 from schemas.settings import Settings
 from schemas.tables import UserSession
 
@@ -143,10 +143,10 @@ async def end_lost_sessions(
 async def end_sessions_of_last_run(settings: Settings) -> list[UUID]:
     """For a fresh, empty Redis (``agentapi dev``'s embedded one): every active session lost its
     host with the old Redis, and nothing will redeliver it, so none waits out the grace period."""
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = open_engine(settings, pool_size=1)
     redis = pooled_redis(settings.redis_url, wait_seconds=5)
     try:
         return await end_lost_sessions(engine, redis, Names(settings.redis_prefix), settings, grace_seconds=0)
     finally:
         await redis.aclose()
-        await engine.dispose()
+        await dispose_engine(engine)
