@@ -8,6 +8,7 @@ import sys
 from uuid import UUID
 
 from events.streams import WorkKind
+from schemas.roles import ORG_ROLES
 from schemas.settings import get_settings
 
 ALL_QUEUES = [kind.value for kind in WorkKind]
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint an HS256 access token")
     token.add_argument("--user", type=UUID, required=True)
     token.add_argument("--org", type=UUID)
-    token.add_argument("--role", choices=["member", "admin", "owner"], default="member")
+    token.add_argument("--role", choices=ORG_ROLES, default="member")
     token.add_argument("--email")
     token.add_argument("--superadmin", action="store_true")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
