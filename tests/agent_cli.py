@@ -6,7 +6,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -16,10 +15,7 @@ from services.agents.binaries import repo_bin
 from tests.fakes.model_server import FakeModelServer
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
-from workers.agents.base import AgentAdapter
-from workers.screen_tracker import new_lines
 
-GOLDEN = Path(__file__).parent / "golden"
 Fake = TypeVar("Fake", bound=FakeModelServer)
 
 
@@ -35,13 +31,6 @@ def fake_upstream(binary: str, fake_class: type[Fake]) -> Iterator[Fake]:
         pytest.fail(f"node_modules/.bin/{binary} is missing: run `npm ci` (the README's install command)")
     with fake_class(model_reply) as fake:
         yield fake
-
-
-def golden_reply(adapter: AgentAdapter, name: str) -> str:
-    """The adapter's message from the screens captured when the real CLI answered "Say hello"."""
-    before = (GOLDEN / name / "before.txt").read_text()
-    after = (GOLDEN / name / "after.txt").read_text()
-    return adapter.format_message(new_lines(before, after), "Say hello")
 
 
 @dataclass

@@ -25,9 +25,7 @@ from services.agents.binaries import agent_binary, repo_bin
 from workers.agents import ADAPTERS, get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
 from workers.agents.goose import openai_host_and_path
-from workers.screen_tracker import new_lines
 
-GOLDEN = Path(__file__).parent / "golden"
 GATEWAY_TOKEN = "gateway-token-not-for-env"
 PLATFORM_ENV = {
     "ANTHROPIC_BASE_URL": "https://anthropic.example",
@@ -242,13 +240,6 @@ def test_agent_binary_prefers_the_override_then_the_repo_then_path(
     assert agent_binary("goose") == str(shim)
     assert agent_binary("codex") == str(repo_bin("codex")), "npm ci installs codex into node_modules/.bin"
     assert agent_binary("no-such-agent-cli") == "no-such-agent-cli"
-
-
-def test_aider_format_on_a_captured_screen() -> None:
-    before = (GOLDEN / "aider" / "before.txt").read_text()
-    after = (GOLDEN / "aider" / "after.txt").read_text()
-    text = get_adapter("aider").format_message(new_lines(before, after), "Say hello")
-    assert text == "Hello! I am ready to help.\n\nTell me what to change."
 
 
 def test_aider_format_drops_the_cost_line_and_the_file_list() -> None:

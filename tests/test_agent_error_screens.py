@@ -12,7 +12,6 @@ from workers.agents import get_adapter
 from workers.agents.base import AgentError, recognise_error
 
 GOLDEN = Path(__file__).parent / "agents" / "golden"
-REPLIES = Path(__file__).parent / "golden"
 
 CASES = [
     (
@@ -57,7 +56,7 @@ def test_a_captured_failure_screen_is_an_agent_error(
 @pytest.mark.parametrize("agent_type", ["claude", "codex"])
 def test_a_reply_is_no_agent_error(agent_type: str) -> None:
     for name in ("before.txt", "after.txt"):
-        assert recognise_error(get_adapter(agent_type), (REPLIES / agent_type / name).read_text()) is None
+        assert recognise_error(get_adapter(agent_type), (GOLDEN / agent_type / name).read_text()) is None
 
 
 def test_a_countdown_is_the_same_error_and_another_failure_is_not() -> None:
