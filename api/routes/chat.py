@@ -8,7 +8,7 @@ from uuid import UUID
 
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.exceptions import PermissionDeniedException, ValidationException
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response, ServerSentEvent
 from pydantic import BaseModel, Field, model_validator
@@ -20,8 +20,8 @@ from api.session_bodies import MAX_MESSAGE_BYTES, CreateSession
 from api.sse import chat_event_stream, sse_response
 from api.state import resources
 from api.tenancy import tenant_context
-from services.sessions.input import deliver_message
-from services.sessions.lookup import active_session_ids, find_session
+from services.sessions.input import chat_message
+from services.sessions.lookup import active_session_ids
 from services.sessions.start import start_session
 
 
@@ -64,10 +64,7 @@ async def chat(data: ChatIn, request: Request[Principal, str, State], state: Sta
     """Send a message to one of your sessions (200), or start a session with it (202)."""
     res, actor = resources(state), tenant_context(request.user)
     if data.session_id is not None:
-        row = await find_session(res, actor, data.session_id)
-        if row.user_id != request.user.user_id:
-            raise PermissionDeniedException("only the session's owner chats in it")
-        await deliver_message(res, row, data.content, data.type)
+        row = await chat_message(res, actor, data.session_id, data.content, data.type)
         out = ChatOut(session_id=row.id, created=False, events_url=f"/api/v1/sessions/{row.id}/events")
         return Response(out, status_code=200)
     try:

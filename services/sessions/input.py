@@ -14,12 +14,13 @@ from uuid import UUID
 
 from events.payloads import Interrupt, PermissionChoice, RawKeys, Stop, Upload, UserMessage
 from events.session_state import input_entry, queue_input, start_turn
-from schemas.db import TenantContext, tenant_transaction
+from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.settings import UPLOADS_DIR
 from schemas.tables import UserSession
 from services.context import Backends, IngressBackends
-from services.errors import Conflict, Gone, Invalid, NotFound, TooLarge
+from services.errors import Conflict, Forbidden, Gone, Invalid, NotFound, TooLarge
 from services.sessions.lifecycle import ACTIVE
+from services.sessions.lookup import find_session
 
 # Permission request ids are event ids (ULIDs).
 REQUEST_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -59,6 +60,22 @@ async def deliver_message(
         return
     stream, fields = input_entry(backends.names, row.id, RawKeys(content=content))
     await backends.batch.execute(lambda pipe: pipe.xadd(stream, fields))
+
+
+async def chat_message(
+    backends: IngressBackends,
+    actor: MemberContext,
+    session_id: UUID,
+    content: str,
+    kind: Literal["user", "raw"],
+) -> UserSession:
+    """A chat message to one of the actor's own sessions: an admin sees the organization's
+    sessions but chats only in their own."""
+    row = await find_session(backends, actor, session_id)
+    if row.user_id != actor.user_id:
+        raise Forbidden("only the session's owner chats in it")
+    await deliver_message(backends, row, content, kind)
+    return row
 
 
 async def queue_webhook_message(backends: Backends, org_id: UUID, session_id: UUID, content: str) -> bool:
