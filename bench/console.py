@@ -1,6 +1,7 @@
 """The console's chat page in real Chromium: first paint, the whole conversation on screen, bytes moved.
 
-Each sample is a fresh browser context (empty cache, as a first visit) opening the chat page of an
+It runs against ``agentapi dev`` (SQLite, embedded Redis, one ingress and one worker), the stack a
+new user first opens the console on. Each sample is a fresh browser context (empty cache, as a first visit) opening the chat page of an
 echo session that already holds a conversation; the token is put in sessionStorage before the page
 loads, as the sign-in form leaves it. Figures come from the browser's own Performance API.
 """
@@ -11,11 +12,19 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from playwright.async_api import async_playwright
 
-from bench.harness import ECHO, Row, stack, summary_ms, until_stable
+from bench.harness import ECHO, Row, summary_ms, until_stable
+from tests.fixtures.stack import free_port
 
 EXCHANGES = 10
 FIRST_PAINT = "() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime"
@@ -33,6 +42,45 @@ READY_SCRIPT = """() => {
     api_bytes: sum(api),
   };
 }"""
+
+
+async def _dev_token(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The owner token ``agentapi dev`` prints on the line after its heading, once it is up."""
+    while proc.poll() is None:
+        lines = (await asyncio.to_thread(log.read_text, errors="replace")).splitlines()
+        for number, line in enumerate(lines[:-1]):
+            if line.startswith("token (owner"):
+                return lines[number + 1].strip()
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"agentapi dev exited ({proc.returncode}) before printing its token: see {log}")
+
+
+def _start_dev(port: int, data_dir: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "dev", "--port", str(port), "--data-dir", data_dir],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@asynccontextmanager
+async def dev_stack() -> AsyncIterator[tuple[str, str]]:
+    """``agentapi dev`` in a data directory of its own: its base URL and owner token."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="agentapi-bench-dev-") as data_dir:
+        log = Path(data_dir) / "dev.log"
+        proc = await asyncio.to_thread(_start_dev, port, data_dir, log)
+        try:
+            yield f"http://127.0.0.1:{port}", await _dev_token(proc, log)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
 
 
 async def conversation(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
@@ -61,17 +109,16 @@ async def bench(quick: bool) -> list[Row]:
     readies: list[float] = []
     anchors: list[float] = []
     sizes: list[dict[str, int]] = []
-    async with stack() as s:
-        token = s.token()
+    async with dev_stack() as (base_url, token):
         headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=s.base_url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
             session_id = await conversation(client, headers)
         last = f"message {EXCHANGES - 1} of the console bench"
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             try:
                 for _ in range(samples + 1):  # the first warms the server's caches and is dropped
-                    context = await browser.new_context(base_url=s.base_url)
+                    context = await browser.new_context(base_url=base_url)
                     await context.add_init_script(
                         f"sessionStorage.setItem('agentapi.token', {json.dumps(token)})"
                     )
@@ -81,7 +128,7 @@ async def bench(quick: bool) -> list[Row]:
                     figures = await page.evaluate(READY_SCRIPT)
                     await context.close()
                     # The floor under it: the same browser's first paint of a bare JSON answer.
-                    context = await browser.new_context(base_url=s.base_url)
+                    context = await browser.new_context(base_url=base_url)
                     page = await context.new_page()
                     await page.goto("/health")
                     await page.wait_for_function(FIRST_PAINT)
