@@ -1,27 +1,37 @@
 """Every mutating request and every refused one leaves an ``audit.recorded`` event.
 
-Recorded by the edge middleware (api.edge), so no route can forget it: after the response is sent it publishes who
+Recorded by the edge middleware (api.edge), so no route can forget it: before the response starts it publishes who
 (the verified principal), what (method and route template), which resource (the route's first
 path parameter), the outcome from the status code, the client's IP and user agent, and the
 correlation id. Requests refused before a principal is known (401) name no organization, so they
 cannot join an organization's chain; they are logged instead, unless a public route (a signed
 webhook delivery) has named the organization whose resource the request is for (``audit_under``).
+
+An action is acknowledged only once its record is kept: while the audit stream (Redis) is
+unreachable the record is stored in the chain directly (``services.audit_log``, the writer's own
+code and lock), and a success whose record can be kept nowhere is answered 503 instead (``refuse``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from uuid import UUID
 
-from litestar.types import Scope
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Scope, Send
 from prometheus_client import Counter
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 
 from api.auth import Principal
+from api.problems import OUTAGE_RETRY_AFTER_SECONDS, PROBLEM_MEDIA_TYPE, problem_body, problem_type
 from events.audit import audit_event
 from events.publisher import queue_publish
+from schemas.db import PlatformConnectionMissing
+from services.audit_log import write_batch
 from services.context import current_correlation_id
+from services.outages import default_outage_exceptions
 
 log = logging.getLogger("agentapi.audit")
 
@@ -32,6 +42,19 @@ REFUSED_PUBLIC = Counter(
     "agentapi_public_requests_refused_total",
     "Refused (401) public requests beyond the first of each window, not stored one audit row each",
     ["action"],
+)
+DROPPED = Counter(
+    "agentapi_audit_events_dropped_total",
+    "Audit events neither published nor stored (Redis and PostgreSQL both unreachable); a success"
+    " whose record is dropped is answered 503 instead",
+    ["outcome"],
+)
+# Why an audit row cannot be stored directly: the database is unreachable, refuses the row for what
+# it is (an organization that does not exist), or no platform connection is configured to chain it.
+UNSTORABLE: tuple[type[BaseException], ...] = (
+    *default_outage_exceptions(),
+    DBAPIError,
+    PlatformConnectionMissing,
 )
 # Where a public route leaves the organization a request without a principal is recorded under.
 PUBLIC_ORG_KEY = "agentapi.audit_org_id"
@@ -83,7 +106,9 @@ def audited(method: str, status: int) -> bool:
     return method in MUTATING or status in (401, 403)
 
 
-async def record(scope: Scope, method: str, status: int, user_agent: str | None) -> None:
+async def record(scope: Scope, method: str, status: int, user_agent: str | None) -> bool:
+    """Record the request; whether its record is kept (published, or stored directly when the
+    stream is unreachable). What names no organization is only logged: nothing to keep (True)."""
     principal: Any = scope.get("user")
     template, resource_type, resource_id = _route(scope)
     client = scope.get("client")
@@ -95,10 +120,10 @@ async def record(scope: Scope, method: str, status: int, user_agent: str | None)
         org_id, actor, role = scope[PUBLIC_ORG_KEY], None, "public"  # type: ignore[literal-required]  # our own scope key, see audit_under
         if status == 401 and not await _first_refusal(scope, org_id, resource_id):
             REFUSED_PUBLIC.labels(action=action[:100]).inc()
-            return
+            return True
     else:
         log.warning("%s from %s (%d) names no verified tenant to record it under", action, ip, status)
-        return
+        return True
     event = audit_event(
         org_id=org_id,
         actor_user_id=actor,
@@ -111,8 +136,43 @@ async def record(scope: Scope, method: str, status: int, user_agent: str | None)
         user_agent=user_agent,
         correlation_id=current_correlation_id(),
     )
+    res = scope["app"].state["resources"]
     try:
-        res = scope["app"].state["resources"]
         await res.batch.execute(lambda pipe: queue_publish(pipe, res.names, event))
-    except (RedisError, OSError, KeyError) as exc:
-        log.error("audit event for %s could not be published: %s", action, exc)
+        return True
+    except (RedisError, OSError) as exc:
+        published = exc
+    try:
+        await write_batch(res.engine, [event])
+    except UNSTORABLE as exc:
+        log.error("audit event for %s kept nowhere: %s; then %s", action, published, exc)
+        DROPPED.labels(outcome=outcome_of(status)).inc()
+        return False
+    log.warning("audit event for %s stored directly: the stream is unreachable (%s)", action, published)
+    return True
+
+
+async def refuse(send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    """A 503 in place of a success whose audit record could not be kept anywhere (the action itself
+    has been done: the client's retry may find it done)."""
+    body = problem_body(
+        503,
+        "the audit record of this request could not be stored; retry later",
+        type_=problem_type("audit-unavailable"),
+    )
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"retry-after", str(OUTAGE_RETRY_AFTER_SECONDS).encode()),
+            *headers,
+        ],
+    }
+    answer: HTTPResponseBodyEvent = {
+        "type": "http.response.body",
+        "body": json.dumps(body).encode(),
+        "more_body": False,
+    }
+    await send(start)
+    await send(answer)

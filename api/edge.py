@@ -16,7 +16,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.audit_trail import audited, record
+from api.audit_trail import audited, record, refuse
 from api.correlation import HEADER, accepted_or_new
 from api.limits import check_header_size, check_query_text
 from api.metrics import HTTP
@@ -56,13 +56,23 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         cid = accepted_or_new(given or request_id)
         token = correlation_id.set(cid)
         status = 500
+        audit = not path.startswith(GATEWAY_PATH)
+        agent = user_agent.decode("latin-1") if user_agent else None
+        recorded = refused = False
 
         async def send_with_edge(message: Message) -> None:
-            nonlocal status
+            nonlocal status, recorded, refused
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 MutableScopeHeaders.from_message(message)[HEADER] = cid
-            await send(message)
+                if audit and audited(method, status):
+                    # Before the answer leaves: an action is acknowledged only once its record is kept.
+                    recorded = True
+                    if not await record(scope, method, status, agent) and status < 400:
+                        refused, status = True, 503
+                        await refuse(send, [(_CORRELATION, cid.encode())])
+            if not refused:
+                await send(message)
 
         try:
             if scope.get("query_string"):
@@ -74,8 +84,8 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
             raise
         finally:
             try:
-                if not path.startswith(GATEWAY_PATH) and audited(method, status):
-                    await record(scope, method, status, user_agent.decode("latin-1") if user_agent else None)
+                if audit and not recorded and audited(method, status):
+                    await record(scope, method, status, agent)
             finally:
                 correlation_id.reset(token)
                 if measured:

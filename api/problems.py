@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from services.errors import DomainError, Invalid, TooMany, Unavailable
 from services.observability import correlation_id
+from services.outages import default_outage_exceptions
 
 logger = logging.getLogger("agentapi.errors")
 
@@ -459,35 +460,6 @@ def _internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
 
 # How long a client should wait before retrying after an outage (503 Retry-After, SSE retry).
 OUTAGE_RETRY_AFTER_SECONDS = 5
-
-
-def default_outage_exceptions() -> tuple[type[BaseException], ...]:
-    """Errors that mean Redis or the database is unreachable or overloaded, not that the request is wrong."""
-    found: list[type[BaseException]] = [ConnectionError]
-    try:
-        import redis.exceptions as redis_errors
-
-        found += [redis_errors.ConnectionError, redis_errors.TimeoutError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import sqlalchemy.exc as sa_errors
-
-        found += [sa_errors.OperationalError, sa_errors.InterfaceError, sa_errors.DisconnectionError]
-        found += [sa_errors.TimeoutError]  # connection pool exhausted
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import asyncpg.exceptions as pg_errors
-
-        found += [
-            pg_errors.PostgresConnectionError,
-            pg_errors.CannotConnectNowError,
-            pg_errors.TooManyConnectionsError,
-        ]
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
-    return tuple(found)
 
 
 def _outage_handler_for(

@@ -29,6 +29,8 @@ class RedisServer:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    # With an append-only file, what was written before a stop is there after the restart.
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -45,7 +47,7 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
             ],
             cwd=self.directory,
             stdout=subprocess.DEVNULL,
@@ -61,6 +63,12 @@ class RedisServer:
             finally:
                 client.close()
         raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        """A clean shutdown (the append-only file, if any, is flushed)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait()
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

@@ -28,13 +28,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from acp.schema import HttpHeader, HttpMcpServer
 from dramatiq import Retry
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
 from sqlmodel import col, select, update
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from events import replies
 from events.audit import audit_event
@@ -59,6 +60,7 @@ from schemas.db import TenantContext, dialect_insert, tenant_transaction
 from schemas.settings import UPLOADS_DIR, Settings
 from schemas.tables import SessionMessage, TenantSettings, UserSession
 from schemas.tenant_secrets import open_tenant_secrets
+from services.outages import default_outage_exceptions
 from services.sessions.lifecycle import END_REASON_MAX
 from workers.acp_permissions import PermissionDesk
 from workers.acp_session import AcpConversation
@@ -98,6 +100,11 @@ EXIT_CODE_WAIT_SECONDS = 2.0
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
 # How long an ACP agent's session id outlives the longest session (for session/load on recovery).
 ACP_SESSION_GRACE_SECONDS = 3600
+# A live host waits out a Redis or PostgreSQL outage, retrying what it was storing at most this far
+# apart, for as long as its agent runs; the session neither fails nor counts a Dramatiq retry.
+OUTAGE_RETRY_MAX_SECONDS = 2.0
+OUTAGES = default_outage_exceptions()
+T = TypeVar("T")
 # What an ACP agent reports besides messages, as events on the session's log.
 NOTICE_EVENTS = {"tool_call": EventType.AGENT_TOOL_CALL, "plan": EventType.PLAN_UPDATED}
 
@@ -300,7 +307,12 @@ class SessionHost:
                     loops.create_task(loop)
                 if isinstance(self.conversation, Conversation):  # an ACP agent has no screen
                     screen_key = self.names.session_screen(self.session_id)
-                    loops.create_task(mirror_screen(self.context.redis, screen_key, self.conversation.pty))
+                    pty = self.conversation.pty
+                    loops.create_task(
+                        self._through_outage(
+                            "the screen mirror", lambda: mirror_screen(self.context.redis, screen_key, pty)
+                        )
+                    )
         except* (SessionEnded, HandedOver) as group:
             stopped = group.exceptions[0]  # type: ignore[assignment]
         finally:
@@ -600,7 +612,9 @@ class SessionHost:
                 await self._set_state(change.status)
                 if change.status == "running" and self._turn_pending:
                     self._turn_pending = False
-                    await turn_taken(self.context.redis, self.names, self.session_id)
+                    await self._through_outage(
+                        "the turn", lambda: turn_taken(self.context.redis, self.names, self.session_id)
+                    )
                 await self._emit(EventType.SESSION_STATUS, self._status_payload(change.status))
                 if change.completed is not None and change.completed.content:
                     await self._emit(EventType.MESSAGE_COMPLETED, change.completed.as_payload())
@@ -746,20 +760,26 @@ class SessionHost:
     async def _heartbeat(self) -> None:
         while True:
             # One round trip: a worker beats for hundreds of sessions.
-            async with self.context.redis.pipeline(transaction=False) as beat:
-                state = self.names.session_state(self.session_id)
-                beat.hset(state, mapping={"host": self.context.worker_id, "heartbeat": str(time.time())})
-                beat.expire(state, STATE_TTL_SECONDS)
-                # Keep the idempotency lease while the session lives, so a duplicate never starts a
-                # second host.
-                beat.expire(self.names.claim(self.event.id), LEASE_SECONDS)
-                if self._gateway_key:
-                    beat.expire(self._gateway_key, STATE_TTL_SECONDS)
-                beat.zadd(
-                    self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS}
-                )
-                await beat.execute()
+            await self._through_outage("the heartbeat", self._beat)
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _beat(self) -> None:
+        async with self.context.redis.pipeline(transaction=False) as beat:
+            state = self.names.session_state(self.session_id)
+            beat.hexists(state, "status")
+            beat.hset(state, mapping={"host": self.context.worker_id, "heartbeat": str(time.time())})
+            beat.expire(state, STATE_TTL_SECONDS)
+            # Keep the idempotency lease while the session lives, so a duplicate never starts a
+            # second host.
+            beat.expire(self.names.claim(self.event.id), LEASE_SECONDS)
+            if self._gateway_key:
+                beat.expire(self._gateway_key, STATE_TTL_SECONDS)
+            beat.zadd(self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS})
+            had_status, *_ = await beat.execute()
+        if not had_status and self.conversation is not None:
+            # The hash was lost (Redis came back empty, or it expired during an outage): without a
+            # status the ingress would refuse every message as busy. No turn can be claimed in it.
+            await self._set_state(self.conversation.status)
 
     async def _watch_limits(self) -> None:
         assert self.conversation is not None
@@ -800,7 +820,35 @@ class SessionHost:
         return SessionEnded(f"agent_error (crashed): the agent exited with {how}", "failed")
 
     async def _emit(self, type_: EventType, payload: dict[str, object]) -> None:
-        await self.context.emit(self.event.follow_up(type_, payload))
+        event = self.event.follow_up(type_, payload)
+        await self._through_outage(f"emitting {type_.value}", lambda: self.context.emit(event))
+
+    async def _through_outage(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation``, retried with backoff while Redis or PostgreSQL is unreachable (each try
+        takes a connection anew from its pool; a broken one is dropped, not reused), until the
+        agent exits: an outage loses the session nothing it would not lose anyway."""
+
+        def agent_gone(_: RetryCallState) -> bool:
+            return self.conversation is not None and self.conversation.exited
+
+        def waiting(state: RetryCallState) -> None:
+            if state.attempt_number == 1 or state.attempt_number % 10 == 0:
+                error = state.outcome.exception() if state.outcome else None
+                log.warning("session %s: %s waits for the store: %s", self.session_id, what, error)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(OUTAGES),
+            wait=wait_exponential_jitter(initial=0.1, max=OUTAGE_RETRY_MAX_SECONDS),
+            stop=agent_gone,
+            before_sleep=waiting,
+            reraise=True,
+        )
+
+        async def attempt() -> T:
+            # An async function: tenacity calls anything else as a plain function.
+            return await operation()
+
+        return await retrying(attempt)
 
     async def _audit(self, action: str, outcome: str, **details: object) -> None:
         """A session lifecycle step for the audit trail (losing it must not stop the session)."""
@@ -821,19 +869,22 @@ class SessionHost:
             log.error("audit event %s for session %s not published: %s", action, self.session_id, exc)
 
     async def _set_state(self, status: str) -> None:
-        await set_status(
-            self.context.redis,
-            self.names,
-            self.session_id,
-            status,
-            self.agent_type,
-            self.transport,
-            STATE_TTL_SECONDS,
-            self._detail,
+        await self._through_outage(
+            "the status",
+            lambda: set_status(
+                self.context.redis,
+                self.names,
+                self.session_id,
+                status,
+                self.agent_type,
+                self.transport,
+                STATE_TTL_SECONDS,
+                self._detail,
+            ),
         )
 
     async def _update_row(self, **values: object) -> None:
-        await asyncio.shield(self._write_row(values))
+        await asyncio.shield(self._through_outage("the session row", lambda: self._write_row(values)))
 
     async def _write_row(self, values: dict[str, object]) -> None:
         async with tenant_transaction(self.context.engine, self.tenant) as db:
@@ -855,7 +906,7 @@ class SessionHost:
         Writes are shielded from cancellation (``_update_row`` too): a hand-over cancels the host's
         loops, and a transaction cut short broke its pooled connection and held it, so that with
         the pool used up the hand-overs that followed waited for good (5 of 10 sessions)."""
-        await asyncio.shield(self._write_messages())
+        await asyncio.shield(self._through_outage("the messages", self._write_messages))
 
     async def _write_messages(self) -> None:
         if self.conversation is None:

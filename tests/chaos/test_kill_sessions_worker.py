@@ -47,6 +47,8 @@ class Watched:
 
     session_id: str
     events: list[tuple[float, ServerSentEvent]] = field(default_factory=list)
+    # The reconnect hints (``retry:``, in ms) the server ended a stream with.
+    retries: list[int] = field(default_factory=list)
 
     def data(self, name: str) -> Iterator[tuple[float, dict[str, object]]]:
         for at, sse in self.events:
@@ -73,6 +75,8 @@ async def follow(client: httpx.AsyncClient, headers: dict[str, str], watched: Wa
             url = f"/api/v1/sessions/{watched.session_id}/events"
             async with aconnect_sse(client, "GET", url, headers={**headers, **resume}) as source:
                 async for sse in source.aiter_sse():
+                    if sse.retry is not None:
+                        watched.retries.append(sse.retry)
                     if sse.data:
                         watched.events.append((time.monotonic(), sse))
                         last_id = sse.id

@@ -1,0 +1,161 @@
+"""Redis is down for 10 s under live sessions with open event streams, once with an append-only
+file and once without persistence (the restarted server is empty): every session answers
+afterwards without a restart, each stream ends with a reconnect hint and resumes from its
+Last-Event-ID with no event the log holds missing, every mutating request answered 2xx has its
+audit record and the chain verifies.
+
+Real processes on a redis-server of the test's own (free port; the shared one is never touched):
+`agentapi serve`, `agentapi worker --queues sessions` and `agentapi worker --queues audit`, echo
+agents in PTYs, the test run's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis.asyncio
+
+from events.streams import FIELD, Names
+from tests.chaos.test_kill_sessions_worker import Watched, follow, until, wait_stable
+from tests.fixtures.postgres import DbUrls
+from tests.fixtures.stack import Stack, free_port, running_stack
+from tests.test_audit import owner_dsn, verify
+from tests.test_outages import RedisServer
+from tests.test_skeleton_e2e import ECHO
+
+pytestmark = pytest.mark.timeout(240)
+
+SESSIONS = 3
+OUTAGE_SECONDS = 10
+
+
+@pytest.fixture(params=[True, False], ids=["aof", "no-persistence"])
+def own_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(free_port(), directory, appendonly=request.param)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_stack(own_redis: RedisServer, pg_urls: DbUrls, jwt_secret: str, tmp_path: Path) -> Iterator[Stack]:
+    overrides = {"AGENTAPI_REDIS_URL": own_redis.url, "AGENTAPI_MAX_SESSIONS_PER_USER": str(SESSIONS)}
+    with running_stack(pg_urls, jwt_secret, tmp_path, overrides) as stack:
+        stack.start_worker("audit")
+        yield stack
+
+
+def prompt_audits(urls: DbUrls, stack: Stack) -> int:
+    with psycopg.connect(owner_dsn(urls)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM audit_logs WHERE org_id = %s AND action LIKE 'POST /api/v1/prompts%%'"
+            " AND outcome = 'success'",
+            (stack.org_id,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def create_prompt(client: httpx.AsyncClient, stack: Stack, name: str) -> int:
+    response = await client.post(
+        "/api/v1/prompts", json={"name": name, "content": f"say {name}"}, headers=stack.headers()
+    )
+    assert response.status_code in (201, 503), response.text
+    return response.status_code
+
+
+async def answered(client: httpx.AsyncClient, stack: Stack, watched: Watched, content: str) -> None:
+    """Send ``content`` (retrying while the session is not ready for it) and wait for its reply."""
+    headers = stack.headers()
+    deadline = time.monotonic() + 60
+    while True:
+        sent = await client.post(
+            f"/api/v1/sessions/{watched.session_id}/message", json={"content": content}, headers=headers
+        )
+        if sent.status_code == 200:
+            break
+        assert sent.status_code in (409, 503), sent.text
+        assert time.monotonic() < deadline, f"session {watched.session_id} never took a message: {sent.text}"
+        await asyncio.sleep(0.5)
+    await until(
+        lambda: watched.replies("message.completed", f"echo: {content}"), 60, f"{content!r} is answered"
+    )
+
+
+async def test_sessions_streams_and_audit_survive_a_redis_outage(
+    redis_stack: Stack, own_redis: RedisServer, pg_urls: DbUrls
+) -> None:
+    stack = redis_stack
+    headers = stack.headers()
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=httpx.Timeout(30, read=None)) as client:
+        watched = []
+        for _ in range(SESSIONS):
+            created = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
+            assert created.status_code == 202, created.text
+            watched.append(Watched(created.json()["id"]))
+        readers = [asyncio.create_task(follow(client, headers, w)) for w in watched]
+        try:
+            await asyncio.gather(*(wait_stable(client, w.session_id, headers) for w in watched))
+            await asyncio.gather(*(answered(client, stack, w, "before the outage") for w in watched))
+            statuses.append(await create_prompt(client, stack, "before"))
+
+            own_redis.stop()
+            down_at = time.monotonic()
+            n = 0
+            while time.monotonic() - down_at < OUTAGE_SECONDS:
+                statuses.append(await create_prompt(client, stack, f"during-{n}"))
+                n += 1
+                await asyncio.sleep(0.5)
+            own_redis.start()
+            up_at = time.monotonic()
+
+            await until(lambda: all(w.retries for w in watched), 30, "every stream ends with a retry hint")
+            await asyncio.gather(*(answered(client, stack, w, "after the outage") for w in watched))
+            back = [w.replies("message.completed", "echo: after the outage")[0][0] - up_at for w in watched]
+            statuses.append(await create_prompt(client, stack, "after"))
+            print(
+                f"\nRedis down {OUTAGE_SECONDS} s (appendonly {'yes' if own_redis.appendonly else 'no'}):"
+                f" {SESSIONS} sessions answered {min(back):.1f}-{max(back):.1f} s after it came back;"
+                f" {statuses.count(503)} of {len(statuses)} prompt creations refused with 503"
+            )
+
+            # No gap: every event the session log holds (all of it, or what was written since an
+            # empty restart) reached the stream.
+            store = redis.asyncio.Redis.from_url(own_redis.url, decode_responses=True)
+            try:
+                names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+                for w in watched:
+                    logged = [
+                        json.loads(fields[FIELD])["id"]
+                        for _, fields in await store.xrange(names.session_log(w.session_id))
+                    ]
+                    seen = {json.loads(sse.data).get("event_id") for _, sse in w.events}
+                    assert logged and not [event_id for event_id in logged if event_id not in seen]
+            finally:
+                await store.aclose()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for w in watched:
+                await client.delete(f"/api/v1/sessions/{w.session_id}", headers=headers)
+
+    # Every prompt created (201) has its audit record: nothing acknowledged was lost.
+    created = statuses.count(201)
+    deadline = time.monotonic() + 60
+    while (audited := await asyncio.to_thread(prompt_audits, pg_urls, stack)) < created:
+        assert time.monotonic() < deadline, f"{created} prompts created, {audited} audited"
+        await asyncio.sleep(0.25)
+    assert audited == created
+    result = verify(stack, stack.org_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [s for s in stack.access_statuses() if s >= 500 and s != 503]
