@@ -16,7 +16,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,27 @@ async def follow(client: httpx.AsyncClient, headers: dict[str, str], watched: Wa
         await asyncio.sleep(0.2)
 
 
+@asynccontextmanager
+async def followed_sessions(
+    client: httpx.AsyncClient, headers: dict[str, str], count: int
+) -> AsyncIterator[list[Watched]]:
+    """``count`` echo sessions, each one's event stream followed from its start; ended afterwards."""
+    watched = []
+    for _ in range(count):
+        created = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
+        assert created.status_code == 202, created.text
+        watched.append(Watched(created.json()["id"]))
+    readers = [asyncio.create_task(follow(client, headers, w)) for w in watched]
+    try:
+        yield watched
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        for w in watched:
+            await client.delete(f"/api/v1/sessions/{w.session_id}", headers=headers)
+
+
 async def wait_stable(client: httpx.AsyncClient, session_id: str, headers: dict[str, str]) -> None:
     async def stable() -> bool:
         status = await client.get(f"/api/v1/sessions/{session_id}/status", headers=headers)
@@ -115,13 +137,7 @@ async def _stop_and_recover(stack: Stack, stop_with: int) -> None:
     headers = stack.headers()
     victim = stack.start_worker("sessions", threads=12)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=httpx.Timeout(30, read=None)) as client:
-        watched = []
-        for _ in range(SESSIONS):
-            created = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
-            assert created.status_code == 202, created.text
-            watched.append(Watched(created.json()["id"]))
-        readers = [asyncio.create_task(follow(client, headers, w)) for w in watched]
-        try:
+        async with followed_sessions(client, headers, SESSIONS) as watched:
             await asyncio.gather(*(wait_stable(client, w.session_id, headers) for w in watched))
             stack.start_worker("sessions", threads=12)
             # Recovery is timed from the kill: the survivor must be up by then (it takes seconds to
@@ -218,9 +234,3 @@ async def _stop_and_recover(stack: Stack, stop_with: int) -> None:
                 assert [m["id"] for m in messages] == list(range(len(messages)))
                 assert [m["role"] for m in messages][-2:] == ["user", "agent"]
                 assert max(shown[w.session_id]) < messages[-2]["id"], "new messages get new ids"
-        finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            for w in watched:
-                await client.delete(f"/api/v1/sessions/{w.session_id}", headers=headers)

@@ -1,12 +1,12 @@
-"""Redis is down for 10 s under live sessions with open event streams, once with an append-only
-file and once without persistence (the restarted server is empty): every session answers
-afterwards without a restart, each stream ends with a reconnect hint and resumes from its
-Last-Event-ID with no event the log holds missing, every mutating request answered 2xx has its
-audit record and the chain verifies.
+"""Redis is down for 10 s (once with an append-only file, once without persistence: the restarted
+server is empty), or PostgreSQL for 15 s, under live sessions with open event streams: every
+session answers afterwards without a restart, the streams resume from their Last-Event-ID with no
+event the log holds missing (after a Redis outage each first ends with a reconnect hint), every
+mutating request answered 2xx has its audit record and the chain verifies.
 
-Real processes on a redis-server of the test's own (free port; the shared one is never touched):
-`agentapi serve`, `agentapi worker --queues sessions` and `agentapi worker --queues audit`, echo
-agents in PTYs, the test run's PostgreSQL.
+Real processes on a redis-server or PostgreSQL server of the test's own (free port; the shared
+ones are never touched): `agentapi serve`, `agentapi worker --queues sessions` and `agentapi worker
+--queues audit`, echo agents in PTYs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,17 +24,18 @@ import pytest
 import redis.asyncio
 
 from events.streams import FIELD, Names
-from tests.chaos.test_kill_sessions_worker import Watched, follow, until, wait_stable
-from tests.fixtures.postgres import DbUrls
+from tests.chaos.test_kill_sessions_worker import Watched, followed_sessions, wait_stable
+from tests.fixtures.postgres import DbUrls, PostgresServer
 from tests.fixtures.stack import Stack, free_port, running_stack
 from tests.test_audit import owner_dsn, verify
 from tests.test_outages import RedisServer
-from tests.test_skeleton_e2e import ECHO
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(240)
 
 SESSIONS = 3
-OUTAGE_SECONDS = 10
+REDIS_OUTAGE_SECONDS = 10
+POSTGRES_OUTAGE_SECONDS = 15
 
 
 @pytest.fixture(params=[True, False], ids=["aof", "no-persistence"])
@@ -90,47 +92,53 @@ async def answered(client: httpx.AsyncClient, stack: Stack, watched: Watched, co
     )
 
 
-async def test_sessions_streams_and_audit_survive_a_redis_outage(
-    redis_stack: Stack, own_redis: RedisServer, pg_urls: DbUrls
-) -> None:
-    stack = redis_stack
+@dataclass
+class Outage:
+    """What a fault did, as the clients saw it."""
+
+    statuses: list[int]  # of the prompt creations before, during and after
+    back: list[float]  # per session: its answer after the store came back, seconds
+
+
+async def live_through(
+    stack: Stack,
+    db: DbUrls,
+    down: Callable[[], None],
+    up: Callable[[], None],
+    seconds: float,
+    ends_streams: bool,
+) -> Outage:
+    """Live sessions with open streams through ``down``, ``seconds`` and ``up``; prompts are created
+    all along. Checks what holds for any store outage and returns what it measured."""
     headers = stack.headers()
     statuses: list[int] = []
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=httpx.Timeout(30, read=None)) as client:
-        watched = []
-        for _ in range(SESSIONS):
-            created = await client.post("/api/v1/sessions", json=ECHO, headers=headers)
-            assert created.status_code == 202, created.text
-            watched.append(Watched(created.json()["id"]))
-        readers = [asyncio.create_task(follow(client, headers, w)) for w in watched]
-        try:
+        async with followed_sessions(client, headers, SESSIONS) as watched:
             await asyncio.gather(*(wait_stable(client, w.session_id, headers) for w in watched))
             await asyncio.gather(*(answered(client, stack, w, "before the outage") for w in watched))
             statuses.append(await create_prompt(client, stack, "before"))
 
-            own_redis.stop()
+            down()
             down_at = time.monotonic()
             n = 0
-            while time.monotonic() - down_at < OUTAGE_SECONDS:
+            while time.monotonic() - down_at < seconds:
                 statuses.append(await create_prompt(client, stack, f"during-{n}"))
                 n += 1
                 await asyncio.sleep(0.5)
-            own_redis.start()
+            up()
             up_at = time.monotonic()
 
-            await until(lambda: all(w.retries for w in watched), 30, "every stream ends with a retry hint")
+            if ends_streams:
+                await until(
+                    lambda: all(w.retries for w in watched), 30, "every stream ends with a retry hint"
+                )
             await asyncio.gather(*(answered(client, stack, w, "after the outage") for w in watched))
             back = [w.replies("message.completed", "echo: after the outage")[0][0] - up_at for w in watched]
             statuses.append(await create_prompt(client, stack, "after"))
-            print(
-                f"\nRedis down {OUTAGE_SECONDS} s (appendonly {'yes' if own_redis.appendonly else 'no'}):"
-                f" {SESSIONS} sessions answered {min(back):.1f}-{max(back):.1f} s after it came back;"
-                f" {statuses.count(503)} of {len(statuses)} prompt creations refused with 503"
-            )
 
             # No gap: every event the session log holds (all of it, or what was written since an
             # empty restart) reached the stream.
-            store = redis.asyncio.Redis.from_url(own_redis.url, decode_responses=True)
+            store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
             try:
                 names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
                 for w in watched:
@@ -142,20 +150,66 @@ async def test_sessions_streams_and_audit_survive_a_redis_outage(
                     assert logged and not [event_id for event_id in logged if event_id not in seen]
             finally:
                 await store.aclose()
-        finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            for w in watched:
-                await client.delete(f"/api/v1/sessions/{w.session_id}", headers=headers)
 
     # Every prompt created (201) has its audit record: nothing acknowledged was lost.
     created = statuses.count(201)
-    deadline = time.monotonic() + 60
-    while (audited := await asyncio.to_thread(prompt_audits, pg_urls, stack)) < created:
-        assert time.monotonic() < deadline, f"{created} prompts created, {audited} audited"
-        await asyncio.sleep(0.25)
-    assert audited == created
+
+    async def all_audited() -> bool:
+        return await asyncio.to_thread(prompt_audits, db, stack) >= created
+
+    await until(all_audited, 60, f"the {created} prompts created are audited")
+    assert await asyncio.to_thread(prompt_audits, db, stack) == created
     result = verify(stack, stack.org_id)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [s for s in stack.access_statuses() if s >= 500 and s != 503]
+    return Outage(statuses, back)
+
+
+def report(what: str, outage: Outage) -> None:
+    print(
+        f"\n{what}: {SESSIONS} sessions answered {min(outage.back):.1f}-{max(outage.back):.1f} s after it"
+        f" came back; {outage.statuses.count(503)} of {len(outage.statuses)} prompt creations refused"
+        f" with 503, {outage.statuses.count(201)} created and audited"
+    )
+
+
+async def test_sessions_streams_and_audit_survive_a_redis_outage(
+    redis_stack: Stack, own_redis: RedisServer, pg_urls: DbUrls
+) -> None:
+    outage = await live_through(
+        redis_stack, pg_urls, own_redis.stop, own_redis.start, REDIS_OUTAGE_SECONDS, ends_streams=True
+    )
+    report(
+        f"Redis down {REDIS_OUTAGE_SECONDS} s (appendonly {'yes' if own_redis.appendonly else 'no'})", outage
+    )
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer(free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_stack(
+    own_postgres: PostgresServer, jwt_secret: str, tmp_path: Path
+) -> Iterator[tuple[Stack, DbUrls]]:
+    db = own_postgres.database()
+    overrides = {"AGENTAPI_MAX_SESSIONS_PER_USER": str(SESSIONS)}
+    with running_stack(db, jwt_secret, tmp_path, overrides) as stack:
+        stack.start_worker("audit")
+        yield stack, db
+
+
+async def test_sessions_streams_and_audit_survive_a_postgres_outage(
+    postgres_stack: tuple[Stack, DbUrls], own_postgres: PostgresServer
+) -> None:
+    stack, db = postgres_stack
+    outage = await live_through(
+        stack, db, own_postgres.stop, own_postgres.start, POSTGRES_OUTAGE_SECONDS, ends_streams=False
+    )
+    report(f"PostgreSQL down {POSTGRES_OUTAGE_SECONDS} s", outage)
