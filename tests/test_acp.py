@@ -169,6 +169,11 @@ async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through
         await post_message(client, headers, session_id, "Echo ping with the tool")
         asked = data((await read_events(client, events_url, headers, until=named("permission_request")))[-1])
         assert asked["tool_call"]["raw_input"] == {"text": "ping"} and asked["tool_call"]["title"]
+        # While the call waits for its permission, /status says what the agent is doing.
+        status_url = f"/api/v1/sessions/{session_id}/status"
+        async with asyncio.timeout(30):
+            while (await client.get(status_url, headers=headers)).json()["detail"] != "tool_use":
+                await asyncio.sleep(0.1)
         allow = next(o["option_id"] for o in asked["options"] if o["kind"] == "allow_once")
         answer_url = f"/api/v1/sessions/{session_id}/permissions/{asked['request_id']}"
         assert asked["answer_url"] == answer_url
@@ -213,6 +218,8 @@ async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through
     assert any(g["type"] == "tool_call.completed" and g.get("tool") == "echo" for g in gateway), (
         "the call went through the session's MCP gateway"
     )
+    details = [data(e).get("detail") for e in events if e.event == "status_change"]
+    assert "tool_use" in details and details[-1] is None, "tool_use while the call ran, then cleared"
     agent_calls = [g for g in gateway if g["type"] == "tool_call.agent"]
     assert agent_calls and agent_calls[-1]["status"] == "completed", "the agent's own view of the call"
     decisions = [data(e) for e in after if e.event == "permission_decision"]

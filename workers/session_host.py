@@ -236,6 +236,8 @@ class SessionHost:
         # Set when the adapter is known: whether this host drives its agent over ACP.
         self.over_acp = False
         self.permissions: PermissionDesk | None = None
+        # The ids of the tool calls an ACP agent reports running (pending or in progress).
+        self._tools_running: set[str] = set()
         self._persisted: dict[int, str] = {}
         # Statuses whose row update is still to be written.
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
@@ -600,10 +602,14 @@ class SessionHost:
                 await self._report_agent_error(change.notice.payload)
             elif change.notice is not None:
                 await self._emit(NOTICE_EVENTS[change.notice.kind], change.notice.payload)
+                if change.notice.kind == "tool_call":
+                    await self._track_tool_call(change.notice.payload)
             if change.message is not None:
                 await self._emit(EventType.MESSAGE_UPDATED, change.message.as_payload())
             if change.status is not None:
                 if change.status == "stable":
+                    # A turn that ended (or was cancelled) leaves no tool call running.
+                    self._tools_running.clear()
                     self._close_turn(change.completed)
                     await self._persist_messages()
                     self.snapshots.turn_completed()
@@ -623,7 +629,22 @@ class SessionHost:
     @property
     def _detail(self) -> str:
         """What /status says beyond running/stable when the host knows better than the status."""
-        return "error" if self.conversation is not None and self.conversation.agent_error else ""
+        if self.conversation is not None and self.conversation.agent_error:
+            return "error"
+        return "tool_use" if self._tools_running else ""
+
+    async def _track_tool_call(self, call: dict[str, object]) -> None:
+        """``detail: tool_use`` while an ACP agent reports a tool call pending or in progress."""
+        before = self._detail
+        status, call_id = call.get("status"), str(call.get("tool_call_id"))
+        if status in ("pending", "in_progress"):
+            self._tools_running.add(call_id)
+        elif status in ("completed", "failed"):
+            self._tools_running.discard(call_id)
+        if self._detail != before:
+            assert self.conversation is not None
+            await set_detail(self.context.redis, self.names, self.session_id, self._detail)
+            await self._emit(EventType.SESSION_STATUS, self._status_payload(self.conversation.status))
 
     def _status_payload(self, status: str) -> dict[str, object]:
         payload: dict[str, object] = {"status": status, "agent_type": self.agent_type}
