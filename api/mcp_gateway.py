@@ -44,9 +44,11 @@ SCOPE_KEY = "agentapi.gateway"
 _CONTENT = TypeAdapter(list[ContentBlock])
 # How long listing waits for a tools worker to connect to a server whose tools are not cached.
 LIST_WAIT_SECONDS = 20.0
-# How long a caller's tool list is reused: fastmcp resolves every call by listing, and each listing
+# How long a session's tool list is reused: fastmcp resolves every call by listing, and each listing
 # asks PostgreSQL. A configuration changed or disabled meanwhile is refused by the tools worker,
-# which loads it afresh for every call; only the names the agent sees lag by this much.
+# which loads it afresh for every call; only the names the agent sees lag by this much. Per session,
+# not per user: an agent lists its tools as it starts, and a session started just after its user
+# added a server must see that server's tools.
 LISTING_SECONDS = 2.0
 
 
@@ -91,18 +93,17 @@ class TenantTools(Provider):
     def __init__(self, get_resources: Callable[[], Resources]) -> None:
         super().__init__()
         self._resources = get_resources
-        self._listings: Recent[tuple[UUID, UUID], list[Tool]] = Recent(LISTING_SECONDS)
+        self._listings: Recent[UUID, list[Tool]] = Recent(LISTING_SECONDS)
 
     async def _list_tools(self) -> Sequence[Tool]:
         try:
             identity = _identity()
         except ToolError:
             return []  # fastmcp asks outside any request (start-up, task discovery): nothing to show
-        key = (identity.org_id, identity.user_id)
-        listing = self._listings.get(key, None)
+        listing = self._listings.get(identity.session_id, None)
         if listing is None:
             listing = await self._listing(identity)
-            self._listings.put(key, listing)
+            self._listings.put(identity.session_id, listing)
         return listing
 
     async def _listing(self, identity: GatewayIdentity) -> list[Tool]:

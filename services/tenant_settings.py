@@ -2,7 +2,9 @@
 
 ``settings`` is free-form JSON (bounded in size) that features read, such as the CCRouter
 providers; ``settings.auto_provision`` (``off | member | token_role``, default ``member``) says what
-a valid token of a user who is not a member yet gets (api/tenancy.py); ``secrets`` are name → value
+a valid token of a user who is not a member yet gets (api/tenancy.py);
+``settings.members_may_add_stdio`` (default false) lets members add stdio MCP servers of their own
+(admins always may: a stdio server runs a command on the tools worker); ``secrets`` are name → value
 pairs that are sealed with the key ring and never returned (``None`` for a name deletes it);
 ``retention_days`` drives the retention job.
 """
@@ -22,7 +24,7 @@ from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.agent_permissions import PermissionPolicy
 from schemas.ccrouter import CCRouterSettings, missing_keys
 from schemas.crypto import KeyRingError
-from schemas.db import MemberContext, tenant_transaction
+from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.roles import ADMIN_ROLES
 from schemas.tables import TenantSettings, utcnow
 from schemas.tenant_secrets import open_tenant_secrets, secrets_ref
@@ -33,6 +35,7 @@ from services.errors import Forbidden, Invalid, Unavailable
 AUTO_PROVISION_KEY = "auto_provision"
 AUTO_PROVISION_POLICIES = ("off", "member", "token_role")
 AUTO_PROVISION_DEFAULT = "member"
+MEMBERS_STDIO_KEY = "members_may_add_stdio"
 MAX_SETTINGS_BYTES = 64 * 1024
 SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
@@ -56,6 +59,12 @@ async def _load(backends: Backends, ctx: MemberContext) -> TenantSettings | None
         return (await db.exec(select(TenantSettings).where(TenantSettings.org_id == ctx.org_id))).first()
 
 
+async def members_may_add_stdio(backends: Backends, ctx: TenantContext) -> bool:
+    async with tenant_transaction(backends.engine, ctx) as db:
+        row = (await db.exec(select(TenantSettings).where(TenantSettings.org_id == ctx.org_id))).first()
+    return bool(row and row.settings.get(MEMBERS_STDIO_KEY) is True)
+
+
 async def read_settings(backends: Backends, ctx: MemberContext) -> tuple[TenantSettings | None, list[str]]:
     """The organization's settings row (None before the first write) and its secrets' names."""
     row = await _load(backends, ctx)
@@ -71,6 +80,12 @@ def _check_document(settings: dict[str, Any]) -> None:
             f"settings.{AUTO_PROVISION_KEY}",
             "unknown policy",
             detail=f"settings.{AUTO_PROVISION_KEY} must be one of {', '.join(AUTO_PROVISION_POLICIES)}",
+        )
+    if not isinstance(settings.get(MEMBERS_STDIO_KEY, False), bool):
+        raise Invalid.field(
+            f"settings.{MEMBERS_STDIO_KEY}",
+            "must be true or false",
+            detail=f"settings.{MEMBERS_STDIO_KEY} must be true or false",
         )
     if PERMISSIONS_KEY in settings:
         try:

@@ -52,6 +52,7 @@ def http_server() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def tools_stack(stack: Stack) -> Stack:
     stack.start_worker("tools", "audit")
+    stack.let_members_add_stdio()
     return stack
 
 

@@ -21,6 +21,7 @@ from services.context import Backends
 from services.egress import EgressRefused, check_endpoint, check_stdio
 from services.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from services.mcp.oauth_grants import revoke_grants
+from services.tenant_settings import MEMBERS_STDIO_KEY, members_may_add_stdio
 
 Query = TypeVar("Query", bound=Any)
 
@@ -151,10 +152,23 @@ def _may_change(ctx: TenantContext, row: McpConfiguration) -> None:
         raise Forbidden("only organization admins change organization MCP configurations")
 
 
+async def _may_run_command(backends: Backends, ctx: TenantContext, spec: ConfigSpec) -> None:
+    """A stdio server runs a command on the tools worker: members add one only where an admin lets
+    them (tenant setting ``members_may_add_stdio``)."""
+    if spec.transport != "stdio" or ctx.role in ADMIN_ROLES:
+        return
+    if not await members_may_add_stdio(backends, ctx):
+        raise Forbidden(
+            "members may not add stdio MCP servers in this organization:"
+            f" an admin can allow it with the tenant setting {MEMBERS_STDIO_KEY}"
+        )
+
+
 async def create_config(backends: Backends, ctx: TenantContext, spec: ConfigSpec) -> McpConfiguration:
     if spec.scope == "organization" and ctx.role not in ADMIN_ROLES:
         raise Forbidden("only organization admins add organization MCP configurations")
     await _validate(spec, backends.settings)
+    await _may_run_command(backends, ctx, spec)
     assert ctx.org_id is not None
     row = McpConfiguration(
         id=uuid4(),
@@ -192,6 +206,7 @@ async def replace_config(
             "scope", f"is {row.scope}", detail="scope cannot change; create a new configuration instead"
         )
     await _validate(spec, backends.settings)
+    await _may_run_command(backends, ctx, spec)
     keeps_token = spec.auth_type == "bearer" and spec.secret is None
     if keeps_token and (row.encrypted_secret is None or row.auth_type != "bearer"):
         raise Invalid.field(

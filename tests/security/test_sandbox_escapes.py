@@ -166,16 +166,25 @@ async def test_stdio_code_flags_are_refused_and_an_allowed_server_cannot_read_th
         assert refused.headers["content-type"].startswith("application/problem+json")
         assert [error["field"] for error in refused.json()["errors"]] == ["args[0]"]
 
-        created = await client.post(
-            "/api/v1/mcp/configurations",
-            json={
-                "name": "hostile",
-                "transport": "stdio",
-                "command": sys.executable,
-                "args": [HOSTILE_SERVER],
-            },
-            headers=stack.headers(),
+        hostile = {
+            "name": "hostile",
+            "transport": "stdio",
+            "command": sys.executable,
+            "args": [HOSTILE_SERVER],
+        }
+        kept_out = await client.post("/api/v1/mcp/configurations", json=hostile, headers=stack.headers())
+        assert kept_out.status_code == 403, "members add stdio servers only where an admin allows it"
+        assert "members_may_add_stdio" in kept_out.json()["detail"]
+        not_a_flag = await client.put(
+            "/api/v1/settings",
+            json={"settings": {"members_may_add_stdio": "yes"}},
+            headers=stack.headers(role="admin"),
         )
+        assert not_a_flag.status_code == 422, not_a_flag.text
+        assert not_a_flag.json()["errors"][0]["field"] == "settings.members_may_add_stdio"
+        await asyncio.to_thread(stack.let_members_add_stdio)
+
+        created = await client.post("/api/v1/mcp/configurations", json=hostile, headers=stack.headers())
         assert created.status_code == 201, created.text
         tested = await client.post(
             "/api/v1/mcp/test", json={"config_id": created.json()["id"]}, headers=stack.headers()
