@@ -72,6 +72,7 @@ async def dispatcher_group_created(stack: Stack, kind: WorkKind) -> None:
 
 async def test_every_family_counts_real_traffic(stack: Stack) -> None:
     stack.start_worker("tools", "audit")
+    await asyncio.to_thread(stack.let_members_add_stdio)  # the member below adds a stdio server
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
         headers = stack.headers()
         created = await client.post("/api/v1/sessions", json={**ECHO, "prompt": "count me"}, headers=headers)
