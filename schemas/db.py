@@ -48,7 +48,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-# Each service engine's platform engine (see the module's docstring).
+# Each service engine's platform engine (see the module's docstring). Kept beside the engine, not
+# in a pair every caller passes, because every caller of tenant_transaction already holds the
+# service engine and only superadmin transactions need the other.
 _PLATFORM: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
 
 
@@ -66,8 +68,7 @@ def open_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEng
 
 
 def attach_platform(engine: AsyncEngine, platform: AsyncEngine) -> None:
-    """``platform`` serves ``engine``'s superadmin transactions (a migration owner's engine serves
-    its own: the migration makes the owner a member of the platform role)."""
+    """``platform`` serves ``engine``'s superadmin transactions."""
     _PLATFORM[engine] = platform
 
 
@@ -84,7 +85,7 @@ def platform_engine(engine: AsyncEngine) -> AsyncEngine:
 
 async def dispose_engine(engine: AsyncEngine) -> None:
     platform = _PLATFORM.pop(engine, None)
-    if platform is not None and platform is not engine:
+    if platform is not None:
         await platform.dispose()
     await engine.dispose()
 
