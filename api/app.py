@@ -21,17 +21,24 @@ from api.mcp_gateway import build_gateway
 from api.metrics import metrics
 from api.problems import make_exception_handlers, problem_responses
 from api.rate_limit import rate_limit_middleware
-from api.routes.agent_control import internal_screen, interrupt
+from api.routes.agent_control import alias_internal_screen, internal_screen, interrupt
 from api.routes.agents import list_agents
 from api.routes.audit import query_audit
 from api.routes.chat import chat, chat_stream
+from api.routes.client_keys import create_client_key, revoke_client_keys_of_session
 from api.routes.health import health, ready
 from api.routes.mcp import McpConfigurationController, call_tool, test_configuration
 from api.routes.mcp_oauth import oauth_callback, oauth_callback_post, oauth_disconnect, oauth_init
 from api.routes.openapi import openapi_document, session_openapi_document
 from api.routes.orgs import OrgController
 from api.routes.prompts import PromptController
-from api.routes.sessions import SessionController
+from api.routes.sessions import (
+    SessionController,
+    alias_events,
+    alias_messages,
+    alias_send_message,
+    alias_status,
+)
 from api.routes.tenant_settings import read_settings, write_settings
 from api.routes.uploads import upload_file
 from api.routes.users import erase_user, export_user
@@ -77,6 +84,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SessionController,
             interrupt,
             internal_screen,
+            create_client_key,
+            revoke_client_keys_of_session,
+            alias_status,
+            alias_messages,
+            alias_send_message,
+            alias_events,
+            alias_internal_screen,
             upload_file,
             WebhookController,
             receive_delivery,

@@ -81,11 +81,22 @@ def _route(scope: Scope) -> tuple[str, str | None, str | None]:
     template = scope["path"]
     if handler is not None and getattr(handler, "paths", None):
         template = scope.get("path_template") or sorted(handler.paths)[0]
+    principal = scope.get("user")
+    if isinstance(principal, Principal) and principal.key_session_id is not None:
+        # The root-path alias names no session in its path: the client key does.
+        return template, "sessions", str(principal.key_session_id)
     params = scope.get("path_params") or {}
     resource_id = str(next(iter(params.values()))) if params else None
     parts = [p for p in scope["path"].split("/") if p][2:]  # after /api/v1
     resource_type = parts[0] if parts else None
     return template, resource_type, resource_id
+
+
+def _credential(principal: Any) -> dict[str, str]:
+    """How a request authenticated, where it was not a JWT: a session client key."""
+    if isinstance(principal, Principal) and principal.key_session_id is not None:
+        return {"via": "session_client_key"}
+    return {}
 
 
 async def _first_refusal(scope: Scope, org_id: UUID, resource_id: str | None) -> bool:
@@ -131,7 +142,7 @@ async def record(scope: Scope, method: str, status: int, user_agent: str | None)
         outcome=outcome_of(status),
         resource_type=resource_type,
         resource_id=resource_id,
-        details={"status": status, "role": role},
+        details={"status": status, "role": role, **_credential(principal)},
         ip=ip,
         user_agent=user_agent,
         correlation_id=current_correlation_id(),

@@ -11,10 +11,17 @@ The principal: ``sub`` (a UUID) is the user; the organization and role come from
 the service role can write in Supabase), falling back to top-level ``org_id``/``role``. ``user_metadata`` is
 user-writable and never read. Superadmin is granted only by ``app_metadata`` (``role: superadmin`` or
 ``superadmin: true``).
+
+A session client key (``services.sessions.client_keys``) is the other credential: ``Bearer ask_…``
+or ``Basic base64(ask_…:)``, for published coder/agentapi clients that can send no JWT. It acts as
+the user who minted it, with their role then, and only on the root-path alias routes of its one
+session (``CLIENT_KEY_ROUTE``); a JWT is refused there, and a key everywhere else.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,6 +46,7 @@ from api.jwks import (
 )
 from schemas.roles import ORG_ROLES, ROLES
 from services.recent import Recent
+from services.sessions.client_keys import ClientKeyGrant, looks_like_key, resolve_client_key
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -67,6 +75,7 @@ DEFAULT_AUTH_EXCLUDE: tuple[str, ...] = (
     "^/api/v1/webhooks/[^/]+/deliveries",
 )
 SECURITY_SCHEME_NAME = "BearerJWT"
+CLIENT_KEY_SCHEME_NAME = "SessionClientKey"
 
 
 class AuthError(NotAuthorizedException):
@@ -86,7 +95,8 @@ def www_authenticate(error: str | None = None, description: str | None = None) -
     if error:
         value += f', error="{error}"'
         if description:
-            safe = description.replace("\\", "").replace('"', "'")
+            # A header value is latin-1 on the wire: anything else would fail the response itself.
+            safe = description.replace("\\", "").replace('"', "'").encode("ascii", "replace").decode()
             value += f', error_description="{safe}"'
     return value
 
@@ -100,6 +110,8 @@ class Principal:
     role: str  # one of ROLES
     email: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # Set when the credential is a session client key: it reaches only that session's alias routes.
+    key_session_id: UUID | None = None
 
     @property
     def is_superadmin(self) -> bool:
@@ -276,15 +288,65 @@ def parse_bearer(authorization: str | None) -> str:
         raise AuthError("missing bearer token", error=None)
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise AuthError("missing bearer token (Authorization scheme must be Bearer)", error="invalid_request")
+        raise AuthError(
+            "missing bearer token (Authorization scheme must be Bearer, or Basic with a session client key)",
+            error="invalid_request",
+        )
     token = token.strip()
     if not token:
         raise AuthError("missing bearer token", error="invalid_request")
     return token
 
 
+def client_key_of(authorization: str | None) -> str | None:
+    """The session client key an ``Authorization`` header carries, or None when it carries none
+    (then it is a JWT's, or missing). A key comes as ``Bearer ask_…`` or, from a client given the
+    key as URL userinfo, as ``Basic base64(key:)`` (any password is ignored). Basic credentials
+    that are not a client key are refused: no other credential is accepted that way."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value if looks_like_key(value) else None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(value, validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials", error="invalid_request") from None
+    if not looks_like_key(user):
+        raise AuthError(
+            "Basic credentials are accepted only for a session client key as the user name",
+            error="invalid_request",
+        )
+    return user
+
+
 VerifierGetter = Callable[["Litestar"], TokenVerifier]
 FailureHook = Callable[[ASGIConnection, AuthError], Awaitable[None]]
+# The route option that marks the root-path alias routes, the only ones a client key reaches.
+CLIENT_KEY_ROUTE = "session_client_key"
+CLIENT_KEY_PATHS = "/status, /messages, /message, /events and /internal/screen"
+
+
+def key_principal(grant: ClientKeyGrant) -> Principal:
+    """The principal a client key acts as: its minter, with the role they had, confined to its session."""
+    return Principal(
+        user_id=grant.user_id, org_id=grant.org_id, role=grant.role, key_session_id=grant.session_id
+    )
+
+
+def confine(principal: Principal, key_route: bool) -> None:
+    """A client key reaches only the alias routes, and the alias routes take only a client key
+    (they name no session of their own: the key does)."""
+    if principal.key_session_id is not None and not key_route:
+        raise AuthError(f"a session client key reaches only {CLIENT_KEY_PATHS}")
+    if principal.key_session_id is None and key_route:
+        raise AuthError(
+            "this path takes a session client key (POST /api/v1/sessions/{id}/client-keys);"
+            " with a JWT, use /api/v1/sessions/{id}/..."
+        )
 
 
 def _verifier_from_state(app: Litestar) -> TokenVerifier:
@@ -331,10 +393,19 @@ class JWTAuthMiddleware(AbstractAuthenticationMiddleware):
         self._retry_after = jwks_retry_after_seconds
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        verifier = self._verifier or self._get_verifier(connection.app)
+        authorization = connection.headers.get("authorization")
         try:
-            token = parse_bearer(connection.headers.get("authorization"))
-            principal = await verifier.verify(token)
+            key = client_key_of(authorization)
+            if key is not None:
+                grant = await resolve_client_key(connection.app.state["resources"], key)
+                if grant is None:
+                    raise AuthError("unknown, expired or revoked session client key")
+                token, principal = key, key_principal(grant)
+            else:
+                verifier = self._verifier or self._get_verifier(connection.app)
+                token = parse_bearer(authorization)
+                principal = await verifier.verify(token)
+            confine(principal, bool(connection.route_handler.opt.get(CLIENT_KEY_ROUTE)))
         except AuthError as exc:
             if self._on_failure is not None:
                 try:
@@ -376,9 +447,23 @@ def openapi_components() -> Components:
                 scheme="bearer",
                 bearer_format="JWT",
                 description="A Supabase-compatible JWT: `Authorization: Bearer <token>`",
-            )
+            ),
+            CLIENT_KEY_SCHEME_NAME: SecurityScheme(
+                type="http",
+                scheme="basic",
+                description=(
+                    "A session client key (`POST /api/v1/sessions/{id}/client-keys`) as the user name"
+                    " with an empty password, or as `Authorization: Bearer ask_…`; only for the"
+                    " root-path alias of its session"
+                ),
+            ),
         }
     )
+
+
+def client_key_security() -> list[dict[str, list[str]]]:
+    """The security requirement of the root-path alias routes: a session client key."""
+    return [{CLIENT_KEY_SCHEME_NAME: []}]
 
 
 def openapi_security() -> list[dict[str, list[str]]]:

@@ -193,3 +193,11 @@ class Names:
     def gateway_token(self, token_hash: str) -> str:
         """A session's MCP gateway token (by its SHA-256), valid while the session's host lives."""
         return f"{self.prefix}gateway:{token_hash}"
+
+    def client_key(self, key_hash: str) -> str:
+        """A session client key's grant (JSON), by the key's SHA-256; expires with the key."""
+        return f"{self.prefix}clientkey:{key_hash}"
+
+    def session_client_keys(self, session_id: UUID | str) -> str:
+        """The hashes of a session's client keys (a set), so that they can all be revoked."""
+        return f"{self.prefix}session:{session_id}:clientkeys"

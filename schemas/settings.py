@@ -12,6 +12,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -247,8 +248,13 @@ class Settings(BaseSettings):
     mcp_oauth_redirect_allowlist: list[str] = Field(
         default_factory=list, validation_alias=_env("MCP_OAUTH_REDIRECT_ALLOWLIST")
     )
-    # How agents reach the ingress (the MCP gateway URL handed to each session).
+    # How agents reach the ingress (the MCP gateway URL handed to each session), and how published
+    # coder/agentapi clients reach a session's root-path alias (the ``url`` of a client key).
     public_base_url: str = Field("http://127.0.0.1:8000", validation_alias=_env("PUBLIC_BASE_URL"))
+    # A session client key's lifetime: the default, and the most a request may ask for.
+    client_key_ttl_seconds: int = Field(
+        3600, ge=60, le=7 * 86400, validation_alias=_env("CLIENT_KEY_TTL_SECONDS")
+    )
 
     # Requests a minute, counted in Redis across every ingress process.
     rate_limit_per_user: int = Field(600, ge=1, validation_alias=_env("RATE_LIMIT_PER_USER"))
@@ -396,6 +402,13 @@ class Settings(BaseSettings):
     def gateway_url(self, session_id: object) -> str:
         """Where a session's agent reaches its MCP gateway on the ingress."""
         return f"{self.public_base_url.rstrip('/')}{GATEWAY_PATH}/{session_id}"
+
+    def client_key_url(self, key: str) -> str:
+        """The base URL a published coder/agentapi client is given: the public URL with the key as
+        its userinfo, which httpx and most HTTP clients send as ``Authorization: Basic``."""
+        parts = urlsplit(self.public_base_url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, f"{key}@{host}", parts.path.rstrip("/"), "", ""))
 
     def oauth_callback_url(self) -> str:
         """The redirect URI authorization servers send users back to when the frontend names none."""

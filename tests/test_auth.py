@@ -145,9 +145,18 @@ async def test_no_token(hs_client: AsyncTestClient[Litestar]) -> None:
 
 
 async def test_other_scheme(hs_client: AsyncTestClient[Litestar]) -> None:
+    response = await hs_client.get("/api/v1/whoami", headers={"Authorization": "Digest username=x"})
+    assert_401(
+        response,
+        "missing bearer token (Authorization scheme must be Bearer, or Basic with a session client key)",
+        error="invalid_request",
+    )
+    # Basic is only how published coder/agentapi clients send a session client key (URL userinfo).
     response = await hs_client.get("/api/v1/whoami", headers={"Authorization": "Basic dXNlcjpwYXNz"})
     assert_401(
-        response, "missing bearer token (Authorization scheme must be Bearer)", error="invalid_request"
+        response,
+        "Basic credentials are accepted only for a session client key as the user name",
+        error="invalid_request",
     )
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from api.auth import Principal
 from api.problems import problem_responses
+from api.session_alias import ALIAS_OPT, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
 from api.sse import sse_response
 from api.state import Resources, resources
 from api.tenancy import tenant_context
@@ -84,6 +85,24 @@ async def internal_screen(
     no host holds the session."""
     res = resources(state)
     await find_session(res, tenant_context(request.user), session_id)
+    return await _screen(res, request, session_id)
+
+
+@get(
+    "/internal/screen",
+    timeout=None,
+    opt=ALIAS_OPT,
+    security=ALIAS_SECURITY,
+    tags=ALIAS_TAGS,
+)
+async def alias_internal_screen(request: Request[Principal, str, State], state: State) -> Response[Any]:
+    """`GET /api/v1/sessions/{id}/internal/screen` for the client key's session (api.session_alias)."""
+    res = resources(state)
+    row = await keyed_session(res, request.user)
+    return await _screen(res, request, row.id)
+
+
+async def _screen(res: Resources, request: Request[Principal, str, State], session_id: UUID) -> Response[Any]:
     key = res.names.session_screen(session_id)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return Response(Screen(screen=await res.redis.get(key) or ""))

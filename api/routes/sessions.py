@@ -1,5 +1,5 @@
 """Agent sessions: create, list, read, stop, and the coder/agentapi-compatible per-session API
-(``services.sessions`` does the work)."""
+(``services.sessions`` does the work), also at the root for a session client key (api.session_alias)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from pydantic import BaseModel, Field
 from api.auth import Principal
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody, problem_responses
+from api.session_alias import ALIAS_OPT, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
 from api.session_bodies import MAX_MESSAGE_BYTES, CreateSession
 from api.sse import parse_last_event_id, session_event_stream, sse_response
-from api.state import resources
+from api.state import Resources, resources
 from api.tenancy import tenant_context
+from schemas.db import MemberContext
 from schemas.tables import UserSession
 from services.sessions.ending import stop_session
 from services.sessions.input import answer_permission, deliver_message
@@ -176,10 +178,8 @@ class SessionController(Controller):
         self, session_id: UUID, request: Request[Principal, str, State], state: State
     ) -> MessagesOut:
         """coder/agentapi's `GET /messages`: ids are list indexes, message 0 is the start-up screen."""
-        rows = await session_messages(resources(state), tenant_context(request.user), session_id)
-        return MessagesOut(
-            messages=[MessageOut(id=r.seq, content=r.content, role=r.role, time=r.created_at) for r in rows]
-        )
+        res, actor = resources(state), tenant_context(request.user)
+        return await _messages(res, actor, await find_session(res, actor, session_id))
 
     @get("/{session_id:uuid}/status")
     async def status(
@@ -188,17 +188,7 @@ class SessionController(Controller):
         """coder/agentapi's `GET /status`: a live agent reads `running` unless it has settled; an
         ended or failed one reads `stable` (there is nothing left to wait for) with its reason."""
         res = resources(state)
-        row = await find_session(res, tenant_context(request.user), session_id)
-        now = await session_status(res, row)
-        return StatusOut(
-            status=now.agent_status,
-            agent_type=row.agent_type,
-            backend=now.backend,
-            transport=now.backend,
-            session_status=now.session_status,
-            detail=now.detail,
-            end_reason=now.end_reason,
-        )
+        return await _status(res, await find_session(res, tenant_context(request.user), session_id))
 
     @post("/{session_id:uuid}/message", status_code=200, responses=problem_responses(410))
     async def send_message(
@@ -208,8 +198,7 @@ class SessionController(Controller):
         `raw` keystrokes go straight to the terminal and are not recorded."""
         res = resources(state)
         row = await find_messageable_session(res, tenant_context(request.user), session_id)
-        await deliver_message(res, row, data.content, data.type)
-        return Ok()
+        return await _send(res, row, data)
 
     @post("/{session_id:uuid}/permissions/{request_id:str}", status_code=202)
     async def answer_permission(
@@ -238,13 +227,92 @@ class SessionController(Controller):
         """SSE: replays the session's event log after Last-Event-ID, then relays live events."""
         res = resources(state)
         await find_session(res, tenant_context(request.user), session_id)
-        after = parse_last_event_id(last_event_id)
-        if last_event_id and after is None:
-            raise ValidationException("Last-Event-ID must be an event-log id such as 1732460000000-0")
-        return await sse_response(
-            res.redis,
-            session_event_stream(
-                res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
-            ),
-            res.draining,
-        )
+        return await _events(res, session_id, last_event_id)
+
+
+async def _messages(res: Resources, actor: MemberContext, row: UserSession) -> MessagesOut:
+    rows = await session_messages(res, actor, row)
+    return MessagesOut(
+        messages=[MessageOut(id=r.seq, content=r.content, role=r.role, time=r.created_at) for r in rows]
+    )
+
+
+async def _status(res: Resources, row: UserSession) -> StatusOut:
+    now = await session_status(res, row)
+    return StatusOut(
+        status=now.agent_status,
+        agent_type=row.agent_type,
+        backend=now.backend,
+        transport=now.backend,
+        session_status=now.session_status,
+        detail=now.detail,
+        end_reason=now.end_reason,
+    )
+
+
+async def _send(res: Resources, row: UserSession, data: SendMessage) -> Ok:
+    await deliver_message(res, row, data.content, data.type)
+    return Ok()
+
+
+async def _events(res: Resources, session_id: UUID, last_event_id: str | None) -> ServerSentEvent:
+    after = parse_last_event_id(last_event_id)
+    if last_event_id and after is None:
+        raise ValidationException("Last-Event-ID must be an event-log id such as 1732460000000-0")
+    return await sse_response(
+        res.redis,
+        session_event_stream(
+            res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
+        ),
+        res.draining,
+    )
+
+
+# The root-path alias (api.session_alias): the same calls for the session a client key names.
+
+
+@get("/status", opt=ALIAS_OPT, security=ALIAS_SECURITY, tags=ALIAS_TAGS)
+async def alias_status(request: Request[Principal, str, State], state: State) -> StatusOut:
+    """`GET /api/v1/sessions/{id}/status` for the client key's session."""
+    res = resources(state)
+    return await _status(res, await keyed_session(res, request.user))
+
+
+@get("/messages", opt=ALIAS_OPT, security=ALIAS_SECURITY, tags=ALIAS_TAGS)
+async def alias_messages(request: Request[Principal, str, State], state: State) -> MessagesOut:
+    """`GET /api/v1/sessions/{id}/messages` for the client key's session."""
+    res = resources(state)
+    return await _messages(res, tenant_context(request.user), await keyed_session(res, request.user))
+
+
+@post(
+    "/message",
+    status_code=200,
+    opt=ALIAS_OPT,
+    security=ALIAS_SECURITY,
+    tags=ALIAS_TAGS,
+    responses=problem_responses(410),
+)
+async def alias_send_message(data: SendMessage, request: Request[Principal, str, State], state: State) -> Ok:
+    """`POST /api/v1/sessions/{id}/message` for the client key's session."""
+    res = resources(state)
+    return await _send(res, await keyed_session(res, request.user), data)
+
+
+@get(
+    "/events",
+    timeout=None,
+    media_type="text/event-stream",
+    opt=ALIAS_OPT,
+    security=ALIAS_SECURITY,
+    tags=ALIAS_TAGS,
+)
+async def alias_events(
+    request: Request[Principal, str, State],
+    state: State,
+    last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", required=False)] = None,
+) -> ServerSentEvent:
+    """`GET /api/v1/sessions/{id}/events` for the client key's session."""
+    res = resources(state)
+    row = await keyed_session(res, request.user)
+    return await _events(res, row.id, last_event_id)

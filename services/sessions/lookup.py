@@ -88,15 +88,14 @@ async def list_sessions(
 
 
 async def session_messages(
-    backends: Backends, actor: MemberContext, session_id: UUID
+    backends: Backends, actor: MemberContext, row: UserSession
 ) -> list[SessionMessage]:
-    """The session's chat in order (message 0 is the start-up screen)."""
-    await find_session(backends, actor, session_id)
+    """The chat of a session the actor found, in order (message 0 is the start-up screen)."""
     async with tenant_transaction(backends.engine, actor) as db:
         return list(
             await db.exec(
                 select(SessionMessage)
-                .where(SessionMessage.session_id == session_id)
+                .where(SessionMessage.session_id == row.id)
                 .order_by(col(SessionMessage.seq))
             )
         )
