@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     dispatch_claim_idle_ms: int = Field(30_000, ge=100, validation_alias=_env("DISPATCH_CLAIM_IDLE_MS"))
     # An idle tools worker waits this long for an enqueue's wake-up before it fetches again (an
     # enqueue ends the wait at once; the period bounds how late acks and delayed messages are handled).
-    worker_poll_max_ms: int = Field(10, ge=5, le=5_000, validation_alias=_env("WORKER_POLL_MAX_MS"))
+    # Calls somebody waits on skip Dramatiq (workers/dispatcher.py, DirectLane), so nothing needs a
+    # short period any more: 10 ms cost an idle tools worker ~6 % of a core in fetches.
+    worker_poll_max_ms: int = Field(1_000, ge=5, le=5_000, validation_alias=_env("WORKER_POLL_MAX_MS"))
     # Allocations between the garbage collector's youngest-generation runs in `serve` and `worker`
     # (Python's default is 700); 0 leaves Python's collector as it is. See services/gc_tuning.py.
     gc_gen0_threshold: int = Field(50_000, ge=0, validation_alias=_env("GC_GEN0_THRESHOLD"))

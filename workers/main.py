@@ -51,8 +51,8 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
         settings.dispatch_claim_idle_ms,
         direct_slots=threads,
     )
-    # Idle worker threads also wake at this interval, so only pools whose callers wait on each message
-    # (an agent's tool call) poll fast; a sessions pool holds hundreds of threads.
+    # Idle worker threads also wake at this interval (a sessions pool holds hundreds of threads); the
+    # tools pool's is a setting of its own.
     poll_ms = settings.worker_poll_max_ms if WorkKind.TOOLS in kinds else IDLE_POLL_MS
     worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=poll_ms)
     threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]
