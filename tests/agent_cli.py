@@ -1,9 +1,11 @@
-"""What the real-CLI tests share: one conversation with an agent through the whole platform."""
+"""What the real-CLI tests share: the fake model APIs they run against and the stack settings that
+point each CLI at its fake (over the PTY or ACP), and one conversation with an agent through the
+whole platform."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,11 +14,19 @@ import httpx
 import pytest
 
 from services.agents.binaries import repo_bin
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.gemini_api import FakeGemini
 from tests.fakes.model_server import FakeModelServer
+from tests.fakes.openai_api import FakeOpenAI
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
 
 Fake = TypeVar("Fake", bound=FakeModelServer)
+ANTHROPIC_API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
+OPENAI_API_KEY = "sk-openai-test-0123456789"
+GEMINI_API_KEY = "gemini-test-key-0123456789"
+# A fixed model: Gemini CLI's automatic routing would ask a classifier model first.
+GEMINI_MODEL = "gemini-fake-pro"
 
 
 def model_reply(text: str) -> str:
@@ -31,6 +41,56 @@ def fake_upstream(binary: str, fake_class: type[Fake]) -> Iterator[Fake]:
         pytest.fail(f"node_modules/.bin/{binary} is missing: run `npm ci` (the README's install command)")
     with fake_class(model_reply) as fake:
         yield fake
+
+
+def upstream_fixture(binary: str, fake_class: type[Fake]) -> Callable[[], Iterator[Fake]]:
+    """A module-scoped fixture of :func:`fake_upstream`, named by the test module's name for it
+    (``fake_openai = upstream_fixture("codex", FakeOpenAI)``)."""
+
+    @pytest.fixture(scope="module")
+    def fake() -> Iterator[Fake]:
+        with fake_upstream(binary, fake_class) as server:
+            yield server
+
+    return fake
+
+
+def transport_env(agent: str, transport: str) -> dict[str, str]:
+    """The settings that run ``agent`` over ``transport``."""
+    settings = {f"AGENTAPI_{agent.upper()}_TRANSPORT": transport}
+    if transport == "pty":
+        # The CLIs redraw for a while as they start: the production settle window, not the tests' short one.
+        settings["AGENTAPI_AGENT_SETTLE_SECONDS"] = "2"
+    return settings
+
+
+def claude_env(fake: FakeAnthropic, transport: str) -> dict[str, str]:
+    """The stack settings that run Claude Code over ``transport`` ("pty" or "acp") against ``fake``."""
+    return {
+        "AGENTAPI_ANTHROPIC_BASE_URL": fake.base_url,
+        "AGENTAPI_ANTHROPIC_API_KEY": ANTHROPIC_API_KEY,
+        **transport_env("claude", transport),
+    }
+
+
+def codex_env(fake: FakeOpenAI, model: str, transport: str) -> dict[str, str]:
+    """The stack settings that run Codex with ``model`` over ``transport`` against ``fake``."""
+    return {
+        "AGENTAPI_OPENAI_BASE_URL": f"{fake.base_url}/v1",
+        "AGENTAPI_OPENAI_API_KEY": OPENAI_API_KEY,
+        "AGENTAPI_OPENAI_MODEL": model,
+        **transport_env("codex", transport),
+    }
+
+
+def gemini_env(fake: FakeGemini, transport: str) -> dict[str, str]:
+    """The stack settings that run Gemini CLI over ``transport`` against ``fake``."""
+    return {
+        "AGENTAPI_GEMINI_BASE_URL": fake.base_url,
+        "AGENTAPI_GEMINI_API_KEY": GEMINI_API_KEY,
+        "AGENTAPI_GEMINI_MODEL": GEMINI_MODEL,
+        **transport_env("gemini", transport),
+    }
 
 
 @dataclass

@@ -14,7 +14,9 @@ import os
 import secrets
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import redis.asyncio
 from httpx_sse import ServerSentEvent
 
 from events.streams import Names
-from tests.agent_cli import fake_upstream, model_reply
+from tests.agent_cli import ANTHROPIC_API_KEY, claude_env, model_reply, upstream_fixture
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.model_server import SLOW_PREFIX
 from tests.fixtures.mcp import start_mcp_server
@@ -33,13 +35,10 @@ from tests.fixtures.stack import Stack, running_stack, stop
 from tests.test_skeleton_e2e import agent_said, named, read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
+ECHO_PING = "Echo ping with the tool"
 
 
-@pytest.fixture(scope="module")
-def fake_anthropic() -> Iterator[FakeAnthropic]:
-    with fake_upstream("claude-code-acp", FakeAnthropic) as fake:
-        yield fake
+fake_anthropic = upstream_fixture("claude-code-acp", FakeAnthropic)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +53,8 @@ def mcp_url_and_token() -> Iterator[tuple[str, str]]:
 
 
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
-    fake: FakeAnthropic = request.getfixturevalue("fake_anthropic")
     return {
-        "AGENTAPI_ANTHROPIC_BASE_URL": fake.base_url,
-        "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
-        "AGENTAPI_CLAUDE_TRANSPORT": "acp",
+        **claude_env(request.getfixturevalue("fake_anthropic"), "acp"),
         "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
     }
 
@@ -139,51 +135,53 @@ async def test_a_multi_turn_conversation_over_acp_comes_back_exact(
         ("agent", model_reply("A third")),
     ], "exact replies, no chrome"
     calls = fake_anthropic.message_requests()
-    assert all(call.headers.get("x-api-key") == API_KEY for call in calls)
+    assert all(call.headers.get("x-api-key") == ANTHROPIC_API_KEY for call in calls)
+
+
+async def two_turns_under_a_system_prompt(
+    stack: Stack, agent_type: str, model_calls: Callable[[], list[Any]]
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """A user prompt naming a fresh marker, then two turns with ``agent_type`` over ACP: exact
+    replies, and the marker in the model calls. The stored messages and the model calls, for the
+    caller to check what is its agent's own."""
+    headers = stack.headers()
+    marker = f"house-rule-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+        saved = await client.post(
+            "/api/v1/prompts",
+            json={"scope": "user", "name": f"{agent_type} acp test", "content": f"Always follow {marker}."},
+            headers=headers,
+        )
+        assert saved.status_code == 201, saved.text
+        session_id = await start(client, headers, agent_type)
+        status = (await client.get(f"/api/v1/sessions/{session_id}/status", headers=headers)).json()
+        assert status["backend"] == "acp"
+        for text in ("Say hello", "And a second turn"):
+            await say(client, headers, session_id, text)
+        messages = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).json()
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
+    assert [(m["role"], m["content"]) for m in messages["messages"][1:]] == [
+        ("user", "Say hello"),
+        ("agent", model_reply("Say hello")),
+        ("user", "And a second turn"),
+        ("agent", model_reply("And a second turn")),
+    ]
+    calls = model_calls()
+    assert calls and any(marker in json.dumps(call.body) for call in calls), "the system prompt reached it"
+    return messages["messages"], calls
 
 
 async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through_the_gateway(
     fake_anthropic: FakeAnthropic, tools_stack: Stack, mcp_url_and_token: tuple[str, str]
 ) -> None:
-    url, token = mcp_url_and_token
     headers = tools_stack.headers()
-    fake_anthropic.tool_uses["Echo ping with the tool"] = ("mcp__agentapi__tools__echo", {"text": "ping"})
+    fake_anthropic.tool_uses[ECHO_PING] = ("mcp__agentapi__tools__echo", {"text": "ping"})
     fake_anthropic.tool_uses["Echo pong with the tool"] = ("mcp__agentapi__tools__echo", {"text": "pong"})
     async with httpx.AsyncClient(base_url=tools_stack.base_url, timeout=60) as client:
-        config = await client.post(
-            "/api/v1/mcp/configurations",
-            json={
-                "name": "tools",
-                "transport": "http",
-                "endpoint_url": url,
-                "auth_type": "bearer",
-                "bearer_token": token,
-            },
-            headers=headers,
-        )
-        assert config.status_code == 201, config.text
-        session_id = await start(client, headers)
-        events_url = f"/api/v1/sessions/{session_id}/events"
-
-        # Allowed: the permission request reaches the client, its answer the agent, the call the gateway.
-        await post_message(client, headers, session_id, "Echo ping with the tool")
-        asked = data((await read_events(client, events_url, headers, until=named("permission_request")))[-1])
+        allowed = await tool_call_with_permission(client, headers, "claude", mcp_url_and_token)
+        asked, allow, session_id = allowed.request, allowed.option_id, allowed.session_id
         assert asked["tool_call"]["raw_input"] == {"text": "ping"} and asked["tool_call"]["title"]
-        # While the call waits for its permission, /status says what the agent is doing.
-        status_url = f"/api/v1/sessions/{session_id}/status"
-        async with asyncio.timeout(30):
-            while (await client.get(status_url, headers=headers)).json()["detail"] != "tool_use":
-                await asyncio.sleep(0.1)
-        allow = next(o["option_id"] for o in asked["options"] if o["kind"] == "allow_once")
-        answer_url = f"/api/v1/sessions/{session_id}/permissions/{asked['request_id']}"
-        assert asked["answer_url"] == answer_url
-        wrong = await client.post(answer_url, json={"option_id": "no-such-option"}, headers=headers)
-        assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "option_id"
-        answered = await client.post(answer_url, json={"option_id": allow}, headers=headers)
-        assert answered.status_code == 202, answered.text
-        again = await client.post(answer_url, json={"option_id": allow}, headers=headers)
-        assert again.status_code == 404, "an answered request cannot be answered twice"
-        events = await read_events(client, events_url, headers, until=completed_with("echo: ping"))
+        events_url = f"/api/v1/sessions/{session_id}/events"
 
         # Denied: the tool never runs and the model hears so.
         await post_message(client, headers, session_id, "Echo pong with the tool")
@@ -214,14 +212,6 @@ async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through
         assert unknown.headers["content-type"].startswith("application/problem+json")
         await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
 
-    gateway = [data(e) for e in events if e.event == "tool_call" and data(e)["type"].startswith("tool_call.")]
-    assert any(g["type"] == "tool_call.completed" and g.get("tool") == "echo" for g in gateway), (
-        "the call went through the session's MCP gateway"
-    )
-    details = [data(e).get("detail") for e in events if e.event == "status_change"]
-    assert "tool_use" in details and details[-1] is None, "tool_use while the call ran, then cleared"
-    agent_calls = [g for g in gateway if g["type"] == "tool_call.agent"]
-    assert agent_calls and agent_calls[-1]["status"] == "completed", "the agent's own view of the call"
     decisions = [data(e) for e in after if e.event == "permission_decision"]
     assert [(d["decided_by"], d["option_id"]) for d in decisions] == [("user", allow), ("user", reject)]
     assert decisions[0]["actor_user_id"] == str(tools_stack.user_id)
@@ -229,6 +219,75 @@ async def test_an_mcp_tool_call_asks_permission_through_the_api_and_runs_through
         data(e) for e in after if e.event == "tool_call" and data(e)["type"] == "tool_call.completed"
     ]
     assert len(denied_calls) == 1, "the refused call never reached the gateway"
+
+
+@dataclass
+class AllowedCall:
+    session_id: str
+    request: dict[str, Any]  # the permission request's event data
+    option_id: str  # the "allow once" answer it was given
+    events: list[ServerSentEvent]  # the session's events up to the reply that quotes the tool's output
+
+
+async def tool_call_with_permission(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    agent_type: str,
+    mcp_url_and_token: tuple[str, str],
+    reports_tool_use: bool = True,
+) -> AllowedCall:
+    """Configure the echo MCP server as ``tools``, start an ``agent_type`` session and send it
+    :data:`ECHO_PING` (the caller's fake model answers it with a call of the echo tool, by the name
+    that agent gives it): the permission request reaches the client, its answer the agent and the
+    call the session's MCP gateway, and the tool's output goes back to the model. The session is
+    left running for the caller. Without ``reports_tool_use``, /status is not checked for
+    ``detail: tool_use``: Gemini CLI announces a call that needs a permission only inside the
+    request (as ``pending``), and then only its completion, so the host never sees it running."""
+    url, token = mcp_url_and_token
+    config = await client.post(
+        "/api/v1/mcp/configurations",
+        json={
+            "name": "tools",
+            "transport": "http",
+            "endpoint_url": url,
+            "auth_type": "bearer",
+            "bearer_token": token,
+        },
+        headers=headers,
+    )
+    assert config.status_code == 201, config.text
+    session_id = await start(client, headers, agent_type)
+    events_url = f"/api/v1/sessions/{session_id}/events"
+    await post_message(client, headers, session_id, ECHO_PING)
+    asked = data((await read_events(client, events_url, headers, until=named("permission_request")))[-1])
+    if reports_tool_use:
+        # While the call waits for its permission, /status says what the agent is doing.
+        status_url = f"/api/v1/sessions/{session_id}/status"
+        async with asyncio.timeout(30):
+            while (await client.get(status_url, headers=headers)).json()["detail"] != "tool_use":
+                await asyncio.sleep(0.1)
+    allow = next(o["option_id"] for o in asked["options"] if o["kind"] == "allow_once")
+    answer_url = f"/api/v1/sessions/{session_id}/permissions/{asked['request_id']}"
+    assert asked["answer_url"] == answer_url
+    wrong = await client.post(answer_url, json={"option_id": "no-such-option"}, headers=headers)
+    assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "option_id"
+    answered = await client.post(answer_url, json={"option_id": allow}, headers=headers)
+    assert answered.status_code == 202, answered.text
+    again = await client.post(answer_url, json={"option_id": allow}, headers=headers)
+    assert again.status_code == 404, "an answered request cannot be answered twice"
+    # Every fake model answers a tool's result with "TOOL-RESULT: <its output>".
+    events = await read_events(client, events_url, headers, until=completed_with("TOOL-RESULT"))
+    assert "echo: ping" in data(events[-1])["message"], "the tool's output went back to the model"
+    gateway = [data(e) for e in events if e.event == "tool_call" and data(e)["type"].startswith("tool_call.")]
+    assert any(g["type"] == "tool_call.completed" and g.get("tool") == "echo" for g in gateway), (
+        "the call went through the session's MCP gateway"
+    )
+    agent_calls = [g for g in gateway if g["type"] == "tool_call.agent"]
+    assert agent_calls and agent_calls[-1]["status"] == "completed", "the agent's own view of the call"
+    if reports_tool_use:
+        details = [data(e).get("detail") for e in events if e.event == "status_change"]
+        assert "tool_use" in details and details[-1] is None, "tool_use while the call ran, then cleared"
+    return AllowedCall(session_id, asked, allow, events)
 
 
 async def test_cancel_during_a_reply_stops_it(fake_anthropic: FakeAnthropic, stack: Stack) -> None:
@@ -394,13 +453,7 @@ async def test_the_same_conversation_over_the_pty_and_acp_reads_the_same(
 ) -> None:
     texts = ["Say hello", "And once more"]
     over_acp = await transcript(stack, texts)
-    pty_env = {
-        "AGENTAPI_ANTHROPIC_BASE_URL": fake_anthropic.base_url,
-        "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
-        "AGENTAPI_CLAUDE_TRANSPORT": "pty",
-        # Claude Code redraws for a while as it starts: the production settle window.
-        "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
-    }
+    pty_env = claude_env(fake_anthropic, "pty")
     # Set up and torn down off the event loop: both block (migrations, seeding, stops).
     pty_stack = running_stack(pg_urls, jwt_secret, tmp_path_factory.mktemp("pty-stack"), pty_env)
     try:

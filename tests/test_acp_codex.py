@@ -6,77 +6,42 @@ request is answered through the API, cancel during a reply, and recovery after k
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.agent_cli import fake_upstream, model_reply
+from tests.agent_cli import OPENAI_API_KEY, codex_env, upstream_fixture
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fixtures.stack import Stack
 from tests.test_acp import (
+    ECHO_PING,
     cancel_during_a_reply,
-    completed_with,
-    data,
     kill_9_and_go_on,
     mcp_url_and_token,  # noqa: F401 - the MCP server fixture
-    post_message,
-    say,
-    start,
+    tool_call_with_permission,
+    two_turns_under_a_system_prompt,
 )
-from tests.test_skeleton_e2e import named, read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-API_KEY = "sk-openai-test-0123456789"
 # A model Codex knows: for one it has no metadata for, codex-acp opens the first reply with a
 # "Model metadata … not found" warning as agent text (the PTY adapter drops it as chrome).
 MODEL = "gpt-5.2"
 
 
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[FakeOpenAI]:
-    with fake_upstream("codex-acp", FakeOpenAI) as fake:
-        yield fake
+fake_openai = upstream_fixture("codex-acp", FakeOpenAI)
 
 
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
-    fake: FakeOpenAI = request.getfixturevalue("fake_openai")
     return {
-        "AGENTAPI_OPENAI_BASE_URL": f"{fake.base_url}/v1",
-        "AGENTAPI_OPENAI_API_KEY": API_KEY,
-        "AGENTAPI_OPENAI_MODEL": MODEL,
+        **codex_env(request.getfixturevalue("fake_openai"), MODEL, "acp"),
         "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
     }
 
 
 async def test_a_conversation_with_codex_over_acp(fake_openai: FakeOpenAI, stack: Stack) -> None:
-    headers = stack.headers()
-    marker = f"house-rule-{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
-        saved = await client.post(
-            "/api/v1/prompts",
-            json={"scope": "user", "name": "codex acp test", "content": f"Always follow {marker}."},
-            headers=headers,
-        )
-        assert saved.status_code == 201, saved.text
-        session_id = await start(client, headers, "codex")
-        status = (await client.get(f"/api/v1/sessions/{session_id}/status", headers=headers)).json()
-        assert status["backend"] == "acp"
-        for text in ("Say hello", "And a second turn"):
-            await say(client, headers, session_id, text)
-        messages = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).json()
-        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
-    assert [(m["role"], m["content"]) for m in messages["messages"][1:]] == [
-        ("user", "Say hello"),
-        ("agent", model_reply("Say hello")),
-        ("user", "And a second turn"),
-        ("agent", model_reply("And a second turn")),
-    ]
-    calls = fake_openai.response_requests()
-    assert calls and all(call.body["model"] == MODEL for call in calls), "the deployment's model"
-    assert all(call.headers.get("authorization") == f"Bearer {API_KEY}" for call in calls)
-    assert any(marker in json.dumps(call.body) for call in calls), "the system prompt reached it"
+    _, calls = await two_turns_under_a_system_prompt(stack, "codex", fake_openai.response_requests)
+    assert all(call.body["model"] == MODEL for call in calls), "the deployment's model"
+    assert all(call.headers.get("authorization") == f"Bearer {OPENAI_API_KEY}" for call in calls)
 
 
 async def test_cancel_during_a_reply_stops_it(fake_openai: FakeOpenAI, stack: Stack) -> None:
@@ -93,42 +58,11 @@ async def test_an_mcp_tool_call_over_acp_asks_permission_and_runs_through_the_ga
     stack: Stack,
     mcp_url_and_token: tuple[str, str],  # noqa: F811
 ) -> None:
-    url, token = mcp_url_and_token
     stack.start_worker("tools", "audit")
     headers = stack.headers()
     # Codex offers an MCP server's tools as a namespace ``mcp__<server>``; the gateway names them
     # ``<configuration>__<tool>``.
-    fake_openai.tool_uses["Echo ping with the tool"] = ("mcp__agentapi.tools__echo", {"text": "ping"})
+    fake_openai.tool_uses[ECHO_PING] = ("mcp__agentapi.tools__echo", {"text": "ping"})
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
-        config = await client.post(
-            "/api/v1/mcp/configurations",
-            json={
-                "name": "tools",
-                "transport": "http",
-                "endpoint_url": url,
-                "auth_type": "bearer",
-                "bearer_token": token,
-            },
-            headers=headers,
-        )
-        assert config.status_code == 201, config.text
-        session_id = await start(client, headers, "codex")
-        events_url = f"/api/v1/sessions/{session_id}/events"
-        await post_message(client, headers, session_id, "Echo ping with the tool")
-        asked = data((await read_events(client, events_url, headers, until=named("permission_request")))[-1])
-        allow = next(o["option_id"] for o in asked["options"] if o["kind"] == "allow_once")
-        answered = await client.post(
-            f"/api/v1/sessions/{session_id}/permissions/{asked['request_id']}",
-            json={"option_id": allow},
-            headers=headers,
-        )
-        assert answered.status_code == 202, answered.text
-        events = await read_events(client, events_url, headers, until=completed_with("TOOL-RESULT"))
-        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
-    gateway = [data(e) for e in events if e.event == "tool_call" and data(e)["type"].startswith("tool_call.")]
-    assert any(g["type"] == "tool_call.completed" and g.get("tool") == "echo" for g in gateway), (
-        "the call went through the session's MCP gateway"
-    )
-    agent_calls = [g for g in gateway if g["type"] == "tool_call.agent"]
-    assert agent_calls and agent_calls[-1]["status"] == "completed", "the agent's own view of the call"
-    assert "echo: ping" in data(events[-1])["message"], "the tool's output went back to the model"
+        allowed = await tool_call_with_permission(client, headers, "codex", mcp_url_and_token)
+        await client.delete(f"/api/v1/sessions/{allowed.session_id}", headers=headers)

@@ -85,20 +85,28 @@ class Recorder:
         self.audits.append((action, outcome, details))
 
 
-async def test_an_unanswered_request_expires_as_a_cancellation_and_a_late_answer_is_dropped(
-    aredis: redis.asyncio.Redis, names: Names, tmp_path: Path
-) -> None:
+def recorded_desk(
+    aredis: redis.asyncio.Redis, names: Names, session_id: str, workspace: Path, timeout: float
+) -> tuple[PermissionDesk, Recorder]:
+    """A desk with the default policy whose events and audit records a :class:`Recorder` keeps."""
     record = Recorder()
     desk = PermissionDesk(
         redis=aredis,
         names=names,
-        session_id="s-1",
-        workspace=tmp_path,
+        session_id=session_id,
+        workspace=workspace,
         policy=PermissionPolicy(),
-        timeout=1.0,
+        timeout=timeout,
         emit=record.emit,
         audit=record.audit,
     )
+    return desk, record
+
+
+async def test_an_unanswered_request_expires_as_a_cancellation_and_a_late_answer_is_dropped(
+    aredis: redis.asyncio.Redis, names: Names, tmp_path: Path
+) -> None:
+    desk, record = recorded_desk(aredis, names, "s-1", tmp_path, timeout=1.0)
     command = {"tool_call_id": "t-1", "title": "rm -rf /", "kind": "execute"}
     asking = asyncio.create_task(desk.ask(command, OPTIONS))
     while not record.events:
@@ -122,17 +130,7 @@ async def test_an_unanswered_request_expires_as_a_cancellation_and_a_late_answer
 async def test_a_request_the_policy_decides_is_never_opened(
     aredis: redis.asyncio.Redis, names: Names, tmp_path: Path
 ) -> None:
-    record = Recorder()
-    desk = PermissionDesk(
-        redis=aredis,
-        names=names,
-        session_id="s-2",
-        workspace=tmp_path,
-        policy=PermissionPolicy(),
-        timeout=60.0,
-        emit=record.emit,
-        audit=record.audit,
-    )
+    desk, record = recorded_desk(aredis, names, "s-2", tmp_path, timeout=60.0)
     read = {"tool_call_id": "t-2", "kind": "read", "locations": [{"path": str(tmp_path / "a.txt")}]}
     assert await desk.ask(read, OPTIONS) == "yes"
     assert [(e, p["decided_by"]) for e, p in record.events] == [(EventType.PERMISSION_DECIDED, "policy")]

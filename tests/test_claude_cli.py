@@ -7,14 +7,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.agent_cli import fake_upstream, model_reply
+from tests.agent_cli import ANTHROPIC_API_KEY, claude_env, model_reply, upstream_fixture
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import agent_said, read_events
@@ -25,25 +24,14 @@ from workers.pty_session import PtySession
 from workers.session_host import base_environment
 
 pytestmark = pytest.mark.timeout(120)
-API_KEY = "sk-ant-test-key-0123456789abcdefghijklmnop"
 
 
-@pytest.fixture(scope="module")
-def fake_anthropic() -> Iterator[FakeAnthropic]:
-    with fake_upstream("claude", FakeAnthropic) as fake:
-        yield fake
+fake_anthropic = upstream_fixture("claude", FakeAnthropic)
 
 
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
-    fake: FakeAnthropic = request.getfixturevalue("fake_anthropic")
-    return {
-        "AGENTAPI_ANTHROPIC_BASE_URL": fake.base_url,
-        "AGENTAPI_ANTHROPIC_API_KEY": API_KEY,
-        # The PTY fallback: ACP is the default (tests/test_acp.py).
-        "AGENTAPI_CLAUDE_TRANSPORT": "pty",
-        # Claude Code redraws for a while as it starts: the production settle window, not the tests' short one.
-        "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
-    }
+    # The PTY fallback: ACP is the default (tests/test_acp.py).
+    return claude_env(request.getfixturevalue("fake_anthropic"), "pty")
 
 
 async def test_a_message_to_claude_comes_back_clean(fake_anthropic: FakeAnthropic, stack: Stack) -> None:
@@ -67,7 +55,7 @@ async def test_a_message_to_claude_comes_back_clean(fake_anthropic: FakeAnthropi
 
     calls = fake_anthropic.message_requests()
     assert calls, "claude called the fake Messages API"
-    assert all(call.headers.get("x-api-key") == API_KEY for call in calls)
+    assert all(call.headers.get("x-api-key") == ANTHROPIC_API_KEY for call in calls)
     assert any(json.dumps(call.body).find("Say hello") >= 0 for call in calls)
 
 
@@ -88,7 +76,7 @@ async def test_claude_in_the_pty_reports_each_reply_once_without_tips_or_idle_cy
         user_id=uuid.uuid4(),
         workspace=tmp_path,
         home=tmp_path / ".home",
-        agent_env={"ANTHROPIC_BASE_URL": fake_anthropic.base_url, "ANTHROPIC_API_KEY": API_KEY},
+        agent_env={"ANTHROPIC_BASE_URL": fake_anthropic.base_url, "ANTHROPIC_API_KEY": ANTHROPIC_API_KEY},
     )
     ctx.home.mkdir()
     adapter.prepare(ctx)

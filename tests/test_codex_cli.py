@@ -6,36 +6,31 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from tests.agent_cli import assert_gateway_used, converse, fake_upstream, model_reply
+from tests.agent_cli import (
+    OPENAI_API_KEY,
+    assert_gateway_used,
+    codex_env,
+    converse,
+    model_reply,
+    upstream_fixture,
+)
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fixtures.stack import Stack
 from workers.agents.codex import COMPOSER, CodexAdapter
 
 pytestmark = pytest.mark.timeout(120)
-API_KEY = "sk-openai-test-0123456789"
 MODEL = "gpt-fake-codex"
 
 
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[FakeOpenAI]:
-    with fake_upstream("codex", FakeOpenAI) as fake:
-        yield fake
+fake_openai = upstream_fixture("codex", FakeOpenAI)
 
 
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
-    fake: FakeOpenAI = request.getfixturevalue("fake_openai")
-    return {
-        "AGENTAPI_OPENAI_BASE_URL": f"{fake.base_url}/v1",
-        "AGENTAPI_OPENAI_API_KEY": API_KEY,
-        "AGENTAPI_OPENAI_MODEL": MODEL,
-        # The PTY fallback: ACP is the default (tests/test_acp_codex.py).
-        "AGENTAPI_CODEX_TRANSPORT": "pty",
-        "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
-    }
+    # The PTY fallback: ACP is the default (tests/test_acp_codex.py).
+    return codex_env(request.getfixturevalue("fake_openai"), MODEL, "pty")
 
 
 async def test_a_message_to_codex_comes_back_clean(fake_openai: FakeOpenAI, stack: Stack) -> None:
@@ -48,7 +43,7 @@ async def test_a_message_to_codex_comes_back_clean(fake_openai: FakeOpenAI, stac
     calls = fake_openai.response_requests()
     assert calls, "codex called the fake Responses API"
     assert all(call.body["model"] == MODEL for call in calls), "the deployment's model"
-    assert all(call.headers.get("authorization") == f"Bearer {API_KEY}" for call in calls)
+    assert all(call.headers.get("authorization") == f"Bearer {OPENAI_API_KEY}" for call in calls)
     asked = [call for call in calls if "Say hello" in json.dumps(call.body["input"])]
     assert asked and marker in json.dumps(asked[0].body["input"]), "the system prompt reached the model"
     assert_gateway_used(stack, talk.session_id)

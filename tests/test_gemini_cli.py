@@ -6,36 +6,31 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from tests.agent_cli import assert_gateway_used, converse, fake_upstream, model_reply
+from tests.agent_cli import (
+    GEMINI_API_KEY,
+    GEMINI_MODEL,
+    assert_gateway_used,
+    converse,
+    gemini_env,
+    model_reply,
+    upstream_fixture,
+)
 from tests.fakes.gemini_api import FakeGemini
 from tests.fixtures.stack import Stack
 from workers.agents.gemini import GeminiAdapter
 
 pytestmark = pytest.mark.timeout(120)
-API_KEY = "gemini-test-key-0123456789"
-MODEL = "gemini-fake-pro"
 
 
-@pytest.fixture(scope="module")
-def fake_gemini() -> Iterator[FakeGemini]:
-    with fake_upstream("gemini", FakeGemini) as fake:
-        yield fake
+fake_gemini = upstream_fixture("gemini", FakeGemini)
 
 
 def STACK_ENV(request: pytest.FixtureRequest) -> dict[str, str]:  # the stack fixture reads it
-    fake: FakeGemini = request.getfixturevalue("fake_gemini")
-    return {
-        "AGENTAPI_GEMINI_BASE_URL": fake.base_url,
-        "AGENTAPI_GEMINI_API_KEY": API_KEY,
-        "AGENTAPI_GEMINI_MODEL": MODEL,
-        # The PTY fallback: ACP is the default (tests/test_acp_gemini.py).
-        "AGENTAPI_GEMINI_TRANSPORT": "pty",
-        "AGENTAPI_AGENT_SETTLE_SECONDS": "2",
-    }
+    # The PTY fallback: ACP is the default (tests/test_acp_gemini.py).
+    return gemini_env(request.getfixturevalue("fake_gemini"), "pty")
 
 
 async def test_a_message_to_gemini_comes_back_clean(fake_gemini: FakeGemini, stack: Stack) -> None:
@@ -47,8 +42,8 @@ async def test_a_message_to_gemini_comes_back_clean(fake_gemini: FakeGemini, sta
 
     calls = fake_gemini.generate_requests()
     assert calls, "gemini called the fake Gemini API"
-    assert all(f"/models/{MODEL}:" in call.path for call in calls), "the deployment's model"
-    assert all(call.headers.get("x-goog-api-key") == API_KEY for call in calls)
+    assert all(f"/models/{GEMINI_MODEL}:" in call.path for call in calls), "the deployment's model"
+    assert all(call.headers.get("x-goog-api-key") == GEMINI_API_KEY for call in calls)
     asked = [call for call in calls if "Say hello" in json.dumps(call.body["contents"])]
     assert asked and marker in json.dumps(asked[0].body["systemInstruction"]), (
         "the system prompt reached the model"

@@ -38,6 +38,14 @@ async def wait_status(
     raise AssertionError(f"{base} never read {want}")
 
 
+async def start_echo(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
+    """An echo agent's session, once it reads stable: its URL."""
+    created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
+    base = f"/api/v1/sessions/{created['id']}"
+    await wait_status(client, base, headers)
+    return base
+
+
 async def test_status_is_running_right_after_every_message(stack: Stack) -> None:
     """The race: 100 times (POST /message, then at once GET /status) reads running every time."""
     headers = stack.headers()
@@ -67,9 +75,7 @@ async def test_status_is_running_right_after_every_message(stack: Stack) -> None
 async def test_concurrent_messages_start_one_turn(stack: Stack) -> None:
     headers = stack.headers()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
-        created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
-        base = f"/api/v1/sessions/{created['id']}"
-        await wait_status(client, base, headers)
+        base = await start_echo(client, headers)
         answers = await asyncio.gather(
             *(
                 client.post(f"{base}/message", json={"content": f"racer {n}"}, headers=headers)
@@ -196,9 +202,7 @@ async def test_interrupt_stops_a_long_reply(stack: Stack) -> None:
     Code does); the call answers once the agent is stable again."""
     headers = stack.headers()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
-        created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
-        base = f"/api/v1/sessions/{created['id']}"
-        await wait_status(client, base, headers)
+        base = await start_echo(client, headers)
         text = "a very long answer " * 10
         assert (
             await client.post(f"{base}/message", json={"content": f"/slow 30 {text}"}, headers=headers)
@@ -224,9 +228,7 @@ async def test_interrupt_stops_a_long_reply(stack: Stack) -> None:
 async def test_internal_screen_as_json_and_as_a_stream(stack: Stack) -> None:
     headers = stack.headers()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
-        created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
-        base = f"/api/v1/sessions/{created['id']}"
-        await wait_status(client, base, headers)
+        base = await start_echo(client, headers)
         snapshot = (await client.get(f"{base}/internal/screen", headers=headers)).json()
         assert "Echo Agent 1.0" in snapshot["screen"] and "esc to interrupt" in snapshot["screen"]
         screens = []

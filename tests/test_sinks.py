@@ -71,6 +71,23 @@ async def create_sink(client: httpx.AsyncClient, stack: Stack, url: str, exchang
     return dict(answer.json())
 
 
+async def sink_to_a_queue(
+    client: httpx.AsyncClient,
+    stack: Stack,
+    pg_urls: DbUrls,
+    rabbitmq: RabbitNode,
+    password: str = "guest",
+    binding: str = "#",
+) -> tuple[Stack, str, dict[str, Any]]:
+    """A fresh organization (the stack as it), its sink to an exchange of its own on ``rabbitmq``
+    that logs in with ``password``, and a queue bound to that exchange by ``binding`` (in which
+    ``{org_id}`` stands for the organization's id): the stack, the queue's name and the sink."""
+    stack = await own_org(stack, pg_urls)
+    exchange = f"agentapi-{uuid.uuid4().hex[:6]}"
+    queue = rabbitmq.bind_queue(exchange, binding.format(org_id=stack.org_id))
+    return stack, queue, await create_sink(client, stack, rabbitmq.url(password), exchange)
+
+
 async def run_session(client: httpx.AsyncClient, stack: Stack, prompts: list[str]) -> str:
     """A session of the echo agent that answers each prompt in turn, then ends; its id."""
     created = (
@@ -229,11 +246,8 @@ async def test_bad_sinks_are_refused_with_the_field_named(stack: Stack) -> None:
 async def test_a_sessions_events_arrive_in_order_once_each_as_cloudevents(
     stack: Stack, default_pool: None, pg_urls: DbUrls, rabbitmq: RabbitNode
 ) -> None:
-    stack = await own_org(stack, pg_urls)
-    exchange = f"agentapi-{uuid.uuid4().hex[:6]}"
-    queue = rabbitmq.bind_queue(exchange, f"{stack.org_id}.#")
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
-        sink = await create_sink(client, stack, rabbitmq.url(), exchange)
+        stack, queue, sink = await sink_to_a_queue(client, stack, pg_urls, rabbitmq, binding="{org_id}.#")
         assert sink["secret"] is None and sink["broker_url"] == rabbitmq.url("***")
         assert sink["health"] == "ok" and sink["format"] == "cloudevents"
         session_id = await run_session(client, stack, ["one", "two", "three"])
@@ -252,12 +266,9 @@ async def test_a_sessions_events_arrive_in_order_once_each_as_cloudevents(
 async def test_a_broker_outage_delays_events_without_loss_or_duplicates(
     stack: Stack, default_pool: None, pg_urls: DbUrls, rabbitmq: RabbitNode
 ) -> None:
-    stack = await own_org(stack, pg_urls)
-    exchange = f"agentapi-{uuid.uuid4().hex[:6]}"
-    queue = rabbitmq.bind_queue(exchange)
-    admin = stack.headers(role="admin")
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
-        sink = await create_sink(client, stack, rabbitmq.url(), exchange)
+        stack, queue, sink = await sink_to_a_queue(client, stack, pg_urls, rabbitmq)
+        admin = stack.headers(role="admin")
         first = await run_session(client, stack, ["before"])
         before = await collect(rabbitmq, queue, ended)
         await asyncio.to_thread(rabbitmq.stop_app)
@@ -292,12 +303,11 @@ async def test_a_broker_outage_delays_events_without_loss_or_duplicates(
 async def test_refused_credentials_fail_the_sink_into_the_dead_letter_view(
     stack: Stack, default_pool: None, pg_urls: DbUrls, rabbitmq: RabbitNode
 ) -> None:
-    stack = await own_org(stack, pg_urls)
-    exchange = f"agentapi-{uuid.uuid4().hex[:6]}"
-    queue = rabbitmq.bind_queue(exchange)
-    admin = stack.headers(role="admin")
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
-        sink = await create_sink(client, stack, rabbitmq.url("wrong-password"), exchange)
+        stack, queue, sink = await sink_to_a_queue(
+            client, stack, pg_urls, rabbitmq, password="wrong-password"
+        )
+        admin = stack.headers(role="admin")
         tested = (await client.post(f"/api/v1/webhooks/{sink['id']}/test", headers=admin)).json()
         assert not tested["ok"] and "ACCESS_REFUSED" in tested["error"]
         assert "wrong-password" not in json.dumps(tested)
