@@ -91,6 +91,11 @@ function errorBox(error) {
   return el("p", { class: "error", role: "alert" }, error instanceof Error ? error.message : String(error));
 }
 
+// What shows an error in `box` (in place of the one before).
+function errorsIn(box) {
+  return (error) => box.replaceChildren(errorBox(error));
+}
+
 // A form's 422 errors, each beside its field (by name); the rest above the form.
 function showFieldErrors(form, error) {
   for (const node of form.querySelectorAll(".field-error, .form-error")) node.remove();
@@ -111,6 +116,53 @@ function showFieldErrors(form, error) {
 
 function formValues(form) {
   return Object.fromEntries(new FormData(form).entries());
+}
+
+// Submitting `form` POSTs `body(its values, the form)` to `path`: then the form is reset and
+// `done(answer)` runs, or the API's errors are shown beside the fields.
+function postForm(form, path, body, done) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const answer = await api(path, { method: "POST", body: body(formValues(form), form) });
+      form.reset();
+      showFieldErrors(form, null);
+      done(answer);
+    } catch (error) {
+      showFieldErrors(form, error);
+    }
+  });
+}
+
+// A table with a heading row above `rows` (a tbody the page fills).
+function table(headings, rows) {
+  return el("table", {}, el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))), rows);
+}
+
+// Fills `rows` with `row(item)` for each item `items` picks out of what `path` answers. Whether it
+// could: an error goes to `failed` instead.
+async function fillRows(rows, path, items, row, failed) {
+  try {
+    rows.replaceChildren(...items(await api(path)).map(row));
+    return true;
+  } catch (error) {
+    failed(error);
+    return false;
+  }
+}
+
+// A button that DELETEs `path`, then runs `done()`; an error goes to `failed`.
+function deleteButton(label, path, done, failed, classes = "danger") {
+  const button = el("button", { type: "button", class: classes }, label);
+  button.addEventListener("click", async () => {
+    try {
+      await api(path, { method: "DELETE" });
+      done();
+    } catch (error) {
+      failed(error);
+    }
+  });
+  return button;
 }
 
 // ---- sign in ---------------------------------------------------------------------------------
@@ -217,12 +269,7 @@ function sessionsPage() {
     { id: "sessions" },
     el("div", { class: "row" }, el("h1", {}, "Sessions"), el("a", { href: "#/new" }, "New session")),
     problem,
-    el(
-      "table",
-      {},
-      el("thead", {}, el("tr", {}, ["Session", "Agent", "Status", "Started", ""].map((h) => el("th", {}, h)))),
-      rows,
-    ),
+    table(["Session", "Agent", "Status", "Started", ""], rows),
     more,
   );
 }
@@ -565,12 +612,7 @@ function mcpPage() {
   );
 
   async function load() {
-    try {
-      const page = await api("/api/v1/mcp/configurations?limit=100");
-      rows.replaceChildren(...page.configurations.map(configRow));
-    } catch (error) {
-      problem.replaceChildren(errorBox(error));
-    }
+    await fillRows(rows, "/api/v1/mcp/configurations?limit=100", (page) => page.configurations, configRow, errorsIn(problem));
   }
 
   function configRow(config) {
@@ -595,15 +637,13 @@ function mcpPage() {
       connect.addEventListener("click", () => startOAuth(config.id, result));
       actions.append(connect);
     }
-    const remove = el("button", { type: "button", class: "danger delete" }, "Delete");
-    remove.addEventListener("click", async () => {
-      try {
-        await api(`/api/v1/mcp/configurations/${config.id}`, { method: "DELETE" });
-        load();
-      } catch (error) {
-        result.textContent = error.message;
-      }
-    });
+    const remove = deleteButton(
+      "Delete",
+      `/api/v1/mcp/configurations/${config.id}`,
+      load,
+      (error) => (result.textContent = error.message),
+      "danger delete",
+    );
     actions.append(remove, result);
     return el(
       "tr",
@@ -638,24 +678,20 @@ function mcpPage() {
   window.addEventListener("message", onMessage);
   leaving.push(() => window.removeEventListener("message", onMessage));
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const values = formValues(form);
-    const body = { name: values.name, scope: values.scope, transport: values.transport, auth_type: values.auth_type };
-    if (values.transport === "stdio") {
-      body.command = values.command;
-      body.args = values.args.split("\n").map((line) => line.trim()).filter(Boolean);
-    } else body.endpoint_url = values.endpoint_url;
-    if (values.auth_type === "bearer") body.bearer_token = values.bearer_token;
-    try {
-      await api("/api/v1/mcp/configurations", { method: "POST", body });
-      form.reset();
-      showFieldErrors(form, null);
-      load();
-    } catch (error) {
-      showFieldErrors(form, error);
-    }
-  });
+  postForm(
+    form,
+    "/api/v1/mcp/configurations",
+    (values) => {
+      const body = { name: values.name, scope: values.scope, transport: values.transport, auth_type: values.auth_type };
+      if (values.transport === "stdio") {
+        body.command = values.command;
+        body.args = values.args.split("\n").map((line) => line.trim()).filter(Boolean);
+      } else body.endpoint_url = values.endpoint_url;
+      if (values.auth_type === "bearer") body.bearer_token = values.bearer_token;
+      return body;
+    },
+    load,
+  );
 
   load();
   return el(
@@ -663,12 +699,7 @@ function mcpPage() {
     { id: "mcp" },
     el("h1", {}, "MCP servers"),
     problem,
-    el(
-      "table",
-      {},
-      el("thead", {}, el("tr", {}, ["Name", "Scope", "Transport", "Auth", ""].map((h) => el("th", {}, h)))),
-      rows,
-    ),
+    table(["Name", "Scope", "Transport", "Auth", ""], rows),
     form,
   );
 }
@@ -711,75 +742,50 @@ function promptsPage() {
     }
   }
 
-  async function load() {
-    try {
-      const page = await api("/api/v1/prompts?limit=100");
-      rows.replaceChildren(
-        ...page.prompts.map((prompt) => {
-          const remove = el("button", { type: "button", class: "danger" }, "Delete");
-          remove.addEventListener("click", async () => {
-            try {
-              await api(`/api/v1/prompts/${prompt.id}`, { method: "DELETE" });
-              load();
-            } catch (error) {
-              problem.replaceChildren(errorBox(error));
-            }
-          });
-          return el(
-            "tr",
-            { dataset: { prompt: prompt.id } },
-            el("td", {}, prompt.scope),
-            el("td", {}, prompt.name),
-            el("td", {}, String(prompt.priority)),
-            el("td", {}, el("pre", {}, printable(prompt.content)), prompt.warnings.map((w) => el("div", { class: "error" }, w))),
-            el("td", {}, remove),
-          );
-        }),
-      );
-      showPreview();
-    } catch (error) {
-      problem.replaceChildren(errorBox(error));
-    }
+  const showProblem = errorsIn(problem);
+
+  function promptRow(prompt) {
+    return el(
+      "tr",
+      { dataset: { prompt: prompt.id } },
+      el("td", {}, prompt.scope),
+      el("td", {}, prompt.name),
+      el("td", {}, String(prompt.priority)),
+      el("td", {}, el("pre", {}, printable(prompt.content)), prompt.warnings.map((w) => el("div", { class: "error" }, w))),
+      el("td", {}, deleteButton("Delete", `/api/v1/prompts/${prompt.id}`, load, showProblem)),
+    );
   }
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const values = formValues(form);
-    const body = {
+  async function load() {
+    if (await fillRows(rows, "/api/v1/prompts?limit=100", (page) => page.prompts, promptRow, showProblem)) showPreview();
+  }
+
+  postForm(
+    form,
+    "/api/v1/prompts",
+    (values) => ({
       scope: values.scope,
       name: values.name,
       content: values.content,
       priority: Number(values.priority || 0),
       is_template: values.is_template === "true",
-    };
-    try {
-      await api("/api/v1/prompts", { method: "POST", body });
-      form.reset();
-      showFieldErrors(form, null);
-      load();
-    } catch (error) {
-      showFieldErrors(form, error);
-    }
-  });
+    }),
+    load,
+  );
   agent.addEventListener("change", showPreview);
   api("/api/v1/agents")
     .then(({ agents }) => {
       agent.replaceChildren(...agents.map((a) => el("option", { value: a.type }, a.label)));
       showPreview();
     })
-    .catch((error) => problem.replaceChildren(errorBox(error)));
+    .catch(showProblem);
   load();
   return el(
     "section",
     { id: "prompts" },
     el("h1", {}, "System prompts"),
     problem,
-    el(
-      "table",
-      {},
-      el("thead", {}, el("tr", {}, ["Scope", "Name", "Priority", "Text", ""].map((h) => el("th", {}, h)))),
-      rows,
-    ),
+    table(["Scope", "Name", "Priority", "Text", ""], rows),
     form,
     el("h2", {}, "What a new session gets"),
     el("div", { class: "row" }, el("label", { for: "preview-agent" }, "Agent type"), agent),
@@ -823,50 +829,33 @@ function membersPanel(me, refused) {
     el("select", { name: "role" }, ROLES.map((role) => el("option", { value: role }, role))),
     el("button", { type: "submit" }, "Add member"),
   );
-  async function load() {
-    try {
-      const page = await api(`${base}?limit=200`);
-      rows.replaceChildren(
-        ...page.members.map((member) => {
-          const role = el("select", {}, ROLES.map((r) => el("option", { value: r, selected: r === member.role }, r)));
-          role.addEventListener("change", async () => {
-            try {
-              await api(`${base}/${member.user_id}`, { method: "PATCH", body: { role: role.value } });
-            } catch (error) {
-              problem.replaceChildren(errorBox(error));
-              load();
-            }
-          });
-          const remove = el("button", { type: "button", class: "danger" }, "Remove");
-          remove.addEventListener("click", async () => {
-            try {
-              await api(`${base}/${member.user_id}`, { method: "DELETE" });
-              load();
-            } catch (error) {
-              problem.replaceChildren(errorBox(error));
-            }
-          });
-          return el("tr", { dataset: { member: member.user_id } }, el("td", {}, member.email || member.user_id), el("td", {}, role), el("td", {}, remove));
-        }),
-      );
-    } catch (error) {
-      problem.replaceChildren(refused(error));
-    }
+  const showProblem = errorsIn(problem);
+  function memberRow(member) {
+    const role = el("select", {}, ROLES.map((r) => el("option", { value: r, selected: r === member.role }, r)));
+    role.addEventListener("change", async () => {
+      try {
+        await api(`${base}/${member.user_id}`, { method: "PATCH", body: { role: role.value } });
+      } catch (error) {
+        showProblem(error);
+        load();
+      }
+    });
+    const remove = deleteButton("Remove", `${base}/${member.user_id}`, load, showProblem);
+    return el("tr", { dataset: { member: member.user_id } }, el("td", {}, member.email || member.user_id), el("td", {}, role), el("td", {}, remove));
   }
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const values = formValues(form);
-    const body = { user_id: values.user_id, role: values.role };
-    if (values.email) body.email = values.email;
-    try {
-      await api(base, { method: "POST", body });
-      form.reset();
-      showFieldErrors(form, null);
-      load();
-    } catch (error) {
-      showFieldErrors(form, error);
-    }
-  });
+  async function load() {
+    await fillRows(rows, `${base}?limit=200`, (page) => page.members, memberRow, (error) => problem.replaceChildren(refused(error)));
+  }
+  postForm(
+    form,
+    base,
+    (values) => {
+      const body = { user_id: values.user_id, role: values.role };
+      if (values.email) body.email = values.email;
+      return body;
+    },
+    load,
+  );
   load();
   return el("div", { class: "panel", id: "members" }, el("h2", {}, "Members and roles"), problem, el("table", {}, rows), form);
 }
@@ -886,38 +875,23 @@ function webhooksPanel(refused) {
     el("div", { class: "row" }, OUTBOUND_EVENTS.map((type) => el("label", {}, el("input", { type: "checkbox", name: "event_types", value: type }), ` ${type}`))),
     el("p", {}, el("button", { type: "submit" }, "Add outbound webhook")),
   );
-  async function load() {
-    try {
-      const hooks = await api("/api/v1/webhooks");
-      rows.replaceChildren(
-        ...hooks.map((hook) => {
-          const remove = el("button", { type: "button", class: "danger" }, "Delete");
-          remove.addEventListener("click", async () => {
-            await api(`/api/v1/webhooks/${hook.id}`, { method: "DELETE" }).catch((error) => problem.replaceChildren(errorBox(error)));
-            load();
-          });
-          return el("tr", { dataset: { webhook: hook.id } }, el("td", {}, hook.name), el("td", {}, hook.direction), el("td", {}, hook.target_url || hook.action.type || ""), el("td", {}, hook.event_types.join(", ")), el("td", {}, remove));
-        }),
-      );
-    } catch (error) {
-      problem.replaceChildren(refused(error));
-    }
+  function hookRow(hook) {
+    const remove = deleteButton("Delete", `/api/v1/webhooks/${hook.id}`, load, errorsIn(problem));
+    return el("tr", { dataset: { webhook: hook.id } }, el("td", {}, hook.name), el("td", {}, hook.direction), el("td", {}, hook.target_url || hook.action.type || ""), el("td", {}, hook.event_types.join(", ")), el("td", {}, remove));
   }
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const data = new FormData(form);
-    const body = { name: data.get("name"), direction: "outbound", target_url: data.get("target_url"), event_types: data.getAll("event_types") };
-    try {
-      const created = await api("/api/v1/webhooks", { method: "POST", body });
-      form.reset();
-      showFieldErrors(form, null);
+  async function load() {
+    await fillRows(rows, "/api/v1/webhooks", (hooks) => hooks, hookRow, (error) => problem.replaceChildren(refused(error)));
+  }
+  postForm(
+    form,
+    "/api/v1/webhooks",
+    (values, filled) => ({ name: values.name, direction: "outbound", target_url: values.target_url, event_types: new FormData(filled).getAll("event_types") }),
+    (created) => {
       // The API shows a secret once; so does the page (gone on the next visit).
       secret.replaceChildren(el("p", {}, "Signing secret (shown once, copy it now):"), el("div", { class: "secret" }, created.secret));
       load();
-    } catch (error) {
-      showFieldErrors(form, error);
-    }
-  });
+    },
+  );
   load();
   return el("div", { class: "panel", id: "webhooks" }, el("h2", {}, "Webhooks"), problem, el("table", {}, rows), secret, form);
 }
