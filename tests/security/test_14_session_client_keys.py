@@ -117,6 +117,8 @@ async def test_a_key_drives_its_session_at_the_root(
     # The document stays public, beside the alias, as coder/agentapi serves it.
     document = await client.get("/openapi.json", headers=basic(key))
     assert document.status_code == 200 and "/status" in document.json()["paths"]
+    # Sent as a header, the key is in no log line (the access log shows paths only).
+    assert key not in stack.logs()
 
 
 async def test_a_key_reaches_no_other_session_and_no_api_endpoint(
