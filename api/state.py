@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.auth import TokenVerifier
 from api.event_hub import EventHub
 from events.batch import RedisBatch
-from events.connection import pooled_redis
+from events.connection import batch_redis, pooled_redis
 from events.streams import Names
 from schemas.db import dispose_engine, open_engine, rls_bypass_reason
 from schemas.settings import Settings
@@ -60,16 +60,21 @@ def lifespan(settings: Settings):
         redis = pooled_redis(
             settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS, health_check_interval=30
         )
+        # The batch's own pool: its pipelines carry one deadline each, not a timeout per reply.
+        batched = batch_redis(
+            settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS, health_check_interval=30
+        )
         names = Names(settings.redis_prefix)
         hub = EventHub(redis, names)
         verifier = TokenVerifier(settings)
         await hub.start()
-        app.state["resources"] = Resources(settings, engine, redis, names, hub, verifier, RedisBatch(redis))
+        app.state["resources"] = Resources(settings, engine, redis, names, hub, verifier, RedisBatch(batched))
         try:
             yield
         finally:
             await hub.stop()
             await verifier.aclose()
+            await batched.aclose()
             await redis.aclose()
             await dispose_engine(engine)
 

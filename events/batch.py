@@ -6,6 +6,11 @@ command pays a pool checkout, a socket write and a read: together most of a mess
 profile. Collected during one loop turn and sent as one pipeline, they pay it once. Each caller
 still awaits its own replies, so nothing is answered or acknowledged before Redis has it, and a
 command's error reaches only the caller that queued it.
+
+The batch's client has no socket timeout: redis-py arms one per reply it reads (and a
+``wait_for`` task per write), which was a sixth of the pipeline's CPU with several replies per
+request. One deadline covers a whole pipeline instead, and its expiry is the same
+``redis.TimeoutError`` to every caller of that batch.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Queue = Callable[[Pipeline], object]
+# A pipeline's deadline: connection checkout, write and every reply (redis-py's own socket timeout).
+DEADLINE_SECONDS = 5.0
 
 
 class RedisBatch:
-    """One per process and event loop, beside its Redis client."""
+    """One per process and event loop, with a Redis client of its own that has no socket timeout
+    (``batch_redis``): ``deadline`` bounds each pipeline."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, deadline: float = DEADLINE_SECONDS) -> None:
         self._redis = redis
+        self._deadline = deadline
         self._waiting: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -61,7 +71,14 @@ class RedisBatch:
                             future.set_exception(exc)
                         continue
                     spans.append((future, start, len(pipe.command_stack)))
-                replies = await pipe.execute(raise_on_error=False) if spans else []
+                if spans:
+                    try:
+                        async with asyncio.timeout(self._deadline):
+                            replies = await pipe.execute(raise_on_error=False)
+                    except TimeoutError:
+                        raise RedisTimeoutError(f"no reply from Redis within {self._deadline:g} s") from None
+                else:
+                    replies = []
         except Exception as exc:  # the connection's error is everyone's
             for future, _, _ in spans:
                 if not future.done():

@@ -18,3 +18,11 @@ def pooled_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
         url, decode_responses=True, max_connections=POOL_CONNECTIONS, timeout=wait_seconds, **options
     )
     return Redis(connection_pool=pool)
+
+
+def batch_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
+    """A pooled client for ``events.batch.RedisBatch``: no per-reply socket timeout (the batch
+    bounds each pipeline as a whole), connecting within ``wait_seconds``."""
+    return pooled_redis(
+        url, wait_seconds=wait_seconds, socket_timeout=None, socket_connect_timeout=wait_seconds, **options
+    )

@@ -11,8 +11,10 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from events.batch import RedisBatch, script
+from events.connection import batch_redis
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -86,3 +88,27 @@ async def test_no_redis_is_every_callers_error() -> None:
             )
     finally:
         await port_with_nothing.aclose()
+
+
+async def test_a_redis_that_never_answers_is_every_callers_timeout() -> None:
+    """The batch's client has no per-reply socket timeout; the pipeline's deadline stands in for it."""
+
+    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent = batch_redis(f"redis://127.0.0.1:{port}/0", wait_seconds=1)
+    batch = RedisBatch(silent, deadline=0.5)
+    try:
+        answers = await asyncio.gather(
+            batch.execute(lambda pipe: pipe.get("a")),
+            batch.execute(lambda pipe: pipe.get("b")),
+            return_exceptions=True,
+        )
+        assert all(isinstance(answer, RedisTimeoutError) for answer in answers), answers
+    finally:
+        await silent.aclose()
+        server.close()
+        await server.wait_closed()
