@@ -20,7 +20,6 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from redis.exceptions import RedisError
 
 from api.auth import Principal
-from events.batch import script
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ async def _check(scope: Scope, principal: Principal) -> None:
         keys.append(res.names.rate_limit_org(principal.org_id))
         limits.append(settings.rate_limit_per_org)
     try:
-        (answer,) = await res.batch.execute(lambda pipe: script(pipe, GCRA, keys, [PERIOD_SECONDS, *limits]))
+        answer = await res.batch.run_script(GCRA, keys, [PERIOD_SECONDS, *limits])
     except (RedisError, OSError) as exc:
         log.warning("rate limits not counted (Redis unavailable): %s", exc)
         return

@@ -16,11 +16,14 @@ request. One deadline covers a whole pipeline instead, and its expiry is the sam
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Queue = Callable[[Pipeline], object]
@@ -50,6 +53,18 @@ class RedisBatch:
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((queue, future))
         return await future
+
+    async def run_script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A Lua script's reply. Sent by its SHA1 (EVALSHA): its text (600 bytes for the rate
+        limits) was packed, sent and hashed by Redis with every request. A Redis that does not
+        know it yet (first use, a restart, SCRIPT FLUSH) is sent the text once. Not redis-py's
+        ``Script``: pipelined, that asks Redis whether it knows the script on every execute."""
+        sha = _sha1(source)
+        try:
+            (reply,) = await self.execute(lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args))
+        except NoScriptError:
+            (reply,) = await self.execute(lambda pipe: pipe.eval(source, len(keys), *keys, *args))
+        return reply
 
     def _send_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
@@ -99,7 +114,6 @@ class RedisBatch:
                 future.set_result(mine)
 
 
-def script(pipe: Pipeline, source: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-    """Queue a Lua script by its text: EVAL, because a pipelined redis-py ``Script`` asks Redis
-    whether it knows the script (one more round trip) on every execute."""
-    pipe.eval(source, len(keys), *keys, *args)
+@lru_cache(maxsize=64)
+def _sha1(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()

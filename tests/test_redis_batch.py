@@ -4,6 +4,7 @@ and only its own errors."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from typing import Any
 
@@ -13,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from events.batch import RedisBatch, script
+from events.batch import RedisBatch
 from events.connection import batch_redis
 
 URL = "redis://127.0.0.1:6379/0"
@@ -45,9 +46,12 @@ async def test_callers_of_one_loop_turn_share_a_pipeline_and_get_their_own_repli
         # In the order they were queued: each sees the counter right after its own increment.
         totals = [n * (n + 1) // 2 for n in range(1, 21)]
         assert replies == [[total, str(total)] for total in totals]
-        assert await batch.execute(lambda pipe: script(pipe, "return ARGV[1] .. KEYS[1]", ["k"], ["x"])) == [
-            "xk"
-        ]
+        # A script this Redis has never seen (its text is new): sent as text once, by its SHA1 after.
+        source = f"return ARGV[1] .. KEYS[1] -- {uuid.uuid4()}"
+        assert await client.script_exists(hashlib.sha1(source.encode()).hexdigest()) == [False]
+        assert await batch.run_script(source, ["k"], ["x"]) == "xk"
+        assert await client.script_exists(hashlib.sha1(source.encode()).hexdigest()) == [True]
+        assert await batch.run_script(source, ["k2"], ["y"]) == "yk2"
     finally:
         await client.delete(f"{prefix}n")
         await client.aclose()
