@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.auth import CLIENT_KEY_ROUTE, AuthError, Principal, client_key_security
+from api.problems import problem_responses
 from api.state import Resources
 from api.tenancy import tenant_context
 from schemas.tables import UserSession
@@ -18,6 +19,8 @@ from services.sessions.lookup import find_session
 ALIAS_OPT: dict[str, Any] = {CLIENT_KEY_ROUTE: True}
 ALIAS_SECURITY = client_key_security()
 ALIAS_TAGS = ["agentapi alias"]
+# Every alias call answers 410 once the key's session is over (keyed_session).
+ALIAS_RESPONSES = problem_responses(410)
 
 
 async def keyed_session(res: Resources, principal: Principal) -> UserSession:

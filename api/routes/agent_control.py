@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from api.auth import Principal
 from api.problems import problem_responses
-from api.session_alias import ALIAS_OPT, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
+from api.session_alias import ALIAS_OPT, ALIAS_RESPONSES, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
 from api.sse import sse_response
 from api.state import Resources, resources
 from api.tenancy import tenant_context
@@ -94,6 +94,7 @@ async def internal_screen(
     opt=ALIAS_OPT,
     security=ALIAS_SECURITY,
     tags=ALIAS_TAGS,
+    responses=ALIAS_RESPONSES,
 )
 async def alias_internal_screen(request: Request[Principal, str, State], state: State) -> Response[Any]:
     """`GET /api/v1/sessions/{id}/internal/screen` for the client key's session (api.session_alias)."""

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from api.auth import Principal
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody, problem_responses
-from api.session_alias import ALIAS_OPT, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
+from api.session_alias import ALIAS_OPT, ALIAS_RESPONSES, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
 from api.session_bodies import MAX_MESSAGE_BYTES, CreateSession
 from api.sse import parse_last_event_id, session_event_stream, sse_response
 from api.state import Resources, resources
@@ -271,14 +271,14 @@ async def _events(res: Resources, session_id: UUID, last_event_id: str | None) -
 # The root-path alias (api.session_alias): the same calls for the session a client key names.
 
 
-@get("/status", opt=ALIAS_OPT, security=ALIAS_SECURITY, tags=ALIAS_TAGS)
+@get("/status", opt=ALIAS_OPT, security=ALIAS_SECURITY, tags=ALIAS_TAGS, responses=ALIAS_RESPONSES)
 async def alias_status(request: Request[Principal, str, State], state: State) -> StatusOut:
     """`GET /api/v1/sessions/{id}/status` for the client key's session."""
     res = resources(state)
     return await _status(res, await keyed_session(res, request.user))
 
 
-@get("/messages", opt=ALIAS_OPT, security=ALIAS_SECURITY, tags=ALIAS_TAGS)
+@get("/messages", opt=ALIAS_OPT, security=ALIAS_SECURITY, tags=ALIAS_TAGS, responses=ALIAS_RESPONSES)
 async def alias_messages(request: Request[Principal, str, State], state: State) -> MessagesOut:
     """`GET /api/v1/sessions/{id}/messages` for the client key's session."""
     res = resources(state)
@@ -291,7 +291,7 @@ async def alias_messages(request: Request[Principal, str, State], state: State) 
     opt=ALIAS_OPT,
     security=ALIAS_SECURITY,
     tags=ALIAS_TAGS,
-    responses=problem_responses(410),
+    responses=ALIAS_RESPONSES,
 )
 async def alias_send_message(data: SendMessage, request: Request[Principal, str, State], state: State) -> Ok:
     """`POST /api/v1/sessions/{id}/message` for the client key's session."""
@@ -306,6 +306,7 @@ async def alias_send_message(data: SendMessage, request: Request[Principal, str,
     opt=ALIAS_OPT,
     security=ALIAS_SECURITY,
     tags=ALIAS_TAGS,
+    responses=ALIAS_RESPONSES,
 )
 async def alias_events(
     request: Request[Principal, str, State],
