@@ -4,10 +4,12 @@ whole platform."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -103,10 +105,12 @@ class Conversation:
 
 
 async def converse(
-    stack: Stack, agent_type: str, prompt: str, reply: str, system_prompt: str
+    stack: Stack, agent_type: str, prompt: str, reply: str, system_prompt: str, within: float = 90
 ) -> Conversation:
     """Save ``system_prompt`` as the user's prompt, start a session with ``prompt`` and wait for
-    ``reply`` to complete; the session is deleted afterwards."""
+    ``reply`` to complete; the session is deleted afterwards. A reply that has not come within
+    ``within`` seconds fails the test with what the session shows (see :func:`diagnosis`), instead
+    of leaving it to hang until the test's own timeout."""
     headers = stack.headers()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
         saved = await client.post(
@@ -120,10 +124,48 @@ async def converse(
         )
         assert created.status_code == 202, created.text
         session = created.json()
-        await read_events(client, session["events_url"], headers, until=agent_said(reply))
+        try:
+            async with asyncio.timeout(within):
+                await read_events(client, session["events_url"], headers, until=agent_said(reply))
+        except TimeoutError:
+            pytest.fail(
+                f"{agent_type} session {session['id']}: no reply {reply!r} within {within:.0f} s\n"
+                + await diagnosis(client, stack, session["id"])
+            )
         listed = await client.get(f"/api/v1/sessions/{session['id']}/messages", headers=headers)
         await client.delete(f"/api/v1/sessions/{session['id']}", headers=headers)
     return Conversation(session["id"], listed.json()["messages"])
+
+
+async def diagnosis(client: httpx.AsyncClient, stack: Stack, session_id: str) -> str:
+    """What a session shows when a test waited for it in vain: its status, screen and messages, the
+    logs its helper processes (a router's) wrote, and the stack's log lines that name it."""
+    headers = stack.headers()
+    base = f"/api/v1/sessions/{session_id}"
+    parts = []
+    for name in ("status", "internal/screen", "messages"):
+        try:
+            answer = await client.get(f"{base}/{name}", headers=headers)
+        except httpx.HTTPError as exc:
+            parts.append(f"--- {name}: {exc!r} ---")
+            continue
+        # The screen as it looks, not as one JSON line.
+        shown = answer.json()["screen"] if name == "internal/screen" and answer.is_success else answer.text
+        parts.append(f"--- {name} ({answer.status_code}) ---\n{shown}")
+    parts += await asyncio.to_thread(logs_about, stack, session_id)
+    return "\n".join(parts)
+
+
+def logs_about(stack: Stack, session_id: str) -> list[str]:
+    """The end of each log in the session's private directory (the router's output, its own logs),
+    and the stack's last lines that name the session."""
+    private = Path(stack.env["AGENTAPI_WORKSPACE_ROOT"]) / ".private" / session_id
+    helpers = [
+        f"--- {log} (its end) ---\n{log.read_text(errors='replace')[-4000:]}"
+        for log in sorted(private.glob("**/*.log"))
+    ]
+    named = [line for line in stack.logs().splitlines() if session_id in line]
+    return [*helpers, "--- the stack's last lines about it ---\n" + "\n".join(named[-40:])]
 
 
 def gateway_statuses(stack: Stack, session_id: str) -> list[int]:

@@ -96,9 +96,11 @@ async def test_two_tenants_each_reach_only_their_own_provider(
     assert saved_a.status_code == saved_b.status_code == 200, (saved_a.text, saved_b.text)
     assert key_a not in saved_a.text and saved_a.json()["secret_names"] == ["alpha_key"]
 
+    # Each reply well before the test's timeout, so a session that never answers fails with what it
+    # shows (its screen, its router's log) instead of hanging.
     talk_a, talk_b = await asyncio.gather(
-        converse(tenant_a, "ccr", "Say hello", alpha("Say hello"), "Be brief."),
-        converse(tenant_b, "ccrouter", "Say goodbye", beta("Say goodbye"), "Be kind."),
+        converse(tenant_a, "ccr", "Say hello", alpha("Say hello"), "Be brief.", within=120),
+        converse(tenant_b, "ccrouter", "Say goodbye", beta("Say goodbye"), "Be kind.", within=120),
     )
     assert talk_a.contents("agent")[-1] == alpha("Say hello"), "one clean agent message from A's provider"
     assert talk_b.contents("agent")[-1] == beta("Say goodbye"), "one clean agent message from B's provider"
