@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio
+from redis.asyncio.client import Pipeline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.connection import pooled_redis
 from events.envelope import NOTIFIED_TYPES, Event, EventType
 from events.payloads import WebhookNotice
-from events.publisher import publish
+from events.publisher import queue_publish
 from events.results import append_result
 from events.streams import Names
 from schemas.db import open_engine
@@ -66,16 +68,30 @@ class WorkerContext:
             self._engine = open_engine(self.settings, pool_size=self.settings.db_pool_size)
         return self._engine
 
-    async def emit(self, event: Event) -> str:
-        """Report a result to the session's subscribers (and to the org's webhook subscribers)."""
-        stream_id = await append_result(self.redis, self.names, event, self.settings.event_log_maxlen)
-        if event.type in NOTIFIED_TYPES:
-            # The log position lets event sinks publish a session's events in log order.
-            notice = event.follow_up(
-                EventType.WEBHOOK_NOTIFY_REQUESTED,
-                WebhookNotice(event=event.to_wire(), stream_id=stream_id).payload(),
-            )
-            await publish(self.redis, self.names, notice)
+    async def emit(
+        self, event: Event, *, reply_to: str | None = None, then: Callable[[Pipeline], None] | None = None
+    ) -> str:
+        """Report a result to the session's subscribers (and to the org's webhook subscribers).
+
+        ``reply_to``: the request the event answers, whose caller waits (in the same round trip, first).
+        ``then``: commands that follow the event (its audit record, counts), sent with its webhook
+        notice, whose round trip comes after the log's anyway."""
+        stream_id = await append_result(
+            self.redis, self.names, event, self.settings.event_log_maxlen, reply_to=reply_to
+        )
+        notified = event.type in NOTIFIED_TYPES
+        if notified or then is not None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if notified:
+                    # The log position lets event sinks publish a session's events in log order.
+                    notice = event.follow_up(
+                        EventType.WEBHOOK_NOTIFY_REQUESTED,
+                        WebhookNotice(event=event.to_wire(), stream_id=stream_id).payload(),
+                    )
+                    queue_publish(pipe, self.names, notice)
+                if then is not None:
+                    then(pipe)
+                await pipe.execute()
         return stream_id
 
 

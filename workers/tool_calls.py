@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
+from redis.asyncio.client import Pipeline
 from sqlmodel import select
 
 from events.audit import audit_event, redact_details
@@ -258,9 +259,9 @@ class ToolService:
             payload |= {"ok": False, **_error(exc)}
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         payload["duration_ms"] = duration_ms
-        await self._answer(event, result_type, payload)
-        # After the answer, off the caller's wait: the count and the audit record in one round trip.
-        async with self.context.redis.pipeline(transaction=False) as pipe:
+
+        def recorded(pipe: Pipeline) -> None:
+            """The count and the audit record, after the answer, off the caller's wait."""
             count(pipe, self.context.names, "tool_calls", outcome=str(payload.get("error_code", "success")))
             queue_publish(
                 pipe,
@@ -283,7 +284,8 @@ class ToolService:
                     session_id=event.session_id,
                 ),
             )
-            await pipe.execute()
+
+        await self._answer(event, result_type, payload, then=recorded)
 
     async def _guarded(self, spec: ServerSpec, work: Any) -> Any:
         """Runs ``work`` behind the server's circuit breaker."""
@@ -314,7 +316,15 @@ class ToolService:
             )
         )
 
-    async def _answer(self, request: Event, type_: EventType, payload: dict[str, Any]) -> None:
+    async def _answer(
+        self,
+        request: Event,
+        type_: EventType,
+        payload: dict[str, Any],
+        then: Callable[[Pipeline], None] | None = None,
+    ) -> None:
+        """The outcome to the waiting caller (first), to the session's log, then ``then``'s commands:
+        with a session, one round trip for the first two and one for the webhook notice and the rest."""
         answer = Event(
             type=type_,
             org_id=request.org_id,
@@ -323,11 +333,16 @@ class ToolService:
             correlation_id=request.correlation_id,
             payload=payload,
         )
-        # The caller blocks on the reply; the session's stream can learn of it a moment later.
-        if McpWork.of(request).reply:
-            await append_reply(self.context.redis, self.context.names, request.id, answer)
+        reply_to = request.id if McpWork.of(request).reply else None
         if request.session_id is not None:
-            await self.context.emit(answer)
+            await self.context.emit(answer, reply_to=reply_to, then=then)
+            return
+        if reply_to is not None:
+            await append_reply(self.context.redis, self.context.names, reply_to, answer)
+        if then is not None:
+            async with self.context.redis.pipeline(transaction=False) as pipe:
+                then(pipe)
+                await pipe.execute()
 
 
 def _error(exc: Exception) -> dict[str, str]:

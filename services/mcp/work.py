@@ -25,10 +25,10 @@ class WorkOutcome:
 
 
 async def request_work(backends: Backends, event: Event, wait_seconds: float) -> WorkOutcome:
-    await publish(backends.redis, backends.names, event)
-    answer = None
-    if wait_seconds > 0:
-        answer = await await_reply(backends.redis, backends.names, event.id, wait_seconds)
+    if wait_seconds <= 0:
+        await publish(backends.redis, backends.names, event)
+        return WorkOutcome(event.id, None)
+    answer = await await_reply(backends.redis, backends.names, event.id, wait_seconds, publishing=event)
     return WorkOutcome(event.id, answer.payload if answer is not None else None)
 
 
