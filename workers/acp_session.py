@@ -114,7 +114,10 @@ class AcpConversation:
         self._updates_received = 0
         self._updates_handled = 0
         self._caught_up = asyncio.Event()
-        self._loading = False
+        # From session/load until the next prompt: the agent's replay of the conversation, which the
+        # restored messages already hold. Not only until load answers: Gemini CLI answers before it
+        # has streamed the whole history, so late replayed chunks would be appended to the reply.
+        self._replaying = False
         # Permission questions waiting for an answer; a cancelled turn withdraws them.
         self._asking: set[asyncio.Future[str | None]] = set()
 
@@ -214,8 +217,7 @@ class AcpConversation:
         cwd = str(self.cwd)
         if self.resume_session_id:
             if can_load:
-                # The agent replays the conversation as updates; what the host restored already has it.
-                self._loading = True
+                self._replaying = True
                 try:
                     await self._conn.load_session(
                         cwd=cwd,
@@ -229,7 +231,6 @@ class AcpConversation:
                     self.resume_note = f"the agent could not load its session: {exc}"
                 finally:
                     await self._catch_up()
-                    self._loading = False
             else:
                 self.resume_note = "the agent does not support session/load"
         elif self.messages[1:]:
@@ -293,6 +294,7 @@ class AcpConversation:
 
     async def type_turn(self, text: str) -> None:
         """Send the opened turn's prompt; returns at once (the reply arrives as changes)."""
+        self._replaying = False
         self._turn = asyncio.create_task(self._prompt(text, self.messages[-1]), name=f"acp-turn-{self.pid}")
 
     async def _prompt(self, text: str, reply: Message) -> None:
@@ -354,7 +356,7 @@ class AcpConversation:
 
     def on_update(self, update: object) -> None:
         try:
-            if not self._loading:
+            if not self._replaying:
                 self._apply(update)
         finally:
             self._updates_handled += 1
