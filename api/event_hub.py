@@ -4,7 +4,7 @@ One pub/sub connection per process, subscribed only to the channels of sessions 
 watching. A notice says "the log moved"; the hub then reads the log itself from the last id it
 delivered, so entries published out of order by two workers, or notices lost in a reconnect, never
 leave a gap. Subscribers get entries in stream order and only ever read Redis themselves to replay
-(Last-Event-ID) or to catch up after falling behind.
+further back than the hub remembers (see ``RECENT_ENTRIES``) or to catch up after falling behind.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -20,12 +21,18 @@ from redis.exceptions import RedisError
 
 from events import replies
 from events.results import LogEntry, read_log
-from events.streams import Names
+from events.streams import FIELD, Names, stream_id_key
 
 log = logging.getLogger(__name__)
 
 # Entries a subscriber may have queued before it is marked as lagging and must re-read the log.
 SUBSCRIBER_QUEUE_SIZE = 1000
+# The tail of each watched session's log the hub keeps, so that a joining client's replay (a fresh
+# client of a short session, a reconnect a moment behind) is read from here: 5,000 clients joining
+# one session made 5,000 identical XRANGEs, and the Redis pool ran dry (503s, streams cut short).
+# Bounded per session, in entries and in bytes (entries can be whole screens).
+RECENT_ENTRIES = 200
+RECENT_BYTES = 256 * 1024
 
 
 # Queued in place of an entry when a subscriber has had nothing for a heartbeat period.
@@ -37,6 +44,9 @@ class Subscription:
     session_id: str
     queue: asyncio.Queue[LogEntry] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE_SIZE))
     lagged: bool = False
+    # What the log held after the subscriber's Last-Event-ID when it joined, from the hub's tail;
+    # None when that reaches back further than the hub remembers (the subscriber reads Redis).
+    backlog: list[LogEntry] | None = None
     _busy: bool = False
     _ticker: asyncio.TimerHandle | None = None
 
@@ -52,6 +62,15 @@ class Subscription:
             return None
         self._busy = True
         return entry
+
+    def ready(self) -> list[LogEntry]:
+        """The entries already queued, taken without waiting: sent together with the one before."""
+        taken = []
+        while not self.queue.empty():
+            entry = self.queue.get_nowait()
+            if entry is not IDLE:
+                taken.append(entry)
+        return taken
 
     def _tick(self, heartbeat: float) -> None:
         if not self._busy and self.queue.empty():
@@ -72,11 +91,45 @@ class Subscription:
             self.lagged = True
 
 
-@dataclass
+@dataclass(eq=False)
 class _Channel:
     subscriptions: set[Subscription] = field(default_factory=set)
     last_id: str = "0-0"
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The log's last entries up to last_id: every entry after ``floor`` is in it.
+    recent: deque[LogEntry] = field(default_factory=deque)
+    recent_bytes: int = 0
+    floor: str = "0-0"
+    # The first read of the log's tail; subscribers join once it is done.
+    filled: asyncio.Future[None] | None = None
+    # Subscribers waiting for ``filled``: the channel is kept while there are any.
+    waiting: int = 0
+
+    def remember(self, entry: LogEntry) -> None:
+        self.last_id = entry[0]
+        self.recent.append(entry)
+        self.recent_bytes += len(entry[1])
+        while len(self.recent) > RECENT_ENTRIES or (
+            self.recent_bytes > RECENT_BYTES and len(self.recent) > 1
+        ):
+            dropped = self.recent.popleft()
+            self.recent_bytes -= len(dropped[1])
+            self.floor = dropped[0]
+
+    def since(self, after: str) -> list[LogEntry] | None:
+        """The remembered entries after ``after``, or None if some could be older than the tail."""
+        after_key = stream_id_key(after)
+        if after_key < stream_id_key(self.floor):
+            return None
+        if not self.recent or after_key < stream_id_key(self.recent[0][0]):
+            return list(self.recent)  # a new client: all of it (no id to compare per entry)
+        newer: list[LogEntry] = []
+        for entry in reversed(self.recent):
+            if stream_id_key(entry[0]) <= after_key:
+                break
+            newer.append(entry)
+        newer.reverse()
+        return newer
 
 
 class EventHub:
@@ -104,33 +157,66 @@ class EventHub:
             await self._pubsub.aclose()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, session_id: str) -> AsyncIterator[Subscription]:
-        """Watch a session's log. Subscribed before the caller replays, so nothing falls between."""
+    async def subscribe(self, session_id: str, after: str) -> AsyncIterator[Subscription]:
+        """Watch a session's log, with what it held after ``after`` as the backlog when the hub
+        remembers that far back. Subscribed before anything is read, so nothing falls between."""
         name = self._names.session_channel(session_id)
         subscription = Subscription(session_id)
-        channel = self._channels.get(name)
-        if channel is None:
-            channel = self._channels[name] = _Channel()
-            try:
-                await self._pubsub.subscribe(name)
-                tail = replies.entries(
-                    await self._redis.xrevrange(self._names.session_log(session_id), count=1)
-                )
-            except BaseException:
-                del self._channels[name]
-                raise
-            channel.last_id = tail[0][0] if tail else "0-0"
-            self._subscribed.set()
+        while True:
+            channel = self._channels.get(name)
+            if channel is None:
+                channel = self._channels[name] = _Channel()
+                channel.filled = asyncio.ensure_future(self._fill(name, session_id, channel))
+            assert channel.filled is not None
+            if not channel.filled.done():
+                channel.waiting += 1
+                try:
+                    # Shielded: a client that leaves must not cancel the read the others wait for.
+                    await asyncio.shield(channel.filled)
+                finally:
+                    channel.waiting -= 1
+                    if not channel.filled.done():  # this subscriber left while waiting
+                        await self._release(name, channel)
+            channel.filled.result()
+            # The channel may have been dropped while this subscriber waited (all the others left).
+            if self._channels.get(name) is channel:
+                break
+        # No await from here to the subscription: the backlog ends where the hub's next entry starts.
+        subscription.backlog = channel.since(after)
         channel.subscriptions.add(subscription)
         try:
             yield subscription
         finally:
             subscription.close()
             channel.subscriptions.discard(subscription)
-            if not channel.subscriptions and self._channels.get(name) is channel:
+            await self._release(name, channel)
+
+    async def _fill(self, name: str, session_id: str, channel: _Channel) -> None:
+        try:
+            await self._pubsub.subscribe(name)
+            # One more than is kept: when it comes back, the entries after it are all remembered.
+            tail = replies.entries(
+                await self._redis.xrevrange(self._names.session_log(session_id), count=RECENT_ENTRIES + 1)
+            )
+        except BaseException:
+            if self._channels.get(name) is channel:
                 del self._channels[name]
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(name)
+            raise
+        if len(tail) > RECENT_ENTRIES:
+            channel.floor = tail.pop()[0]
+        for entry_id, fields in reversed(tail):
+            channel.remember((entry_id, fields[FIELD]))
+        self._subscribed.set()
+
+    async def _release(self, name: str, channel: _Channel) -> None:
+        """Stop watching a session nobody here follows or waits for any more."""
+        if channel.subscriptions or channel.waiting or self._channels.get(name) is not channel:
+            return
+        del self._channels[name]
+        if channel.filled is not None:
+            channel.filled.cancel()
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.unsubscribe(name)
 
     async def _run(self) -> None:
         while True:
@@ -163,6 +249,13 @@ class EventHub:
 
     async def _pull(self, channel_name: str, channel: _Channel) -> None:
         session_id = self._names.session_of_channel(channel_name)
+        filled = channel.filled
+        assert filled is not None
+        if not filled.done():
+            # The notice may be for an entry the first read of the tail missed: read after it.
+            await asyncio.wait([filled])
+        if filled.cancelled() or filled.exception() is not None:
+            return
         async with channel.lock:
             try:
                 entries = await read_log(self._redis, self._names, session_id, after_id=channel.last_id)
@@ -170,6 +263,6 @@ class EventHub:
                 log.warning("event hub could not read %s: %s", session_id, exc)
                 return
             for entry in entries:
-                channel.last_id = entry[0]
+                channel.remember(entry)
                 for subscription in list(channel.subscriptions):
                     subscription.offer(entry)

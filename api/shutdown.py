@@ -27,7 +27,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def begin_draining(app: Litestar) -> None:
     resources = app.state.get("resources")
     if resources is not None:
-        resources.draining.set()
+        resources.streams.drain()
 
 
 @asynccontextmanager

@@ -14,10 +14,12 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
+from litestar.types import HTTPResponseBodyEvent, Receive, Scope, Send
 from redis.asyncio import Redis
 
 from api.event_hub import EventHub, LogEntry, Subscription
@@ -26,6 +28,7 @@ from events import replies
 from events.envelope import Event, EventType, rfc3339
 from events.results import read_log
 from events.streams import Names, stream_id_key
+from services.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +84,6 @@ def sse_data(event: Event) -> dict[str, Any]:
     return {**payload, **meta}
 
 
-# What the follower hands over besides messages: the source ended, the process is draining.
-_END, _DRAINED = object(), object()
-# Messages a stream's follower may have ready before the response takes them, sent together.
-HANDOFF_SIZE = 16
-
-
 class FrameBatch(ServerSentEventMessage):
     """Messages that were ready at once, written as one body chunk: each chunk makes a trip through
     uvicorn and every middleware's ``send``, which is most of a fan-out's cost per subscriber."""
@@ -99,87 +96,146 @@ class FrameBatch(ServerSentEventMessage):
         return b"".join(message.encode() for message in self.messages)
 
 
-async def until_draining(
-    events: AsyncIterator[ServerSentEventMessage], draining: asyncio.Event
-) -> AsyncIterator[ServerSentEventMessage]:
-    """Relays ``events`` until the process starts shutting down, then ends the stream with a hint
-    to reconnect soon: another replica picks the client up where Last-Event-ID says.
+# Why a stream was stopped from outside its task.
+_LEFT, _DRAINED, _DONE = "left", "drained", "done"
 
-    One task follows the source and one waits for the shutdown, for the stream's whole life: racing
-    the two anew for every event would cost a task and a wait per event and subscriber, which is
-    most of the work of a fan-out to thousands."""
-    handoff: asyncio.Queue[object] = asyncio.Queue(HANDOFF_SIZE)
 
-    async def follow() -> None:
-        try:
-            async for message in events:
-                await handoff.put(message)
-        except Exception as exc:  # raised again below, in the response's task
-            await handoff.put(exc)
-        else:
-            await handoff.put(_END)
+class _Relay:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.reason: str | None = None
 
-    async def watch() -> None:
-        await draining.wait()
-        following.cancel()
-        # A message taken but not yet sent is not lost: Last-Event-ID replays it on the reconnect.
-        while not handoff.empty():
-            handoff.get_nowait()
-        handoff.put_nowait(_DRAINED)
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.task.cancel()
 
-    following = asyncio.create_task(follow(), name="sse-follow")
-    watching = asyncio.create_task(watch(), name="sse-drain")
+
+class OpenStreams:
+    """The event streams this process is sending. When it starts shutting down, each ends at once
+    with a hint to reconnect soon: another replica picks the client up where Last-Event-ID says."""
+
+    def __init__(self) -> None:
+        self.draining = asyncio.Event()
+        self._relays: set[_Relay] = set()
+
+    def drain(self) -> None:
+        self.draining.set()
+        for relay in list(self._relays):
+            relay.stop(_DRAINED)
+
+
+def _body(message: ServerSentEventMessage) -> HTTPResponseBodyEvent:
+    return {"type": "http.response.body", "body": message.encode(), "more_body": True}
+
+
+async def relay(
+    messages: AsyncIterator[ServerSentEventMessage], send: Send, receive: Receive, streams: OpenStreams
+) -> None:
+    """Sends ``messages`` as the response body until they end, the client leaves or the process
+    drains (then with a ``retry:`` hint).
+
+    The request's own task takes each message from its source and sends it; a second task only
+    waits for the client to leave (ASGI says so through ``receive`` alone) and stops the first.
+    A fan-out to thousands pays per subscriber for every task that wakes between the event hub and
+    the socket: with a follower task and a drain watcher per stream that was three wake-ups per
+    event and subscriber, now it is one."""
+    task = asyncio.current_task()
+    assert task is not None
+    this = _Relay(task)
+
+    async def listen() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        this.stop(_LEFT)
+
+    listener = asyncio.create_task(listen(), name="sse-disconnect")
+    streams._relays.add(this)
     try:
-        item = await handoff.get()
-        while True:
-            if item is _END:
-                return
-            if item is _DRAINED:
-                yield ServerSentEventMessage(
-                    comment="shutting down: reconnect", retry=DRAIN_RETRY_MS, data=None
-                )
-                return
-            if isinstance(item, OUTAGES):
-                # The response has started, so no 503 can be sent any more: end the stream cleanly
-                # and let the client come back after a while with Last-Event-ID (an exception here
-                # would only abort the connection, with a traceback per subscriber).
-                log.warning(
-                    "event stream ended by a backing service outage: %s: %s", type(item).__name__, item
-                )
-                yield ServerSentEventMessage(
-                    comment="backing service unavailable: reconnect", retry=OUTAGE_RETRY_MS, data=None
-                )
-                return
-            if isinstance(item, Exception):
-                raise item
-            assert isinstance(item, ServerSentEventMessage)
-            ready, item = [item], None
-            while item is None and not handoff.empty():
-                taken = handoff.get_nowait()
-                if isinstance(taken, ServerSentEventMessage):
-                    ready.append(taken)
-                else:
-                    item = taken  # the end, a shutdown or an error: handled after these are sent
-            yield ready[0] if len(ready) == 1 else FrameBatch(ready)
-            if item is None:
-                item = await handoff.get()
+        hint = None
+        try:
+            if streams.draining.is_set():
+                this.reason = _DRAINED
+            else:
+                async for message in messages:
+                    await send(_body(message))
+        except asyncio.CancelledError:
+            if this.reason is None:
+                raise
+            task.uncancel()
+        except OUTAGES as exc:
+            # The response has started, so no 503 can be sent any more: end the stream cleanly and
+            # let the client come back after a while with Last-Event-ID (an exception here would
+            # only abort the connection, with a traceback per subscriber).
+            log.warning("event stream ended by a backing service outage: %s: %s", type(exc).__name__, exc)
+            hint = ServerSentEventMessage(
+                comment="backing service unavailable: reconnect", retry=OUTAGE_RETRY_MS, data=None
+            )
+        if this.reason == _DRAINED:
+            # A message taken but not yet sent is not lost: Last-Event-ID replays it on the reconnect.
+            hint = ServerSentEventMessage(comment="shutting down: reconnect", retry=DRAIN_RETRY_MS, data=None)
+        this.reason = this.reason or _DONE
+        if hint is not None:
+            await send(_body(hint))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        for task in (following, watching):
-            task.cancel()
-        await asyncio.gather(following, watching, return_exceptions=True)
+        this.reason = this.reason or _DONE
+        streams._relays.discard(this)
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
         with contextlib.suppress(RuntimeError):
-            await events.aclose()  # type: ignore[attr-defined]  # every caller passes an async generator
+            await messages.aclose()  # type: ignore[attr-defined]  # every caller passes an async generator
+
+
+class _RelayedResponse(ASGIResponse):
+    """Litestar's streaming response for the status line and headers, :func:`relay` for the body."""
+
+    __slots__ = ("head", "messages", "streams")
+
+    # ASGIResponse.__init__ is not called: ``head`` holds all it would set.
+    def __init__(
+        self, head: ASGIResponse, messages: AsyncIterator[ServerSentEventMessage], streams: OpenStreams
+    ) -> None:
+        self.head = head
+        self.messages = messages
+        self.streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.head.is_head_response:
+            await self.head(scope, receive, send)
+            return
+        await self.head.start_response(send)
+        await relay(self.messages, send, receive, self.streams)
+
+
+class EventStream(ServerSentEvent):
+    """An SSE response whose body is sent by :func:`relay`, not by Litestar's streaming response
+    (a task group and a thread-pool hop per stream, and two more async iterators per message)."""
+
+    def __init__(self, messages: AsyncIterator[ServerSentEventMessage], streams: OpenStreams) -> None:
+        super().__init__(messages, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.messages = messages
+        self.streams = streams
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        return _RelayedResponse(super().to_asgi_response(*args, **kwargs), self.messages, self.streams)
+
+
+async def _ping(redis: Redis) -> None:
+    await redis.ping()
+
+
+# Clients joining at once (thousands after a deploy) share one PING rather than queue for the pool.
+_pings: SingleFlight[Redis, None] = SingleFlight()
 
 
 async def sse_response(
-    redis: Redis, events: AsyncIterator[ServerSentEventMessage], draining: asyncio.Event
+    redis: Redis, events: AsyncIterator[ServerSentEventMessage], streams: OpenStreams
 ) -> ServerSentEvent:
-    """The SSE response for ``events``, ended early by a shutdown (see :func:`until_draining`)."""
+    """The SSE response for ``events``, ended early by a shutdown (see :func:`relay`)."""
     # Once the stream has begun, an error can only cut it: find out Redis is away while a 503 can still be sent.
-    await redis.ping()
-    return ServerSentEvent(
-        until_draining(events, draining), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    await _pings.run(redis, functools.partial(_ping, redis))
+    return EventStream(events, streams)
 
 
 class SharedMessage(ServerSentEventMessage):
@@ -204,14 +260,47 @@ def to_sse(entry: LogEntry) -> ServerSentEventMessage:
     )
 
 
-async def _replay(redis: Redis, names: Names, session_id: str, after_id: str) -> AsyncIterator[LogEntry]:
+async def _replay(
+    redis: Redis, names: Names, session_id: str, after_id: str
+) -> AsyncIterator[list[LogEntry]]:
     while True:
         entries = await read_log(redis, names, session_id, after_id=after_id, count=REPLAY_BATCH)
-        for entry in entries:
-            yield entry
+        if entries:
+            yield entries
         if len(entries) < REPLAY_BATCH:
             return
         after_id = entries[-1][0]
+
+
+async def _session_log(
+    redis: Redis, names: Names, hub: EventHub, session_id: str, after: str, heartbeat_seconds: float
+) -> AsyncGenerator[list[LogEntry], None]:
+    """The log's entries after ``after`` (its tail from the hub, further back from Redis), then live,
+    de-duplicated; entries ready at once come as one list, and an empty list is a quiet period."""
+    last = after
+    async with hub.subscribe(session_id, after) as subscription:
+        if subscription.backlog is None:
+            async for page in _replay(redis, names, session_id, last):
+                last = page[-1][0]
+                yield page
+        elif subscription.backlog:
+            last = subscription.backlog[-1][0]
+            yield subscription.backlog
+        while True:
+            if subscription.lagged:
+                async for page in _catch_up(redis, names, subscription, last):
+                    last = page[-1][0]
+                    yield page
+                continue
+            live = await subscription.next(heartbeat_seconds)
+            if live is None:
+                yield []
+                continue
+            seen = stream_id_key(last)
+            fresh = [entry for entry in (live, *subscription.ready()) if stream_id_key(entry[0]) > seen]
+            if fresh:
+                last = fresh[-1][0]
+                yield fresh
 
 
 async def session_event_stream(
@@ -223,37 +312,27 @@ async def session_event_stream(
     heartbeat_seconds: float,
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Replay after ``last_event_id`` (everything when absent), then relay live, de-duplicated."""
-    last = last_event_id or "0-0"
     yield ServerSentEventMessage(comment="connected", retry=RETRY_MS, data=None)
-    async with hub.subscribe(session_id) as subscription:
-        async for entry in _replay(redis, names, session_id, last):
-            last = entry[0]
-            yield to_sse(entry)
-        while True:
-            if subscription.lagged:
-                async for entry in _catch_up(redis, names, subscription, last):
-                    last = entry[0]
-                    yield to_sse(entry)
-                continue
-            live = await subscription.next(heartbeat_seconds)
-            if live is None:
+    log_entries = _session_log(redis, names, hub, session_id, last_event_id or "0-0", heartbeat_seconds)
+    async with contextlib.aclosing(log_entries):  # leaves the hub as soon as this stream is closed
+        async for entries in log_entries:
+            if not entries:
                 yield ServerSentEventMessage(comment="ping", data=None)
-                continue
-            if stream_id_key(live[0]) <= stream_id_key(last):
-                continue
-            last = live[0]
-            yield to_sse(live)
+            elif len(entries) == 1:
+                yield to_sse(entries[0])
+            else:
+                yield FrameBatch([to_sse(entry) for entry in entries])
 
 
 async def _catch_up(
     redis: Redis, names: Names, subscription: Subscription, last: str
-) -> AsyncIterator[LogEntry]:
+) -> AsyncIterator[list[LogEntry]]:
     """A subscriber that fell behind drops its queue and reads the log instead."""
     while not subscription.queue.empty():
         subscription.queue.get_nowait()
     subscription.lagged = False
-    async for entry in _replay(redis, names, subscription.session_id, last):
-        yield entry
+    async for page in _replay(redis, names, subscription.session_id, last):
+        yield page
 
 
 # Redis stream ids are two unsigned 64-bit numbers; a larger one made XRANGE fail after the 200.
@@ -295,15 +374,20 @@ async def chat_event_stream(
             await merged.put(
                 ServerSentEventMessage(event="session_joined", data=json.dumps({"session_id": session_id}))
             )
-            async for message in session_event_stream(redis, names, hub, session_id, after or "0-0", 3600):
-                if message.data is not None:
-                    data = json.loads(str(message.data))
-                    data["session_id"] = session_id
-                    await merged.put(
-                        ServerSentEventMessage(
-                            data=json.dumps(data, separators=(",", ":")), event=message.event, id=message.id
+            log_entries = _session_log(redis, names, hub, session_id, after or "0-0", 3600)
+            async with contextlib.aclosing(log_entries):
+                async for entries in log_entries:
+                    for entry in entries:
+                        message = to_sse(entry)
+                        data = json.loads(str(message.data))
+                        data["session_id"] = session_id
+                        await merged.put(
+                            ServerSentEventMessage(
+                                data=json.dumps(data, separators=(",", ":")),
+                                event=message.event,
+                                id=message.id,
+                            )
                         )
-                    )
         except Exception as exc:
             await merged.put(exc)
 

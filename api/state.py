@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import TokenVerifier
 from api.event_hub import EventHub
+from api.sse import OpenStreams
 from events.batch import RedisBatch
 from events.connection import batch_redis, pooled_redis
 from events.streams import Names
@@ -34,8 +35,13 @@ class Resources:
     verifier: TokenVerifier
     # The per-request writes (rate limits, messages, audit events) of one loop turn, as one pipeline.
     batch: RedisBatch
-    # Set when the process starts shutting down (api.shutdown): SSE streams end, /ready fails.
-    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    # The SSE responses under way; ended when the process starts shutting down (api.shutdown).
+    streams: OpenStreams = field(default_factory=OpenStreams)
+
+    @property
+    def draining(self) -> asyncio.Event:
+        """Set when the process starts shutting down: SSE streams end, /ready fails."""
+        return self.streams.draining
 
 
 def resources(state: State) -> Resources:

@@ -107,7 +107,7 @@ async def _screen(res: Resources, request: Request[Principal, str, State], sessi
     key = res.names.session_screen(session_id)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return Response(Screen(screen=await res.redis.get(key) or ""))
-    return await sse_response(res.redis, _screens(res, key), res.draining)
+    return await sse_response(res.redis, _screens(res, key), res.streams)
 
 
 async def _screens(res: Resources, key: str) -> AsyncIterator[ServerSentEventMessage]:

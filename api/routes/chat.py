@@ -97,5 +97,5 @@ async def chat_stream(request: Request[Principal, str, State], state: State) -> 
     return await sse_response(
         res.redis,
         chat_event_stream(res.redis, res.names, res.hub, active_sessions, res.settings.sse_heartbeat_seconds),
-        res.draining,
+        res.streams,
     )

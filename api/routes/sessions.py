@@ -264,7 +264,7 @@ async def _events(res: Resources, session_id: UUID, last_event_id: str | None) -
         session_event_stream(
             res.redis, res.names, res.hub, str(session_id), after, res.settings.sse_heartbeat_seconds
         ),
-        res.draining,
+        res.streams,
     )
 
 
