@@ -279,7 +279,9 @@ async def _session_log(
     de-duplicated; entries ready at once come as one list, and an empty list is a quiet period."""
     last = after
     async with hub.subscribe(session_id, after) as subscription:
-        if subscription.backlog is None:
+        # Live entries can repeat what was read from Redis, never what came from the hub's tail.
+        overlap = subscription.backlog is None
+        if overlap:
             async for page in _replay(redis, names, session_id, last):
                 last = page[-1][0]
                 yield page
@@ -288,6 +290,7 @@ async def _session_log(
             yield subscription.backlog
         while True:
             if subscription.lagged:
+                overlap = True
                 async for page in _catch_up(redis, names, subscription, last):
                     last = page[-1][0]
                     yield page
@@ -296,8 +299,10 @@ async def _session_log(
             if live is None:
                 yield []
                 continue
-            seen = stream_id_key(last)
-            fresh = [entry for entry in (live, *subscription.ready()) if stream_id_key(entry[0]) > seen]
+            fresh = [live, *subscription.ready()]
+            if overlap:
+                seen = stream_id_key(last)
+                fresh = [entry for entry in fresh if stream_id_key(entry[0]) > seen]
             if fresh:
                 last = fresh[-1][0]
                 yield fresh
@@ -328,8 +333,7 @@ async def _catch_up(
     redis: Redis, names: Names, subscription: Subscription, last: str
 ) -> AsyncIterator[list[LogEntry]]:
     """A subscriber that fell behind drops its queue and reads the log instead."""
-    while not subscription.queue.empty():
-        subscription.queue.get_nowait()
+    subscription.pending.clear()
     subscription.lagged = False
     async for page in _replay(redis, names, subscription.session_id, last):
         yield page
