@@ -5,7 +5,6 @@ model, which a wrong URL, header or config key would leave out; and restarted fo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from dataclasses import replace
@@ -18,6 +17,7 @@ from tests.fakes.gemini_api import FakeGemini
 from tests.fakes.model_server import FakeModelServer, Recorded
 from tests.fakes.openai_api import FakeOpenAI
 from tests.test_mcp_tools import http_server  # noqa: F401 - the MCP server fixture
+from tests.waiting import until
 from workers.agents import get_adapter
 from workers.agents.base import AgentAdapter, LaunchContext
 from workers.conversation import Conversation, Timing
@@ -52,6 +52,8 @@ def tool_names(agent_type: str, body: dict[str, Any]) -> list[str]:
 
 
 # The conversation's own model call (Gemini CLI also asks a router model about the message).
+# Each wait of a turn, well inside the test's limit, so that a lost prompt fails with the screen.
+TURN_SECONDS = 30
 TURNS = [("codex", FakeOpenAI, "/v1/responses"), ("gemini", FakeGemini, ":streamGenerateContent")]
 
 
@@ -67,16 +69,22 @@ async def turn(
     try:
         await conversation.wait_stable(60)
         await conversation.send_user(text)
-        while not (
-            calls := [r for r in fake.requests if r.route.endswith(route) and text in json.dumps(r.body)]
-        ):
-            await asyncio.sleep(0.1)
-        # The CLI keeps the turn in its history once the reply has arrived; stopping it earlier
-        # would leave a resumed CLI nothing to carry on from.
-        while "FAKE-REPLY" not in conversation.pty.snapshot():
-            await asyncio.sleep(0.1)
+
+        def calls() -> list[Recorded]:
+            return [r for r in fake.requests if r.route.endswith(route) and text in json.dumps(r.body)]
+
+        try:
+            await until(calls, TURN_SECONDS, f"the model is asked {text!r}")
+            # The CLI keeps the turn in its history once the reply has arrived; stopping it earlier
+            # would leave a resumed CLI nothing to carry on from.
+            await until(
+                lambda: "FAKE-REPLY" in conversation.pty.snapshot(), TURN_SECONDS, "the reply is shown"
+            )
+        except AssertionError as exc:
+            # A hang in a full run (passing alone) left nothing to read: say what the CLI showed.
+            raise AssertionError(f"{exc}; the CLI's screen:\n{conversation.pty.snapshot()}") from None
         await conversation.wait_stable(60)
-        return calls[0]
+        return calls()[0]
     finally:
         await conversation.stop()
 
