@@ -10,7 +10,6 @@ back. The tenant's own tokens stay in the tools workers: the agent never sees th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.payloads import McpWork, ToolCall
 from events.publisher import publish
+from events.streams import secret_digest
 from schemas.db import TenantContext
 from schemas.tables import McpConfiguration
 from services.mcp.configs import enabled_configs
@@ -58,10 +58,6 @@ class GatewayIdentity:
     org_id: UUID
     user_id: UUID
     correlation_id: str | None = None
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _identity() -> GatewayIdentity:
@@ -233,7 +229,7 @@ class GatewayAuth:
         if scheme.lower() != "bearer" or not token:
             return None
         res = self._resources()
-        raw = await res.redis.get(res.names.gateway_token(token_hash(token.strip())))
+        raw = await res.redis.get(res.names.gateway_token(secret_digest(token.strip())))
         if not raw:
             return None
         entry = json.loads(raw)

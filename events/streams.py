@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from uuid import UUID
 
@@ -40,6 +41,11 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     """A stream id ("<ms>-<seq>") as something that orders like Redis orders ids."""
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def secret_digest(secret: str) -> str:
+    """What a bearer secret (gateway token, client key) is stored under: its SHA-256, never itself."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Names:

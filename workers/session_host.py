@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ from events.payloads import (
 )
 from events.publisher import publish
 from events.session_state import claim_turn, queue_input, set_detail, set_status, turn_taken
+from events.streams import secret_digest
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -582,7 +582,7 @@ class SessionHost:
         """A fresh MCP gateway token for this host's agent; Redis knows only its hash, and only
         while this host heartbeats. A recovered session's new host issues a new one."""
         token = secrets.token_urlsafe(32)
-        self._gateway_key = self.names.gateway_token(hashlib.sha256(token.encode()).hexdigest())
+        self._gateway_key = self.names.gateway_token(secret_digest(token))
         identity = {
             "session_id": self.session_id,
             "org_id": str(self.event.org_id),

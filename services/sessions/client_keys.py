@@ -9,7 +9,6 @@ per-session set lists the session's key hashes so that all of them can be revoke
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -18,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from events import replies
+from events.streams import secret_digest
 from schemas.db import MemberContext
 from schemas.tables import UserSession
 from services.context import Backends
@@ -38,10 +38,6 @@ class ClientKeyGrant:
     role: str
 
 
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def looks_like_key(credential: str) -> bool:
     """Whether a credential is shaped like a client key (a JWT never starts with ``ask_``)."""
     return credential.startswith(KEY_PREFIX)
@@ -57,7 +53,7 @@ async def mint_client_key(
         raise Invalid.field("ttl_seconds", f"must be at most {limit} (AGENTAPI_CLIENT_KEY_TTL_SECONDS)")
     ttl = ttl_seconds or limit
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    digest = key_hash(key)
+    digest = secret_digest(key)
     grant = {
         "org_id": str(actor.org_id),
         "session_id": str(row.id),
@@ -92,7 +88,7 @@ async def resolve_client_key(backends: Backends, key: str) -> ClientKeyGrant | N
     """The grant of a valid key; None for one that is malformed, unknown, expired or revoked."""
     if not KEY_PATTERN.fullmatch(key):
         return None
-    raw = await backends.redis.get(backends.names.client_key(key_hash(key)))
+    raw = await backends.redis.get(backends.names.client_key(secret_digest(key)))
     if raw is None:
         return None
     entry = json.loads(raw)
