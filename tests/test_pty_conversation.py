@@ -74,6 +74,24 @@ async def test_multi_line_input_is_pasted_whole(tmp_path: Path) -> None:
         await conversation.stop()
 
 
+async def test_enter_waits_until_the_agent_has_read_the_paste(tmp_path: Path) -> None:
+    """A TUI not scheduled for a while (a loaded host) that reads the paste and the Enter in one go
+    takes the Enter as a line break (Gemini CLI), and its late echo of the text looked like the
+    agent taking the message: the Enter goes only once the agent has shown the text."""
+    conversation = await start_echo(tmp_path, "--fast-return")
+    assert conversation.pty.pid is not None
+    os.killpg(conversation.pty.pid, signal.SIGSTOP)
+    asyncio.get_running_loop().call_later(
+        TIMING.echo_wait * 1.5, os.killpg, conversation.pty.pid, signal.SIGCONT
+    )
+    try:
+        assert await ask(conversation, "read late") == "echo: read late"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(conversation.pty.pid, signal.SIGCONT)
+        await conversation.stop()
+
+
 async def test_slow_reply_is_updated_in_place(tmp_path: Path) -> None:
     conversation = await start_echo(tmp_path)
     try:

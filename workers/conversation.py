@@ -17,6 +17,9 @@ from workers.pty_session import PtySession
 from workers.screen_tracker import Message, ScreenTracker, Status
 
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+# How much of a message's first line ``type_turn`` looks for on the screen to see the agent took it:
+# short enough to stay on one row of the input box.
+MARK_CHARS = 16
 # How often an idle conversation looks at its terminal without being woken (a safety net only).
 IDLE_WAKE_SECONDS = 1.0
 
@@ -34,6 +37,7 @@ class Timing:
     snapshot_interval: float = 0.025
     settle_seconds: float = 2.0
     echo_wait: float = 2.0
+    paste_quiet: float = 0.25
     enter_retry: float = 3.0
     enter_timeout: float = 15.0
 
@@ -212,19 +216,48 @@ class Conversation:
     async def type_turn(self, text: str) -> None:
         """Type the opened turn's message; returns once the agent visibly took it."""
         body = text.encode()
-        self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
-        pasted = time.monotonic()
-        await self._screen_change(self.timing.echo_wait)
-        if self.adapter.bracketed_paste:
-            await asyncio.sleep(max(0.0, pasted + self.adapter.paste_enter_delay - time.monotonic()))
-        echoed = self.pty.snapshot()
+        before = self.pty.snapshot()
         deadline = time.monotonic() + self.timing.enter_timeout
+        self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
+        await self._until_pasted(text, before, deadline)
+        if self.adapter.bracketed_paste:
+            # From the paste's echo, not from our write: the TUI's clock starts when it reads it.
+            await asyncio.sleep(self.adapter.paste_enter_delay)
+        echoed = self.pty.snapshot()
         while True:
             self.pty.write(b"\r")
             if await self._screen_differs(echoed, self.timing.enter_retry):
                 return
             if time.monotonic() >= deadline:
-                raise AgentNotResponding("the agent did not react to the message within 15 s")
+                raise AgentNotResponding(
+                    f"the agent did not react to the message within {self.timing.enter_timeout:g} s"
+                )
+
+    async def _until_pasted(self, text: str, before: str, deadline: float) -> None:
+        """Until the agent has read the message and shown it. An Enter written sooner reaches a TUI
+        that was not scheduled meanwhile (a loaded host) in the same read as the text, where Gemini
+        CLI takes it as part of the paste and not as a submit; the late echo of the text then
+        passed for the agent taking the message, and it stayed in the input box for good.
+
+        Shown: the screen holds the message's first characters once more than before. A TUI that
+        shows a long paste as a placeholder (Codex, Claude Code): the screen changed, then stayed still for
+        ``paste_quiet`` (or ``echo_wait`` went by). Nothing changed at all: the agent has not read
+        the message yet, and the wait goes on until ``deadline``."""
+        mark = text.splitlines()[0].strip()[:MARK_CHARS]
+        shown = before.count(mark)
+        changed_at: float | None = None
+        while (now := time.monotonic()) < deadline:
+            screen = self.pty.snapshot()
+            if screen.count(mark) > shown:
+                return
+            if changed_at is None and screen != before:
+                changed_at = now
+            if changed_at is None:
+                await self._screen_change(deadline - now)
+                continue
+            quiet = min(self.timing.paste_quiet, changed_at + self.timing.echo_wait - now)
+            if quiet <= 0 or not await self._screen_change(quiet):
+                return
 
     def send_raw(self, data: bytes) -> None:
         """Keystrokes straight to the terminal (Esc, arrows, Ctrl keys); not recorded."""

@@ -4,7 +4,9 @@ It draws an input box at the bottom like Claude Code does, reads raw keystrokes 
 aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly (Esc or Ctrl-C stops it),
 ``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/write BYTES`` fills
 a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``, ``/deaf`` stops reading input for good.
-``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first.
+``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first. ``--fast-return``: an
+Enter read together with a paste is a line break in it, not a submit (Gemini CLI's rule for an Enter
+within 30 ms of a key).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def main() -> None:
         pending = ""
         while True:
             pending += read_key(fd)
+            pasted = False
             while pending:
                 if pending.startswith(PASTE_START):
                     end = pending.find(PASTE_END)
@@ -122,6 +125,9 @@ def main() -> None:
                         break
                     buffer += pending[len(PASTE_START) : end]
                     pending = pending[end + len(PASTE_END) :]
+                    pasted = True
+                elif pending[0] == "\r" and pasted and "--fast-return" in sys.argv:
+                    buffer, pending = buffer + "\n", pending[1:]
                 elif pending[0] == "\r":
                     pending = pending[1:]
                     text = buffer.strip()
