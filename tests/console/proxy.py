@@ -20,7 +20,8 @@ class CuttableProxy:
         self.sent: list[bytes] = []
         self.refusing = False
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
 
     def _accept(self) -> None:
         while True:
@@ -62,5 +63,10 @@ class CuttableProxy:
         self.refusing = False
 
     def close(self) -> None:
+        """Cut everything and end the accept thread: closing the listener alone leaves a thread
+        blocked in accept() on Linux for as long as the test process runs."""
         self.cut()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self.accepting.join(timeout=5)
