@@ -1,6 +1,8 @@
 """The tools worker's upstream MCP clients (``workers/mcp_client.ClientPool``) against a real
 fastmcp server over Streamable HTTP: kept per (configuration, caller) and shared by concurrent
-calls, replaced when the configuration's version or the token changes, closed when idle.
+calls, replaced when the configuration's version or the token changes, closed when idle. And
+against npm's server-everything over Streamable HTTP, which speaks the session-based protocol
+(``initialize``, ``mcp-session-id``) and answers in SSE.
 
 MCP 2026-07-28 keeps no session on the server, so what is kept is the client: its negotiated
 connection and its HTTP connections. The server's ``connection`` tool answers the TCP address a call
@@ -9,7 +11,9 @@ came from, so what is reused or replaced is what the server saw, not what the po
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +22,8 @@ import pytest
 
 from schemas.settings import Settings
 from tests.fixtures.mcp import mcp_server
-from workers.mcp_client import ClientPool, McpUnauthorized, ServerSpec
+from tests.fixtures.stack import REPO, free_port, stop, wait_answering
+from workers.mcp_client import ClientPool, McpToolError, McpUnauthorized, ServerSpec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,6 +35,24 @@ NOW = datetime(2026, 12, 2, tzinfo=UTC)
 def server_url() -> Iterator[str]:
     with mcp_server("http", f"--token={FIRST}", f"--token={REFRESHED}") as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def everything_url() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(REPO / "node_modules" / ".bin" / "mcp-server-everything"), "streamableHttp"],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        wait_answering(url, timeout=60, process=proc)
+        yield url
+    finally:
+        stop(proc)
 
 
 def settings(**overrides: object) -> Settings:
@@ -46,7 +69,12 @@ async def pool() -> AsyncIterator[ClientPool]:
 
 
 def spec(
-    url: str, *, config_id: uuid.UUID, version: datetime, token: str, caller: uuid.UUID | None = None
+    url: str,
+    *,
+    config_id: uuid.UUID,
+    version: datetime,
+    token: str | None,
+    caller: uuid.UUID | None = None,
 ) -> ServerSpec:
     return ServerSpec(
         config_id=config_id,
@@ -126,3 +154,28 @@ async def test_an_idle_client_is_closed_and_the_next_call_opens_another(server_u
         assert await peer(pool, server) != before
     finally:
         await pool.close()
+
+
+async def test_a_session_protocol_server_answering_in_sse(pool: ClientPool, everything_url: str) -> None:
+    server = spec(everything_url, config_id=uuid.uuid4(), version=NOW, token=None)
+    names = {tool["name"] for tool in await pool.list_tools(server)}
+    assert {"echo", "trigger-long-running-operation"} <= names
+    echoed = await pool.call_tool(server, "echo", {"message": "hello"}, timeout=20)
+    assert echoed["content"] == [{"type": "text", "text": "Echo: hello"}]
+    reported: list[tuple[float, float | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        reported.append((done, total))
+
+    together = await asyncio.gather(
+        pool.call_tool(
+            server, "trigger-long-running-operation", {"duration": 1, "steps": 2}, 20, on_progress
+        ),
+        *(pool.call_tool(server, "echo", {"message": str(n)}, timeout=20) for n in range(4)),
+    )
+    assert "completed" in together[0]["content"][0]["text"]
+    assert reported == [(1, 2), (2, 2)]
+    assert [result["content"][0]["text"] for result in together[1:]] == [f"Echo: {n}" for n in range(4)]
+    with pytest.raises(McpToolError, match="nope"):
+        await pool.call_tool(server, "nope", {}, timeout=20)
+    assert pool.open_sessions() == 1

@@ -1,11 +1,14 @@
-"""Talking to a tenant's MCP server from a tools worker: one fastmcp Client per configuration,
-reused across calls, with a call timeout, retries for connection failures, and the egress check
-repeated right before connecting."""
+"""Talking to a tenant's MCP server from a tools worker: one client per configuration, reused
+across calls, with a call timeout, retries for connection failures, and the egress check repeated
+right before connecting. Streamable HTTP servers get plain JSON-RPC POSTs (``HttpSession``); stdio,
+SSE and servers that answer something unexpected get fastmcp's ``Client``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import os
 import shutil
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import httpcore
+import httpx
 import httpx2
 from fastmcp import Client
 from fastmcp.client.auth.bearer import BearerAuth
@@ -112,6 +117,266 @@ def _transport(spec: ServerSpec, sandbox: Sandbox | None) -> Any:
     return StreamableHttpTransport(spec.endpoint_url, auth=auth)
 
 
+# The stateless protocol (a ``server/discover`` probe, no session) and, for servers that do not
+# speak it, the session-based one fastmcp also offers (``initialize``, an ``mcp-session-id``).
+STATELESS_PROTOCOL = "2026-07-28"
+SESSION_PROTOCOL = "2025-11-25"
+SESSION_PROTOCOLS = frozenset({SESSION_PROTOCOL, "2025-06-18", "2025-03-26"})
+CLIENT_INFO = {"name": "agentapi", "version": "1"}
+STATELESS_META = {
+    "io.modelcontextprotocol/protocolVersion": STATELESS_PROTOCOL,
+    "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+METHOD_NOT_FOUND = -32601
+
+
+class Unusual(Exception):
+    """The server answered the light client's handshake with something it does not handle (a
+    redirect, another protocol version): fastmcp's client talks to it instead."""
+
+
+class HttpSession:
+    """One Streamable HTTP MCP server spoken to with JSON-RPC POSTs over kept-alive connections
+    (httpcore's pool, under httpx). A tool call through fastmcp's client (its transport's tasks
+    and memory streams, pydantic models for every message, a ``tools/list`` to check results
+    against output schemas) cost the worker twice the CPU of the request itself, and httpx's
+    request and response models another 40 % over httpcore's.
+
+    The handshake runs once per pooled session: ``server/discover`` for the stateless protocol,
+    else ``initialize`` then ``notifications/initialized``, keeping the session id and negotiated
+    version for the headers of later requests. A reply is JSON or an SSE stream, whose progress
+    notifications go to the caller's callback and whose requests from the server (this client
+    declares no capabilities) are answered "method not found". Redirects are not followed (the
+    egress check vetted this URL only). Results are passed on as the server wrote them: structured
+    content is not checked against the tool's output schema."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.encode()
+        self._base = [
+            (b"accept", b"application/json, text/event-stream"),
+            (b"content-type", b"application/json"),
+        ]
+        if token:
+            self._base.append((b"authorization", f"Bearer {token}".encode()))
+        # httpx's trust store, as for fastmcp's client.
+        self.http = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context())
+        self.protocol = STATELESS_PROTOCOL
+        self.session_id: str | None = None
+        self._ids = itertools.count(1)
+
+    async def open(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._handshake()
+        except HTTP_FAILURES as exc:
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise ConnectionError("the MCP server did not answer the handshake in time") from exc
+
+    async def _handshake(self) -> None:
+        discovered = await self._post(
+            _request(0, "server/discover", {"_meta": STATELESS_META}), "server/discover"
+        )
+        reply = _json_reply(discovered, 0) if discovered.status == 200 else None
+        if reply is not None and STATELESS_PROTOCOL in reply.get("result", {}).get("supportedVersions", ()):
+            return
+        params = {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        initialized = await self._post(_request(0, "initialize", params), bare=True)
+        reply = _json_reply(initialized, 0) if initialized.status == 200 else None
+        version = (reply or {}).get("result", {}).get("protocolVersion")
+        if version not in SESSION_PROTOCOLS:
+            raise Unusual(f"initialize answered {initialized.status}, protocol {version!r}")
+        self.protocol = version
+        self.session_id = _header(initialized, b"mcp-session-id")
+        notified = await self._post(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        if notified.status >= 400:
+            raise Unusual(f"notifications/initialized answered {notified.status}")
+
+    async def _post(self, body: str, method: str | None = None, *, bare: bool = False) -> httpcore.Response:
+        """One request and its whole answer (the handshake's); ``bare``: before any protocol."""
+        response = await self.http.request(
+            "POST", self.url, headers=self._headers(method, bare=bare), content=body.encode()
+        )
+        _refused(response.status)
+        return response
+
+    def _headers(
+        self, method: str | None = None, name: str | None = None, *, bare: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        if bare:
+            return self._base
+        headers = [*self._base, (b"mcp-protocol-version", self.protocol.encode())]
+        if self.session_id is not None:
+            headers.append((b"mcp-session-id", self.session_id.encode()))
+        if self.protocol == STATELESS_PROTOCOL and method is not None:
+            headers.append((b"mcp-method", method.encode()))
+            if name is not None:
+                headers.append((b"mcp-name", name.encode()))
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """The result of one request; raises the pool's exceptions for what went wrong."""
+        request_id = next(self._ids)
+        meta: dict[str, Any] = dict(STATELESS_META) if self.protocol == STATELESS_PROTOCOL else {}
+        if on_progress is not None:
+            meta["progressToken"] = request_id
+        body = _request(request_id, method, {**params, "_meta": meta} if meta else params).encode()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.http.stream(
+                    "POST", self.url, headers=self._headers(method, name), content=body
+                ) as response:
+                    _refused(response.status)
+                    reply = await self._reply(response, request_id, on_progress)
+        except TimeoutError as exc:
+            raise McpTimeout("the MCP server did not answer in time") from exc
+        except HTTP_FAILURES as exc:
+            raise McpUnavailable(f"the MCP server stopped answering: {type(exc).__name__}: {exc}") from exc
+        except (Unusual, ValueError) as exc:
+            raise McpUnavailable(f"the MCP server's answer is unreadable: {exc}") from exc
+        if reply is None:
+            raise McpUnavailable(f"the MCP server answered {response.status} without a reply")
+        if "error" in reply:
+            text = str(reply["error"].get("message") or reply["error"])
+            raise McpTimeout(text) if "timed out" in text.lower() else McpToolError(text)
+        result: dict[str, Any] = reply.get("result") or {}
+        if result.get("resultType", "complete") != "complete":
+            kind = result.get("resultType")
+            raise McpToolError(f"the server asked for input ({kind}), which a gateway call cannot give")
+        return result
+
+    async def _reply(
+        self, response: httpcore.Response, request_id: int, on_progress: ProgressCallback | None
+    ) -> dict[str, Any] | None:
+        """The JSON-RPC reply to ``request_id`` in a response, JSON or SSE; None if it has none."""
+        kind = _header(response, b"content-type") or ""
+        if not kind.startswith("text/event-stream"):
+            await response.aread()
+            return _json_reply(response, request_id) if kind.startswith("application/json") else None
+        async for data in _sse_data(response):
+            message = json.loads(data)
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                return message
+            method = message.get("method")
+            if method == "notifications/progress" and on_progress is not None:
+                progress = message.get("params") or {}
+                if progress.get("progressToken") == request_id:
+                    await on_progress(
+                        progress.get("progress", 0), progress.get("total"), progress.get("message")
+                    )
+            elif method is not None and "id" in message:
+                await self._answer_server(message)
+        return None
+
+    async def _answer_server(self, message: dict[str, Any]) -> None:
+        """A request from the server in a reply's stream: this client offers no such capability."""
+        error = {"code": METHOD_NOT_FOUND, "message": f"{message.get('method')} is not supported"}
+        with contextlib.suppress(*HTTP_FAILURES):
+            await self.http.request(
+                "POST",
+                self.url,
+                headers=self._headers(),
+                content=json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error}).encode(),
+            )
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], timeout: float, on_progress: ProgressCallback | None
+    ) -> dict[str, Any]:
+        result = await self.request(
+            "tools/call", {"name": name, "arguments": arguments}, timeout, on_progress, name=name
+        )
+        content: list[dict[str, Any]] = result.get("content") or []
+        if result.get("isError"):
+            text = " ".join(str(block.get("text", "")) for block in content if block.get("type") == "text")
+            raise McpToolError(text or f"tool {name} failed")
+        return {"content": content, "structured_content": result.get("structuredContent")}
+
+    async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
+        tools: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            result = await self.request("tools/list", {"cursor": cursor} if cursor else {}, timeout)
+            tools += result.get("tools") or []
+            cursor = result.get("nextCursor")
+            if not cursor:
+                return tools
+
+    async def close(self) -> None:
+        """Ends the server's session (session protocol), then closes the connections."""
+        if self.session_id is not None:
+            with contextlib.suppress(TimeoutError, *HTTP_FAILURES):
+                async with asyncio.timeout(5):
+                    await self.http.request("DELETE", self.url, headers=self._headers())
+        await self.http.aclose()
+
+
+HTTP_FAILURES: tuple[type[Exception], ...] = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.TimeoutException,
+    httpcore.UnsupportedProtocol,
+    OSError,
+)
+
+
+def _request(request_id: int, method: str, params: dict[str, Any]) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+
+
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    for key, value in response.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _refused(status: int) -> None:
+    if status == 401:
+        raise McpUnauthorized("the MCP server refused the token (401)")
+    if 300 <= status < 400:
+        raise Unusual(f"the MCP server redirects ({status})")
+
+
+def _json_reply(response: httpcore.Response, request_id: int) -> dict[str, Any] | None:
+    """The reply to ``request_id`` in a response read whole, JSON or SSE."""
+    if (_header(response, b"content-type") or "").startswith("text/event-stream"):
+        messages = [json.loads(data) for data in _split_events(response.content + b"\n\n")[0]]
+    else:
+        messages = [json.loads(response.content)] if response.content else []
+    return next((m for m in messages if isinstance(m, dict) and m.get("id") == request_id), None)
+
+
+async def _sse_data(response: httpcore.Response) -> AsyncIterator[bytes]:
+    """The data of each event of an SSE body, as it arrives."""
+    rest = b""
+    async for chunk in response.aiter_stream():
+        rest += chunk
+        # A CR at the end may be the first half of a CRLF.
+        if not rest.endswith(b"\r"):
+            events, rest = _split_events(rest)
+            for data in events:
+                yield data
+
+
+def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The data of the complete events in ``buffer`` (those without data left out), and the rest."""
+    *events, rest = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
+    found = []
+    for event in events:
+        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        if any(line.strip() for line in lines):
+            found.append(b"\n".join(lines))
+    return found, rest
+
+
 def _is_connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, OSError, ConnectionError)) and not isinstance(exc, McpToolError)
 
@@ -120,7 +385,7 @@ def _is_connection_failure(exc: BaseException) -> bool:
 class _Pooled:
     """One upstream MCP session: the credentials it was opened with, and who is using it now."""
 
-    client: Client[Any]
+    client: Client[Any] | HttpSession
     version: datetime
     token: str | None
     last_used: float
@@ -173,7 +438,7 @@ class ClientPool:
         return None
 
     @contextlib.asynccontextmanager
-    async def _session(self, spec: ServerSpec) -> AsyncIterator[Client[Any]]:
+    async def _session(self, spec: ServerSpec) -> AsyncIterator[Client[Any] | HttpSession]:
         """The pooled session for ``spec``, connected if need be, held for the duration of a call."""
         try:
             pooled = self._current(spec) or await self._connect_once(spec)
@@ -205,8 +470,7 @@ class ClientPool:
     async def _connect(self, spec: ServerSpec) -> _Pooled:
         if spec.endpoint_url:
             await check_endpoint(spec.endpoint_url, self.settings)
-        timeout = self.settings.mcp_call_timeout_seconds
-        client: Client[Any] | None = None
+        client: Client[Any] | HttpSession | None = None
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.2, max=2),
@@ -214,17 +478,7 @@ class ClientPool:
             reraise=True,
         ):
             with attempt:
-                sandbox = await self._stdio_sandbox(spec)
-                client = Client(_transport(spec, sandbox), timeout=timeout, init_timeout=min(timeout, 30))
-                if sandbox is not None:
-                    self._sandboxes[id(client)] = sandbox
-                try:
-                    await client.__aenter__()
-                except Exception as exc:
-                    await self._close(client)
-                    if _rejected(client):
-                        raise McpUnauthorized("the MCP server refused the token (401)") from exc
-                    raise
+                client = await self._open(spec)
         assert client is not None
         # The session it replaces (an older version or token of the same configuration and caller).
         await self._retire(self._clients.pop(spec.pool_key, None))
@@ -236,6 +490,37 @@ class ClientPool:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep(), name="mcp-client-sweeper")
         return pooled
+
+    async def _open(self, spec: ServerSpec) -> Client[Any] | HttpSession:
+        """A connected client: the light one for Streamable HTTP unless the server's handshake is
+        one it does not handle, fastmcp's otherwise."""
+        timeout = self.settings.mcp_call_timeout_seconds
+        if spec.transport == "http":
+            assert spec.endpoint_url is not None
+            session = HttpSession(spec.endpoint_url, spec.token)
+            try:
+                await session.open(min(timeout, 30))
+                return session
+            except Unusual as exc:
+                log.info("MCP configuration %s: through fastmcp's client (%s)", spec.config_id, exc)
+                await session.close()
+            except BaseException:
+                await session.close()
+                raise
+        sandbox = await self._stdio_sandbox(spec)
+        client: Client[Any] = Client(
+            _transport(spec, sandbox), timeout=timeout, init_timeout=min(timeout, 30)
+        )
+        if sandbox is not None:
+            self._sandboxes[id(client)] = sandbox
+        try:
+            await client.__aenter__()
+        except Exception as exc:
+            await self._close(client)
+            if _rejected(client):
+                raise McpUnauthorized("the MCP server refused the token (401)") from exc
+            raise
+        return client
 
     async def _retire(self, pooled: _Pooled | None) -> None:
         if pooled is None:
@@ -254,8 +539,11 @@ class ClientPool:
                     del self._clients[key]
                     await self._retire(pooled)
 
-    async def _close(self, client: Client[Any]) -> None:
+    async def _close(self, client: Client[Any] | HttpSession) -> None:
         """Close a client, then remove its stdio server's sandbox and scratch directory."""
+        if isinstance(client, HttpSession):
+            await client.close()
+            return
         await _close(client)
         sandbox = self._sandboxes.pop(id(client), None)
         if sandbox is not None:
@@ -263,7 +551,7 @@ class ClientPool:
             for path in sandbox.writable:
                 await asyncio.to_thread(shutil.rmtree, path, True)
 
-    async def _discard(self, spec: ServerSpec, client: Client[Any]) -> None:
+    async def _discard(self, spec: ServerSpec, client: Client[Any] | HttpSession) -> None:
         """Forget a session that failed (if a concurrent call has not replaced it already)."""
         pooled = self._clients.get(spec.pool_key)
         if pooled is not None and pooled.client is client:
@@ -279,6 +567,18 @@ class ClientPool:
 
     async def list_tools(self, spec: ServerSpec) -> list[dict[str, Any]]:
         async with self._session(spec) as client:
+            if isinstance(client, HttpSession):
+                listed = await self._light(
+                    spec, client, client.list_tools(self.settings.mcp_call_timeout_seconds)
+                )
+                return [
+                    {
+                        "name": tool["name"],
+                        "description": tool.get("description") or "",
+                        "input_schema": tool.get("inputSchema"),
+                    }
+                    for tool in listed
+                ]
             try:
                 async with self._token_watched(spec, client):
                     tools = await client.list_tools()
@@ -306,6 +606,10 @@ class ClientPool:
                 await on_progress(progress, total, message)
 
         async with self._session(spec) as client:
+            if isinstance(client, HttpSession):
+                return await self._light(
+                    spec, client, client.call_tool(name, arguments, timeout, on_progress)
+                )
             try:
                 async with self._token_watched(spec, client):
                     result = await client.call_tool(
@@ -325,6 +629,15 @@ class ClientPool:
             text = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
             raise McpToolError(text or f"tool {name} failed")
         return {"content": content, "structured_content": result.structured_content}
+
+    async def _light(self, spec: ServerSpec, client: HttpSession, work: Awaitable[Any]) -> Any:
+        """``work`` on the light client; after a timeout, a failure or a refused token, the next
+        call starts afresh (a timed-out exchange may leave the server's side stuck)."""
+        try:
+            return await work
+        except (McpUnavailable, McpUnauthorized):
+            await self._discard(spec, client)
+            raise
 
     @contextlib.asynccontextmanager
     async def _token_watched(self, spec: ServerSpec, client: Client[Any]) -> AsyncIterator[None]:
