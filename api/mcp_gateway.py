@@ -2,7 +2,7 @@
 
 ``/api/v1/mcp/gateway/{session_id}`` is a fastmcp server mounted in the ingress. It accepts only
 the session's own gateway token (minted by the session's host, known to Redis by its SHA-256 while
-the host lives), lists the tools of the tenant's MCP configurations as ``<config>__<tool>``, and
+the host lives; cached per process as events/gateway_tokens.py says), lists the tools of the tenant's MCP configurations as ``<config>__<tool>``, and
 turns each call into ``tool_call.requested`` for the tools workers, answering when the result comes
 back. The tenant's own tokens stay in the tools workers: the agent never sees them.
 """
@@ -30,7 +30,6 @@ from events.audit import audit_event
 from events.envelope import Event, EventType
 from events.payloads import McpWork, ToolCall
 from events.publisher import publish
-from events.streams import secret_digest
 from schemas.db import TenantContext
 from schemas.tables import McpConfiguration
 from services.mcp.configs import enabled_configs
@@ -228,17 +227,11 @@ class GatewayAuth:
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        res = self._resources()
-        raw = await res.redis.get(res.names.gateway_token(secret_digest(token.strip())))
-        if not raw:
-            return None
-        entry = json.loads(raw)
-        if entry.get("session_id") != session_part:
+        holder = await self._resources().gateway_tokens.holder(token.strip())
+        if holder is None or holder.session_id != session_part:
             return None
         correlation = headers.get(b"x-correlation-id", b"").decode("latin-1")[:128] or None
-        return GatewayIdentity(
-            UUID(entry["session_id"]), UUID(entry["org_id"]), UUID(entry["user_id"]), correlation
-        )
+        return GatewayIdentity(UUID(holder.session_id), holder.org_id, holder.user_id, correlation)
 
 
 async def _problem(send: Any, status: int, detail: str) -> None:

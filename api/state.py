@@ -17,6 +17,7 @@ from api.event_hub import EventHub
 from api.sse import OpenStreams
 from events.batch import RedisBatch
 from events.connection import batch_redis, pooled_redis
+from events.gateway_tokens import GatewayTokens
 from events.streams import Names
 from schemas.db import dispose_engine, open_engine, rls_bypass_reason
 from schemas.settings import Settings
@@ -35,6 +36,7 @@ class Resources:
     verifier: TokenVerifier
     # The per-request writes (rate limits, messages, audit events) of one loop turn, as one pipeline.
     batch: RedisBatch
+    gateway_tokens: GatewayTokens
     # The SSE responses under way; ended when the process starts shutting down (api.shutdown).
     streams: OpenStreams = field(default_factory=OpenStreams)
 
@@ -73,11 +75,16 @@ def lifespan(settings: Settings):
         names = Names(settings.redis_prefix)
         hub = EventHub(redis, names)
         verifier = TokenVerifier(settings)
+        tokens = GatewayTokens(redis, names, settings.mcp_gateway_token_cache_seconds)
         await hub.start()
-        app.state["resources"] = Resources(settings, engine, redis, names, hub, verifier, RedisBatch(batched))
+        await tokens.start()
+        app.state["resources"] = Resources(
+            settings, engine, redis, names, hub, verifier, RedisBatch(batched), tokens
+        )
         try:
             yield
         finally:
+            await tokens.stop()
             await hub.stop()
             await verifier.aclose()
             await batched.aclose()

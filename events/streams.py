@@ -200,6 +200,10 @@ class Names:
         """A session's MCP gateway token (by its SHA-256), valid while the session's host lives."""
         return f"{self.prefix}gateway:{token_hash}"
 
+    def gateway_revocations(self) -> str:
+        """The channel on which a revoked gateway token's SHA-256 is published (events/gateway_tokens.py)."""
+        return f"{self.prefix}gateway:revoked"
+
     def client_key(self, key_hash: str) -> str:
         """A session client key's grant (JSON), by the key's SHA-256; expires with the key."""
         return f"{self.prefix}clientkey:{key_hash}"

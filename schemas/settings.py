@@ -237,6 +237,11 @@ class Settings(BaseSettings):
     mcp_breaker_threshold: int = Field(5, ge=1, validation_alias=_env("MCP_BREAKER_THRESHOLD"))
     mcp_breaker_reset_seconds: float = Field(30.0, gt=0, validation_alias=_env("MCP_BREAKER_RESET_SECONDS"))
     mcp_tools_cache_seconds: int = Field(300, ge=0, validation_alias=_env("MCP_TOOLS_CACHE_SECONDS"))
+    # How long an ingress process trusts a gateway token it read from Redis (events/gateway_tokens.py):
+    # the longest a revocation that never reached the process leaves the token usable there.
+    mcp_gateway_token_cache_seconds: float = Field(
+        1.0, ge=0, le=60, validation_alias=_env("MCP_GATEWAY_TOKEN_CACHE_SECONDS")
+    )
     # How long a tools worker keeps an unused upstream MCP session (and a stdio server) open.
     mcp_client_idle_seconds: float = Field(300.0, gt=0, validation_alias=_env("MCP_CLIENT_IDLE_SECONDS"))
     # OAuth connections to MCP servers: how long an authorization may take, how early tokens are

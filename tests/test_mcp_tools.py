@@ -17,7 +17,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.fixtures.mcp import mcp_server
-from tests.fixtures.stack import REPO, Stack, recording_client
+from tests.fixtures.stack import REPO, Stack, free_port, recording_client, spawn, stop, wait_ready
 from tests.test_skeleton_e2e import ECHO, named, read_events
 from tests.waiting import until
 
@@ -33,6 +33,8 @@ STACK_ENV = {
     "AGENTAPI_MCP_BREAKER_THRESHOLD": "2",
     "AGENTAPI_MCP_BREAKER_RESET_SECONDS": "3",
     "AGENTAPI_MAX_SESSIONS_PER_USER": "20",
+    # Cached tokens outlive every test here: only their revocation can make a gateway refuse them.
+    "AGENTAPI_MCP_GATEWAY_TOKEN_CACHE_SECONDS": "60",
 }
 FASTMCP_STDIO = {
     "transport": "stdio",
@@ -301,6 +303,44 @@ async def test_the_gateway_serves_tenant_tools_to_the_session_token_only(
     )
     after_end = await client.post(gateway_url, json={}, headers={"Authorization": f"Bearer {session_token}"})
     assert after_end.status_code == 401
+
+
+async def test_every_ingress_refuses_a_session_token_once_the_session_ended(
+    client: httpx.AsyncClient, tools_stack: Stack
+) -> None:
+    """Each ingress process caches the gateway tokens it checked; the session's end reaches them all."""
+    port = free_port()
+    second = spawn(["serve", "--port", str(port)], tools_stack.env, tools_stack.log_file)
+    try:
+        await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}", second)
+        session_id = await start_session(client, tools_stack)
+        await until(lambda: gateway_config_written(tools_stack, session_id), timeout=60)
+        entry = gateway_config(tools_stack, session_id)
+        path = str(entry["url"]).removeprefix(tools_stack.base_url)
+        bearer = {"Authorization": str(entry["headers"]["Authorization"])}  # type: ignore[index]
+        ingresses = [tools_stack.base_url, f"http://127.0.0.1:{port}"]
+        async with httpx.AsyncClient(timeout=30) as http:
+            for base in ingresses:
+                admitted = await http.post(base + path, json={}, headers=bearer)
+                assert admitted.status_code != 401, admitted.text
+            await client.delete(f"/api/v1/sessions/{session_id}", headers=tools_stack.headers())
+            await read_events(
+                client,
+                f"/api/v1/sessions/{session_id}/events",
+                tools_stack.headers(),
+                until=named("session_ended"),
+            )
+            for base in ingresses:
+                assert (await http.post(base + path, json={}, headers=bearer)).status_code == 401
+    finally:
+        await asyncio.to_thread(stop, second)
+
+
+def gateway_config_written(stack: Stack, session_id: str) -> bool:
+    try:
+        return bool(gateway_config(stack, session_id))
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 @pytest.mark.parametrize(

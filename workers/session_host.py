@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -36,9 +34,10 @@ from redis.exceptions import RedisError
 from sqlmodel import col, select, update
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from events import replies
+from events import gateway_tokens, replies
 from events.audit import audit_event
 from events.envelope import Event, EventType, rfc3339
+from events.gateway_tokens import TokenHolder
 from events.payloads import (
     Interrupt,
     PermissionChoice,
@@ -52,7 +51,6 @@ from events.payloads import (
 )
 from events.publisher import publish
 from events.session_state import claim_turn, queue_input, set_detail, set_status, turn_taken
-from events.streams import secret_digest
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -243,7 +241,7 @@ class SessionHost:
         self._to_record: asyncio.Queue[str] = asyncio.Queue()
         # A user message is being typed: the next `running` reported releases its claimed turn.
         self._turn_pending = False
-        self._gateway_key: str | None = None
+        self._gateway_digest: str | None = None
         self._sidecars: list[SidecarProcess] = []
         self._sandboxes: list[Sandbox] = []
         # The sandboxed agent's uid (None unconfined), and the secrets its files may hold.
@@ -581,14 +579,9 @@ class SessionHost:
     async def _issue_gateway_token(self) -> str:
         """A fresh MCP gateway token for this host's agent; Redis knows only its hash, and only
         while this host heartbeats. A recovered session's new host issues a new one."""
-        token = secrets.token_urlsafe(32)
-        self._gateway_key = self.names.gateway_token(secret_digest(token))
-        identity = {
-            "session_id": self.session_id,
-            "org_id": str(self.event.org_id),
-            "user_id": str(self.event.user_id),
-        }
-        await self.context.redis.set(self._gateway_key, json.dumps(identity), ex=STATE_TTL_SECONDS)
+        holder = TokenHolder(self.session_id, self.event.org_id, self.event.user_id)  # type: ignore[arg-type]
+        token, digest = await gateway_tokens.issue(self.context.redis, self.names, holder, STATE_TTL_SECONDS)
+        self._gateway_digest = digest
         return token
 
     async def _report(self) -> None:
@@ -793,8 +786,8 @@ class SessionHost:
             # Keep the idempotency lease while the session lives, so a duplicate never starts a
             # second host.
             beat.expire(self.names.claim(self.event.id), LEASE_SECONDS)
-            if self._gateway_key:
-                beat.expire(self._gateway_key, STATE_TTL_SECONDS)
+            if self._gateway_digest:
+                beat.expire(self.names.gateway_token(self._gateway_digest), STATE_TTL_SECONDS)
             beat.zadd(self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS})
             had_status, *_ = await beat.execute()
         if not had_status and self.conversation is not None:
@@ -979,7 +972,7 @@ class SessionHost:
         """Forget this host's hold on the session: its state, gauge entry and gateway token. Each
         is tried whatever became of the others: one failed delete must not leave the gateway token
         valid."""
-        redis, names, gateway_key = self.context.redis, self.names, self._gateway_key
+        redis, names, gateway_digest = self.context.redis, self.names, self._gateway_digest
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             (
                 "live state",
@@ -989,8 +982,8 @@ class SessionHost:
             ),
             ("active-sessions entry", lambda: redis.zrem(names.active_sessions(), self._active_member)),
         ]
-        if gateway_key:
-            steps.append(("gateway token", lambda: redis.delete(gateway_key)))
+        if gateway_digest:
+            steps.append(("gateway token", lambda: gateway_tokens.revoke(redis, names, gateway_digest)))
         for what, step in steps:
             try:
                 await step()
