@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import queue
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -98,6 +100,12 @@ def _subscribers(args: tuple[str, dict[str, str], int, str, Any, Any, Any]) -> N
     asyncio.run(main())
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _reply_logged(env: dict[str, str], session: str, marker: str) -> float:
     """When the agent's reply carrying ``marker`` entered the session's log (its stream id)."""
     client = redis.asyncio.Redis.from_url(env["AGENTAPI_REDIS_URL"], decode_responses=True)
@@ -142,6 +150,10 @@ async def bench(quick: bool) -> list[Row]:
                 answered += 1
                 connected += outcome
             await asyncio.sleep(1)
+            # The ingress's CPU from the POST until every delivery is in: steadier than the delays
+            # on a shared machine, where wall clock swings with the other tenants' load.
+            assert s.server is not None
+            cpu_before = _cpu_seconds(s.server.pid)
             posted = time.time()
             await client.post(
                 f"/api/v1/sessions/{session}/message", json={"content": marker}, headers=headers
@@ -156,6 +168,7 @@ async def bench(quick: bool) -> list[Row]:
                 for tally, more in ((failures, failed), (retries, retried)):
                     for name, n in more.items():
                         tally[name] = tally.get(name, 0) + n
+            ingress_cpu = _cpu_seconds(s.server.pid) - cpu_before
             release.set()
             logged_at = await _reply_logged(s.env, session, marker)
             for proc in procs:
@@ -172,6 +185,8 @@ async def bench(quick: bool) -> list[Row]:
         # Where the time before the first delivery went: the POST's answer, the reply in the log.
         "post_answered_ms": round((answered_at - posted) * 1000, 1),
         "reply_logged_ms": round((logged_at - posted) * 1000, 1),
+        "ingress_cpu_ms": round(ingress_cpu * 1000),
+        "ingress_cpu_us_per_delivery": round(ingress_cpu * 1e6 / max(len(delays), 1), 1),
     }
     return [
         Row(
