@@ -1,12 +1,15 @@
 """The SSE body loop (`relay`) and what feeds it: every message in order, then the end; a source
 error after what was sent; an outage, a shutdown or the client leaving end the stream as the README
 says; a joining client's replay comes from the event hub's tail of the log when it reaches back
-that far; entries ready together leave as one chunk; a quiet subscriber gets heartbeats."""
+that far; entries ready together leave as one chunk; a quiet subscriber gets heartbeats; the
+subscribers of a large fan-out are woken in batches, so an entry offered meanwhile reaches those not
+yet woken together with the first."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +18,7 @@ from litestar.types import Message
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from api.event_hub import RECENT_ENTRIES, EventHub, Subscription
+from api.event_hub import RECENT_ENTRIES, WAKE_BATCH, EventHub, Subscription, Waker
 from api.problems import OUTAGE_RETRY_AFTER_SECONDS
 from api.sse import DRAIN_RETRY_MS, FrameBatch, OpenStreams, chat_event_stream, relay, session_event_stream
 from events.envelope import Event, EventType
@@ -144,6 +147,37 @@ async def test_a_quiet_subscriber_gets_heartbeats_between_entries() -> None:
         assert await subscription.next(0.05) is None
     finally:
         subscription.close()
+
+
+async def test_an_entry_offered_during_a_large_fan_out_joins_the_first_for_those_not_yet_woken() -> None:
+    waker = Waker()
+    subscriptions = [Subscription("s", waker=waker) for _ in range(3 * WAKE_BATCH)]
+
+    async def take(subscription: Subscription) -> list[tuple[str, str] | None]:
+        return [await subscription.next(60), *subscription.ready()]
+
+    takers = [asyncio.create_task(take(subscription)) for subscription in subscriptions]
+    try:
+        await asyncio.sleep(0)  # every taker waits
+        for subscription in subscriptions:
+            subscription.offer(("1-0", "first"))
+        while not takers[0].done():
+            await asyncio.sleep(0)
+        for subscription in subscriptions:
+            subscription.offer(("2-0", "second"))
+        taken = await asyncio.wait_for(asyncio.gather(*takers), 10)
+    finally:
+        for subscription in subscriptions:
+            subscription.close()
+    assert taken[0] == [("1-0", "first")], "the first batch is woken at once, not held back"
+    assert taken[-1] == [("1-0", "first"), ("2-0", "second")]
+    assert all(entries[0] == ("1-0", "first") for entries in taken)
+    # Those that took the first alone have the second waiting: nothing lost, nothing repeated.
+    assert all(
+        subscription.pending == deque([("2-0", "second")])
+        for subscription, entries in zip(subscriptions, taken, strict=True)
+        if len(entries) == 1
+    )
 
 
 async def log(aredis: Redis, names: Names, session_id: str, count: int) -> list[str]:
