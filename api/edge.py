@@ -16,7 +16,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.audit_trail import audited, record, refuse
+from api.audit_trail import USER_AGENT_KEY, audited, record, recorded_along, refuse
 from api.correlation import HEADER, accepted_or_new
 from api.limits import check_header_size, check_query_text
 from api.metrics import HTTP
@@ -58,6 +58,8 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         status = 500
         audit = not path.startswith(GATEWAY_PATH)
         agent = user_agent.decode("latin-1") if user_agent else None
+        if audit:
+            scope[USER_AGENT_KEY] = agent  # type: ignore[literal-required]  # our own scope key, for api.audit_trail.along
         recorded = refused = False
 
         async def send_with_edge(message: Message) -> None:
@@ -65,7 +67,7 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 MutableScopeHeaders.from_message(message)[HEADER] = cid
-                if audit and audited(method, status):
+                if audit and audited(method, status) and not recorded_along(scope, status):
                     # Before the answer leaves: an action is acknowledged only once its record is kept.
                     recorded = True
                     if not await record(scope, method, status, agent) and status < 400:
@@ -84,7 +86,7 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
             raise
         finally:
             try:
-                if audit and not recorded and audited(method, status):
+                if audit and not recorded and audited(method, status) and not recorded_along(scope, status):
                     await record(scope, method, status, agent)
             finally:
                 correlation_id.reset(token)

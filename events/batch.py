@@ -11,6 +11,9 @@ The batch's client has no socket timeout: redis-py arms one per reply it reads (
 ``wait_for`` task per write), which was a sixth of the pipeline's CPU with several replies per
 request. One deadline covers a whole pipeline instead, and its expiry is the same
 ``redis.TimeoutError`` to every caller of that batch.
+
+Counters (``hincrby``) are summed over a pipeline: every published event added one HINCRBY to the
+same field of the metrics hash, now a loop turn's events add one between them.
 """
 
 from __future__ import annotations
@@ -40,19 +43,34 @@ class RedisBatch:
         self._deadline = deadline
         self._waiting: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+        # (hash, field) -> amount, added with the next pipeline.
+        self._tallies: dict[tuple[str, str], int] = {}
+        self._scheduled = self._building = False
 
     async def execute(self, queue: Queue) -> list[Any]:
         """Run the commands ``queue`` puts on a pipeline with those of the other callers of this
         loop turn; their replies, in order. Raises the first of them that failed, or the
         connection's error."""
         loop = asyncio.get_running_loop()
-        if not self._waiting:
-            # call_soon runs after every callback already due in this turn, so the requests that
-            # are ready now all get into this batch.
-            loop.call_soon(self._send_waiting)
+        self._schedule(loop)
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((queue, future))
         return await future
+
+    def hincrby(self, key: str, field: str, amount: int = 1) -> None:
+        """Add ``amount`` to a counter in a hash with the next pipeline, in one HINCRBY with the
+        other amounts of that field (``events.metrics.count`` takes the batch as its target). Its
+        reply goes to no caller: a counter that cannot be kept fails no request."""
+        self._tallies[key, field] = self._tallies.get((key, field), 0) + amount
+        if not self._building:  # else the pipeline being built takes it
+            self._schedule(asyncio.get_running_loop())
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled:
+            # call_soon runs after every callback already due in this turn, so the requests that
+            # are ready now all get into this batch.
+            self._scheduled = True
+            loop.call_soon(self._send_waiting)
 
     async def run_script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """A Lua script's reply. Sent by its SHA1 (EVALSHA): its text (600 bytes for the rate
@@ -67,6 +85,7 @@ class RedisBatch:
         return reply
 
     def _send_waiting(self) -> None:
+        self._scheduled = False
         batch, self._waiting = self._waiting, []
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
@@ -76,17 +95,16 @@ class RedisBatch:
         spans: list[tuple[asyncio.Future[list[Any]], int, int]] = []
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for queue, future in batch:
-                    start = len(pipe.command_stack)
-                    try:
-                        queue(pipe)
-                    except Exception as exc:  # a caller's bad command is its own error
-                        del pipe.command_stack[start:]
-                        if not future.done():
-                            future.set_exception(exc)
-                        continue
-                    spans.append((future, start, len(pipe.command_stack)))
-                if spans:
+                self._building = True
+                try:
+                    spans = self._build(pipe, batch)
+                finally:
+                    self._building = False
+                # After the queues: they may count what they queued.
+                tallies, self._tallies = self._tallies, {}
+                for (key, field), amount in tallies.items():
+                    pipe.hincrby(key, field, amount)
+                if pipe.command_stack:
                     try:
                         async with asyncio.timeout(self._deadline):
                             replies = await pipe.execute(raise_on_error=False)
@@ -112,6 +130,24 @@ class RedisBatch:
                 future.set_exception(failed)
             else:
                 future.set_result(mine)
+
+    @staticmethod
+    def _build(
+        pipe: Pipeline, batch: Sequence[tuple[Queue, asyncio.Future[list[Any]]]]
+    ) -> list[tuple[asyncio.Future[list[Any]], int, int]]:
+        """Each caller's commands on ``pipe``; (its future, its first and end command index)."""
+        spans: list[tuple[asyncio.Future[list[Any]], int, int]] = []
+        for queue, future in batch:
+            start = len(pipe.command_stack)
+            try:
+                queue(pipe)
+            except Exception as exc:  # a caller's bad command is its own error
+                del pipe.command_stack[start:]
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            spans.append((future, start, len(pipe.command_stack)))
+        return spans
 
 
 @lru_cache(maxsize=64)

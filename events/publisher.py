@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from events.batch import RedisBatch
 from events.envelope import Event
 from events.metrics import count
 from events.streams import FIELD, WORK_ROUTES, Names
@@ -26,8 +27,10 @@ async def publish(redis: Redis, names: Names, event: Event) -> str:
     return str(stream_id)
 
 
-def queue_publish(pipe: Pipeline, names: Names, event: Event) -> None:
-    """Put ``publish``'s two commands on ``pipe``: its replies are the stream id and the count."""
+def queue_publish(pipe: Pipeline, names: Names, event: Event, counts: RedisBatch | None = None) -> None:
+    """Put ``publish``'s two commands on ``pipe``: its replies are the stream id and the count.
+    With ``counts`` the count goes to that batch instead, summed with the
+    pipeline's others, and the stream id is the only reply."""
     stream = work_stream(names, event)
     pipe.xadd(stream, {FIELD: event.to_wire()})
-    count(pipe, names, "events_published", stream=names.stream_label(stream))
+    count(pipe if counts is None else counts, names, "events_published", stream=names.stream_label(stream))

@@ -153,6 +153,54 @@ async def test_mutating_requests_are_recorded_and_chained(audit_stack: Stack, pg
         assert bad_cursor.status_code == 400
 
 
+async def test_a_raw_message_is_recorded_once_with_its_own_request(
+    audit_stack: Stack, pg_urls: DbUrls
+) -> None:
+    """A raw message's record goes to Redis with the message itself (api.audit_trail.along), not
+    from the edge: still one row per request, with that request's correlation id and user agent;
+    a refused one is recorded by the edge as before."""
+    async with httpx.AsyncClient(base_url=audit_stack.base_url, timeout=30) as client:
+        headers = audit_stack.headers()
+        created = await client.post(
+            "/api/v1/sessions", json={"agent_type": "custom", "custom_agent": "echo"}, headers=headers
+        )
+        assert created.status_code == 202, created.text
+        url = f"/api/v1/sessions/{created.json()['id']}/message"
+        before = await asyncio.to_thread(audit_count, pg_urls, audit_stack.org_id)
+        sent = await asyncio.gather(
+            *(
+                client.post(
+                    url,
+                    json={"content": content, "type": "raw"},
+                    headers={**headers, "X-Correlation-ID": f"raw-{n}", "User-Agent": f"raw-test/{n}"},
+                )
+                for n, content in enumerate(["a", "b", "c", ""])
+            )
+        )
+        assert [r.status_code for r in sent] == [200, 200, 200, 422]
+        await client.delete(f"/api/v1/sessions/{created.json()['id']}", headers=headers)
+    assert await wait_for_count(pg_urls, audit_stack.org_id, before + 5) >= before + 5
+    with psycopg.connect(owner_dsn(pg_urls)) as conn:
+        rows = conn.execute(
+            "SELECT correlation_id, action, outcome, user_agent, details FROM audit_logs"
+            " WHERE org_id = %s AND correlation_id LIKE 'raw-%%' ORDER BY correlation_id",
+            (audit_stack.org_id,),
+        ).fetchall()
+    assert [(r[0], r[2], r[3], r[4]["status"]) for r in rows] == [
+        ("raw-0", "success", "raw-test/0", 200),
+        ("raw-1", "success", "raw-test/1", 200),
+        ("raw-2", "success", "raw-test/2", 200),
+        ("raw-3", "failure", "raw-test/3", 422),
+    ]
+    assert {r[1] for r in rows} == {"POST /api/v1/sessions/{session_id}/message"}
+    # The session's own lifecycle records arrive later: let them in before the next test counts.
+    settled, last = 0, -1
+    while settled < 6:
+        await asyncio.sleep(0.5)
+        count = await asyncio.to_thread(audit_count, pg_urls, audit_stack.org_id)
+        settled, last = (settled + 1 if count == last and await audit_writer_done(audit_stack) else 0), count
+
+
 async def test_the_service_role_cannot_rewrite_and_verify_names_a_tampered_row(
     audit_stack: Stack, pg_urls: DbUrls
 ) -> None:

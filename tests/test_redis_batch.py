@@ -116,3 +116,35 @@ async def test_a_redis_that_never_answers_is_every_callers_timeout() -> None:
         await silent.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_counts_of_a_pipeline_go_as_one_increment_that_fails_no_caller() -> None:
+    prefix = f"agentapi-test-batch-{uuid.uuid4().hex[:8]}:"
+    client = CountingRedis.from_url(URL, decode_responses=True)
+    batch = RedisBatch(client)
+
+    def publish(pipe: Any, n: int) -> None:
+        pipe.set(f"{prefix}v{n}", n)
+        batch.hincrby(f"{prefix}counts", "published", n)
+
+    try:
+        before = CountingRedis.pipelines
+        replies = await asyncio.gather(
+            *(batch.execute(lambda pipe, n=n: publish(pipe, n)) for n in range(1, 11))
+        )
+        assert CountingRedis.pipelines - before == 1
+        # Each caller gets only its own replies; the counter's reply is nobody's.
+        assert replies == [[True]] * 10
+        assert await client.hget(f"{prefix}counts", "published") == "55"
+        # A count made outside any caller's commands still goes, in a pipeline of its own.
+        batch.hincrby(f"{prefix}counts", "published", 5)
+        await asyncio.sleep(0.1)
+        assert await client.hget(f"{prefix}counts", "published") == "60"
+        # A counter Redis refuses (the key holds text) is no caller's error.
+        await client.set(f"{prefix}text", "not a hash")
+        assert await batch.execute(
+            lambda pipe: (pipe.get(f"{prefix}v1"), batch.hincrby(f"{prefix}text", "f", 1))
+        ) == ["1"]
+    finally:
+        await client.delete(f"{prefix}counts", f"{prefix}text", *(f"{prefix}v{n}" for n in range(1, 11)))
+        await client.aclose()

@@ -12,6 +12,9 @@ from pathlib import PurePosixPath
 from typing import Literal
 from uuid import UUID
 
+from redis.asyncio.client import Pipeline
+
+from events.batch import Queue
 from events.payloads import Interrupt, PermissionChoice, RawKeys, Stop, Upload, UserMessage
 from events.session_state import input_entry, queue_input, start_turn
 from schemas.db import MemberContext, TenantContext, tenant_transaction
@@ -45,10 +48,16 @@ def refuse_if_over(row: UserSession) -> None:
 
 
 async def deliver_message(
-    backends: IngressBackends, row: UserSession, content: str, kind: Literal["user", "raw"]
+    backends: IngressBackends,
+    row: UserSession,
+    content: str,
+    kind: Literal["user", "raw"],
+    along: Queue | None = None,
 ) -> None:
     """Queue a message for the session's host, refusing what the agent cannot take now: a user
-    message only while the agent is stable; raw keystrokes go straight to the terminal."""
+    message only while the agent is stable; raw keystrokes go straight to the terminal. A raw
+    message's entry goes in one pipeline with the commands ``along`` queues (the request's audit
+    record); a user message's does not."""
     refuse_if_over(row)
     if kind == "user":
         content = content.strip()
@@ -59,7 +68,13 @@ async def deliver_message(
             raise Conflict("the agent is busy; send when its status is stable")
         return
     stream, fields = input_entry(backends.names, row.id, RawKeys(content=content))
-    await backends.batch.execute(lambda pipe: pipe.xadd(stream, fields))
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.xadd(stream, fields)
+        if along is not None:
+            along(pipe)
+
+    await backends.batch.execute(queue)
 
 
 async def chat_message(
