@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 
-from events.redaction import redact
+from events.redaction import _SECRET_PATTERNS, SHORTEST_SECRET, redact
 from services.observability import CorrelationFilter, JsonFormatter, RedactingFilter, correlation_id
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXZhbHVl"
@@ -36,6 +36,16 @@ def test_redact_removes_credentials(line: str, secret: str) -> None:
     cleaned = redact(line)
     assert secret not in cleaned
     assert "[redacted]" in cleaned
+
+
+def test_text_shorter_than_any_secret_pattern_matches_is_left_alone_unread() -> None:
+    """``redact`` skips the patterns for text shorter than ``SHORTEST_SECRET``: no pattern may match
+    anything that short (a new, shorter pattern must lower it)."""
+    from re import _parser  # type: ignore[attr-defined]  # the parser's own minimum width of a pattern
+
+    shortest = min(_parser.parse(p.pattern, p.flags).getwidth()[0] for p in _SECRET_PATTERNS)
+    assert shortest == SHORTEST_SECRET
+    assert redact("token:abc") == "token:abc" and redact("token:abcd") == "token:[redacted]"
 
 
 def test_redact_leaves_ordinary_text_alone() -> None:
