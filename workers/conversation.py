@@ -20,6 +20,9 @@ PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
 # How much of a message's first line ``type_turn`` looks for on the screen to see the agent took it:
 # short enough to stay on one row of the input box.
 MARK_CHARS = 16
+# The longest single-line message every agent shows as typed (Gemini CLI shows a placeholder from
+# 500 characters on, Codex from 1000).
+VERBATIM_CHARS = 400
 # How often an idle conversation looks at its terminal without being woken (a safety net only).
 IDLE_WAKE_SECONDS = 1.0
 
@@ -239,12 +242,15 @@ class Conversation:
         CLI takes it as part of the paste and not as a submit; the late echo of the text then
         passed for the agent taking the message, and it stayed in the input box for good.
 
-        Shown: the screen holds the message's first characters once more than before. A TUI that
-        shows a long paste as a placeholder (Codex, Claude Code): the screen changed, then stayed still for
-        ``paste_quiet`` (or ``echo_wait`` went by). Nothing changed at all: the agent has not read
-        the message yet, and the wait goes on until ``deadline``."""
+        Shown: the screen holds the message's first characters once more than before. A short
+        single line is shown as it is by every agent, so nothing else will do: the screen changes
+        for other reasons too (a status line, an MCP server coming up) while the agent has not read
+        the message yet. A longer message may be shown as a placeholder (Gemini CLI, Codex, Claude
+        Code): for it, the screen changed, then stayed still for ``paste_quiet`` (or ``echo_wait``
+        went by) also counts."""
         mark = text.splitlines()[0].strip()[:MARK_CHARS]
         shown = before.count(mark)
+        verbatim = "\n" not in text and len(text) <= VERBATIM_CHARS
         changed_at: float | None = None
         while (now := time.monotonic()) < deadline:
             screen = self.pty.snapshot()
@@ -252,7 +258,7 @@ class Conversation:
                 return
             if changed_at is None and screen != before:
                 changed_at = now
-            if changed_at is None:
+            if verbatim or changed_at is None:
                 await self._screen_change(deadline - now)
                 continue
             quiet = min(self.timing.paste_quiet, changed_at + self.timing.echo_wait - now)
