@@ -14,16 +14,18 @@ import asyncio
 import os
 import secrets
 import subprocess
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from schemas.settings import Settings
 from tests.fixtures.mcp import mcp_server
 from tests.fixtures.stack import REPO, free_port, stop, wait_answering
-from workers.mcp_client import ClientPool, McpToolError, McpUnauthorized, ServerSpec
+from workers.mcp_client import ClientPool, McpToolError, McpUnauthorized, McpUnavailable, ServerSpec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -179,3 +181,36 @@ async def test_a_session_protocol_server_answering_in_sse(pool: ClientPool, ever
     with pytest.raises(McpToolError, match="nope"):
         await pool.call_tool(server, "nope", {}, timeout=20)
     assert pool.open_sessions() == 1
+
+
+@pytest.fixture
+def redirecting(server_url: str) -> Iterator[str]:
+    """An endpoint that sends every request on to the test server (307)."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", server_url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_DELETE = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/mcp"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_a_redirect_is_not_followed(pool: ClientPool, redirecting: str) -> None:
+    # The egress check vetted the configured URL only: neither client follows the server elsewhere.
+    server = spec(redirecting, config_id=uuid.uuid4(), version=NOW, token=FIRST)
+    with pytest.raises(McpUnavailable, match="not followed"):
+        await pool.call_tool(server, "echo", {"text": "b"}, timeout=20)
+    assert pool.open_sessions() == 0

@@ -133,7 +133,8 @@ METHOD_NOT_FOUND = -32601
 
 class Unusual(Exception):
     """The server answered the light client's handshake with something it does not handle (a
-    redirect, another protocol version): fastmcp's client talks to it instead."""
+    redirect, another protocol version): fastmcp's client talks to it instead (and refuses a
+    redirect with its own message)."""
 
 
 class HttpSession:
