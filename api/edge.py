@@ -25,6 +25,7 @@ from services.observability import correlation_id
 
 _CORRELATION = HEADER.encode()
 _METRICS_PATH = "/metrics"
+_GATEWAY_RAW = GATEWAY_PATH.encode()
 
 
 def edge_middleware(app: ASGIApp) -> ASGIApp:
@@ -56,7 +57,9 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         cid = accepted_or_new(given or request_id)
         token = correlation_id.set(cid)
         status = 500
-        audit = not path.startswith(GATEWAY_PATH)
+        # The router has already cut a mount's prefix from scope['path'] (the gateway's calls
+        # reached the audit trail as '/{session_id}/'): the request's own path says where it went.
+        audit = not (scope.get("raw_path") or path.encode()).startswith(_GATEWAY_RAW)
         agent = user_agent.decode("latin-1") if user_agent else None
         if audit:
             scope[USER_AGENT_KEY] = agent  # type: ignore[literal-required]  # our own scope key, for api.audit_trail.along

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from schemas.settings import GATEWAY_PATH
 from services.agents.binaries import repo_bin
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.gemini_api import FakeGemini
@@ -169,9 +170,9 @@ def logs_about(stack: Stack, session_id: str) -> list[str]:
 
 
 def gateway_statuses(stack: Stack, session_id: str) -> list[int]:
-    """The statuses the ingress answered the session's MCP gateway requests with (the gateway is
-    mounted, so its access log shows the path below the mount point)."""
-    pattern = re.compile(rf'"(POST|DELETE) /{session_id}/? HTTP/[\d.]+" (\d{{3}})')
+    """The statuses the ingress answered the session's MCP gateway requests with (uvicorn before
+    0.55 logged the path below the mount point, since then the request's whole path)."""
+    pattern = re.compile(rf'"(POST|DELETE) (?:{GATEWAY_PATH})?/{session_id}/? HTTP/[\d.]+" (\d{{3}})')
     return [
         int(found.group(2))
         for record in stack.log_records()
@@ -184,3 +185,9 @@ def assert_gateway_used(stack: Stack, session_id: str) -> None:
     assert statuses and all(status < 300 for status in statuses), (
         "it connected to its MCP gateway with its token"
     )
+    unattributed = [
+        record["message"]
+        for record in stack.log_records()
+        if "names no verified tenant" in record.get("message", "") and GATEWAY_PATH in record["message"]
+    ]
+    assert not unattributed, f"the gateway's calls are not the audit trail's requests: {unattributed[:3]}"

@@ -114,6 +114,7 @@ def test_codex_config(tmp_path: Path) -> None:
     assert config["mcp_servers"]["agentapi"] == {
         "url": ctx.mcp_gateway_url,
         "http_headers": {"Authorization": f"Bearer {GATEWAY_TOKEN}"},
+        "required": True,
     }
     assert config["projects"][str(tmp_path)] == {"trust_level": "trusted"}
     assert (config["approval_policy"], config["sandbox_mode"]) == ("on-request", "workspace-write")

@@ -82,8 +82,15 @@ class CodexAdapter:
         if ctx.agent_env.get("OPENAI_MODEL"):
             config["model"] = ctx.agent_env["OPENAI_MODEL"]
         if ctx.mcp_gateway_url:
+            # required: Codex starts its first turn only once the gateway's tools are listed;
+            # otherwise a prompt typed while the server is still connecting goes to the model
+            # without them (seen under load), and a gateway it cannot reach is a startup error.
             config["mcp_servers"] = {
-                "agentapi": {"url": ctx.mcp_gateway_url, "http_headers": gateway_headers(ctx)}
+                "agentapi": {
+                    "url": ctx.mcp_gateway_url,
+                    "http_headers": gateway_headers(ctx),
+                    "required": True,
+                }
             }
         write_private(codex_home(ctx) / "config.toml", tomli_w.dumps(config))
         if ctx.system_prompt:
