@@ -29,6 +29,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from events.metrics import Increments
+
 Queue = Callable[[Pipeline], object]
 # A pipeline's deadline: connection checkout, write and every reply (redis-py's own socket timeout).
 DEADLINE_SECONDS = 5.0
@@ -43,8 +45,8 @@ class RedisBatch:
         self._deadline = deadline
         self._waiting: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        # (hash, field) -> amount, added with the next pipeline.
-        self._tallies: dict[tuple[str, str], int] = {}
+        # Counter increments, added up until the next pipeline takes them.
+        self._tallies = Increments()
         self._scheduled = self._building = False
 
     async def execute(self, queue: Queue) -> list[Any]:
@@ -61,7 +63,7 @@ class RedisBatch:
         """Add ``amount`` to a counter in a hash with the next pipeline, in one HINCRBY with the
         other amounts of that field (``events.metrics.count`` takes the batch as its target). Its
         reply goes to no caller: a counter that cannot be kept fails no request."""
-        self._tallies[key, field] = self._tallies.get((key, field), 0) + amount
+        self._tallies.hincrby(key, field, amount)
         if not self._building:  # else the pipeline being built takes it
             self._schedule(asyncio.get_running_loop())
 
@@ -101,9 +103,8 @@ class RedisBatch:
                 finally:
                     self._building = False
                 # After the queues: they may count what they queued.
-                tallies, self._tallies = self._tallies, {}
-                for (key, field), amount in tallies.items():
-                    pipe.hincrby(key, field, amount)
+                tallies, self._tallies = self._tallies, Increments()
+                tallies.write(pipe)
                 if pipe.command_stack:
                     try:
                         async with asyncio.timeout(self._deadline):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,27 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from events.streams import Names
 
 PREFIX = "agentapi_"
+
+
+class Increments:
+    """Stands in for a pipeline to this module's writers, adding up their hash increments so that
+    many observations are written with one command per field (``write``)."""
+
+    def __init__(self) -> None:
+        self.whole: Counter[tuple[str, str]] = Counter()
+        self.fractional: defaultdict[tuple[str, str], float] = defaultdict(float)
+
+    def hincrby(self, key: str, field: str, amount: int = 1) -> None:
+        self.whole[key, field] += amount
+
+    def hincrbyfloat(self, key: str, field: str, amount: float = 1.0) -> None:
+        self.fractional[key, field] += amount
+
+    def write(self, pipe: Any) -> None:
+        for (key, field), whole in self.whole.items():
+            pipe.hincrby(key, field, whole)
+        for (key, field), fractional in self.fractional.items():
+            pipe.hincrbyfloat(key, field, fractional)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Coroutine
 from concurrent.futures import Future
 from datetime import datetime
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 
 from events.consumer import PoisonEvent, StreamConsumer
 from events.envelope import Event, EventType, utcnow
+from events.metrics import Increments
 from events.streams import DISPATCH_GROUP, WORK_ROUTES, Names, WorkKind
 from workers.actor_metrics import record_duration
 from workers.context import current
@@ -157,27 +157,6 @@ class DirectLane:
         self.slots.release()
         if not running.cancelled() and running.exception() is not None:
             log.error("%s %s failed in the direct lane", event.type, event.id, exc_info=running.exception())
-
-
-class Increments:
-    """Stands in for a pipeline to ``events.metrics``' writers, adding up their hash increments so
-    that many observations are written with one command per field."""
-
-    def __init__(self) -> None:
-        self.whole: Counter[tuple[str, str]] = Counter()
-        self.fractional: defaultdict[tuple[str, str], float] = defaultdict(float)
-
-    def hincrby(self, key: str, field: str, amount: int = 1) -> None:
-        self.whole[key, field] += amount
-
-    def hincrbyfloat(self, key: str, field: str, amount: float = 1.0) -> None:
-        self.fractional[key, field] += amount
-
-    def write(self, pipe: Any) -> None:
-        for (key, field), whole in self.whole.items():
-            pipe.hincrby(key, field, whole)
-        for (key, field), fractional in self.fractional.items():
-            pipe.hincrbyfloat(key, field, fractional)
 
 
 def dispatchers(
