@@ -2,7 +2,8 @@
 
 The ingress checks a configuration when it is saved; the tools worker checks the endpoint again
 right before it connects, so a name that resolved to a public address at save time and to an
-internal one later (DNS rebinding) is still refused.
+internal one later (DNS rebinding) is still refused, and then connects to the addresses it checked
+(``services/pinned_network.py``), not to whatever a second lookup of the name answers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -111,6 +113,7 @@ def _refusal(address: IPAddress) -> str | None:
 
 
 async def resolve(host: str, port: int, field: str = "endpoint_url") -> list[IPAddress]:
+    """The addresses ``host`` resolves to (through the system's resolver)."""
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
@@ -123,8 +126,14 @@ async def resolve(host: str, port: int, field: str = "endpoint_url") -> list[IPA
     return sorted({ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, key=str)
 
 
-async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_url") -> None:
-    """Refuse URLs the platform must not connect to; raises EgressRefused naming the reason."""
+Resolver = Callable[[str, int, str], Awaitable[list[IPAddress]]]
+
+
+async def check_endpoint(
+    url: str, settings: Settings, field: str = "endpoint_url", resolver: Resolver = resolve
+) -> list[IPAddress]:
+    """Refuse URLs the platform must not connect to (raises EgressRefused naming the reason); the
+    addresses checked, which a connection must then be pinned to."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise EgressRefused(field, "must be an absolute https:// URL")
@@ -137,7 +146,7 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise EgressRefused(field, "has an invalid port") from exc
-    addresses = await resolve(host, port, field)
+    addresses = await resolver(host, port, field)
     if _reaches_metadata(addresses):
         raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
     loopback = _all_loopback(addresses)
@@ -147,9 +156,9 @@ async def check_endpoint(url: str, settings: Settings, field: str = "endpoint_ur
             "must use https (plain http is accepted only for loopback hosts with"
             " AGENTAPI_MCP_ALLOW_INSECURE_HTTP on)",
         )
-    if loopback and settings.mcp_allow_insecure_http:
-        return
-    _check_addresses(host, addresses, settings, field)
+    if not (loopback and settings.mcp_allow_insecure_http):
+        _check_addresses(host, addresses, settings, field)
+    return addresses
 
 
 def _check_addresses(host: str, addresses: list[IPAddress], settings: Settings, field: str) -> None:
