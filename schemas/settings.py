@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     mcp_call_timeout_seconds: float = Field(
         60.0, gt=0, le=3600, validation_alias=_env("MCP_CALL_TIMEOUT_SECONDS")
     )
+    # The most a tools worker reads of one reply from an upstream MCP server (tenants' servers may
+    # be hostile: an endless event or body would otherwise grow its memory without bound).
+    mcp_max_reply_bytes: int = Field(4 * 1024 * 1024, ge=1024, validation_alias=_env("MCP_MAX_REPLY_BYTES"))
     mcp_breaker_threshold: int = Field(5, ge=1, validation_alias=_env("MCP_BREAKER_THRESHOLD"))
     mcp_breaker_reset_seconds: float = Field(30.0, gt=0, validation_alias=_env("MCP_BREAKER_RESET_SECONDS"))
     mcp_tools_cache_seconds: int = Field(300, ge=0, validation_alias=_env("MCP_TOOLS_CACHE_SECONDS"))

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpcore
-import httpx
 import httpx2
 from fastmcp import Client
 from fastmcp.client.auth.bearer import BearerAuth
@@ -31,7 +30,8 @@ from mcp.shared.exceptions import MCPError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from schemas.settings import Settings
-from services.egress import check_endpoint
+from services.egress import IPAddress, Resolver, check_endpoint, resolve
+from workers.mcp_http import FastmcpHttp, ReplyTooLarge, bounded, pinned_pool
 from workers.sandbox import Sandbox, give_to, required, sandbox_uid, visible
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class WatchedBearer(BearerAuth):
             self.rejected = True
 
 
-def _transport(spec: ServerSpec, sandbox: Sandbox | None) -> Any:
+def _transport(spec: ServerSpec, sandbox: Sandbox | None, http: FastmcpHttp | None) -> Any:
     if spec.transport == "stdio":
         assert spec.command is not None
         argv, env, cwd = [spec.command, *spec.args], dict(spec.env), None
@@ -110,11 +110,14 @@ def _transport(spec: ServerSpec, sandbox: Sandbox | None) -> Any:
         return StdioTransport(
             argv[0], argv[1:], env=env, cwd=str(cwd) if cwd else None, log_file=Path(os.devnull)
         )
-    assert spec.endpoint_url is not None
+    assert spec.endpoint_url is not None and http is not None
     auth = WatchedBearer(spec.token) if spec.token else None
     if spec.transport == "sse":
-        return SSETransport(spec.endpoint_url, auth=auth)
-    return StreamableHttpTransport(spec.endpoint_url, auth=auth)
+        # Its event stream's events are bounded by the SDK's own 1 MiB (sse_client takes no limit).
+        return SSETransport(spec.endpoint_url, auth=auth, httpx_client_factory=http)
+    return StreamableHttpTransport(
+        spec.endpoint_url, auth=auth, httpx_client_factory=http, max_sse_event_size=http.limit
+    )
 
 
 # The stateless protocol (a ``server/discover`` probe, no session) and, for servers that do not
@@ -149,19 +152,20 @@ class HttpSession:
     version for the headers of later requests. A reply is JSON or an SSE stream, whose progress
     notifications go to the caller's callback and whose requests from the server (this client
     declares no capabilities) are answered "method not found". Redirects are not followed (the
-    egress check vetted this URL only). Results are passed on as the server wrote them: structured
-    content is not checked against the tool's output schema."""
+    egress check vetted this URL only), connections go to the addresses it vetted, and a reply longer
+    than ``max_reply_bytes`` is cut short (McpUnavailable). Results are passed on as the server
+    wrote them: structured content is not checked against the tool's output schema."""
 
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, addresses: list[IPAddress], max_reply_bytes: int) -> None:
         self.url = url.encode()
+        self.max_reply_bytes = max_reply_bytes
         self._base = [
             (b"accept", b"application/json, text/event-stream"),
             (b"content-type", b"application/json"),
         ]
         if token:
             self._base.append((b"authorization", f"Bearer {token}".encode()))
-        # httpx's trust store, as for fastmcp's client.
-        self.http = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context())
+        self.http = pinned_pool(addresses)
         self.protocol = STATELESS_PROTOCOL
         self.session_id: str | None = None
         self._ids = itertools.count(1)
@@ -174,6 +178,8 @@ class HttpSession:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise ConnectionError("the MCP server did not answer the handshake in time") from exc
+        except ReplyTooLarge as exc:
+            raise McpUnavailable(str(exc)) from exc
 
     async def _handshake(self) -> None:
         discovered = await self._post(
@@ -196,11 +202,23 @@ class HttpSession:
 
     async def _post(self, body: str, method: str | None = None, *, bare: bool = False) -> httpcore.Response:
         """One request and its whole answer (the handshake's); ``bare``: before any protocol."""
-        response = await self.http.request(
-            "POST", self.url, headers=self._headers(method, bare=bare), content=body.encode()
-        )
+        response = await self._exchange("POST", self._headers(method, bare=bare), body.encode())
         _refused(response.status)
         return response
+
+    async def _exchange(
+        self, method: str, headers: list[tuple[bytes, bytes]], content: bytes
+    ) -> httpcore.Response:
+        async with self.http.stream(method, self.url, headers=headers, content=content) as response:
+            return await self._read(response)
+
+    async def _read(self, response: httpcore.Response) -> httpcore.Response:
+        """The response with its body, read up to the byte limit (ReplyTooLarge past it: leaving
+        the body unread closes its connection)."""
+        body = [chunk async for chunk in bounded(response.aiter_stream(), self.max_reply_bytes)]
+        whole = httpcore.Response(response.status, headers=response.headers, content=b"".join(body))
+        await whole.aread()
+        return whole
 
     def _headers(
         self, method: str | None = None, name: str | None = None, *, bare: bool = False
@@ -243,6 +261,8 @@ class HttpSession:
             raise McpUnavailable(f"the MCP server stopped answering: {type(exc).__name__}: {exc}") from exc
         except (Unusual, ValueError) as exc:
             raise McpUnavailable(f"the MCP server's answer is unreadable: {exc}") from exc
+        except ReplyTooLarge as exc:
+            raise McpUnavailable(str(exc)) from exc
         if reply is None:
             raise McpUnavailable(f"the MCP server answered {response.status} without a reply")
         if "error" in reply:
@@ -260,9 +280,9 @@ class HttpSession:
         """The JSON-RPC reply to ``request_id`` in a response, JSON or SSE; None if it has none."""
         kind = _header(response, b"content-type") or ""
         if not kind.startswith("text/event-stream"):
-            await response.aread()
-            return _json_reply(response, request_id) if kind.startswith("application/json") else None
-        async for data in _sse_data(response):
+            whole = await self._read(response)
+            return _json_reply(whole, request_id) if kind.startswith("application/json") else None
+        async for data in _sse_data(bounded(response.aiter_stream(), self.max_reply_bytes)):
             message = json.loads(data)
             if message.get("id") == request_id and ("result" in message or "error" in message):
                 return message
@@ -280,12 +300,11 @@ class HttpSession:
     async def _answer_server(self, message: dict[str, Any]) -> None:
         """A request from the server in a reply's stream: this client offers no such capability."""
         error = {"code": METHOD_NOT_FOUND, "message": f"{message.get('method')} is not supported"}
-        with contextlib.suppress(*HTTP_FAILURES):
-            await self.http.request(
+        with contextlib.suppress(ReplyTooLarge, *HTTP_FAILURES):
+            await self._exchange(
                 "POST",
-                self.url,
-                headers=self._headers(),
-                content=json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error}).encode(),
+                self._headers(),
+                json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error}).encode(),
             )
 
     async def call_tool(
@@ -313,9 +332,9 @@ class HttpSession:
     async def close(self) -> None:
         """Ends the server's session (session protocol), then closes the connections."""
         if self.session_id is not None:
-            with contextlib.suppress(TimeoutError, *HTTP_FAILURES):
+            with contextlib.suppress(TimeoutError, ReplyTooLarge, *HTTP_FAILURES):
                 async with asyncio.timeout(5):
-                    await self.http.request("DELETE", self.url, headers=self._headers())
+                    await self._exchange("DELETE", self._headers(), b"")
         await self.http.aclose()
 
 
@@ -355,10 +374,10 @@ def _json_reply(response: httpcore.Response, request_id: int) -> dict[str, Any] 
     return next((m for m in messages if isinstance(m, dict) and m.get("id") == request_id), None)
 
 
-async def _sse_data(response: httpcore.Response) -> AsyncIterator[bytes]:
+async def _sse_data(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """The data of each event of an SSE body, as it arrives."""
     rest = b""
-    async for chunk in response.aiter_stream():
+    async for chunk in body:
         rest += chunk
         # A CR at the end may be the first half of a CRLF.
         if not rest.endswith(b"\r"):
@@ -405,10 +424,14 @@ class ClientPool:
     and the least recently used goes past ``MAX_POOLED_CLIENTS``. Calls share a session
     concurrently (MCP multiplexes requests by id). A client that fails is closed and forgotten, so the
     next call reconnects.
+
+    ``resolver`` is the egress check's (the system's unless a test brings its own name service); an
+    HTTP session connects to the addresses it answered, never to a later lookup of the name.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, resolver: Resolver = resolve) -> None:
         self.settings = settings
+        self.resolver = resolver
         self.idle_seconds = settings.mcp_client_idle_seconds
         self._clients: OrderedDict[PoolKey, _Pooled] = OrderedDict()
         # Concurrent first calls for one key open one session, not one each.
@@ -469,8 +492,9 @@ class ClientPool:
         return pooled
 
     async def _connect(self, spec: ServerSpec) -> _Pooled:
+        addresses = []
         if spec.endpoint_url:
-            await check_endpoint(spec.endpoint_url, self.settings)
+            addresses = await check_endpoint(spec.endpoint_url, self.settings, resolver=self.resolver)
         client: Client[Any] | HttpSession | None = None
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(CONNECT_ATTEMPTS),
@@ -479,7 +503,7 @@ class ClientPool:
             reraise=True,
         ):
             with attempt:
-                client = await self._open(spec)
+                client = await self._open(spec, addresses)
         assert client is not None
         # The session it replaces (an older version or token of the same configuration and caller).
         await self._retire(self._clients.pop(spec.pool_key, None))
@@ -492,13 +516,14 @@ class ClientPool:
             self._sweeper = asyncio.create_task(self._sweep(), name="mcp-client-sweeper")
         return pooled
 
-    async def _open(self, spec: ServerSpec) -> Client[Any] | HttpSession:
+    async def _open(self, spec: ServerSpec, addresses: list[IPAddress]) -> Client[Any] | HttpSession:
         """A connected client: the light one for Streamable HTTP unless the server's handshake is
         one it does not handle, fastmcp's otherwise."""
         timeout = self.settings.mcp_call_timeout_seconds
+        limit = self.settings.mcp_max_reply_bytes
         if spec.transport == "http":
             assert spec.endpoint_url is not None
-            session = HttpSession(spec.endpoint_url, spec.token)
+            session = HttpSession(spec.endpoint_url, spec.token, addresses, limit)
             try:
                 await session.open(min(timeout, 30))
                 return session
@@ -509,8 +534,9 @@ class ClientPool:
                 await session.close()
                 raise
         sandbox = await self._stdio_sandbox(spec)
+        http = FastmcpHttp(addresses, limit) if spec.endpoint_url else None
         client: Client[Any] = Client(
-            _transport(spec, sandbox), timeout=timeout, init_timeout=min(timeout, 30)
+            _transport(spec, sandbox, http), timeout=timeout, init_timeout=min(timeout, 30)
         )
         if sandbox is not None:
             self._sandboxes[id(client)] = sandbox
@@ -520,6 +546,8 @@ class ClientPool:
             await self._close(client)
             if _rejected(client):
                 raise McpUnauthorized("the MCP server refused the token (401)") from exc
+            if oversized := _oversized(client):
+                raise McpUnavailable(oversized) from exc
             raise
         return client
 
@@ -581,7 +609,7 @@ class ClientPool:
                     for tool in listed
                 ]
             try:
-                async with self._token_watched(spec, client):
+                async with self._watched(spec, client):
                     tools = await client.list_tools()
             except MCPError as exc:
                 await self._discard(spec, client)
@@ -612,7 +640,7 @@ class ClientPool:
                     spec, client, client.call_tool(name, arguments, timeout, on_progress)
                 )
             try:
-                async with self._token_watched(spec, client):
+                async with self._watched(spec, client):
                     result = await client.call_tool(
                         name, arguments, timeout=timeout, progress_handler=progress, raise_on_error=False
                     )
@@ -641,21 +669,30 @@ class ClientPool:
             raise
 
     @contextlib.asynccontextmanager
-    async def _token_watched(self, spec: ServerSpec, client: Client[Any]) -> AsyncIterator[None]:
+    async def _watched(self, spec: ServerSpec, client: Client[Any]) -> AsyncIterator[None]:
         """A failure after a 401 is the token's fault, not the server's (an access token can
-        expire while its pooled session lives)."""
+        expire while its pooled session lives); one after a reply past the byte limit is the
+        server's (fastmcp reports either as a generic error)."""
         try:
             yield
         except (MCPError, RuntimeError, OSError) as exc:
-            if not _rejected(client):
-                raise
-            await self._discard(spec, client)
-            raise McpUnauthorized("the MCP server refused the token (401)") from exc
+            if _rejected(client):
+                await self._discard(spec, client)
+                raise McpUnauthorized("the MCP server refused the token (401)") from exc
+            if oversized := _oversized(client):
+                await self._discard(spec, client)
+                raise McpUnavailable(oversized) from exc
+            raise
 
 
 def _rejected(client: Client[Any]) -> bool:
     auth = getattr(client.transport, "auth", None)
     return isinstance(auth, WatchedBearer) and auth.rejected
+
+
+def _oversized(client: Client[Any]) -> str | None:
+    http = getattr(client.transport, "httpx_client_factory", None)
+    return http.oversized if isinstance(http, FastmcpHttp) else None
 
 
 def _classify(exc: MCPError) -> Exception:

@@ -1,7 +1,9 @@
-"""A real MCP server for tests, built with fastmcp: stdio, or Streamable HTTP behind a bearer token.
+"""A real MCP server for tests, built with fastmcp: stdio, or Streamable HTTP or SSE behind a
+bearer token.
 
     python -m tests.fakes.mcp_server stdio
-    python -m tests.fakes.mcp_server http --port P --token T [--token T2 ...]
+    python -m tests.fakes.mcp_server http --port P --token T [--token T2 ...] [--host 127.0.0.2]
+    python -m tests.fakes.mcp_server sse --port P --token T [--host 127.0.0.2]
     python -m tests.fakes.mcp_server oauth --port P --issuer URL --introspection-secret S
 
 ``oauth`` accepts only access tokens the authorization server at ``--issuer`` vouches for (RFC 7662
@@ -92,8 +94,9 @@ class BearerOnly:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("transport", choices=["stdio", "http", "oauth"])
+    parser.add_argument("transport", choices=["stdio", "http", "sse", "oauth"])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     # Repeatable: each is accepted (a refreshed token beside the old one).
     parser.add_argument("--token", action="append", default=[])
     parser.add_argument("--issuer", default="")
@@ -121,9 +124,12 @@ def main() -> None:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
         return
 
-    app = server.http_app(path="/mcp")
+    if args.transport == "sse":
+        app = server.http_app(path="/sse", transport="sse")
+    else:
+        app = server.http_app(path="/mcp")
     uvicorn.run(
-        BearerOnly(app, args.token), host="127.0.0.1", port=args.port, log_level="warning", lifespan="on"
+        BearerOnly(app, args.token), host=args.host, port=args.port, log_level="warning", lifespan="on"
     )
 
 

@@ -1,0 +1,116 @@
+"""HTTP to tenants' MCP servers, which may be hostile: connections go to the addresses the egress
+check vetted (``services/pinned_network.py``), and a reply is read up to a byte limit
+(``AGENTAPI_MCP_MAX_REPLY_BYTES``), so an endless event or body cannot grow the worker's memory.
+For the light client's httpcore pool, and for fastmcp's transports (their httpx2 client factory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
+
+import httpcore
+import httpcore2
+import httpx
+import httpx2
+
+from services.egress import IPAddress
+from services.pinned_network import PinnedBackend, PinnedBackend2
+
+
+class ReplyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the MCP server's reply is larger than {limit} bytes (AGENTAPI_MCP_MAX_REPLY_BYTES)"
+        )
+
+
+async def bounded(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, until they add up to more than ``limit`` bytes: then ReplyTooLarge."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise ReplyTooLarge(limit)
+        yield chunk
+
+
+def pinned_pool(addresses: Sequence[IPAddress]) -> httpcore.AsyncConnectionPool:
+    """The light client's pool: httpx's trust store, as for fastmcp's client."""
+    return httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=PinnedBackend(addresses)
+    )
+
+
+class FastmcpHttp:
+    """The ``httpx_client_factory`` of fastmcp's HTTP transports for one server: its clients connect
+    to the vetted addresses and read each POST's reply up to ``limit`` bytes. fastmcp reports a reply
+    cut short only as a generic error, so the factory remembers it (``oversized``)."""
+
+    def __init__(self, addresses: Sequence[IPAddress], limit: int) -> None:
+        self.addresses = addresses
+        self.limit = limit
+        self.oversized: str | None = None
+
+    def __call__(
+        self,
+        headers: dict[str, str] | None = None,
+        timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+        **_: Any,
+    ) -> httpx2.AsyncClient:
+        # The MCP SDK follows redirects itself (within the endpoint's origin), whatever the client's
+        # follow_redirects, which fastmcp passes; the timeout is the SDK's default when none is given.
+        return httpx2.AsyncClient(
+            headers=headers,
+            auth=auth,
+            timeout=timeout or httpx2.Timeout(30.0, read=300.0),
+            transport=_PinnedTransport(self),
+        )
+
+
+class _PinnedTransport(httpx2.AsyncHTTPTransport):
+    def __init__(self, factory: FastmcpHttp) -> None:
+        ssl_context = httpx2.create_ssl_context()
+        super().__init__(verify=ssl_context)
+        # httpx2's transport takes no network backend: its pool is replaced by one that has it.
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context, network_backend=PinnedBackend2(factory.addresses)
+        )
+        self._factory = factory
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        if request.method != "POST":
+            # A GET is the server's event stream, open as long as the session: the SDK bounds its
+            # events one by one instead (max_sse_event_size).
+            return response
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_BoundedStream(response.stream, self._factory),
+            extensions=response.extensions,
+        )
+
+
+class _Oversized(httpx2.StreamError):
+    """What fastmcp's transport sees when a reply is too long: the SDK answers the waiting request
+    with an error for a stream error (a transport error would end its writer task instead, and the
+    request would wait for its timeout)."""
+
+
+class _BoundedStream(httpx2.AsyncByteStream):
+    def __init__(self, stream: httpx2.AsyncByteStream, factory: FastmcpHttp) -> None:
+        self._stream = stream
+        self._factory = factory
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in bounded(self._stream, self._factory.limit):
+                yield chunk
+        except ReplyTooLarge as exc:
+            self._factory.oversized = str(exc)
+            raise _Oversized(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
