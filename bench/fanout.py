@@ -100,10 +100,11 @@ def _subscribers(args: tuple[str, dict[str, str], int, str, Any, Any, Any]) -> N
     asyncio.run(main())
 
 
-def _cpu_seconds(pid: int) -> float:
-    """The process's user + system CPU so far (``/proc/<pid>/stat``)."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 async def _reply_logged(env: dict[str, str], session: str, marker: str) -> float:
@@ -154,6 +155,10 @@ async def bench(quick: bool) -> list[Row]:
             # on a shared machine, where wall clock swings with the other tenants' load.
             assert s.server is not None
             cpu_before = _cpu_seconds(s.server.pid)
+            # The subscribers' processes share the 2 cores with the ingress: their CPU per
+            # received event says whether the client side is what delays the delivery.
+            client_pids = [proc.pid for proc in procs if proc.pid is not None]
+            clients_before = sum(sum(_cpu_seconds(pid)) for pid in client_pids)
             posted = time.time()
             await client.post(
                 f"/api/v1/sessions/{session}/message", json={"content": marker}, headers=headers
@@ -168,7 +173,9 @@ async def bench(quick: bool) -> list[Row]:
                 for tally, more in ((failures, failed), (retries, retried)):
                     for name, n in more.items():
                         tally[name] = tally.get(name, 0) + n
-            ingress_cpu = _cpu_seconds(s.server.pid) - cpu_before
+            user, system = _cpu_seconds(s.server.pid)
+            ingress_user, ingress_sys = user - cpu_before[0], system - cpu_before[1]
+            clients_cpu = sum(sum(_cpu_seconds(pid)) for pid in client_pids) - clients_before
             release.set()
             logged_at = await _reply_logged(s.env, session, marker)
             for proc in procs:
@@ -185,8 +192,11 @@ async def bench(quick: bool) -> list[Row]:
         # Where the time before the first delivery went: the POST's answer, the reply in the log.
         "post_answered_ms": round((answered_at - posted) * 1000, 1),
         "reply_logged_ms": round((logged_at - posted) * 1000, 1),
-        "ingress_cpu_ms": round(ingress_cpu * 1000),
-        "ingress_cpu_us_per_delivery": round(ingress_cpu * 1e6 / max(len(delays), 1), 1),
+        "ingress_cpu_ms": round((ingress_user + ingress_sys) * 1000),
+        "ingress_sys_ms": round(ingress_sys * 1000),
+        "ingress_cpu_us_per_delivery": round((ingress_user + ingress_sys) * 1e6 / max(len(delays), 1), 1),
+        "clients_cpu_ms": round(clients_cpu * 1000),
+        "clients_cpu_us_per_delivery": round(clients_cpu * 1e6 / max(len(delays), 1), 1),
     }
     return [
         Row(
