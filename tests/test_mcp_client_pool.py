@@ -17,6 +17,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -213,4 +214,43 @@ async def test_a_redirect_is_not_followed(pool: ClientPool, redirecting: str) ->
     server = spec(redirecting, config_id=uuid.uuid4(), version=NOW, token=FIRST)
     with pytest.raises(McpUnavailable, match="not followed"):
         await pool.call_tool(server, "echo", {"text": "b"}, timeout=20)
+    assert pool.open_sessions() == 0
+
+
+@pytest.fixture(params=[401, 404])
+def refusing_sse(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """An SSE endpoint that answers its event stream's GET with ``request.param``."""
+    status = int(request.param)
+
+    class Refuse(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"no")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/sse", status
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_an_sse_endpoint_refusing_the_connection_is_unavailable(
+    pool: ClientPool, refusing_sse: tuple[str, int]
+) -> None:
+    # Unavailable (the breaker counts it), not httpx's own error reported as the tool's.
+    url, status = refusing_sse
+    server = replace(spec(url, config_id=uuid.uuid4(), version=NOW, token=None), transport="sse")
+    for _ in range(2):
+        with pytest.raises(McpUnavailable, match=rf"answered {status} .* \(GET /sse\)"):
+            await pool.call_tool(server, "echo", {"text": "a"}, timeout=20)
     assert pool.open_sessions() == 0

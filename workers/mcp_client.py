@@ -548,6 +548,10 @@ class ClientPool:
                 raise McpUnauthorized("the MCP server refused the token (401)") from exc
             if oversized := _oversized(client):
                 raise McpUnavailable(oversized) from exc
+            if isinstance(exc, httpx2.HTTPStatusError):
+                # fastmcp passes an SSE endpoint's refusal on as httpx's own error: it is the
+                # server's answer, not a fault of the call, so its breaker counts it.
+                raise McpUnavailable(_refusal(exc.response)) from exc
             raise
         return client
 
@@ -693,6 +697,16 @@ def _rejected(client: Client[Any]) -> bool:
 def _oversized(client: Client[Any]) -> str | None:
     http = getattr(client.transport, "httpx_client_factory", None)
     return http.oversized if isinstance(http, FastmcpHttp) else None
+
+
+def _refusal(response: httpx2.Response) -> str:
+    status = f"{response.status_code} {response.reason_phrase}".strip()
+    hint = {
+        401: ": it wants credentials the configuration does not give",
+        403: ": it refuses this client",
+        404: ": check the configuration's endpoint URL",
+    }.get(response.status_code, "")
+    return f"the MCP server answered {status} to the connection ({response.request.method} {response.request.url.path}){hint}"
 
 
 def _classify(exc: MCPError) -> Exception:
