@@ -2,19 +2,28 @@
 
 A name can answer a public address to the check and an internal one to the connection's own lookup
 (DNS rebinding). These network backends, for httpcore's pool (under the light MCP client) and
-httpcore2's (under httpx2, fastmcp's client), connect to the vetted addresses in order whatever host
-they are asked for: a pool using one serves one vetted origin. The URL keeps the name, so the Host
-header, the TLS server name (SNI) and the certificate check are the name's."""
+httpcore2's (under httpx2, fastmcp's and authlib's client), connect to the vetted addresses in order
+whatever host they are asked for: a pool using one serves one vetted origin. The URL keeps the name,
+so the Host header, the TLS server name (SNI) and the certificate check are the name's.
+
+``VettedTransport`` is for clients that reach several tenant-named origins (webhook delivery, OAuth
+discovery and token calls): each origin is checked once, and its requests go to what that check
+vetted."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpcore2
+import httpx
+import httpx2
 
-from services.egress import IPAddress
+from schemas.settings import Settings
+from services.egress import IPAddress, Resolver, check_endpoint, resolve
 
 
 class _Pinned:
@@ -68,3 +77,86 @@ class PinnedBackend2(_Pinned, httpcore2.AsyncNetworkBackend):
 
     def __init__(self, addresses: Sequence[IPAddress]) -> None:
         super().__init__(addresses, httpcore2.AnyIOBackend())
+
+
+def pinned_pool(addresses: Sequence[IPAddress]) -> httpcore.AsyncConnectionPool:
+    """An httpcore pool to one vetted origin, with httpx's trust store."""
+    return httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=PinnedBackend(addresses)
+    )
+
+
+class PinnedTransport2(httpx2.AsyncHTTPTransport):
+    """httpx2's transport to one vetted origin."""
+
+    def __init__(self, addresses: Sequence[IPAddress]) -> None:
+        ssl_context = httpx2.create_ssl_context()
+        super().__init__(verify=ssl_context)
+        # httpx2's transport takes no network backend: its pool is replaced by one that has it.
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context, network_backend=PinnedBackend2(addresses)
+        )
+
+
+# scheme, user, password, host, port: a URL with credentials is not the same origin, for the check.
+_Origin = tuple[str, str | None, str | None, str | None, int | None]
+
+
+class VettedTransport(httpx2.AsyncBaseTransport):
+    """httpx2's transport for tenant-named URLs: the first request to an origin (or ``vet``) runs
+    the egress check on its name, and that origin's requests then go to the addresses it vetted
+    for as long as this transport lives (one delivery, one OAuth flow). A refused URL raises
+    EgressRefused. Redirects are the client's to refuse (``follow_redirects=False``)."""
+
+    def __init__(self, settings: Settings, resolver: Resolver = resolve) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self._addresses: dict[_Origin, list[IPAddress]] = {}
+        self._transports: dict[_Origin, PinnedTransport2] = {}
+        self._lock = asyncio.Lock()
+
+    async def vet(self, url: str, field: str = "url") -> list[IPAddress]:
+        """The addresses ``url``'s origin may be reached at (checked on first use)."""
+        origin = _origin(url)
+        async with self._lock:
+            if origin not in self._addresses:
+                self._addresses[origin] = await check_endpoint(url, self.settings, field, self.resolver)
+            return self._addresses[origin]
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = str(request.url)
+        addresses = await self.vet(url)
+        origin = _origin(url)
+        transport = self._transports.get(origin)
+        if transport is None:
+            transport = self._transports[origin] = PinnedTransport2(addresses)
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in self._transports.values():
+            await transport.aclose()
+        self._transports.clear()
+
+
+def _origin(url: str) -> _Origin:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # the check refuses it
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    return scheme, parts.username, parts.password, parts.hostname, port or default
+
+
+class VettedClient(httpx2.AsyncClient):
+    """An httpx2 client for tenant-named URLs, through a VettedTransport; redirects not followed
+    (the check vetted the URL asked for, not where a server sends us)."""
+
+    def __init__(self, settings: Settings, resolver: Resolver = resolve, timeout: float = 15.0) -> None:
+        self.vetting = VettedTransport(settings, resolver)
+        super().__init__(transport=self.vetting, timeout=timeout, follow_redirects=False)
+
+    async def vet(self, url: str, field: str) -> list[IPAddress]:
+        """Checks ``url`` now (EgressRefused naming ``field``); its requests then go where it vetted."""
+        return await self.vetting.vet(url, field)

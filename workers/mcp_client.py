@@ -31,7 +31,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from schemas.settings import Settings
 from services.egress import IPAddress, Resolver, check_endpoint, resolve
-from workers.mcp_http import FastmcpHttp, ReplyTooLarge, bounded, pinned_pool
+from services.pinned_network import pinned_pool
+from workers.mcp_http import FastmcpHttp, ReplyTooLarge, bounded
 from workers.sandbox import Sandbox, give_to, required, sandbox_uid, visible
 
 log = logging.getLogger(__name__)

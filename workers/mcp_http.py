@@ -1,20 +1,18 @@
 """HTTP to tenants' MCP servers, which may be hostile: connections go to the addresses the egress
 check vetted (``services/pinned_network.py``), and a reply is read up to a byte limit
 (``AGENTAPI_MCP_MAX_REPLY_BYTES``), so an endless event or body cannot grow the worker's memory.
-For the light client's httpcore pool, and for fastmcp's transports (their httpx2 client factory)."""
+For fastmcp's transports (their httpx2 client factory); the light client's pool is
+``services.pinned_network.pinned_pool``."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
-import httpcore
-import httpcore2
-import httpx
 import httpx2
 
 from services.egress import IPAddress
-from services.pinned_network import PinnedBackend, PinnedBackend2
+from services.pinned_network import PinnedTransport2
 
 
 class ReplyTooLarge(Exception):
@@ -32,13 +30,6 @@ async def bounded(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[byt
         if size > limit:
             raise ReplyTooLarge(limit)
         yield chunk
-
-
-def pinned_pool(addresses: Sequence[IPAddress]) -> httpcore.AsyncConnectionPool:
-    """The light client's pool: httpx's trust store, as for fastmcp's client."""
-    return httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=PinnedBackend(addresses)
-    )
 
 
 class FastmcpHttp:
@@ -68,14 +59,9 @@ class FastmcpHttp:
         )
 
 
-class _PinnedTransport(httpx2.AsyncHTTPTransport):
+class _PinnedTransport(PinnedTransport2):
     def __init__(self, factory: FastmcpHttp) -> None:
-        ssl_context = httpx2.create_ssl_context()
-        super().__init__(verify=ssl_context)
-        # httpx2's transport takes no network backend: its pool is replaced by one that has it.
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=ssl_context, network_backend=PinnedBackend2(factory.addresses)
-        )
+        super().__init__(factory.addresses)
         self._factory = factory
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
