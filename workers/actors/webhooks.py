@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import dramatiq
-import httpx
+import httpx2
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -21,7 +21,7 @@ from schemas.db import MemberContext, TenantContext, tenant_transaction
 from schemas.tables import Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref, signed_headers
 from services.agents import canonical_agent_type
-from services.egress import EgressRefused, check_endpoint
+from services.egress import EgressRefused
 from services.errors import DomainError
 from services.sessions.input import queue_webhook_message
 from services.sessions.start import NewSession, start_session
@@ -29,6 +29,7 @@ from workers.actors.sinks import request_drain
 from workers.context import WorkerContext, current
 from workers.event_context import current_event
 from workers.sinks import NO_SESSION, delivery_row, drain_key, insert_new, position
+from workers.webhook_post import post_delivery
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +178,11 @@ async def deliver_webhook(delivery_id: str, org_id: str) -> None:
         body = json.dumps(delivery.payload).encode()
     code: int | None = None
     try:
-        await check_endpoint(hook.target_url, settings, "target_url")
-        async with httpx.AsyncClient(
-            timeout=settings.webhook_timeout_seconds, follow_redirects=False
-        ) as client:
-            answer = await client.post(
-                hook.target_url,
-                content=body,
-                headers={**signed_headers(secret, str(delivery.id), body), **headers},
-            )
-        code = answer.status_code
+        code = await post_delivery(
+            hook.target_url, body, {**signed_headers(secret, str(delivery.id), body), **headers}, settings
+        )
         error = None if 200 <= code < 300 else f"answered {code}"
-    except (httpx.HTTPError, EgressRefused) as exc:
+    except (httpx2.HTTPError, EgressRefused) as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     async with tenant_transaction(context.engine, tenant) as db:
         row = await db.get(WebhookDelivery, delivery.id)
