@@ -128,8 +128,8 @@ async def start_authorization(
     return_to = frontend_page("return_to", return_to, settings) if return_to else None
     ring = key_ring(settings)
     try:
-        async with http_client() as http:
-            resource, server, advertised = await discover(http, config.endpoint_url, config.oauth, settings)
+        async with http_client(settings) as http:
+            resource, server, advertised = await discover(http, config.endpoint_url, config.oauth)
             scope = _scope(config, advertised)
             if config.oauth.get("client_id"):
                 secret = _configured_secret(ring, config)

@@ -4,8 +4,10 @@ Discovery follows the MCP authorization spec: the MCP server's protected-resourc
 (RFC 9728, found through its 401 challenge or the well-known path) names the authorization server,
 whose metadata (RFC 8414, or OpenID discovery) gives the endpoints. Clients are registered
 dynamically (RFC 7591) when the server offers it and no client is configured. Every URL a server
-hands us passes the same egress check as MCP endpoints before we connect, and redirects are not
-followed, so a metadata document cannot point the platform at an internal address.
+hands us passes the same egress check as MCP endpoints before we connect, connections go to the
+addresses that check vetted (``services/pinned_network.py``: a name cannot answer a public address
+to the check and an internal one to the connection), and redirects are not followed, so a metadata
+document cannot point the platform at an internal address.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import httpx2
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.oauth2.client import OAuth2Client
 
 from schemas.settings import Settings
-from services.egress import EgressRefused, check_endpoint
+from services.egress import EgressRefused, Resolver, resolve
+from services.pinned_network import VettedClient, VettedTransport
 
 HTTP_TIMEOUT_SECONDS = 15.0
 MAX_METADATA_BYTES = 256 * 1024
@@ -76,28 +80,27 @@ class AuthServer:
     scopes_supported: tuple[str, ...]
 
 
-def http_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+def http_client(settings: Settings, resolver: Resolver = resolve) -> VettedClient:
+    """The client of one discovery and registration: each origin checked once, then pinned."""
+    return VettedClient(settings, resolver, HTTP_TIMEOUT_SECONDS)
 
 
-async def _checked(url: Any, settings: Settings, what: str) -> str:
+async def _checked(url: Any, vetting: VettedTransport, what: str) -> str:
     if not isinstance(url, str):
         raise OAuthFlowError(f"the {what} is missing from the server's metadata")
     try:
-        await check_endpoint(url, settings, field=what)
+        await vetting.vet(url, what)
     except EgressRefused as exc:
         raise OAuthFlowError(f"the {what} {url} is refused: {exc.reason}") from exc
     return url
 
 
-async def _get_json(
-    http: httpx.AsyncClient, url: str, settings: Settings, what: str
-) -> dict[str, Any] | None:
+async def _get_json(http: VettedClient, url: str, what: str) -> dict[str, Any] | None:
     """The JSON document at ``url``, or None when there is none (404 and the like)."""
-    await _checked(url, settings, what)
+    await _checked(url, http.vetting, what)
     try:
         response = await http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise OAuthFlowError(f"cannot reach {url}: {exc.__class__.__name__}") from exc
     if response.status_code != 200 or len(response.content) > MAX_METADATA_BYTES:
         return None
@@ -116,11 +119,12 @@ def _well_known(url: str, suffix: str, *, inserted: bool = True) -> str:
     return urlunsplit((parts.scheme, parts.netloc, full, "", ""))
 
 
-async def _protected_resource(http: httpx.AsyncClient, endpoint: str, settings: Settings) -> dict[str, Any]:
+async def _protected_resource(http: VettedClient, endpoint: str) -> dict[str, Any]:
     candidates: list[str] = []
+    await _checked(endpoint, http.vetting, "MCP endpoint")
     try:
         challenge = await http.get(endpoint, headers={"Accept": "application/json, text/event-stream"})
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise OAuthFlowError(f"cannot reach the MCP server: {exc.__class__.__name__}") from exc
     found = RESOURCE_METADATA.search(challenge.headers.get("www-authenticate", ""))
     if found:
@@ -129,7 +133,7 @@ async def _protected_resource(http: httpx.AsyncClient, endpoint: str, settings: 
     root = urlunsplit((*urlsplit(endpoint)[:2], "", "", ""))
     candidates.append(_well_known(root, "oauth-protected-resource"))
     for url in dict.fromkeys(candidates):
-        document = await _get_json(http, url, settings, "protected resource metadata URL")
+        document = await _get_json(http, url, "protected resource metadata URL")
         if document and document.get("authorization_servers"):
             return document
     raise OAuthFlowError(
@@ -138,7 +142,7 @@ async def _protected_resource(http: httpx.AsyncClient, endpoint: str, settings: 
     )
 
 
-async def _authorization_server(http: httpx.AsyncClient, issuer: str, settings: Settings) -> AuthServer:
+async def _authorization_server(http: VettedClient, issuer: str) -> AuthServer:
     for url in dict.fromkeys(
         [
             _well_known(issuer, "oauth-authorization-server"),
@@ -146,7 +150,7 @@ async def _authorization_server(http: httpx.AsyncClient, issuer: str, settings: 
             _well_known(issuer, "openid-configuration", inserted=False),
         ]
     ):
-        meta = await _get_json(http, url, settings, "authorization server metadata URL")
+        meta = await _get_json(http, url, "authorization server metadata URL")
         if meta is None:
             continue
         if str(meta.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
@@ -156,16 +160,16 @@ async def _authorization_server(http: httpx.AsyncClient, issuer: str, settings: 
         return AuthServer(
             issuer=issuer,
             authorization_endpoint=await _checked(
-                meta.get("authorization_endpoint"), settings, "authorization endpoint"
+                meta.get("authorization_endpoint"), http.vetting, "authorization endpoint"
             ),
-            token_endpoint=await _checked(meta.get("token_endpoint"), settings, "token endpoint"),
+            token_endpoint=await _checked(meta.get("token_endpoint"), http.vetting, "token endpoint"),
             registration_endpoint=(
-                await _checked(meta["registration_endpoint"], settings, "registration endpoint")
+                await _checked(meta["registration_endpoint"], http.vetting, "registration endpoint")
                 if meta.get("registration_endpoint")
                 else None
             ),
             revocation_endpoint=(
-                await _checked(meta["revocation_endpoint"], settings, "revocation endpoint")
+                await _checked(meta["revocation_endpoint"], http.vetting, "revocation endpoint")
                 if meta.get("revocation_endpoint")
                 else None
             ),
@@ -175,22 +179,22 @@ async def _authorization_server(http: httpx.AsyncClient, issuer: str, settings: 
 
 
 async def discover(
-    http: httpx.AsyncClient, endpoint: str, oauth: dict[str, Any], settings: Settings
+    http: VettedClient, endpoint: str, oauth: dict[str, Any]
 ) -> tuple[str, AuthServer, tuple[str, ...]]:
     """(resource, authorization server, scopes the resource advertises) for an MCP endpoint."""
     resource, scopes = endpoint, tuple[str, ...]()
     issuer = oauth.get("authorization_server")
     if not issuer:
-        document = await _protected_resource(http, endpoint, settings)
+        document = await _protected_resource(http, endpoint)
         issuer = str(document["authorization_servers"][0])
         resource = str(document.get("resource") or endpoint)
         scopes = tuple(str(s) for s in document.get("scopes_supported") or ())
-    await _checked(issuer, settings, "authorization server")
-    return resource, await _authorization_server(http, str(issuer), settings), scopes
+    await _checked(issuer, http.vetting, "authorization server")
+    return resource, await _authorization_server(http, str(issuer)), scopes
 
 
 async def register(
-    http: httpx.AsyncClient, server: AuthServer, redirect_uri: str, scope: str | None
+    http: VettedClient, server: AuthServer, redirect_uri: str, scope: str | None
 ) -> tuple[str, str | None, str]:
     """RFC 7591: (client_id, client_secret, token_endpoint_auth_method). A public client with PKCE
     is asked for; a server that insists on a secret hands one back and we keep it."""
@@ -204,9 +208,10 @@ async def register(
     }
     if scope:
         body["scope"] = scope
+    await _checked(server.registration_endpoint, http.vetting, "registration endpoint")
     try:
         response = await http.post(server.registration_endpoint, json=body)
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise OAuthFlowError(f"client registration failed: {exc.__class__.__name__}") from exc
     if response.status_code not in (200, 201):
         raise OAuthFlowError(f"the authorization server refused client registration ({response.status_code})")
@@ -218,25 +223,42 @@ async def register(
     return str(data["client_id"]), secret, method
 
 
-def oauth_client(
-    client: ClientInfo, secret: str | None, redirect_uri: str | None = None
+def _client_options(client: ClientInfo, secret: str | None, redirect_uri: str | None) -> dict[str, Any]:
+    return {
+        "client_id": client.client_id,
+        "client_secret": secret,
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+        "revocation_endpoint_auth_method": client.token_endpoint_auth_method,
+        "scope": client.scope,
+        "redirect_uri": redirect_uri,
+        "code_challenge_method": "S256",
+    }
+
+
+async def oauth_client(
+    client: ClientInfo,
+    secret: str | None,
+    url: str,
+    what: str,
+    settings: Settings,
+    resolver: Resolver,
+    redirect_uri: str | None = None,
 ) -> AsyncOAuth2Client:
+    """authlib's client for one call to ``url`` (checked now: OAuthFlowError naming ``what``),
+    connecting to the addresses that check vetted."""
+    vetting = VettedTransport(settings, resolver)
+    await _checked(url, vetting, what)
     return AsyncOAuth2Client(
-        client_id=client.client_id,
-        client_secret=secret,
-        token_endpoint_auth_method=client.token_endpoint_auth_method,
-        revocation_endpoint_auth_method=client.token_endpoint_auth_method,
-        scope=client.scope,
-        redirect_uri=redirect_uri,
-        code_challenge_method="S256",
+        **_client_options(client, secret, redirect_uri),
         timeout=HTTP_TIMEOUT_SECONDS,
         follow_redirects=False,
+        transport=vetting,
     )
 
 
 def authorization_url(client: ClientInfo, redirect_uri: str, state: str, code_verifier: str) -> str:
     """The URL the user's browser opens: code flow, PKCE S256, RFC 8707 resource indicator."""
-    oauth = oauth_client(client, None, redirect_uri)
+    oauth = OAuth2Client(None, **_client_options(client, None, redirect_uri))
     url, _ = oauth.create_authorization_url(
         client.authorization_endpoint, state=state, code_verifier=code_verifier, resource=client.resource
     )
@@ -254,9 +276,12 @@ async def exchange_code(
     code: str,
     code_verifier: str,
     settings: Settings,
+    resolver: Resolver = resolve,
 ) -> dict[str, Any]:
-    await _checked(client.token_endpoint, settings, "token endpoint")
-    async with oauth_client(client, secret, redirect_uri) as oauth:
+    oauth = await oauth_client(
+        client, secret, client.token_endpoint, "token endpoint", settings, resolver, redirect_uri
+    )
+    async with oauth:
         try:
             token = await oauth.fetch_token(
                 client.token_endpoint,
@@ -267,7 +292,7 @@ async def exchange_code(
             )
         except OAuthError as exc:
             raise GrantRejected(f"the authorization server refused the code ({_refused(exc)})") from exc
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise OAuthFlowError(f"cannot reach the token endpoint: {exc.__class__.__name__}") from exc
         except ValueError as exc:
             raise OAuthFlowError("the token endpoint answered with something other than a token") from exc
@@ -275,36 +300,49 @@ async def exchange_code(
 
 
 async def refresh(
-    client: ClientInfo, secret: str | None, refresh_token: str, settings: Settings
+    client: ClientInfo,
+    secret: str | None,
+    refresh_token: str,
+    settings: Settings,
+    resolver: Resolver = resolve,
 ) -> dict[str, Any]:
     """New tokens for a refresh token. GrantRejected when the server says no; OAuthFlowError when
     it could not be asked (worth another try later)."""
-    await _checked(client.token_endpoint, settings, "token endpoint")
-    async with oauth_client(client, secret) as oauth:
+    oauth = await oauth_client(client, secret, client.token_endpoint, "token endpoint", settings, resolver)
+    async with oauth:
         try:
             token = await oauth.refresh_token(
                 client.token_endpoint, refresh_token=refresh_token, resource=client.resource
             )
         except OAuthError as exc:
             raise GrantRejected(f"the authorization server refused the refresh ({_refused(exc)})") from exc
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise OAuthFlowError(f"cannot reach the token endpoint: {exc.__class__.__name__}") from exc
         except ValueError as exc:
             raise OAuthFlowError("the token endpoint answered with something other than a token") from exc
     return dict(token)
 
 
-async def revoke(client: ClientInfo, secret: str | None, token: str, hint: str, settings: Settings) -> bool:
+async def revoke(
+    client: ClientInfo,
+    secret: str | None,
+    token: str,
+    hint: str,
+    settings: Settings,
+    resolver: Resolver = resolve,
+) -> bool:
     """RFC 7009; True when the server confirmed. Servers without a revocation endpoint: False."""
     if not client.revocation_endpoint:
         return False
     try:
-        await _checked(client.revocation_endpoint, settings, "revocation endpoint")
+        oauth = await oauth_client(
+            client, secret, client.revocation_endpoint, "revocation endpoint", settings, resolver
+        )
     except OAuthFlowError:
         return False
-    async with oauth_client(client, secret) as oauth:
+    async with oauth:
         try:
             response = await oauth.revoke_token(client.revocation_endpoint, token=token, token_type_hint=hint)
-        except (OAuthError, httpx.HTTPError):
+        except (OAuthError, httpx2.HTTPError):
             return False
     return bool(response.status_code == 200)
