@@ -87,6 +87,19 @@ def test_urls_naming_the_platforms_redis_or_postgres_are_refused() -> None:
         ["https://api.anthropic.com/v1", "not a url", "http://127.0.0.1:8000/mcp"], settings, {8000}
     )
     assert found == (Endpoint("api.anthropic.com", 443),)
+    # A tenant's URL is checked at each connection, even where the platform names the same host and port.
+    found = forwarded_endpoints(
+        ["https://oauth2.googleapis.com", "https://api.example.com"],
+        settings,
+        tenant_urls=("https://api.example.com/v1/chat", "http://provider.example:8080/v1"),
+    )
+    assert found == (
+        Endpoint("oauth2.googleapis.com", 443),
+        Endpoint("api.example.com", 443, "https"),
+        Endpoint("provider.example", 8080, "http"),
+    )
+    with pytest.raises(SandboxUnavailable):
+        forwarded_endpoints([], settings, tenant_urls=("http://localhost:6379/",))
 
 
 def test_session_uids_are_stable_distinct_and_high() -> None:

@@ -47,6 +47,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from schemas.settings import Settings
+from services.egress import EgressRefused, Resolver, check_endpoint, resolve
 from services.sandbox_probe import UID_BASE, SandboxUnavailable, probe, require_tools
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,22 @@ def sandbox_uid(key: str, role: str = "agent") -> int:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a sandboxed process may connect: a host (name or address) and TCP port."""
+    """Where a sandboxed process may connect: a host (name or address) and TCP port. ``tenant_scheme``
+    marks a URL a tenant configured (a router's provider): its name may answer anything by the time a
+    connection is made, so each one runs the egress check for ``scheme://host:port`` and goes to the
+    addresses that check vetted. The platform's own endpoints (None) are trusted as configured, private
+    ones included."""
 
     host: str
     port: int
+    tenant_scheme: str | None = None
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.tenant_scheme or 'https'}://{host}:{self.port}"
 
 
-def endpoint_of(url: str) -> Endpoint | None:
+def endpoint_of(url: str, tenant: bool = False) -> Endpoint | None:
     """The host and port an http(s) URL connects to, or None for anything else."""
     try:
         parts = urlsplit(url)
@@ -90,7 +100,7 @@ def endpoint_of(url: str) -> Endpoint | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
         return None
-    return Endpoint(parts.hostname, port)
+    return Endpoint(parts.hostname, port, parts.scheme if tenant else None)
 
 
 @dataclass
@@ -114,6 +124,9 @@ class Sandbox:
     readable: tuple[Path, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     peers: tuple[tuple[Sandbox, int], ...] = ()
+    # The egress rules a tenant endpoint's connections are checked against (required if there is one).
+    settings: Settings | None = None
+    resolver: Resolver = resolve
     _forwards: list[Forward] = field(default_factory=list)
     _hosts: dict[str, str] = field(default_factory=dict)
     _info: tuple[int, int] | None = None
@@ -123,6 +136,8 @@ class Sandbox:
     _relays: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        if self.settings is None and any(e.tenant_scheme for e in self.endpoints):
+            raise ValueError("a sandbox forwarding a tenant's endpoint needs the egress settings")
         aliases = 1
         for endpoint in self.endpoints:
             address = _loopback(endpoint.host)
@@ -240,10 +255,12 @@ class Sandbox:
         try:
             target = forward.target
             if isinstance(target, Endpoint):
-                up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+                up_reader, up_writer = await self._connect(target)
             else:
                 up_reader, up_writer = await target[0].open_connection(target[1])
-        except OSError:
+        except (OSError, EgressRefused) as exc:
+            if isinstance(exc, EgressRefused):
+                log.warning("sandbox %s: connection to %s refused: %s", self.name, target, exc.reason)
             writer.close()
             self._relays.discard(task)
             return
@@ -253,6 +270,18 @@ class Sandbox:
             self._relays.discard(task)
             writer.close()
             up_writer.close()
+
+    async def _connect(self, target: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``target``; to a tenant's, at an address its egress check vetted just now
+        (the relay is plain TCP: TLS runs end to end from the sandboxed client, under the name)."""
+        if target.tenant_scheme is None:
+            return await asyncio.open_connection(target.host, target.port)
+        assert self.settings is not None  # __post_init__ requires it for a tenant endpoint
+        addresses = await check_endpoint(target.url(), self.settings, "api_base_url", self.resolver)
+        for address in addresses[:-1]:
+            with contextlib.suppress(OSError):
+                return await asyncio.open_connection(str(address), target.port)
+        return await asyncio.open_connection(str(addresses[-1]), target.port)
 
     async def close(self) -> None:
         for server in self._servers:
@@ -402,19 +431,23 @@ def required(settings: Settings) -> bool:
 
 
 def forwarded_endpoints(
-    urls: list[str], settings: Settings, local_ports: set[int] | frozenset[int] = frozenset()
+    urls: list[str],
+    settings: Settings,
+    local_ports: set[int] | frozenset[int] = frozenset(),
+    tenant_urls: tuple[str, ...] = (),
 ) -> tuple[Endpoint, ...]:
-    """The endpoints of ``urls`` a sandbox gets forwarded, minus loopback ports served inside the
-    session itself (its router). The platform's own Redis and PostgreSQL are refused outright: a
-    tenant-set URL naming them must not become a way in."""
+    """The endpoints of ``urls`` (the platform's) and ``tenant_urls`` (checked at each connection) a
+    sandbox gets forwarded, minus loopback ports served inside the session itself (its router). The
+    platform's own Redis and PostgreSQL are refused outright: a tenant-set URL naming them must not
+    become a way in. A host and port named by both is a tenant's: the check is not skipped for it."""
     platform = {
         (ep.host, ep.port)
         for url in (settings.redis_url, settings.database_url or "")
         if (ep := _service_endpoint(url)) is not None
     }
     found: dict[tuple[str, int], Endpoint] = {}
-    for url in urls:
-        endpoint = endpoint_of(url)
+    for url, tenant in [(url, False) for url in urls] + [(url, True) for url in tenant_urls]:
+        endpoint = endpoint_of(url, tenant)
         if endpoint is None:
             continue
         loopback = _loopback(endpoint.host) is not None

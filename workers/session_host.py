@@ -392,9 +392,10 @@ class SessionHost:
             sidecar_home = spec.home or private
             sandbox = None
             if confined:
-                sandbox = await self._sandbox(
-                    spec.name, sidecar_home, forwarded_endpoints(list(spec.endpoints), self.settings)
+                endpoints = forwarded_endpoints(
+                    list(spec.endpoints), self.settings, tenant_urls=spec.tenant_endpoints
                 )
+                sandbox = await self._sandbox(spec.name, sidecar_home, endpoints)
                 peers.append((sandbox, spec.port))
             sidecar = SidecarProcess(spec, sandbox)
             self._sidecars.append(sidecar)
@@ -561,7 +562,9 @@ class SessionHost:
         uid = sandbox_uid(self.session_id, role)
         await asyncio.to_thread(give_to, writable, uid)
         runtime = self.settings.private_of(f"{self.session_id}.{role}.etc")
-        sandbox = Sandbox(role, uid, runtime, writable=(writable,), endpoints=endpoints, peers=peers)
+        sandbox = Sandbox(
+            role, uid, runtime, writable=(writable,), endpoints=endpoints, peers=peers, settings=self.settings
+        )
         self._sandboxes.append(sandbox)
         return sandbox
 

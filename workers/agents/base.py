@@ -61,8 +61,11 @@ class Sidecar:
     env: dict[str, str] = field(default_factory=dict)
     # Its working directory and only writable path (the session's private directory).
     home: Path | None = None
-    # URLs it must reach (a router's upstream providers); nothing else is forwarded into its sandbox.
+    # URLs it must reach; nothing else is forwarded into its sandbox. ``endpoints`` are the platform's
+    # (trusted as configured); ``tenant_endpoints`` a tenant's (a router's providers), egress-checked
+    # at every connection, which goes to the address the check vetted.
     endpoints: tuple[str, ...] = ()
+    tenant_endpoints: tuple[str, ...] = ()
 
 
 _DIGITS = re.compile(r"\d+")

@@ -41,6 +41,7 @@ class CCRouterAdapter(ClaudeAdapter):
         self._router_env: dict[str, str] = {}
         self._home: Path | None = None
         self._upstreams: tuple[str, ...] = ()
+        self._tenant_upstreams: tuple[str, ...] = ()
 
     def prepare(self, ctx: LaunchContext) -> None:
         try:
@@ -64,7 +65,8 @@ class CCRouterAdapter(ClaudeAdapter):
         self._router_env = {"HOME": str(self._home), "TMPDIR": str(tmp)}
         if default_key:
             self._router_env[PLATFORM_KEY_VARIABLE] = default_key
-        self._upstreams = tuple(provider.api_base_url for provider in spec.providers)
+        self._upstreams = ()
+        self._tenant_upstreams = tuple(provider.api_base_url for provider in spec.providers)
         if any(p.transformer in VERTEX_TRANSFORMERS for p in spec.providers):
             vertex = spec.vertex
             project = (vertex and vertex.project_id) or defaults.get("VERTEX_AI_PROJECT_ID")
@@ -73,8 +75,13 @@ class CCRouterAdapter(ClaudeAdapter):
                 self._router_env["GOOGLE_CLOUD_PROJECT"] = project
             if location:
                 self._router_env["GOOGLE_CLOUD_LOCATION"] = location
-                # What the Vertex transformers call, besides Google's token endpoint.
-                self._upstreams += (f"https://{location}-aiplatform.googleapis.com",)
+                # What the Vertex transformers call, besides Google's token endpoint; a location the
+                # tenant set makes it a name of the tenant's, checked like a provider's.
+                regional = f"https://{location}-aiplatform.googleapis.com"
+                if vertex and vertex.location:
+                    self._tenant_upstreams += (regional,)
+                else:
+                    self._upstreams += (regional,)
             self._upstreams += ("https://oauth2.googleapis.com",)
             if vertex and vertex.credentials_secret in ctx.tenant_secrets:
                 credentials = self._home / "vertex-credentials.json"
@@ -101,6 +108,7 @@ class CCRouterAdapter(ClaudeAdapter):
                 self._router_env,
                 home=self._home,
                 endpoints=self._upstreams,
+                tenant_endpoints=self._tenant_upstreams,
             )
         ]
 
