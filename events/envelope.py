@@ -8,7 +8,8 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
-from ulid import ULID
+
+from events.ids import new_ulid
 
 ENVELOPE_VERSION = 1
 
@@ -60,7 +61,7 @@ NOTIFIED_TYPES = frozenset(
 
 def new_event_id() -> str:
     """A time-sortable id (ULID), so ids order like the events they name."""
-    return str(ULID())
+    return new_ulid()
 
 
 def utcnow() -> datetime:
