@@ -98,6 +98,11 @@ class Ok(BaseModel):
     ok: bool = True
 
 
+# The answer to every accepted message, encoded once: an Ok model built and encoded per message
+# was ~3 % of the ingress's CPU for it.
+OK_BODY = Ok().model_dump_json().encode()
+
+
 def _out(row: UserSession) -> dict[str, object]:
     return {
         "id": row.id,
@@ -194,7 +199,7 @@ class SessionController(Controller):
     @post("/{session_id:uuid}/message", status_code=200, responses=problem_responses(410))
     async def send_message(
         self, session_id: UUID, data: SendMessage, request: Request[Principal, str, State], state: State
-    ) -> Ok:
+    ) -> Response[Ok]:
         """coder/agentapi's `POST /message`: `user` messages only while the agent is stable (else 409);
         `raw` keystrokes go straight to the terminal and are not recorded."""
         res = resources(state)
@@ -253,10 +258,11 @@ async def _status(res: Resources, row: UserSession) -> StatusOut:
 
 async def _send(
     res: Resources, row: UserSession, data: SendMessage, request: Request[Principal, str, State]
-) -> Ok:
+) -> Response[Ok]:
     # A raw message's audit record goes to Redis with it: one round trip instead of two.
     await deliver_message(res, row, data.content, data.type, along(request))
-    return Ok()
+    # Bytes go out as they are; Response[Ok] keeps the documented body Ok's.
+    return Response(OK_BODY)  # type: ignore[arg-type]
 
 
 async def _events(res: Resources, session_id: UUID, last_event_id: str | None) -> ServerSentEvent:
@@ -297,7 +303,9 @@ async def alias_messages(request: Request[Principal, str, State], state: State) 
     tags=ALIAS_TAGS,
     responses=ALIAS_RESPONSES,
 )
-async def alias_send_message(data: SendMessage, request: Request[Principal, str, State], state: State) -> Ok:
+async def alias_send_message(
+    data: SendMessage, request: Request[Principal, str, State], state: State
+) -> Response[Ok]:
     """`POST /api/v1/sessions/{id}/message` for the client key's session."""
     res = resources(state)
     return await _send(res, await keyed_session(res, request.user), data, request)
