@@ -13,14 +13,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import Receive, Scope, Send
 
 from api.address_limit import address_limit_middleware
+from api.after_auth import after_auth_middleware
 from api.auth import auth_middleware, openapi_components, openapi_security
 from api.console import console_assets, console_login, console_page, root
 from api.edge import edge_middleware
-from api.limits import json_content_type_middleware
 from api.mcp_gateway import build_gateway
 from api.metrics import metrics
 from api.problems import make_exception_handlers, problem_responses
-from api.rate_limit import rate_limit_middleware
 from api.routes.agent_control import alias_internal_screen, internal_screen, interrupt
 from api.routes.agents import list_agents
 from api.routes.audit import query_audit
@@ -45,7 +44,6 @@ from api.routes.users import erase_user, export_user
 from api.routes.webhooks import WebhookController, receive_delivery
 from api.shutdown import drain_on_signals
 from api.state import lifespan, resources
-from api.tenancy import membership_middleware
 from schemas.settings import GATEWAY_PATH, Settings, get_settings
 from services.gc_tuning import tune_gc
 from services.observability import configure_process
@@ -121,9 +119,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             edge_middleware,
             address_limit_middleware,
             auth_middleware(),
-            membership_middleware,
-            rate_limit_middleware,
-            json_content_type_middleware(),
+            after_auth_middleware,
         ],
         exception_handlers=make_exception_handlers(),
         request_max_body_size=settings.max_request_body_bytes,

@@ -5,7 +5,7 @@ rejects a body by its ``Content-Length`` before reading and by the counted bytes
 reading, raising ``RequestEntityTooLarge``, which :mod:`api.problems` turns into a 413 naming the limit.
 
 What Litestar does not do is refuse a body in the wrong format: a handler with a JSON ``data`` parameter
-parses any body as JSON whatever its ``Content-Type``. :class:`JSONContentTypeMiddleware` answers 415
+parses any body as JSON whatever its ``Content-Type``. :func:`check_json_content_type` answers 415
 when such a handler gets a body declared as something else (``text/plain``, a form, ...). A request without a
 ``Content-Type`` is still parsed as JSON, for curl's sake.
 """
@@ -18,12 +18,11 @@ from urllib.parse import parse_qsl
 
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, ValidationException
-from litestar.middleware import DefineMiddleware
 
 from api.problems import UNSTORABLE, UNSTORABLE_REASON, UnsupportedMediaTypeException
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Receive, Scope, Send
+    from litestar.types import Scope
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON_MEDIA = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
@@ -48,30 +47,17 @@ def _expects_json_body(route_handler: Any) -> bool:
     return expects
 
 
-class JSONContentTypeMiddleware:
-    """415 problem+json for a non-JSON body sent to a handler that takes a JSON ``data`` body."""
-
-    def __init__(self, app: ASGIApp, exclude: str | list[str] | None = None) -> None:
-        self.app = app
-        self.exclude = (
-            re.compile("|".join(exclude) if isinstance(exclude, list) else exclude) if exclude else None
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope.get("method") in _BODY_METHODS
-            and not (self.exclude and self.exclude.search(scope["path"]))
-            and _expects_json_body(scope.get("route_handler"))
-        ):
-            content_type = _header(scope, b"content-type")
-            if content_type is not None:
-                media = content_type.split(";", 1)[0].strip().lower()
-                if media and not _JSON_MEDIA.match(media):
-                    raise UnsupportedMediaTypeException(
-                        detail=f"Content-Type must be application/json, not {media[:100]}"
-                    )
-        await self.app(scope, receive, send)
+def check_json_content_type(scope: Scope) -> None:
+    """415 problem+json for a non-JSON body sent to a handler that takes a JSON ``data`` body (a step
+    of api.after_auth)."""
+    if scope.get("method") in _BODY_METHODS and _expects_json_body(scope.get("route_handler")):
+        content_type = _header(scope, b"content-type")
+        if content_type is not None:
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media and not _JSON_MEDIA.match(media):
+                raise UnsupportedMediaTypeException(
+                    detail=f"Content-Type must be application/json, not {media[:100]}"
+                )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -79,10 +65,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
-
-
-def json_content_type_middleware(exclude: list[str] | None = None) -> DefineMiddleware:
-    return DefineMiddleware(JSONContentTypeMiddleware, exclude=exclude)
 
 
 def _utf8(text: str) -> str | None:

@@ -16,7 +16,7 @@ import logging
 import math
 
 from litestar.exceptions import TooManyRequestsException
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 from redis.exceptions import RedisError
 
 from api.auth import Principal
@@ -46,17 +46,8 @@ return {0}
 """
 
 
-def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        principal = scope.get("user")
-        if scope["type"] == "http" and isinstance(principal, Principal):
-            await _check(scope, principal)
-        await app(scope, receive, send)
-
-    return middleware
-
-
-async def _check(scope: Scope, principal: Principal) -> None:
+async def check_rate_limits(scope: Scope, principal: Principal) -> None:
+    """429 past the principal's user or organization limit (a step of api.after_auth)."""
     try:
         res = scope["app"].state["resources"]
     except KeyError:

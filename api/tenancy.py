@@ -1,6 +1,6 @@
 """From an authenticated principal to a tenant context: membership, provisioning, effective role.
 
-A middleware after authentication looks up the caller's membership of the token's organization
+A step after authentication (api.after_auth) looks up the caller's membership of the token's organization
 on every request (cached per process for a few seconds):
 
 - none yet, and the organization exists: what happens is the organization's ``auto_provision``
@@ -23,7 +23,7 @@ from dataclasses import replace
 from uuid import UUID
 
 from litestar.exceptions import PermissionDeniedException
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 from redis.exceptions import RedisError
 from sqlmodel import select
 
@@ -163,20 +163,17 @@ async def ensure_user_row(engine, principal: Principal) -> None:
     _user_rows.add(principal.user_id)
 
 
-def membership_middleware(app: ASGIApp) -> ASGIApp:
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        principal = scope.get("user")
-        if scope["type"] == "http" and isinstance(principal, Principal) and principal.is_superadmin:
-            if principal.org_id is not None:
-                await ensure_user_row(scope["app"].state["resources"].engine, principal)
-        elif scope["type"] == "http" and isinstance(principal, Principal) and principal.org_id is not None:
-            res = scope["app"].state["resources"]
-            role = await membership_role(res, principal)
-            if role is None:
-                raise PermissionDeniedException("you were removed from this organization")
-            effective = _lesser(principal.role, role)
-            if effective != principal.role:
-                scope["user"] = replace(principal, role=effective)
-        await app(scope, receive, send)
-
-    return middleware
+async def check_membership(scope: Scope, principal: Principal) -> None:
+    """403 for a removed member; else the principal's role lowered to the membership's (a step of
+    api.after_auth)."""
+    if principal.is_superadmin:
+        if principal.org_id is not None:
+            await ensure_user_row(scope["app"].state["resources"].engine, principal)
+    elif principal.org_id is not None:
+        res = scope["app"].state["resources"]
+        role = await membership_role(res, principal)
+        if role is None:
+            raise PermissionDeniedException("you were removed from this organization")
+        effective = _lesser(principal.role, role)
+        if effective != principal.role:
+            scope["user"] = replace(principal, role=effective)

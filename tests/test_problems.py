@@ -30,7 +30,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.testing import AsyncTestClient
 from pydantic import Field
 
-from api.limits import json_content_type_middleware
+from api.after_auth import after_auth_middleware
 from api.problems import (
     PROBLEM_MEDIA_TYPE,
     Problem,
@@ -168,7 +168,7 @@ def build_app(**kwargs: Any) -> Litestar:
         HANDLERS,
         exception_handlers=handlers,
         request_max_body_size=LIMIT,
-        middleware=[json_content_type_middleware()],
+        middleware=[after_auth_middleware],
         **kwargs,
     )
 
