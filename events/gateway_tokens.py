@@ -7,20 +7,16 @@ heartbeats. A host that ends the session deletes it and publishes the digest on
 The ingress checks a token on every gateway request (an agent's every tool call), and a Redis GET
 per request was a sixth of its work per call. ``GatewayTokens`` keeps what it read for a second
 (``AGENTAPI_MCP_GATEWAY_TOKEN_CACHE_SECONDS``), and only while its subscription to the revocations
-is confirmed: a revocation drops the digest at once; a lost connection empties the cache and turns
-it off until subscribed again (then everything is read afresh: revocations sent meanwhile were
-missed). What no revocation reaches is bounded by that TTL: a revocation lost while the
-subscription looked healthy, a host that died (its key expires without a message), a publish that
-failed after the delete. Each leaves a token usable for at most that long after its key is gone,
+is confirmed (events/invalidations.py): a revocation drops the digest at once; a lost connection
+empties the cache and turns it off until subscribed again. What no revocation reaches is bounded
+by that TTL: a revocation lost while the subscription looked healthy, a host that died (its key
+expires without a message), a publish that failed after the delete. Each leaves a token usable for at most that long after its key is gone,
 in the ingress processes that had cached it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -28,16 +24,12 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from events.invalidations import Invalidations
 from events.streams import Names, secret_digest
-
-log = logging.getLogger(__name__)
 
 # Tokens kept per process (live sessions calling through it); beyond this the oldest go first.
 CACHE_ENTRIES = 4096
-# Waiting this long between attempts to subscribe again after the subscription broke.
-RESUBSCRIBE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,25 +67,28 @@ class GatewayTokens:
         self._names = names
         self._seconds = seconds
         self._entries: OrderedDict[str, tuple[float, TokenHolder]] = OrderedDict()
-        self._live = False
-        # Counts revocations and subscription changes: a read that saw one happen while it waited
-        # for Redis is not cached (its answer may predate the revocation it missed).
-        self._epoch = 0
-        self._task: asyncio.Task[None] | None = None
+        self._revocations = Invalidations(
+            redis,
+            names.gateway_revocations(),
+            lambda digest: self._entries.pop(digest, None),
+            self._entries.clear,
+        )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="gateway-token-revocations")
+        self._revocations.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._revocations.stop()
 
     @property
     def caching(self) -> bool:
         """Whether revocations reach this process, so that what it read may be reused."""
-        return self._live and self._seconds > 0
+        return self._revocations.live and self._seconds > 0
+
+    @property
+    def epoch(self) -> int:
+        """Counts the revocations heard and the subscription's changes."""
+        return self._revocations.epoch
 
     async def holder(self, token: str) -> TokenHolder | None:
         """Whom ``token`` was issued to while it is valid, else None."""
@@ -103,47 +98,16 @@ class GatewayTokens:
             cached = self._entries.get(digest)
             if cached is not None and cached[0] > now:
                 return cached[1]
-        epoch = self._epoch
+        epoch = self.epoch
         raw = await self._redis.get(self._names.gateway_token(digest))
         if not raw:
             return None
         entry = json.loads(raw)
         holder = TokenHolder(entry["session_id"], UUID(entry["org_id"]), UUID(entry["user_id"]))
-        if self.caching and self._epoch == epoch:
+        if self.caching and self.epoch == epoch:
             # Timed from before the read: Redis vouched for the token no later than that.
             self._entries[digest] = (now + self._seconds, holder)
             self._entries.move_to_end(digest)
             while len(self._entries) > CACHE_ENTRIES:
                 self._entries.popitem(last=False)
         return holder
-
-    def _forget_all(self, live: bool) -> None:
-        self._entries.clear()
-        self._epoch += 1
-        self._live = live
-
-    async def _listen(self) -> None:
-        channel = self._names.gateway_revocations()
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                while True:
-                    message = await pubsub.get_message(timeout=RESUBSCRIBE_SECONDS)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        # Also after redis-py reconnected and subscribed again by itself: whatever
-                        # was revoked in between never arrived.
-                        self._forget_all(live=True)
-                    elif message["type"] == "message":
-                        data = message["data"]
-                        self._epoch += 1
-                        self._entries.pop(data.decode() if isinstance(data, bytes) else data, None)
-            except Exception as exc:  # whatever broke the subscription, the loop must live on
-                log.warning("gateway token revocations unreachable, not caching tokens: %s", exc)
-            finally:
-                self._forget_all(live=False)
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(RESUBSCRIBE_SECONDS)

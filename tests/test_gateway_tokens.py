@@ -109,7 +109,7 @@ class RevokedDuringGet:
 async def test_a_lookup_that_raced_a_revocation_is_not_kept(aredis: Redis, names: Names) -> None:
     token, holder = await issued(aredis, names)
     started: list[GatewayTokens] = []
-    racing = RevokedDuringGet(aredis, names, lambda: started[0]._epoch if started else 0)
+    racing = RevokedDuringGet(aredis, names, lambda: started[0].epoch if started else 0)
     async with ingress(racing, names) as tokens:
         started.append(tokens)
         assert await tokens.holder(token) == holder  # Redis vouched for it before the revocation
