@@ -165,6 +165,11 @@ class Names:
         """Circuit-breaker hash of one MCP server, shared by every tools worker."""
         return f"{self.prefix}mcp:{config_id}:breaker"
 
+    def breaker_changes(self) -> str:
+        """The channel on which a configuration id is published when its breaker's state grows
+        (workers/circuit_breaker.py)."""
+        return f"{self.prefix}mcp:breaker-changes"
+
     def rate_limit_user(self, user_id: UUID | str) -> str:
         """The GCRA state (theoretical arrival time) of one user's request budget."""
         return f"{self.prefix}rl:user:{user_id}"
