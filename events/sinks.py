@@ -9,13 +9,15 @@ per event: about 300 events/s here). Blocking I/O: callers run it in a thread.
 from __future__ import annotations
 
 import hashlib
+import ssl
 import string
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from amqp import spec
 from kombu import Connection, Exchange, Producer
@@ -94,15 +96,39 @@ _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(sink_key: str, url: str, timeout: float) -> ConnectionPool:
-    # Keyed by sink and URL, so a changed URL gets a new pool and two sinks never share connections.
-    key = hashlib.sha256(f"{sink_key}\0{url}".encode()).hexdigest()
+def _pool(sink_key: str, url: str, addresses: Sequence[str], timeout: float) -> ConnectionPool:
+    # Keyed by sink, URL and vetted addresses, so a changed URL or DNS answer gets a new pool (whose
+    # connections, reconnects included, go to what was vetted) and two sinks never share connections.
+    pinned = ",".join(addresses)
+    key = hashlib.sha256(f"{sink_key}\0{url}\0{pinned}".encode()).hexdigest()
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
-            connection = Connection(url, connect_timeout=timeout, transport_options={"max_retries": 0})
-            pool = _pools[key] = connection.Pool(limit=POOL_LIMIT)
+            pool = _pools[key] = _connection(url, addresses, timeout).Pool(limit=POOL_LIMIT)
         return pool
+
+
+def _connection(url: str, addresses: Sequence[str], timeout: float) -> Connection:
+    """A kombu connection to the vetted addresses (in order, as failover alternates), not to a second
+    lookup of the URL's host; over TLS the name stays the server name and the certificate's."""
+    options: dict[str, Any] = {"connect_timeout": timeout, "transport_options": {"max_retries": 0}}
+    if not addresses:
+        return Connection(url, **options)
+    parts = urlsplit(url)
+    userinfo, port = parts.netloc.rpartition("@")[0], f":{parts.port}" if parts.port else ""
+    pinned = [
+        urlunsplit(parts._replace(netloc=f"{userinfo}@{_host(a)}{port}" if userinfo else f"{_host(a)}{port}"))
+        for a in addresses
+    ]
+    if parts.scheme == "amqps":
+        # py-amqp sends no server name and checks none unless told: the name, checked against the
+        # certificate, is what makes a connection to an address still the broker's.
+        options["ssl"] = {"server_hostname": parts.hostname, "cert_reqs": ssl.CERT_REQUIRED}
+    return Connection(pinned, **options)
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 @dataclass
@@ -140,9 +166,18 @@ def _confirming(channel: Any) -> _Confirms:
     return state
 
 
-def publish(sink_key: str, url: str, exchange: str, messages: list[Outgoing], timeout: float) -> None:
-    """Publish ``messages`` in order; raises PublishFailed with how many were confirmed before it."""
-    pool = _pool(sink_key, url, timeout)
+def publish(
+    sink_key: str,
+    url: str,
+    exchange: str,
+    messages: list[Outgoing],
+    timeout: float,
+    addresses: Sequence[str],
+) -> None:
+    """Publish ``messages`` in order to the broker at the vetted ``addresses`` (those of ``url``'s
+    host that the egress check returned; none for sqs://); raises PublishFailed with how many were confirmed
+    before it."""
+    pool = _pool(sink_key, url, addresses, timeout)
     try:
         conn = pool.acquire(block=True, timeout=timeout)
     except Exception as exc:

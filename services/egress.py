@@ -177,10 +177,14 @@ def _check_addresses(host: str, addresses: list[IPAddress], settings: Settings, 
 BROKER_SCHEMES = {"amqp": 5672, "amqps": 5671, "redis": 6379, "sqs": 443}
 
 
-async def check_broker_url(url: str, settings: Settings, field: str = "broker_url") -> None:
+async def check_broker_url(
+    url: str, settings: Settings, field: str = "broker_url", resolver: Resolver = resolve
+) -> list[IPAddress]:
     """An event sink's broker: a kombu URL of a known transport whose host passes the same SSRF rules
     as MCP endpoints, except that loopback is accepted outside production (a developer's or a test's
-    own broker). Credentials belong in the URL here; it is sealed like any other secret."""
+    own broker). Credentials belong in the URL here; it is sealed like any other secret. Returns the
+    addresses checked, which a connection must then be pinned to (none for sqs://, whose endpoint is
+    AWS's, not a name the tenant chose)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -195,18 +199,17 @@ async def check_broker_url(url: str, settings: Settings, field: str = "broker_ur
         # kombu's SQS transport takes only credentials from the URL; the endpoint is AWS's.
         if host:
             raise EgressRefused(field, "sqs:// takes credentials only: sqs://KEY:SECRET@")
-        return
+        return []
     if not host:
         raise EgressRefused(field, "must name a host")
     if host in METADATA_HOSTS:
         raise EgressRefused(field, f"{host} is a cloud metadata service")
-    addresses = await resolve(host, port or BROKER_SCHEMES[parts.scheme], field)
+    addresses = await resolver(host, port or BROKER_SCHEMES[parts.scheme], field)
     if _reaches_metadata(addresses):
         raise EgressRefused(field, f"{host} resolves to a cloud metadata address")
-    loopback = _all_loopback(addresses)
-    if loopback and settings.environment != "production":
-        return
-    _check_addresses(host, addresses, settings, field)
+    if not (_all_loopback(addresses) and settings.environment != "production"):
+        _check_addresses(host, addresses, settings, field)
+    return addresses
 
 
 def check_stdio(command: str, args: list[str], env: dict[str, str], settings: Settings) -> None:

@@ -83,9 +83,10 @@ async def _check_target(backends: Backends, url: str) -> None:
         raise Invalid(str(exc), [(exc.field, exc.reason)]) from exc
 
 
-async def _check_broker(backends: Backends, url: str) -> None:
+async def _check_broker(backends: Backends, url: str) -> list[str]:
+    """The broker's vetted addresses, which its connections go to (422 naming the field otherwise)."""
     try:
-        await check_broker_url(url, backends.settings)
+        return [str(address) for address in await check_broker_url(url, backends.settings)]
     except EgressRefused as exc:
         raise Invalid(str(exc), [(exc.field, exc.reason)]) from exc
 
@@ -217,7 +218,7 @@ async def test_sink(
     if row.direction != "sink":
         raise Conflict("only sinks are tested here")
     url = _open_secret(backends, row)
-    await _check_broker(backends, url)
+    addresses = await _check_broker(backends, url)
     test = Event(
         type=EventType.WEBHOOK_TEST,
         org_id=row.org_id,
@@ -237,6 +238,7 @@ async def test_sink(
             row.exchange or "",
             [Outgoing(test.id, key, encode(document))],
             backends.settings.sink_timeout_seconds,
+            addresses,
         )
     except PublishFailed as exc:
         error = exc.reason

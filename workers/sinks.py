@@ -31,7 +31,7 @@ from events.streams import stream_id_key
 from schemas.db import TenantContext, dialect_insert, tenant_transaction
 from schemas.tables import Webhook, WebhookDelivery
 from schemas.webhook_signing import secret_ref
-from services.egress import EgressRefused, check_broker_url
+from services.egress import EgressRefused, Resolver, check_broker_url, resolve
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Drain:
     sink_id: UUID
     org_id: UUID
     session: str  # a session id, or NO_SESSION for events outside any session
+    # What the broker's name is looked up with for the egress check; the connection goes where it vetted.
+    resolver: Resolver = resolve
 
     async def run(self) -> None:
         """Drain under the pair's lock; a drain that finds it held leaves a mark for the holder,
@@ -160,9 +162,11 @@ class Drain:
             messages.append(Outgoing(row.event_id, routing_key(template, document), encode(document)))
         sent, error = len(rows), None
         try:
-            await check_broker_url(url, settings)
+            vetted = await check_broker_url(url, settings, resolver=self.resolver)
+            addresses = [str(address) for address in vetted]
             await asyncio.to_thread(
-                publish, str(sink.id), url, sink.exchange or "", messages, settings.sink_timeout_seconds
+                publish,
+                *(str(sink.id), url, sink.exchange or "", messages, settings.sink_timeout_seconds, addresses),
             )
         except EgressRefused as exc:
             sent, error = 0, str(exc)
