@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from tests.waiting import until
 from workers.agents.base import LaunchContext
 from workers.agents.custom import CustomAdapter
-from workers.conversation import AgentBusy, Conversation, Timing
+from workers.conversation import RAW_LOOK_SECONDS, AgentBusy, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
 from workers.screen_tracker import Message, ScreenTracker
 
@@ -130,6 +132,36 @@ async def test_busy_agent_refuses_input_and_raw_keys_reach_it(tmp_path: Path) ->
         conversation.send_raw(b"\x03")
         await until(lambda: "^C interrupted" in conversation.pty.snapshot(), 10)
         assert len(conversation.messages) == count, "raw keys are not recorded as messages"
+    finally:
+        await conversation.stop()
+
+
+async def test_keys_in_a_row_are_looked_at_once_per_interval_and_the_last_is_seen(tmp_path: Path) -> None:
+    """Keys one after another, each as soon as the agent has drawn the last (a client posting a
+    keystroke per request): the watcher looks at their answers at most once per
+    ``RAW_LOOK_SECONDS``, not once per key, and still sees the last."""
+    conversation = await start_echo(tmp_path)
+    looks: list[tuple[float, str]] = []
+    observe = conversation.tracker.observe
+
+    def counted(screen: str, now: float) -> list[Message]:
+        looks.append((now, screen))
+        return observe(screen, now)
+
+    conversation.tracker.observe = counted  # type: ignore[method-assign]
+    keys = 100
+    try:
+        for _ in range(keys):
+            drawn = conversation.pty.last_output
+            conversation.send_raw(b"x")
+            deadline = time.monotonic() + 10
+            while conversation.pty.last_output == drawn and time.monotonic() < deadline:
+                await asyncio.sleep(0)
+        await until(lambda: "│ > " + "x" * keys in looks[-1][1], 10, "the last key was seen")
+        gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(looks)]
+        # The event loop may wake a timer up to its clock's resolution early.
+        assert min(gaps) >= RAW_LOOK_SECONDS - 0.001, (len(looks), min(gaps))
+        assert len(looks) < keys
     finally:
         await conversation.stop()
 

@@ -25,6 +25,10 @@ MARK_CHARS = 16
 VERBATIM_CHARS = 400
 # How often an idle conversation looks at its terminal without being woken (a safety net only).
 IDLE_WAKE_SECONDS = 1.0
+# The longest the answer to raw keys waits to be looked at after the previous look: keys sent in a
+# burst (one POST each) get one look per this interval, not one per key, and the last key's answer
+# is still seen within it.
+RAW_LOOK_SECONDS = 0.005
 
 
 class AgentBusy(Exception):
@@ -77,6 +81,8 @@ class Conversation:
         # The failure the current turn's screen shows, and since when (monotonic) without a break.
         self.agent_error: AgentError | None = None
         self.error_since: float | None = None
+        # When a turn's text or Enter was last written: what the screen shows next is looked at at once.
+        self._typed_at = 0.0
 
     @property
     def status(self) -> Status:
@@ -142,15 +148,22 @@ class Conversation:
     async def _until_output(self, last_seen: float, looked_at: float) -> None:
         """While the agent works: wake for its next output, or after a snapshot interval to move the
         settle clock on. A look costs a screen render (~1.5 ms), so output the agent draws by itself
-        (a TUI redraws in bursts) is looked at once per interval; the answer to our own input is
-        looked at as soon as it arrives, which is what the reply's first byte waits for."""
+        (a TUI redraws in bursts) is looked at once per interval, and the answer to raw keys once
+        per ``RAW_LOOK_SECONDS`` (a client may send a key per request, hundreds a second); the
+        answer to a typed turn is looked at as soon as it arrives, which is what the reply's first
+        byte waits for."""
         interval = self.timing.snapshot_interval
         self.pty.activity.clear()
         if self.pty.last_output == last_seen:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pty.activity.wait(), interval)
         if self.pty.last_input < looked_at:
-            await asyncio.sleep(max(0.0, looked_at + interval - time.monotonic()))
+            pause = interval
+        elif self._typed_at < looked_at:
+            pause = RAW_LOOK_SECONDS
+        else:
+            return
+        await asyncio.sleep(max(0.0, looked_at + pause - time.monotonic()))
 
     def _notice_error(self, screen: str, now: float) -> None:
         """Reports a failure line of the current turn when it appears or says something new, and
@@ -221,20 +234,24 @@ class Conversation:
         body = text.encode()
         before = self.pty.snapshot()
         deadline = time.monotonic() + self.timing.enter_timeout
-        self.pty.write(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
+        self._type(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
         await self._until_pasted(text, before, deadline)
         if self.adapter.bracketed_paste:
             # From the paste's echo, not from our write: the TUI's clock starts when it reads it.
             await asyncio.sleep(self.adapter.paste_enter_delay)
         echoed = self.pty.snapshot()
         while True:
-            self.pty.write(b"\r")
+            self._type(b"\r")
             if await self._screen_differs(echoed, self.timing.enter_retry):
                 return
             if time.monotonic() >= deadline:
                 raise AgentNotResponding(
                     f"the agent did not react to the message within {self.timing.enter_timeout:g} s"
                 )
+
+    def _type(self, data: bytes) -> None:
+        self.pty.write(data)
+        self._typed_at = self.pty.last_input
 
     async def _until_pasted(self, text: str, before: str, deadline: float) -> None:
         """Until the agent has read the message and shown it. An Enter written sooner reaches a TUI
