@@ -689,7 +689,12 @@ class SessionHost:
                 self.last_activity = time.monotonic()
                 if self._open_turn is None:
                     self.last_input_id = entry_id
-                    await self._persist_messages()
+                    # One write for a run of inputs already read (keys sent a request each): a host
+                    # that dies within it has its agent restarted and retypes at most that run, the
+                    # same kind of repeat as the single input before the write, and no more than
+                    # ``PARTIAL_STORE_SECONDS`` of it while inputs keep coming.
+                    if entries.empty():
+                        await self._persist_messages()
         finally:
             self.context.inputs.unsubscribe(stream)
 
