@@ -117,7 +117,7 @@ def main() -> None:
         pending = ""
         while True:
             pending += read_key(fd)
-            pasted = False
+            pasted = edited = False
             while pending:
                 if pending.startswith(PASTE_START):
                     end = pending.find(PASTE_END)
@@ -154,6 +154,9 @@ def main() -> None:
                     continue
                 else:
                     buffer, pending = buffer + pending[0], pending[1:]
+                edited = True
+            if edited:
+                # Once per read, as a TUI renders once per batch of input, not once per key.
                 out("\r\x1b[K│ > " + buffer)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
