@@ -9,12 +9,16 @@ import signal
 import time
 
 import httpx
+import psycopg
 import pytest
 import redis.asyncio
 
+from events.payloads import RawKeys
+from events.session_state import input_entry
 from events.streams import Names
 from tests.fixtures.stack import Stack
 from tests.test_skeleton_e2e import ECHO, agent_said, named, read_events
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,3 +121,39 @@ async def test_a_message_the_agent_never_takes_fails_its_turn_and_the_host_stays
         assert (await store.hgetall(names.session_state(created["id"])))["host"] == host
         status = (await client.get(f"{base}/status", headers=headers)).json()
         assert status["session_status"] in ("running", "stable"), "the session is still live"
+
+
+async def test_a_run_of_raw_keys_leaves_the_cursor_after_its_last_key(stack: Stack) -> None:
+    """Keys already read are handled before the cursor is stored, once for the run: it ends after
+    the last of them, so a recovering host retypes none."""
+    headers = stack.headers()
+    names = Names(stack.env["AGENTAPI_REDIS_PREFIX"])
+    store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+    owner = stack.env["AGENTAPI_MIGRATIONS_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
+
+    def cursor(session_id: str) -> str | None:
+        with psycopg.connect(owner) as db:
+            row = db.execute(
+                "SELECT last_input_id FROM user_sessions WHERE id = %s", (session_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
+        session_id, base = created["id"], f"/api/v1/sessions/{created['id']}"
+        await wait_stable(client, base, headers)
+        async with store.pipeline(transaction=False) as keys:
+            for _ in range(40):
+                keys.xadd(*input_entry(names, session_id, RawKeys(content="x")))
+            last = (await keys.execute())[-1]
+
+        async def stored() -> bool:
+            return await asyncio.to_thread(cursor, session_id) == last
+
+        await until(stored, 20, "the cursor is after the last key")
+        screen = await read_events(
+            client, f"{base}/internal/screen", headers, until=lambda e: "x" * 40 in e.data
+        )
+        assert "x" * 41 not in screen[-1].data, "each key typed once"
+        await client.delete(base, headers=headers)
+    await store.aclose()
