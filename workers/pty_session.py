@@ -12,6 +12,7 @@ import codecs
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import resource
 import signal
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyte
+from wcwidth import wcwidth
 
 from workers.sandbox import Sandbox
 
@@ -78,6 +80,38 @@ class _Screen(pyte.Screen):
         if not private:
             super().select_graphic_rendition(*attrs)
 
+    def text(self) -> str:
+        """What pyte's ``display`` shows, rows right-trimmed, at a fraction of its cost: ``display``
+        asks wcwidth about each of the 4,800 cells (~1.5 ms on a quiet VM), while most rows are empty
+        and most others hold no wide character, so that joining their cells is already the row."""
+        rows = []
+        for y in range(self.lines):
+            line = self.buffer.get(y)
+            if not line:
+                rows.append("")
+                continue
+            cells = [line[x].data for x in range(min(max(line) + 1, self.columns))]
+            row = "".join(cells)
+            if not row.isascii() and any(map(_is_wide, set(row))):
+                row = self._wide_row(cells)
+            rows.append(row.rstrip())
+        return "\n".join(rows).rstrip("\n")
+
+    @staticmethod
+    def _wide_row(cells: list[str]) -> str:
+        """pyte's rendering of a row: the cell after a wide character is its stub."""
+        parts, stub = [], False
+        for data in cells:
+            if not stub:
+                parts.append(data)
+            stub = not stub and _is_wide(data[:1])
+        return "".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_wide(char: str) -> bool:
+    return wcwidth(char) == 2
+
 
 class PtySession:
     def __init__(
@@ -111,7 +145,7 @@ class PtySession:
         # Input the terminal could not take yet (its buffer was full): written, in order, once the
         # loop says the master is writable again.
         self._unwritten = bytearray()
-        # The rendered screen and the feed it shows: a render costs ~1.5 ms, and the watcher, the
+        # The rendered screen and the feed it shows: the watcher, the
         # mirror and a typed turn each look at the same screen between two reads.
         self._feeds = 0
         self._rendered: tuple[int, str] | None = None
@@ -215,8 +249,7 @@ class PtySession:
 
     def snapshot(self) -> str:
         if self._rendered is None or self._rendered[0] != self._feeds:
-            text = "\n".join(line.rstrip() for line in self.screen.display).rstrip("\n")
-            self._rendered = (self._feeds, text)
+            self._rendered = (self._feeds, self.screen.text())
         return self._rendered[1]
 
     async def wait(self) -> int:
