@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import queue
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import redis.asyncio
 
-from bench.harness import Row, stack, start_echo, summary_ms
+from bench.harness import Row, cpu_seconds, stack, start_echo, summary_ms
 from events.envelope import Event
 from events.streams import FIELD, Names
 
@@ -100,13 +98,6 @@ def _subscribers(args: tuple[str, dict[str, str], int, str, Any, Any, Any]) -> N
     asyncio.run(main())
 
 
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """The process's user and system CPU so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 async def _reply_logged(env: dict[str, str], session: str, marker: str) -> float:
     """When the agent's reply carrying ``marker`` entered the session's log (its stream id)."""
     client = redis.asyncio.Redis.from_url(env["AGENTAPI_REDIS_URL"], decode_responses=True)
@@ -154,11 +145,11 @@ async def bench(quick: bool) -> list[Row]:
             # The ingress's CPU from the POST until every delivery is in: steadier than the delays
             # on a shared machine, where wall clock swings with the other tenants' load.
             assert s.server is not None
-            cpu_before = _cpu_seconds(s.server.pid)
+            cpu_before = cpu_seconds(s.server.pid)
             # The subscribers' processes share the 2 cores with the ingress: their CPU per
             # received event says whether the client side is what delays the delivery.
             client_pids = [proc.pid for proc in procs if proc.pid is not None]
-            clients_before = sum(sum(_cpu_seconds(pid)) for pid in client_pids)
+            clients_before = sum(sum(cpu_seconds(pid)) for pid in client_pids)
             posted = time.time()
             await client.post(
                 f"/api/v1/sessions/{session}/message", json={"content": marker}, headers=headers
@@ -173,9 +164,9 @@ async def bench(quick: bool) -> list[Row]:
                 for tally, more in ((failures, failed), (retries, retried)):
                     for name, n in more.items():
                         tally[name] = tally.get(name, 0) + n
-            user, system = _cpu_seconds(s.server.pid)
+            user, system = cpu_seconds(s.server.pid)
             ingress_user, ingress_sys = user - cpu_before[0], system - cpu_before[1]
-            clients_cpu = sum(sum(_cpu_seconds(pid)) for pid in client_pids) - clients_before
+            clients_cpu = sum(sum(cpu_seconds(pid)) for pid in client_pids) - clients_before
             release.set()
             logged_at = await _reply_logged(s.env, session, marker)
             for proc in procs:

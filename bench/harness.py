@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import statistics
 import tempfile
@@ -96,6 +97,13 @@ async def until_stable(client: httpx.AsyncClient, url: str, headers: dict[str, s
         async for sse in source.aiter_sse():
             if sse.event == "status_change" and json.loads(sse.data)["status"] == "stable":
                 return
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_bytes(pid: int) -> int:

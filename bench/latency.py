@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from bench.harness import Row, stack, start_echo, summary_ms
+from bench.harness import Row, cpu_seconds, stack, start_echo, summary_ms
 
 
 @dataclass
@@ -97,7 +97,14 @@ async def bench(quick: bool) -> list[Row]:
         headers = s.headers()
         async with httpx.AsyncClient(base_url=s.base_url, timeout=30) as client:
             session = await start_echo(client, s, headers)
+            # CPU over the turns (the agents are the worker's children: not counted).
+            pids = {"sessions_worker": s.workers[0].pid, "ingress": s.server.pid if s.server else 0}
+            cpu_before = {name: sum(cpu_seconds(pid)) for name, pid in pids.items()}
             turns = await measure_turns(client, session, headers, count)
+            cpu_ms = {
+                f"{name}_cpu_ms_per_turn": round((sum(cpu_seconds(pid)) - cpu_before[name]) * 1000 / count, 2)
+                for name, pid in pids.items()
+            }
             await client.delete(f"/api/v1/sessions/{session}", headers=headers)
     samples, busy = turns.samples, turns.busy
     accepted, to_log, relayed = turns.accepted, turns.to_log, turns.relayed
@@ -107,6 +114,7 @@ async def bench(quick: bool) -> list[Row]:
         "post_answered": summary_ms(accepted),
         "reply_in_event_log": summary_ms(to_log),
         "log_to_sse_client": summary_ms(relayed),
+        **cpu_ms,
     }
     return [
         Row(
