@@ -210,8 +210,8 @@ class PtySession:
         if not data:
             self._close_master()
             return
-        self._stream.feed(self._decoder.decode(data))
         self._feeds += 1
+        self._stream.feed(self._decoder.decode(data))
         self.last_output = time.monotonic()
         if self.on_output:
             self.on_output()
