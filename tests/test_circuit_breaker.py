@@ -16,6 +16,7 @@ import redis.asyncio
 from redis.asyncio import Redis
 
 from events.streams import Names
+from tests.pubsub_faults import cut_subscriptions
 from tests.waiting import until
 from workers.circuit_breaker import CircuitBreaker, CircuitOpen
 
@@ -84,10 +85,7 @@ async def test_a_lost_subscription_stops_the_remembering(redis_url: str, aredis:
             assert await breaker.before_call(config) is False
             # Opened while the subscription is down: its message never arrives.
             await open_silently(aredis, names, config)
-            subscribers = [c for c in await aredis.client_list(_type="pubsub") if c["name"] == name]
-            assert subscribers
-            for subscriber in subscribers:
-                await aredis.client_kill_filter(_id=subscriber["id"])
+            await cut_subscriptions(aredis, name)
             await until(lambda: refuses(breaker, config), timeout=10, what="the breaker read the state again")
             await until(lambda: breaker.caching, timeout=10, what="subscribed again")
     finally:

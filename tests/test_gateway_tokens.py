@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from events import gateway_tokens
 from events.gateway_tokens import GatewayTokens, TokenHolder
 from events.streams import Names, secret_digest
+from tests.pubsub_faults import cut_subscriptions
 from tests.waiting import until
 
 # Long enough that only a revocation (or a lost subscription) can explain a refusal in a test.
@@ -78,10 +79,7 @@ async def test_a_lost_subscription_empties_the_cache(redis_url: str, aredis: Red
             assert await tokens.holder(token) == holder
             # The token is revoked while the subscription is down: its message never arrives.
             await aredis.delete(names.gateway_token(secret_digest(token)))
-            subscribers = [c for c in await aredis.client_list(_type="pubsub") if c["name"] == name]
-            assert subscribers
-            for subscriber in subscribers:
-                await aredis.client_kill_filter(_id=subscriber["id"])
+            await cut_subscriptions(aredis, name)
             await until(lambda: refused(tokens, token), timeout=10, what="the cache was emptied")
             await until(lambda: tokens.caching, timeout=10, what="subscribed again")
     finally:
