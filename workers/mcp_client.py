@@ -27,6 +27,8 @@ from fastmcp import Client
 from fastmcp.client.auth.bearer import BearerAuth
 from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import find_invalid_x_mcp_header, mcp_param_headers, x_mcp_header_map
+from mcp_types.jsonrpc import HEADER_MISMATCH
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from schemas.settings import Settings
@@ -141,6 +143,10 @@ class Unusual(Exception):
     redirect with its own message)."""
 
 
+class HeadersRefused(McpToolError):
+    """The server refused a call's ``Mcp-Param-*`` headers: they disagree with its tool's schema."""
+
+
 class HttpSession:
     """One Streamable HTTP MCP server spoken to with JSON-RPC POSTs over kept-alive connections
     (httpcore's pool, under httpx). A tool call through fastmcp's client (its transport's tasks
@@ -155,7 +161,12 @@ class HttpSession:
     declares no capabilities) are answered "method not found". Redirects are not followed (the
     egress check vetted this URL only), connections go to the addresses it vetted, and a reply longer
     than ``max_reply_bytes`` is cut short (McpUnavailable). Results are passed on as the server
-    wrote them: structured content is not checked against the tool's output schema."""
+    wrote them: structured content is not checked against the tool's output schema.
+
+    A stateless-protocol server may route by ``Mcp-Param-*`` headers that mirror arguments its
+    tools' schemas mark with ``x-mcp-header``, and refuses a call whose headers and body disagree:
+    the session lists the tools once before its first call to learn which, as the SDK's client
+    does, and again when the server refuses a call's headers (its tools changed)."""
 
     def __init__(self, url: str, token: str | None, addresses: list[IPAddress], max_reply_bytes: int) -> None:
         self.url = url.encode()
@@ -170,6 +181,8 @@ class HttpSession:
         self.protocol = STATELESS_PROTOCOL
         self.session_id: str | None = None
         self._ids = itertools.count(1)
+        # Per tool, the argument paths a stateless server wants mirrored as headers; None: not listed.
+        self._param_headers: dict[str, dict[tuple[str, ...], str]] | None = None
 
     async def open(self, timeout: float) -> None:
         try:
@@ -242,6 +255,7 @@ class HttpSession:
         timeout: float,
         on_progress: ProgressCallback | None = None,
         name: str | None = None,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> dict[str, Any]:
         """The result of one request; raises the pool's exceptions for what went wrong."""
         request_id = next(self._ids)
@@ -251,9 +265,8 @@ class HttpSession:
         body = _request(request_id, method, {**params, "_meta": meta} if meta else params).encode()
         try:
             async with asyncio.timeout(timeout):
-                async with self.http.stream(
-                    "POST", self.url, headers=self._headers(method, name), content=body
-                ) as response:
+                headers = self._headers(method, name) + (extra_headers or [])
+                async with self.http.stream("POST", self.url, headers=headers, content=body) as response:
                     _refused(response.status)
                     reply = await self._reply(response, request_id, on_progress)
         except TimeoutError as exc:
@@ -268,6 +281,8 @@ class HttpSession:
             raise McpUnavailable(f"the MCP server answered {response.status} without a reply")
         if "error" in reply:
             text = str(reply["error"].get("message") or reply["error"])
+            if reply["error"].get("code") == HEADER_MISMATCH:
+                raise HeadersRefused(text)
             raise McpTimeout(text) if "timed out" in text.lower() else McpToolError(text)
         result: dict[str, Any] = reply.get("result") or {}
         if result.get("resultType", "complete") != "complete":
@@ -311,9 +326,21 @@ class HttpSession:
     async def call_tool(
         self, name: str, arguments: dict[str, Any], timeout: float, on_progress: ProgressCallback | None
     ) -> dict[str, Any]:
-        result = await self.request(
-            "tools/call", {"name": name, "arguments": arguments}, timeout, on_progress, name=name
-        )
+        params = {"name": name, "arguments": arguments}
+        if self.protocol != STATELESS_PROTOCOL:
+            result = await self.request("tools/call", params, timeout, on_progress, name=name)
+        else:
+            if self._param_headers is None:
+                await self.list_tools(timeout)
+            try:
+                result = await self.request(
+                    "tools/call", params, timeout, on_progress, name, self._mirrored(name, arguments)
+                )
+            except HeadersRefused:
+                await self.list_tools(timeout)
+                result = await self.request(
+                    "tools/call", params, timeout, on_progress, name, self._mirrored(name, arguments)
+                )
         content: list[dict[str, Any]] = result.get("content") or []
         if result.get("isError"):
             text = " ".join(str(block.get("text", "")) for block in content if block.get("type") == "text")
@@ -328,7 +355,20 @@ class HttpSession:
             tools += result.get("tools") or []
             cursor = result.get("nextCursor")
             if not cursor:
-                return tools
+                break
+        self._param_headers = {
+            str(tool.get("name")): x_mcp_header_map(schema)
+            for tool in tools
+            if (schema := tool.get("inputSchema")) and find_invalid_x_mcp_header(schema) is None
+        }
+        return tools
+
+    def _mirrored(self, name: str, arguments: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        paths = (self._param_headers or {}).get(name)
+        if not paths:
+            return []
+        mirrored = mcp_param_headers(paths, arguments)
+        return [(key.lower().encode(), value.encode()) for key, value in mirrored.items()]
 
     async def close(self) -> None:
         """Ends the server's session (session protocol), then closes the connections."""

@@ -11,7 +11,9 @@ introspection, as its client ``resource_server``) and publishes RFC 9728 metadat
 
 Tools: ``echo``, ``add``, ``progress`` (reports progress, then answers), ``fail`` (a tool error),
 ``connection`` (the caller's TCP address over HTTP, to see a client kept or replaced) and ``hang``
-(never answers, for timeouts and the circuit breaker).
+(never answers, for timeouts and the circuit breaker). With ``--routed-echo``, ``echo``'s ``text``
+is also an ``Mcp-Param-Text`` header (MCP 2026-07-28's ``x-mcp-header``): the same tool name with
+another input schema.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-from typing import Any
+from typing import Annotated, Any
 
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_request
+from pydantic import Field
 
 server = FastMCP("agentapi-test-tools")
 
@@ -31,6 +34,11 @@ server = FastMCP("agentapi-test-tools")
 @server.tool
 def echo(text: str) -> str:
     """Return the text unchanged."""
+    return f"echo: {text}"
+
+
+def routed_echo(text: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Text"})]) -> str:
+    """Return the text unchanged; a client sends it as a header as well."""
     return f"echo: {text}"
 
 
@@ -101,7 +109,11 @@ def main() -> None:
     parser.add_argument("--token", action="append", default=[])
     parser.add_argument("--issuer", default="")
     parser.add_argument("--introspection-secret", default="")
+    parser.add_argument("--routed-echo", action="store_true")
     args = parser.parse_args()
+    if args.routed_echo:
+        server.local_provider.remove_tool("echo")
+        server.tool(routed_echo, name="echo")
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
         return
