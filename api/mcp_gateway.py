@@ -49,6 +49,8 @@ LIST_WAIT_SECONDS = 20.0
 # not per user: an agent lists its tools as it starts, and a session started just after its user
 # added a server must see that server's tools.
 LISTING_SECONDS = 2.0
+# How long a session's tool schemas serve the Mcp-Param header check after its last listing.
+SCHEMA_SECONDS = 3_600.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,13 @@ class TenantTools(Provider):
         super().__init__()
         self._resources = get_resources
         self._listings: Recent[UUID, list[Tool]] = Recent(LISTING_SECONDS)
+        # The input schemas of each session's last listing, kept while the session is likely alive:
+        # a call arrives seconds or minutes after the agent listed, when the listing itself is gone.
+        self._schemas: Recent[UUID, dict[str, dict[str, Any]]] = Recent(SCHEMA_SECONDS, size=4_096)
+
+    def input_schema(self, session_id: UUID, name: str) -> dict[str, Any] | None:
+        """The schema ``name`` had in the session's own last listing, if the process still has it."""
+        return self._schemas.get(session_id, {}).get(name)
 
     async def _list_tools(self) -> Sequence[Tool]:
         try:
@@ -99,6 +108,7 @@ class TenantTools(Provider):
         if listing is None:
             listing = await self._listing(identity)
             self._listings.put(identity.session_id, listing)
+            self._schemas.put(identity.session_id, {tool.name: tool.parameters for tool in listing})
         return listing
 
     async def _listing(self, identity: GatewayIdentity) -> list[Tool]:
@@ -203,6 +213,36 @@ class TenantTools(Provider):
         return ToolResult(content=blocks, structured_content=payload.get("structured_content"))
 
 
+class _NotKept(dict[str, dict[str, Any]]):
+    """fastmcp's server-wide schema map, left empty: see ``GatewayServer``."""
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class GatewayServer(FastMCP):
+    """fastmcp checks a ``tools/call``'s ``Mcp-Param-*`` headers (MCP 2026-07-28) against the tool's
+    input schema from one server-wide map of name to schema, filled by every listing and never
+    emptied. In the gateway a name (``<config>__<tool>``) is a different tool for each tenant and
+    comes from the tenant's own servers: that map would judge one tenant's calls by the schema
+    another tenant's server gave the same name, and would grow with every name any server ever
+    listed. The check reads the calling session's own last listing instead; a session this process
+    has not listed for is not checked, as fastmcp does when a listing fails (the gateway routes
+    by the body's arguments, never by those headers)."""
+
+    def __init__(self, tools: TenantTools) -> None:
+        super().__init__("agentapi-gateway", providers=[tools])
+        self._tenant_tools = tools
+        self._wire_input_schemas = _NotKept()
+
+    def _get_tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        try:
+            identity = _identity()
+        except ToolError:
+            return None
+        return self._tenant_tools.input_schema(identity.session_id, name)
+
+
 class GatewayAuth:
     """ASGI wrapper: the session's gateway token, and only for that session's path."""
 
@@ -254,6 +294,6 @@ async def _problem(send: Any, status: int, detail: str) -> None:
 
 def build_gateway(get_resources: Callable[[], Resources]) -> tuple[Any, Any]:
     """The ASGI app to mount and the fastmcp app whose lifespan the ingress must run."""
-    server = FastMCP("agentapi-gateway", providers=[TenantTools(get_resources)])
+    server = GatewayServer(TenantTools(get_resources))
     mcp_app = server.http_app(path="/", stateless_http=True, json_response=True)
     return GatewayAuth(mcp_app, get_resources), mcp_app

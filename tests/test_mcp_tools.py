@@ -75,8 +75,8 @@ async def create_config(client: httpx.AsyncClient, stack: Stack, **body: object)
     return response.json()
 
 
-async def start_session(client: httpx.AsyncClient, stack: Stack) -> str:
-    response = await client.post("/api/v1/sessions", json=ECHO, headers=stack.headers())
+async def start_session(client: httpx.AsyncClient, stack: Stack, **tenant: object) -> str:
+    response = await client.post("/api/v1/sessions", json=ECHO, headers=stack.headers(**tenant))
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
@@ -224,10 +224,15 @@ def agent_said_prefix(prefix: str):  # type: ignore[no-untyped-def]
     return match
 
 
-def gateway_config(stack: Stack, session_id: str) -> dict[str, object]:
+def gateway_config(
+    stack: Stack, session_id: str, org_id: object = None, user_id: object = None
+) -> dict[str, object]:
     """What the agent was given: the MCP config file in its session's home."""
     workspace = (
-        Path(stack.env["AGENTAPI_WORKSPACE_ROOT"]) / str(stack.org_id) / str(stack.user_id) / session_id
+        Path(stack.env["AGENTAPI_WORKSPACE_ROOT"])
+        / str(org_id or stack.org_id)
+        / str(user_id or stack.user_id)
+        / session_id
     )
     return json.loads((workspace / ".home" / ".agentapi" / "mcp.json").read_text())["mcpServers"]["agentapi"]
 
@@ -336,9 +341,93 @@ async def test_every_ingress_refuses_a_session_token_once_the_session_ended(
         await asyncio.to_thread(stop, second)
 
 
-def gateway_config_written(stack: Stack, session_id: str) -> bool:
+async def test_a_tool_name_two_tenants_list_is_checked_against_each_callers_own_schema(
+    client: httpx.AsyncClient, tools_stack: Stack, http_server: tuple[str, str], pg_urls
+) -> None:  # type: ignore[no-untyped-def]
+    """Two tenants name a configuration alike, and their servers give ``echo`` different schemas:
+    the other tenant's routes ``text`` as an ``Mcp-Param-Text`` header (MCP 2026-07-28). The gateway
+    checks a call's headers against the calling session's own listing. fastmcp's one server-wide
+    map of name to schema judged this tenant's call by the schema the other tenant listed last, and
+    refused it for the header its own listing never asked for."""
+    from tests.fixtures.stack import seed_async
+
+    url, bearer = http_server
+    other_org, other_user = uuid.uuid4(), uuid.uuid4()
+    await seed_async(pg_urls.owner, other_org, other_user, "Routing MCP Org")
+    other = {"org_id": other_org, "user_id": other_user, "role": "owner"}
+    routed_token = secrets.token_urlsafe(24)
+    with mcp_server("http", f"--token={routed_token}", "--routed-echo") as routed_url:
+        name = f"shared-{secrets.token_hex(3)}"
+        mine = await create_config(
+            client,
+            tools_stack,
+            name=name,
+            transport="http",
+            endpoint_url=url,
+            auth_type="bearer",
+            bearer_token=bearer,
+        )
+        theirs = await client.post(
+            "/api/v1/mcp/configurations",
+            json={
+                "name": name,
+                "transport": "http",
+                "endpoint_url": routed_url,
+                "auth_type": "bearer",
+                "bearer_token": routed_token,
+            },
+            headers=tools_stack.headers(**other),
+        )
+        assert theirs.status_code == 201, theirs.text
+        my_session = await start_session(client, tools_stack)
+        their_session = await start_session(client, tools_stack, **other)
+        await until(lambda: gateway_config_written(tools_stack, my_session), timeout=60)
+        await until(
+            lambda: gateway_config_written(tools_stack, their_session, other_org, other_user), timeout=60
+        )
+
+        sent: list[httpx2.Request] = []
+
+        async def keep(request: httpx2.Request) -> None:
+            sent.append(request)
+
+        def recording(**kwargs: object) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(event_hooks={"request": [keep]}, **kwargs)  # type: ignore[arg-type]
+
+        def gateway(session_id: str, *tenant: object) -> Client:  # type: ignore[type-arg]
+            entry = gateway_config(tools_stack, session_id, *tenant)
+            token = str(entry["headers"]["Authorization"]).removeprefix("Bearer ")  # type: ignore[index]
+            transport = StreamableHttpTransport(str(entry["url"]), auth=token, httpx_client_factory=recording)
+            return Client(transport, timeout=60)
+
+        tool = f"{name}__echo"
+        async with gateway(my_session) as me, gateway(their_session, other_org, other_user) as them:
+            mine_listed = {t.name: t.input_schema for t in await me.list_tools()}
+            assert "x-mcp-header" not in json.dumps(mine_listed[tool])
+            # The other tenant lists after this one: its schema is the last one fastmcp saw.
+            theirs_listed = {t.name: t.input_schema for t in await them.list_tools()}
+            assert theirs_listed[tool]["properties"]["text"]["x-mcp-header"] == "Text"
+            answer = await me.call_tool(tool, {"text": "mine"})
+            assert answer.content[0].text == "echo: mine"  # type: ignore[union-attr]
+            answer = await them.call_tool(tool, {"text": "theirs"})
+            assert answer.content[0].text == "echo: theirs"  # type: ignore[union-attr]
+        # Their own schema is still enforced: the same call with a header that contradicts the
+        # body is refused before it reaches a tools worker.
+        call_request = next(r for r in reversed(sent) if b'"tools/call"' in r.content)
+        assert call_request.headers["mcp-param-text"] == "theirs"
+        forged = {**call_request.headers, "mcp-param-text": "forged"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            refused = await http.post(str(call_request.url), content=call_request.content, headers=forged)
+        assert refused.status_code == 400, refused.text
+        assert "Mcp-Param-Text" in refused.text
+    assert mine["id"] != theirs.json()["id"]
+
+
+def gateway_config_written(
+    stack: Stack, session_id: str, org_id: object = None, user_id: object = None
+) -> bool:
     try:
-        return bool(gateway_config(stack, session_id))
+        return bool(gateway_config(stack, session_id, org_id, user_id))
     except (OSError, ValueError, KeyError):
         return False
 
