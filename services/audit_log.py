@@ -43,16 +43,10 @@ async def write_batch(engine: AsyncEngine, events: list[Event]) -> int:
     written = 0
     postgres = engine.dialect.name == "postgresql"
     async with tenant_transaction(engine, PLATFORM) as db:
-        ids = [event.id for event in events]
-        existing = set(
-            (await db.exec(select(AuditLog.event_id).where(col(AuditLog.event_id).in_(ids)))).all()
-        )
-        by_org: dict[UUID, list[Event]] = {}
+        by_org: dict[UUID, dict[str, Event]] = {}
         for event in events:
-            if event.id not in existing:
-                existing.add(event.id)
-                by_org.setdefault(event.org_id, []).append(event)
-        for org_id, org_events in sorted(by_org.items(), key=lambda item: str(item[0])):
+            by_org.setdefault(event.org_id, {}).setdefault(event.id, event)
+        for org_id, org_batch in sorted(by_org.items(), key=lambda item: str(item[0])):
             if postgres:
                 # Two writers appending to one org's chain would fork it; they take turns per org.
                 await db.exec(
@@ -60,6 +54,17 @@ async def write_batch(engine: AsyncEngine, events: list[Event]) -> int:
                         org=str(org_id)
                     )
                 )  # type: ignore[call-overload]  # SQLModel's exec takes no textual SQL; its execute is marked deprecated
+            # Looked up under the lock: a writer that stored the same events (the audit writer and
+            # an ingress that wrote directly after a publish that reached Redis after all) has
+            # committed by now, and storing them again would fail on their event ids.
+            stored = set(
+                (
+                    await db.exec(
+                        select(AuditLog.event_id).where(col(AuditLog.event_id).in_(list(org_batch)))
+                    )
+                ).all()
+            )
+            org_events = [event for event_id, event in org_batch.items() if event_id not in stored]
             last = (
                 await db.exec(
                     select(AuditLog.seq, AuditLog.hash)
