@@ -326,26 +326,29 @@ class HttpSession:
     async def call_tool(
         self, name: str, arguments: dict[str, Any], timeout: float, on_progress: ProgressCallback | None
     ) -> dict[str, Any]:
-        params = {"name": name, "arguments": arguments}
-        if self.protocol != STATELESS_PROTOCOL:
-            result = await self.request("tools/call", params, timeout, on_progress, name=name)
-        else:
-            if self._param_headers is None:
-                await self.list_tools(timeout)
-            try:
-                result = await self.request(
-                    "tools/call", params, timeout, on_progress, name, self._mirrored(name, arguments)
-                )
-            except HeadersRefused:
-                await self.list_tools(timeout)
-                result = await self.request(
-                    "tools/call", params, timeout, on_progress, name, self._mirrored(name, arguments)
-                )
+        stateless = self.protocol == STATELESS_PROTOCOL
+        if stateless and self._param_headers is None:
+            await self.list_tools(timeout)
+        try:
+            result = await self._call(name, arguments, timeout, on_progress)
+        except HeadersRefused:
+            if not stateless:
+                raise
+            await self.list_tools(timeout)
+            result = await self._call(name, arguments, timeout, on_progress)
         content: list[dict[str, Any]] = result.get("content") or []
         if result.get("isError"):
             text = " ".join(str(block.get("text", "")) for block in content if block.get("type") == "text")
             raise McpToolError(text or f"tool {name} failed")
         return {"content": content, "structured_content": result.get("structuredContent")}
+
+    async def _call(
+        self, name: str, arguments: dict[str, Any], timeout: float, on_progress: ProgressCallback | None
+    ) -> dict[str, Any]:
+        params = {"name": name, "arguments": arguments}
+        return await self.request(
+            "tools/call", params, timeout, on_progress, name, self._mirrored(name, arguments)
+        )
 
     async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
