@@ -170,6 +170,11 @@ class Names:
         (workers/circuit_breaker.py)."""
         return f"{self.prefix}mcp:breaker-changes"
 
+    def mcp_config_changes(self) -> str:
+        """The channel on which a configuration id is published when it, or a grant for it, changed
+        (services/mcp/changes.py), so tools workers forget what they loaded of it."""
+        return f"{self.prefix}mcp:config-changes"
+
     def rate_limit_user(self, user_id: UUID | str) -> str:
         """The GCRA state (theoretical arrival time) of one user's request budget."""
         return f"{self.prefix}rl:user:{user_id}"

@@ -23,6 +23,7 @@ from events.publisher import publish
 from schemas.crypto import DecryptionError
 from schemas.db import TenantContext, tenant_transaction
 from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
+from services.mcp.changes import announce_change
 from services.mcp.oauth_client import GrantRejected, OAuthFlowError, refresh
 from services.mcp.oauth_grants import (
     CLIENT_SECRET,
@@ -115,6 +116,7 @@ class TokenRefresher:
                 raise NeedsReauth("the connection was removed")
             store_tokens(ring, stored, token)
             db.add(stored)
+        await announce_change(self.context.redis, self.context.names, stored.configuration_id)
         log.info("refreshed OAuth grant %s of configuration %s", stored.id, stored.configuration_id)
         follow_up = refresh_request(stored, settings, request.correlation_id if request else None)
         if follow_up is not None:
@@ -130,6 +132,7 @@ class TokenRefresher:
                 stored.status = "needs_reauth"
                 stored.updated_at = utcnow()
                 db.add(stored)
+        await announce_change(self.context.redis, self.context.names, row.configuration_id)
         name = config.name if config is not None else str(row.configuration_id)
         log.warning("OAuth grant %s of configuration %s needs re-authorization: %s", row.id, name, reason)
         correlation = request.correlation_id if request else new_event_id()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -33,6 +32,7 @@ from services.mcp.oauth_client import OAuthFlowError
 from services.mcp.oauth_grants import ACCESS, is_due, open_secret
 from workers.circuit_breaker import CircuitBreaker, CircuitOpen
 from workers.context import WorkerContext
+from workers.loaded_configs import Loaded, LoadedConfigs
 from workers.mcp_client import (
     ClientPool,
     McpTimeout,
@@ -65,48 +65,32 @@ REPORTED_FAILURES = (
 )
 
 
-# A configuration loaded for a caller serves their later calls that name the same version (the
-# gateway sends the version it listed) for this long: a tenant transaction and an AES-GCM open per
-# call were a quarter of what the gateway added. It bounds how long this worker still uses a
-# configuration that was disabled or deleted, or a grant withdrawn, without a new version; the
-# gateway itself lists afresh every 2 s and stops offering such a configuration's tools.
-LOADED_SECONDS = 5.0
-MAX_LOADED = 1024
-
-Loaded = tuple[McpConfiguration, ServerSpec, McpOAuthToken | None]
-LoadedKey = tuple[UUID, UUID | None, UUID]
-
-
 class ToolService:
     def __init__(self, context: WorkerContext) -> None:
         self.context = context
         settings = context.settings
         self.pool = ClientPool(settings)
-        self._loaded: OrderedDict[LoadedKey, tuple[float, Loaded]] = OrderedDict()
+        self.loaded = LoadedConfigs(context.redis, context.names)
         self.refresher = TokenRefresher(context)
         self.breaker = CircuitBreaker(
             context.redis, context.names, settings.mcp_breaker_threshold, settings.mcp_breaker_reset_seconds
         )
 
     async def load(self, event: Event) -> Loaded:
+        """The request's configuration as its caller may use it, reused from their earlier call
+        at the same version (the gateway sends the version it listed)."""
         work = McpWork.of(event)
         try:
             config_id = UUID(work.config_id)
         except ValueError as exc:
             raise ToolRequestError("not_found", "no such MCP configuration") from exc
         key = (event.org_id, event.user_id, config_id)
-        cached = self._loaded.get(key)
-        if cached is not None:
-            at, (row, spec, grant) = cached
-            fresh = time.monotonic() - at < LOADED_SECONDS
-            due = grant is not None and is_due(grant, self.context.settings)
-            if fresh and not due and work.version == row.updated_at.isoformat():
-                return row, spec, grant
+        cached = self.loaded.get(key, work.version)
+        if cached is not None and (cached[2] is None or not is_due(cached[2], self.context.settings)):
+            return cached
+        epoch, started = self.loaded.epoch, time.monotonic()
         loaded = await self._load(event, config_id)
-        self._loaded[key] = (time.monotonic(), loaded)
-        self._loaded.move_to_end(key)
-        while len(self._loaded) > MAX_LOADED:
-            self._loaded.popitem(last=False)
+        self.loaded.put(key, loaded, epoch, started)
         return loaded
 
     async def _load(self, event: Event, config_id: UUID) -> Loaded:
@@ -201,7 +185,7 @@ class ToolService:
         except McpUnauthorized:
             if grant is None:
                 raise
-        self._loaded.pop((event.org_id, event.user_id, row.id), None)
+        self.loaded.drop((event.org_id, event.user_id, row.id))
         grant = await self._refreshed(row, grant, event, stale=True)
         retry = self._spec(row, self._token(row, grant, event), event)
         return row, await self._guarded(retry, work(retry))

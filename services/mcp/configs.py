@@ -20,6 +20,7 @@ from schemas.tables import McpConfiguration, McpOAuthToken, utcnow
 from services.context import Backends
 from services.egress import EgressRefused, check_endpoint, check_stdio
 from services.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from services.mcp.changes import announce_change
 from services.mcp.oauth_grants import revoke_grants
 from services.tenant_settings import MEMBERS_STDIO_KEY, members_may_add_stdio
 
@@ -246,7 +247,7 @@ async def replace_config(
             await db.merge(row)
     except IntegrityError as exc:
         raise _duplicate(spec.name) from exc
-    await backends.redis.delete(backends.names.mcp_tools(row.id))
+    await announce_change(backends.redis, backends.names, row.id, backends.names.mcp_tools(row.id))
     return row
 
 
@@ -263,4 +264,10 @@ async def remove_config(backends: Backends, ctx: TenantContext, config_id: UUID)
         stored = await db.get(McpConfiguration, row.id)
         if stored is not None:
             await db.delete(stored)
-    await backends.redis.delete(backends.names.mcp_tools(row.id), backends.names.breaker(row.id))
+    await announce_change(
+        backends.redis,
+        backends.names,
+        row.id,
+        backends.names.mcp_tools(row.id),
+        backends.names.breaker(row.id),
+    )

@@ -24,6 +24,7 @@ from schemas.settings import Settings
 from schemas.tables import McpConfiguration, McpOAuthToken
 from services.context import Backends
 from services.errors import Conflict, DomainError, Invalid
+from services.mcp.changes import announce_change
 from services.mcp.configs import find_config, key_ring
 from services.mcp.oauth_client import (
     ClientInfo,
@@ -243,6 +244,7 @@ async def _store(
         row.scopes = None
         store_tokens(ring, row, token)
         db.add(row)
+    await announce_change(backends.redis, backends.names, config.id)
     if replaced is not None and replaced.encrypted_access_token:
         await revoke_grants(ring, [replaced], backends.settings)
     return row
@@ -356,4 +358,5 @@ async def disconnect(
             stored = await db.get(McpOAuthToken, grant.id)
             if stored is not None:
                 await db.delete(stored)
+    await announce_change(backends.redis, backends.names, config.id)
     return config, revoked
