@@ -44,7 +44,7 @@ def _lua_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid Lua string literal for ASCII input
 
 
-def _pinned(command: list[str]) -> list[str]:
+def pinned(command: list[str]) -> list[str]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > 1 and shutil.which("taskset"):
         return ["taskset", "-c", str(cpus[-1]), *command]
@@ -87,7 +87,7 @@ def wrk(
             str(path),
             url,
         ]
-        out = subprocess.run(_pinned(command), capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(pinned(command), capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))
     refused = raw["status"] + raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
@@ -103,5 +103,5 @@ def wrk(
         "p99_ms": raw["p99_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
         "connections": connections,
-        "generator": f"wrk -t{threads} -c{connections}" + (" (pinned)" if _pinned([]) else ""),
+        "generator": f"wrk -t{threads} -c{connections}" + (" (pinned)" if pinned([]) else ""),
     }
