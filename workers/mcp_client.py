@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import shutil
 import time
 from collections import OrderedDict
@@ -25,7 +24,7 @@ import httpcore
 import httpx2
 from fastmcp import Client
 from fastmcp.client.auth.bearer import BearerAuth
-from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
+from fastmcp.client.transports import SSETransport, StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import find_invalid_x_mcp_header, mcp_param_headers, x_mcp_header_map
 from mcp_types.jsonrpc import HEADER_MISMATCH
@@ -35,6 +34,7 @@ from schemas.settings import Settings
 from services.egress import IPAddress, Resolver, check_endpoint, resolve
 from services.pinned_network import pinned_pool
 from workers.mcp_http import FastmcpHttp, ReplyTooLarge, bounded
+from workers.mcp_stdio import BoundedStdio
 from workers.sandbox import Sandbox, give_to, required, sandbox_uid, visible
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class WatchedBearer(BearerAuth):
             self.rejected = True
 
 
-def _transport(spec: ServerSpec, sandbox: Sandbox | None, http: FastmcpHttp | None) -> Any:
+def _transport(spec: ServerSpec, sandbox: Sandbox | None, http: FastmcpHttp | None, limit: int) -> Any:
     if spec.transport == "stdio":
         assert spec.command is not None
         argv, env, cwd = [spec.command, *spec.args], dict(spec.env), None
@@ -109,10 +109,7 @@ def _transport(spec: ServerSpec, sandbox: Sandbox | None, http: FastmcpHttp | No
             (home,) = sandbox.writable
             cwd = Path.cwd() if visible(Path.cwd()) else home
             argv, env = sandbox.wrap(argv, cwd), {**env, "HOME": str(home), "TMPDIR": "/tmp"}
-        # A server's stderr can echo its inputs; it stays out of the platform's logs.
-        return StdioTransport(
-            argv[0], argv[1:], env=env, cwd=str(cwd) if cwd else None, log_file=Path(os.devnull)
-        )
+        return BoundedStdio(argv, env, cwd, limit)
     assert spec.endpoint_url is not None and http is not None
     auth = WatchedBearer(spec.token) if spec.token else None
     if spec.transport == "sse":
@@ -580,7 +577,7 @@ class ClientPool:
         sandbox = await self._stdio_sandbox(spec)
         http = FastmcpHttp(addresses, limit) if spec.endpoint_url else None
         client: Client[Any] = Client(
-            _transport(spec, sandbox, http), timeout=timeout, init_timeout=min(timeout, 30)
+            _transport(spec, sandbox, http, limit), timeout=timeout, init_timeout=min(timeout, 30)
         )
         if sandbox is not None:
             self._sandboxes[id(client)] = sandbox
@@ -739,6 +736,8 @@ def _rejected(client: Client[Any]) -> bool:
 
 
 def _oversized(client: Client[Any]) -> str | None:
+    if isinstance(client.transport, BoundedStdio):
+        return client.transport.oversized
     http = getattr(client.transport, "httpx_client_factory", None)
     return http.oversized if isinstance(http, FastmcpHttp) else None
 
