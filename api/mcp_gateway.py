@@ -20,11 +20,13 @@ from uuid import UUID
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_request
+from fastmcp.server.low_level import LowLevelServer
 from fastmcp.server.providers import Provider
 from fastmcp.tools.base import Tool, ToolResult
 from mcp_types import ContentBlock
 from pydantic import TypeAdapter
 
+from api import mcp_fast_call
 from api.state import Resources
 from events.audit import audit_event
 from events.envelope import Event, EventType
@@ -104,6 +106,9 @@ class TenantTools(Provider):
             identity = _identity()
         except ToolError:
             return []  # fastmcp asks outside any request (start-up, task discovery): nothing to show
+        return await self.tools_for(identity)
+
+    async def tools_for(self, identity: GatewayIdentity) -> list[Tool]:
         listing = self._listings.get(identity.session_id, None)
         if listing is None:
             listing = await self._listing(identity)
@@ -119,8 +124,16 @@ class TenantTools(Provider):
         return [tool for tools in listed for tool in tools]
 
     async def _get_tool(self, name: str, version: Any = None) -> Tool | None:
-        for tool in await self._list_tools():
-            if tool.name == name:
+        try:
+            identity = _identity()
+        except ToolError:
+            return None
+        return await self.find(identity, name)
+
+    async def find(self, identity: GatewayIdentity, name: str) -> GatewayTool | None:
+        """The session's tool called ``name``, as fastmcp's lookup through ``_get_tool`` finds it."""
+        for tool in await self.tools_for(identity):
+            if tool.name == name and isinstance(tool, GatewayTool):
                 return tool
         return None
 
@@ -232,23 +245,29 @@ class GatewayServer(FastMCP):
 
     def __init__(self, tools: TenantTools) -> None:
         super().__init__("agentapi-gateway", providers=[tools])
-        self._tenant_tools = tools
+        self.tenant_tools = tools
         self._wire_input_schemas = _NotKept()
+
+    @property
+    def low_level(self) -> LowLevelServer:
+        return self._mcp_server
 
     def _get_tool_input_schema(self, name: str) -> dict[str, Any] | None:
         try:
             identity = _identity()
         except ToolError:
             return None
-        return self._tenant_tools.input_schema(identity.session_id, name)
+        return self.tenant_tools.input_schema(identity.session_id, name)
 
 
 class GatewayAuth:
-    """ASGI wrapper: the session's gateway token, and only for that session's path."""
+    """ASGI wrapper: the session's gateway token, and only for that session's path; a well-formed
+    ``tools/call`` at MCP 2026-07-28 is answered here (api/mcp_fast_call.py), the rest by fastmcp."""
 
-    def __init__(self, app: Any, get_resources: Callable[[], Resources]) -> None:
+    def __init__(self, app: Any, get_resources: Callable[[], Resources], server: GatewayServer) -> None:
         self.app = app
         self._resources = get_resources
+        self._server = server
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -260,7 +279,40 @@ class GatewayAuth:
         if identity is None:
             await _problem(send, 401, "a valid session gateway token for this session is required")
             return
-        await self.app({**scope, "path": "/", "raw_path": b"/", SCOPE_KEY: identity}, receive, send)
+        scope = {**scope, "path": "/", "raw_path": b"/", SCOPE_KEY: identity}
+        if self._resources().settings.mcp_gateway_fast_path and mcp_fast_call.wants_body(scope):
+            body, receive = await _read_ahead(receive)
+            if await self._fast_call(identity, scope, body, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _fast_call(
+        self, identity: GatewayIdentity, scope: dict[str, Any], body: bytes, send: Any
+    ) -> bool:
+        tools = self._server.tenant_tools
+        call = mcp_fast_call.recognise(
+            scope, body, lambda name: tools.input_schema(identity.session_id, name)
+        )
+        if call is None:
+            return False
+        tool = await tools.find(identity, call.name)
+        if tool is None:
+            return False  # fastmcp's answer to an unknown name, hashed names included
+        reply = await mcp_fast_call.answer(
+            self._server.low_level, call, lambda: tool.call(identity, tool, call.arguments)
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(reply)).encode()),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": reply})
+        return True
 
     async def _authenticate(self, scope: dict[str, Any], session_part: str) -> GatewayIdentity | None:
         headers = dict(scope.get("headers") or [])
@@ -272,6 +324,27 @@ class GatewayAuth:
             return None
         correlation = headers.get(b"x-correlation-id", b"").decode("latin-1")[:128] or None
         return GatewayIdentity(UUID(holder.session_id), holder.org_id, holder.user_id, correlation)
+
+
+async def _read_ahead(receive: Any) -> tuple[bytes, Any]:
+    """The request's body, and a ``receive`` that hands it over again before what follows."""
+    chunks: list[bytes] = []
+    pending: list[dict[str, Any]] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending.append(message)
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    pending.insert(0, {"type": "http.request", "body": body, "more_body": False})
+
+    async def replay() -> Any:
+        return pending.pop(0) if pending else await receive()
+
+    return body, replay
 
 
 async def _problem(send: Any, status: int, detail: str) -> None:
@@ -295,5 +368,6 @@ async def _problem(send: Any, status: int, detail: str) -> None:
 def build_gateway(get_resources: Callable[[], Resources]) -> tuple[Any, Any]:
     """The ASGI app to mount and the fastmcp app whose lifespan the ingress must run."""
     server = GatewayServer(TenantTools(get_resources))
+    # JSON replies, which api/mcp_fast_call.py's answers are too.
     mcp_app = server.http_app(path="/", stateless_http=True, json_response=True)
-    return GatewayAuth(mcp_app, get_resources), mcp_app
+    return GatewayAuth(mcp_app, get_resources, server), mcp_app

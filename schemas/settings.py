@@ -245,6 +245,9 @@ class Settings(BaseSettings):
     mcp_gateway_token_cache_seconds: float = Field(
         1.0, ge=0, le=60, validation_alias=_env("MCP_GATEWAY_TOKEN_CACHE_SECONDS")
     )
+    # Whether the gateway answers a well-formed MCP 2026-07-28 tools/call itself (api/mcp_fast_call.py)
+    # rather than through fastmcp's app; off, every request takes fastmcp's path.
+    mcp_gateway_fast_path: bool = Field(True, validation_alias=_env("MCP_GATEWAY_FAST_PATH"))
     # How long a tools worker keeps an unused upstream MCP session (and a stdio server) open.
     mcp_client_idle_seconds: float = Field(300.0, gt=0, validation_alias=_env("MCP_CLIENT_IDLE_SECONDS"))
     # OAuth connections to MCP servers: how long an authorization may take, how early tokens are
