@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from events import replies
+from events.batch import RedisBatch
 from events.envelope import Event
 from events.metrics import count
 from events.publisher import queue_publish
@@ -28,17 +29,34 @@ async def append_result(
     the same event first answers that waiting request, in the same round trip: Redis runs the
     commands in order, so the caller is woken before the log's subscribers, as when the reply went
     alone first, without a round trip of its own or a second encoding of the event."""
+    async with redis.pipeline(transaction=False) as pipe:
+        queue_result(pipe, names, event, maxlen, reply_to)
+        answers = await pipe.execute()
+    return str(answers[log_id_index(reply_to)])
+
+
+def queue_result(
+    pipe: Pipeline,
+    names: Names,
+    event: Event,
+    maxlen: int,
+    reply_to: str | None = None,
+    counts: RedisBatch | None = None,
+) -> None:
+    """Put ``append_result``'s commands on ``pipe``; the log id is reply ``log_id_index(reply_to)``.
+    With ``counts`` the count goes to that batch, summed with its pipeline's others."""
     if event.session_id is None:
         raise ValueError(f"{event.type} has no session to report to")
     wire = event.to_wire()
-    async with redis.pipeline(transaction=False) as pipe:
-        if reply_to is not None:
-            queue_reply(pipe, names, reply_to, wire)
-        pipe.xadd(names.session_log(event.session_id), {FIELD: wire}, maxlen=maxlen, approximate=True)
-        pipe.publish(names.session_channel(event.session_id), event.id)
-        count(pipe, names, "events_published", stream="session_log")
-        answers = await pipe.execute()
-    return str(answers[REPLY_COMMANDS if reply_to is not None else 0])
+    if reply_to is not None:
+        queue_reply(pipe, names, reply_to, wire)
+    pipe.xadd(names.session_log(event.session_id), {FIELD: wire}, maxlen=maxlen, approximate=True)
+    pipe.publish(names.session_channel(event.session_id), event.id)
+    count(pipe if counts is None else counts, names, "events_published", stream="session_log")
+
+
+def log_id_index(reply_to: str | None) -> int:
+    return REPLY_COMMANDS if reply_to is not None else 0
 
 
 async def read_log(

@@ -16,11 +16,12 @@ import redis.asyncio
 from redis.asyncio.client import Pipeline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events.connection import pooled_redis
+from events.batch import RedisBatch
+from events.connection import batch_redis, pooled_redis
 from events.envelope import NOTIFIED_TYPES, Event, EventType
 from events.payloads import WebhookNotice
 from events.publisher import queue_publish
-from events.results import append_result
+from events.results import log_id_index, queue_result
 from events.streams import Names
 from schemas.db import open_engine
 from schemas.settings import Settings
@@ -41,6 +42,7 @@ class WorkerContext:
     # The sessions this process hosts out of its slots, advertised for placement and metrics.
     load: HostLoad = field(default_factory=HostLoad)
     _redis: redis.asyncio.Redis | None = None
+    _batch: RedisBatch | None = None
     _engine: AsyncEngine | None = None
     _inputs: InputStreams | None = None
 
@@ -52,6 +54,15 @@ class WorkerContext:
         if self._redis is None:
             self._redis = pooled_redis(self.settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS)
         return self._redis
+
+    @property
+    def batch(self) -> RedisBatch:
+        """Result writes of the calls and hosts that finish in one loop turn, as one pipeline."""
+        if self._batch is None:
+            self._batch = RedisBatch(
+                batch_redis(self.settings.redis_url, wait_seconds=REDIS_CONNECTION_WAIT_SECONDS)
+            )
+        return self._batch
 
     @property
     def inputs(self) -> InputStreams:
@@ -76,22 +87,26 @@ class WorkerContext:
         ``reply_to``: the request the event answers, whose caller waits (in the same round trip, first).
         ``then``: commands that follow the event (its audit record, counts), sent with its webhook
         notice, whose round trip comes after the log's anyway."""
-        stream_id = await append_result(
-            self.redis, self.names, event, self.settings.event_log_maxlen, reply_to=reply_to
+        batch, maxlen = self.batch, self.settings.event_log_maxlen
+        logged = await batch.execute(
+            lambda pipe: queue_result(pipe, self.names, event, maxlen, reply_to, counts=batch)
         )
+        stream_id = str(logged[log_id_index(reply_to)])
         notified = event.type in NOTIFIED_TYPES
         if notified or then is not None:
-            async with self.redis.pipeline(transaction=False) as pipe:
+
+            def follow(pipe: Pipeline) -> None:
                 if notified:
                     # The log position lets event sinks publish a session's events in log order.
                     notice = event.follow_up(
                         EventType.WEBHOOK_NOTIFY_REQUESTED,
                         WebhookNotice(event=event.to_wire(), stream_id=stream_id).payload(),
                     )
-                    queue_publish(pipe, self.names, notice)
+                    queue_publish(pipe, self.names, notice, counts=batch)
                 if then is not None:
                     then(pipe)
-                await pipe.execute()
+
+            await batch.execute(follow)
         return stream_id
 
 
