@@ -24,6 +24,7 @@ import httpcore
 import httpx2
 from fastmcp import Client
 from fastmcp.client.auth.bearer import BearerAuth
+from fastmcp.client.logging import LogMessage
 from fastmcp.client.transports import SSETransport, StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import find_invalid_x_mcp_header, mcp_param_headers, x_mcp_header_map
@@ -113,7 +114,7 @@ def _transport(spec: ServerSpec, sandbox: Sandbox | None, http: FastmcpHttp | No
     assert spec.endpoint_url is not None and http is not None
     auth = WatchedBearer(spec.token) if spec.token else None
     if spec.transport == "sse":
-        # Its event stream's events are bounded by the SDK's own 1 MiB (sse_client takes no limit).
+        # Its replies come on its event stream, bounded per request by the factory (FastmcpHttp).
         return SSETransport(spec.endpoint_url, auth=auth, httpx_client_factory=http)
     return StreamableHttpTransport(
         spec.endpoint_url, auth=auth, httpx_client_factory=http, max_sse_event_size=http.limit
@@ -577,7 +578,10 @@ class ClientPool:
         sandbox = await self._stdio_sandbox(spec)
         http = FastmcpHttp(addresses, limit) if spec.endpoint_url else None
         client: Client[Any] = Client(
-            _transport(spec, sandbox, http, limit), timeout=timeout, init_timeout=min(timeout, 30)
+            _transport(spec, sandbox, http, limit),
+            timeout=timeout,
+            init_timeout=min(timeout, 30),
+            log_handler=_ignore_server_log,
         )
         if sandbox is not None:
             self._sandboxes[id(client)] = sandbox
@@ -728,6 +732,11 @@ class ClientPool:
                 await self._discard(spec, client)
                 raise McpUnavailable(oversized) from exc
             raise
+
+
+async def _ignore_server_log(message: LogMessage) -> None:
+    """A server's log notifications stay out of the platform's logs, as its stderr does: it writes
+    what it likes there, as often as it likes (fastmcp's default handler logs each one)."""
 
 
 def _rejected(client: Client[Any]) -> bool:

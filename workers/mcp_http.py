@@ -6,6 +6,7 @@ For fastmcp's transports (their httpx2 client factory); the light client's pool 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
@@ -35,12 +36,21 @@ async def bounded(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[byt
 class FastmcpHttp:
     """The ``httpx_client_factory`` of fastmcp's HTTP transports for one server: its clients connect
     to the vetted addresses and read each POST's reply up to ``limit`` bytes. fastmcp reports a reply
-    cut short only as a generic error, so the factory remembers it (``oversized``)."""
+    cut short only as a generic error, so the factory remembers it (``oversized``).
+
+    The event stream a session keeps open (a GET: an SSE server's replies all come on it) may carry
+    ``limit`` bytes after each request the client sends, as a POST's reply may: a server streaming
+    small events without end (progress, log notifications, comments) is cut off there instead of
+    feeding the worker, and a progress event per notification to the session's log, until the
+    call's timeout. Only the client's own requests renew the allowance: its answers to the
+    server's requests (a ``ping`` flood) do not."""
 
     def __init__(self, addresses: Sequence[IPAddress], limit: int) -> None:
         self.addresses = addresses
         self.limit = limit
         self.oversized: str | None = None
+        # Bytes the session's event stream carried since the client's last request.
+        self.streamed = 0
 
     def __call__(
         self,
@@ -65,18 +75,27 @@ class _PinnedTransport(PinnedTransport2):
         self._factory = factory
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and _is_request(request.content):
+            self._factory.streamed = 0
         response = await super().handle_async_request(request)
-        if request.method != "POST":
-            # A GET is the server's event stream, open as long as the session: the SDK bounds its
-            # events one by one instead (max_sse_event_size).
-            return response
         assert isinstance(response.stream, httpx2.AsyncByteStream)
+        # A GET is the server's event stream, open as long as the session.
+        stream = _BoundedStream if request.method == "POST" else _MeteredStream
         return httpx2.Response(
             response.status_code,
             headers=response.headers,
-            stream=_BoundedStream(response.stream, self._factory),
+            stream=stream(response.stream, self._factory),
             extensions=response.extensions,
         )
+
+
+def _is_request(body: bytes) -> bool:
+    """Whether a POST's body is a JSON-RPC request (not a notification, nor an answer)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and "method" in message and "id" in message
 
 
 class _Oversized(httpx2.StreamError):
@@ -100,3 +119,16 @@ class _BoundedStream(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class _MeteredStream(_BoundedStream):
+    """An event stream, counted against the allowance the client's requests renew."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        factory = self._factory
+        async for chunk in self._stream:
+            factory.streamed += len(chunk)
+            if factory.streamed > factory.limit:
+                factory.oversized = str(ReplyTooLarge(factory.limit))
+                raise _Oversized(factory.oversized)
+            yield chunk
