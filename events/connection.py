@@ -8,6 +8,8 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from events.packing import lean_packing
+
 POOL_CONNECTIONS = 100
 
 
@@ -22,7 +24,11 @@ def pooled_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
 
 def batch_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
     """A pooled client for ``events.batch.RedisBatch``: no per-reply socket timeout (the batch
-    bounds each pipeline as a whole), connecting within ``wait_seconds``."""
-    return pooled_redis(
+    bounds each pipeline as a whole), connecting within ``wait_seconds``; commands are packed by
+    ``events.packing``."""
+    client = pooled_redis(
         url, wait_seconds=wait_seconds, socket_timeout=None, socket_connect_timeout=wait_seconds, **options
     )
+    pool = client.connection_pool
+    pool.connection_class = lean_packing(pool.connection_class)
+    return client
