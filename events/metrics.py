@@ -16,6 +16,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -91,8 +92,15 @@ def _checked(family: Family | None, name: str, labels: Mapping[str, str]) -> Fam
 
 def count(target: Any, names: Names, name: str, amount: int = 1, **labels: str) -> Any:
     """Adds ``amount`` to the counter ``name`` with ``labels``."""
-    _checked(COUNTERS.get(name), name, labels)
-    return target.hincrby(names.metrics(), _field(name, labels), amount)
+    return target.hincrby(names.metrics(), _counter_field(name, tuple(labels.items())), amount)
+
+
+@lru_cache(maxsize=1024)
+def _counter_field(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    # Every published event counts itself: its field's check and JSON once per label set, not per event.
+    as_dict = dict(labels)
+    _checked(COUNTERS.get(name), name, as_dict)
+    return _field(name, as_dict)
 
 
 def observe(pipe: Any, names: Names, name: str, value: float, **labels: str) -> None:
