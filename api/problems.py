@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from http import HTTPStatus
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -110,26 +111,42 @@ _JSON_TYPES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
-def _json_type_mismatch(annotation: Any, value: Any) -> str | None:
-    """The JSON type(s) ``annotation`` documents when ``value`` has none of them, else None (also
-    for types this does not judge: UUIDs, dates, literals and models are pydantic's to check)."""
+# A field's documented JSON types as (name, test) pairs; None where this does not judge the field.
+JsonChecks = tuple[tuple[str, Callable[[Any], bool]], ...] | None
+
+
+def _json_checks(annotation: Any) -> JsonChecks:
+    """The JSON type(s) ``annotation`` documents; None for types this does not judge (UUIDs,
+    dates, literals and models are pydantic's to check)."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _json_type_mismatch(get_args(annotation)[0], value)
+        return _json_checks(get_args(annotation)[0])
     members = (
         [m for m in get_args(annotation) if m is not type(None)]
         if origin in (Union, UnionType)
         else [annotation]
     )
-    wanted = []
+    checks = []
     for member in members:
         known = _JSON_TYPES.get(get_origin(member) or member)
         if known is None:
             return None
-        if known[1](value):
-            return None
-        wanted.append(known[0])
-    return " or ".join(wanted) or None
+        checks.append(known)
+    return tuple(checks)
+
+
+@cache
+def _field_checks(model: type[BaseModel], name: str) -> JsonChecks:
+    # Once per body field, not per value: reading the annotation was most of a body's validation.
+    field = model.model_fields.get(name)
+    return _json_checks(field.annotation) if field else None
+
+
+def _json_type_mismatch(checks: JsonChecks, value: Any) -> str | None:
+    """The JSON type(s) ``checks`` document when ``value`` has none of them, else None."""
+    if not checks or any(test(value) for _, test in checks):
+        return None
+    return " or ".join(name for name, _ in checks)
 
 
 class StrictBody(BaseModel):
@@ -149,8 +166,9 @@ class StrictBody(BaseModel):
     def _json_type(cls, value: Any, info: ValidationInfo) -> Any:
         # Pydantic's lax mode took 0 for false, "5" for 5 and a list of pairs for an object; the
         # documented schema says otherwise, so the JSON type must be the field's own.
-        field = cls.model_fields.get(info.field_name or "")
-        wanted = _json_type_mismatch(field.annotation, value) if field and value is not None else None
+        wanted = (
+            None if value is None else _json_type_mismatch(_field_checks(cls, info.field_name or ""), value)
+        )
         if wanted:
             raise ValueError(f"must be a JSON {wanted}")
         return value
