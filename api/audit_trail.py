@@ -152,6 +152,12 @@ def along(request: Request[Any, Any, Any]) -> Queue | None:
     return queue
 
 
+def not_along(request: Request[Any, Any, Any]) -> None:
+    """Redis carried out the route's write but refused the record sent with it (``along``): the
+    edge records the request as for any other route (stored directly if the stream refuses it)."""
+    request.scope.pop(ALONG_KEY, None)  # type: ignore[misc]  # our own scope key, set by along
+
+
 def recorded_along(scope: Scope, status: int) -> bool:
     """Whether the route sent the request's record for ``status`` with its action."""
     return scope.get(ALONG_KEY) == status

@@ -49,15 +49,20 @@ class RedisBatch:
         self._tallies = Increments()
         self._scheduled = self._building = False
 
-    async def execute(self, queue: Queue) -> list[Any]:
+    async def execute(self, queue: Queue, *, raise_on_error: bool = True) -> list[Any]:
         """Run the commands ``queue`` puts on a pipeline with those of the other callers of this
-        loop turn; their replies, in order. Raises the first of them that failed, or the
-        connection's error."""
+        loop turn; their replies, in order. Raises the connection's error, and the first of the
+        replies that failed unless ``raise_on_error`` is false (then they are in the list): Redis
+        carries out a pipeline's other commands all the same."""
         loop = asyncio.get_running_loop()
         self._schedule(loop)
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((queue, future))
-        return await future
+        replies = await future
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if failed is not None and raise_on_error:
+            raise failed
+        return replies
 
     def hincrby(self, key: str, field: str, amount: int = 1) -> None:
         """Add ``amount`` to a counter in a hash with the next pipeline, in one HINCRBY with the
@@ -123,14 +128,8 @@ class RedisBatch:
                 future.cancel()
             raise
         for future, start, end in spans:
-            if future.done():  # its caller was cancelled
-                continue
-            mine = replies[start:end]
-            failed = next((reply for reply in mine if isinstance(reply, Exception)), None)
-            if failed is not None:
-                future.set_exception(failed)
-            else:
-                future.set_result(mine)
+            if not future.done():  # else its caller was cancelled
+                future.set_result(replies[start:end])
 
     @staticmethod
     def _build(

@@ -15,7 +15,7 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 from pydantic import BaseModel, Field
 
-from api.audit_trail import along
+from api.audit_trail import along, not_along
 from api.auth import Principal
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody, problem_responses
@@ -260,7 +260,9 @@ async def _send(
     res: Resources, row: UserSession, data: SendMessage, request: Request[Principal, str, State]
 ) -> Response[Ok]:
     # A raw message's audit record goes to Redis with it: one round trip instead of two.
-    await deliver_message(res, row, data.content, data.type, along(request))
+    if not await deliver_message(res, row, data.content, data.type, along(request)):
+        # The message is queued: Redis refused only its record, which the edge now keeps.
+        not_along(request)
     # Bytes go out as they are; Response[Ok] keeps the documented body Ok's.
     return Response(OK_BODY)  # type: ignore[arg-type]
 

@@ -53,11 +53,13 @@ async def deliver_message(
     content: str,
     kind: Literal["user", "raw"],
     along: Queue | None = None,
-) -> None:
+) -> bool:
     """Queue a message for the session's host, refusing what the agent cannot take now: a user
     message only while the agent is stable; raw keystrokes go straight to the terminal. A raw
     message's entry goes in one pipeline with the commands ``along`` queues (the request's audit
-    record); a user message's does not."""
+    record); a user message's does not. Whether Redis carried out what ``along`` queued (True when
+    nothing was): the message is queued even where it refused those, and the caller keeps what they
+    were for another way."""
     refuse_if_over(row)
     if kind == "user":
         content = content.strip()
@@ -66,7 +68,7 @@ async def deliver_message(
     if kind == "user":
         if not await start_turn(backends.redis, backends.names, row.id, content):
             raise Conflict("the agent is busy; send when its status is stable")
-        return
+        return True
     stream, fields = input_entry(backends.names, row.id, RawKeys(content=content))
 
     def queue(pipe: Pipeline) -> None:
@@ -74,7 +76,10 @@ async def deliver_message(
         if along is not None:
             along(pipe)
 
-    await backends.batch.execute(queue)
+    entry, *alongside = await backends.batch.execute(queue, raise_on_error=False)
+    if isinstance(entry, Exception):
+        raise entry
+    return not any(isinstance(reply, Exception) for reply in alongside)
 
 
 async def chat_message(
