@@ -254,3 +254,22 @@ async def test_an_sse_endpoint_refusing_the_connection_is_unavailable(
         with pytest.raises(McpUnavailable, match=rf"answered {status} .* \(GET /sse\)"):
             await pool.call_tool(server, "echo", {"text": "a"}, timeout=20)
     assert pool.open_sessions() == 0
+
+
+async def test_a_call_refused_for_its_headers_lists_the_tools_again_and_is_retried_once(
+    pool: ClientPool,
+) -> None:
+    """A stateless server whose ``echo`` comes to route ``text`` as an ``Mcp-Param-Text`` header
+    after the client listed it refuses the client's next call (HEADER_MISMATCH: the header is
+    missing). The client lists the tools again and sends the call once more, with the header, on
+    the same session and connection."""
+    with mcp_server("http", f"--token={FIRST}") as url:
+        server = spec(url, config_id=uuid.uuid4(), version=NOW, token=FIRST)
+        plain = await pool.call_tool(server, "echo", {"text": "plain"}, timeout=20)
+        assert plain["content"][0]["text"] == "echo: plain"
+        before = await peer(pool, server)
+        await pool.call_tool(server, "route_echo", {}, timeout=20)
+        routed = await pool.call_tool(server, "echo", {"text": "routed"}, timeout=20)
+        assert routed["content"][0]["text"] == "echo: routed"
+        assert await peer(pool, server) == before
+        assert pool.open_sessions() == 1

@@ -13,7 +13,7 @@ Tools: ``echo``, ``add``, ``progress`` (reports progress, then answers), ``fail`
 ``connection`` (the caller's TCP address over HTTP, to see a client kept or replaced) and ``hang``
 (never answers, for timeouts and the circuit breaker). With ``--routed-echo``, ``echo``'s ``text``
 is also an ``Mcp-Param-Text`` header (MCP 2026-07-28's ``x-mcp-header``): the same tool name with
-another input schema.
+another input schema; ``route_echo`` makes that change while the server runs.
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ def echo(text: str) -> str:
 def routed_echo(text: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Text"})]) -> str:
     """Return the text unchanged; a client sends it as a header as well."""
     return f"echo: {text}"
+
+
+@server.tool
+def route_echo() -> str:
+    """From now on ``echo``'s ``text`` is a header as well: its schema changes under clients that
+    listed it before."""
+    server.local_provider.remove_tool("echo")
+    server.tool(routed_echo, name="echo")
+    return "echo is routed"
 
 
 @server.tool
@@ -112,8 +121,7 @@ def main() -> None:
     parser.add_argument("--routed-echo", action="store_true")
     args = parser.parse_args()
     if args.routed_echo:
-        server.local_provider.remove_tool("echo")
-        server.tool(routed_echo, name="echo")
+        route_echo()
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
         return
