@@ -1,14 +1,20 @@
-"""What the security regression tests share: problem+json assertions and adding members."""
+"""What the security regression tests share: problem+json assertions, adding members, and a tools
+worker's MCP client pool with a reply limit."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from schemas.settings import Settings
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, free_port, stack_env
+from workers.mcp_client import ClientPool, ServerSpec
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
@@ -39,3 +45,34 @@ def production_env(
     env = stack_env(pg_urls, f"agentapi-sec-{uuid.uuid4().hex[:8]}:", port, jwt_secret, tmp_path)
     env.update({"AGENTAPI_ENVIRONMENT": "production", "AGENTAPI_DATABASE_URL": database_url})
     return env, port
+
+
+@asynccontextmanager
+async def limited_pool(limit: int) -> AsyncIterator[ClientPool]:
+    """A tools worker's upstream clients, reading at most ``limit`` bytes of a reply (plain HTTP
+    allowed, to servers on 127.0.0.1), closed afterwards."""
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        environment="test",
+        jwt_secret="x" * 32,
+        mcp_allow_insecure_http=True,
+        mcp_max_reply_bytes=limit,
+    )
+    pool = ClientPool(settings)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def url_spec(transport: str, url: str) -> ServerSpec:
+    """A configuration of its own for the server at ``url``."""
+    return ServerSpec(
+        config_id=uuid.uuid4(),
+        version=datetime(2026, 12, 3, tzinfo=UTC),
+        transport=transport,
+        endpoint_url=url,
+        command=None,
+        args=(),
+        env=(),
+    )

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 CHUNK = 64 * 1024
+Served = TypeVar("Served", bound=ThreadingHTTPServer)
 TOOLS = ["hello", "endless_event", "endless_progress", "huge_json", "slow_drip"]
 
 
@@ -50,7 +51,13 @@ def hostile_server(
     modern: bool = True,
     tls: ssl.SSLContext | None = None,
 ) -> Iterator[HostileServer]:
-    server = HostileServer(host, port, name, modern, tls)
+    with serving(HostileServer(host, port, name, modern, tls)) as server:
+        yield server
+
+
+@contextmanager
+def serving(server: Served) -> Iterator[Served]:
+    """``server`` answering in a thread of its own, until the block ends."""
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server
@@ -59,12 +66,17 @@ def hostile_server(
         server.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class QuietHandler(BaseHTTPRequestHandler):
+    """Kept-alive connections, and no log line per request."""
+
     protocol_version = "HTTP/1.1"
-    server: HostileServer
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class _Handler(QuietHandler):
+    server: HostileServer
 
     def do_DELETE(self) -> None:
         self._send(405, b"")

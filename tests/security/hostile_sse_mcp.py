@@ -12,9 +12,11 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.security.hostile_http_mcp import QuietHandler, serving
 
 TOOLS = ["hello", "endless_progress", "endless_noise"]
 
@@ -37,13 +39,8 @@ class HostileSseServer(ThreadingHTTPServer):
 
 @contextmanager
 def hostile_sse_server() -> Iterator[HostileSseServer]:
-    server = HostileSseServer()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(HostileSseServer()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _event(message: dict[str, Any]) -> bytes:
@@ -63,12 +60,8 @@ def _noise() -> Iterator[bytes]:
         yield b": keep-alive\n\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server: HostileSseServer
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         session = str(len(self.server.outboxes))

@@ -7,13 +7,11 @@ server it does not handle)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 
 import pytest
 
-from schemas.settings import Settings
+from tests.security.helpers import limited_pool, url_spec
 from tests.security.hostile_http_mcp import HostileServer, hostile_server
 from workers.mcp_client import ClientPool, HttpSession, McpTimeout, McpUnavailable, ServerSpec
 
@@ -30,28 +28,12 @@ def server(request: pytest.FixtureRequest) -> Iterator[HostileServer]:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ClientPool]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        environment="test",
-        jwt_secret="x" * 32,
-        mcp_allow_insecure_http=True,
-        mcp_max_reply_bytes=LIMIT,
-    )
-    pool = ClientPool(settings)
-    yield pool
-    await pool.close()
+    async with limited_pool(LIMIT) as pool:
+        yield pool
 
 
 def spec_of(server: HostileServer) -> ServerSpec:
-    return ServerSpec(
-        config_id=uuid.uuid4(),
-        version=datetime(2026, 12, 2, tzinfo=UTC),
-        transport="http",
-        endpoint_url=f"http://127.0.0.1:{server.port}/mcp",
-        command=None,
-        args=(),
-        env=(),
-    )
+    return url_spec("http", f"http://127.0.0.1:{server.port}/mcp")
 
 
 async def hello(pool: ClientPool, spec: ServerSpec) -> str:

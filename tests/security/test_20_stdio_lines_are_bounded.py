@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.settings import Settings
+from tests.security.helpers import limited_pool
 from tests.security.hostile_stdio_mcp import FLOOD_BYTES
 from workers.mcp_client import ClientPool, McpTimeout, McpUnavailable, ServerSpec
 
@@ -27,12 +27,8 @@ LIMIT = 1024 * 1024
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ClientPool]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, environment="test", jwt_secret="x" * 32, mcp_max_reply_bytes=LIMIT
-    )
-    pool = ClientPool(settings)
-    yield pool
-    await pool.close()
+    async with limited_pool(LIMIT) as pool:
+        yield pool
 
 
 def stdio_spec(module: str, *args: str) -> ServerSpec:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 
 import pytest
 
-from schemas.settings import Settings
+from tests.security.helpers import limited_pool, url_spec
 from tests.security.hostile_sse_mcp import HostileSseServer, hostile_sse_server
 from workers.mcp_client import ClientPool, McpTimeout, McpUnavailable, ServerSpec
 
@@ -34,28 +32,8 @@ def server() -> Iterator[HostileSseServer]:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ClientPool]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        environment="test",
-        jwt_secret="x" * 32,
-        mcp_allow_insecure_http=True,
-        mcp_max_reply_bytes=LIMIT,
-    )
-    pool = ClientPool(settings)
-    yield pool
-    await pool.close()
-
-
-def spec_of(server: HostileSseServer) -> ServerSpec:
-    return ServerSpec(
-        config_id=uuid.uuid4(),
-        version=datetime(2026, 12, 3, tzinfo=UTC),
-        transport="sse",
-        endpoint_url=server.url,
-        command=None,
-        args=(),
-        env=(),
-    )
+    async with limited_pool(LIMIT) as pool:
+        yield pool
 
 
 async def hello(pool: ClientPool, spec: ServerSpec) -> str:
@@ -67,7 +45,7 @@ async def hello(pool: ClientPool, spec: ServerSpec) -> str:
 async def test_an_endless_stream_of_small_events_ends_the_call_at_the_byte_limit(
     pool: ClientPool, server: HostileSseServer, tool: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spec = spec_of(server)
+    spec = url_spec("sse", server.url)
     assert await hello(pool, spec) == "hello from hostile-sse"
     progress: list[float] = []
 
