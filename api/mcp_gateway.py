@@ -262,7 +262,7 @@ class GatewayServer(FastMCP):
 
 class GatewayAuth:
     """ASGI wrapper: the session's gateway token, and only for that session's path; a well-formed
-    ``tools/call`` at MCP 2026-07-28 is answered here (api/mcp_fast_call.py), the rest by fastmcp."""
+    ``tools/call`` is answered here (api/mcp_fast_call.py), the rest by fastmcp."""
 
     def __init__(self, app: Any, get_resources: Callable[[], Resources], server: GatewayServer) -> None:
         self.app = app

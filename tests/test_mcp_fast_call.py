@@ -155,6 +155,60 @@ def cases(request: httpx2.Request) -> tuple[list[Case], list[Case]]:
         ("a content type that is not JSON", with_header("content-type", "text/plain"), request.content),
         ("an oversized body", headers, params(arguments={"text": "x" * (4 * 1024 * 1024)})),
     ]
+    # The handshake era (what the agents' CLIs speak), stateless: no routing headers, no envelope.
+    plain = [
+        (k, v) for k, v in headers if k.lower() not in {"mcp-protocol-version", "mcp-method", "mcp-name"}
+    ]
+
+    def handshake(version: str | None, **changes: Any) -> tuple[list[tuple[str, str]], bytes]:
+        params = {"name": name, "arguments": {"text": "hi"}, "_meta": {"progressToken": 3}}
+        call = {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": params, **changes}
+        return ([*plain, ("mcp-protocol-version", version)] if version else plain), json.dumps(call).encode()
+
+    taken += [
+        ("2025-06-18", *handshake("2025-06-18")),
+        (
+            "2025-11-25, non-ASCII text",
+            *handshake("2025-11-25", params={"name": name, "arguments": {"text": "é"}}),
+        ),
+        ("2025-06-18, the 2026 envelope in _meta", *handshake("2025-06-18", params={**body["params"]})),
+        ("no version header (2025-03-26)", *handshake(None)),
+        (
+            "2025-03-26, a tool that fails",
+            *handshake("2025-03-26", params={"name": f"{config}__fail", "arguments": {"reason": "no"}}),
+        ),
+    ]
+    left += [
+        ("2025-06-18, an unknown tool", *handshake("2025-06-18", params={"name": f"{config}__missing"})),
+        ("no version header, malformed JSON", plain, b'{"jsonrpc": "2.0", "id": 1,'),
+        ("no version header, a batch", plain, b"[" + handshake(None)[1] + b"]"),
+        (
+            "no version header, a notification",
+            plain,
+            json.dumps({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": name}}).encode(),
+        ),
+        (
+            "2025-06-18, an unknown _meta member",
+            *handshake("2025-06-18", params={"name": name, "_meta": {"fastmcp": {}}}),
+        ),
+        ("2025-06-18, a boolean id", *handshake("2025-06-18", id=True)),
+        ("2025-06-18, another method", *handshake("2025-06-18", method="tools/list", params={})),
+        (
+            "no version header, a content type with another type",
+            with_header("content-type", "application/jsonx"),
+            handshake(None)[1],
+        ),
+        (
+            "no version header, an Accept without JSON",
+            [
+                (k, v)
+                for k, v in with_header("accept", "text/event-stream")
+                if k.lower() not in {"mcp-protocol-version", "mcp-method", "mcp-name"}
+            ],
+            handshake(None)[1],
+        ),
+        ("an unknown version header", with_header("mcp-protocol-version", "2024-01-01"), handshake(None)[1]),
+    ]
     return taken, left
 
 
@@ -163,7 +217,11 @@ async def answers(url: str, case: Case) -> tuple[int, str, Any]:
     async with httpx.AsyncClient(timeout=60) as http:
         response = await http.post(url, content=content, headers=headers)
     kind = response.headers.get("content-type", "")
-    return response.status_code, kind, response.json() if "json" in kind else response.text
+    return (
+        response.status_code,
+        kind,
+        response.json() if "json" in kind and response.content else response.text,
+    )
 
 
 async def test_the_gateways_own_answers_are_fastmcps(
