@@ -94,6 +94,18 @@ async def test_enter_waits_until_the_agent_has_read_the_paste(tmp_path: Path) ->
         await conversation.stop()
 
 
+async def test_a_message_the_agent_dropped_while_redrawing_is_typed_again(tmp_path: Path) -> None:
+    """An agent that looked ready (its input box still for a settle window) but then threw away what
+    it was sent and drew its screen anew (Gemini CLI resuming a session on a loaded host): the
+    message is typed again once that screen is still, instead of Enter on an empty input box."""
+    conversation = await start_echo(tmp_path, "--resume-after", str(TIMING.settle_seconds * 2))
+    try:
+        reply = await ask(conversation, "said once")
+        assert reply.splitlines()[-1] == "echo: said once", "typed again whole, not twice in one input box"
+    finally:
+        await conversation.stop()
+
+
 async def test_slow_reply_is_updated_in_place(tmp_path: Path) -> None:
     conversation = await start_echo(tmp_path)
     try:

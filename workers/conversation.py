@@ -232,10 +232,10 @@ class Conversation:
     async def type_turn(self, text: str) -> None:
         """Type the opened turn's message; returns once the agent visibly took it."""
         body = text.encode()
-        before = self.pty.snapshot()
         deadline = time.monotonic() + self.timing.enter_timeout
-        self._type(PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body)
-        await self._until_pasted(text, before, deadline)
+        await self._until_pasted(
+            text, PASTE_START + body + PASTE_END if self.adapter.bracketed_paste else body, deadline
+        )
         if self.adapter.bracketed_paste:
             # From the paste's echo, not from our write: the TUI's clock starts when it reads it.
             await asyncio.sleep(self.adapter.paste_enter_delay)
@@ -253,21 +253,28 @@ class Conversation:
         self.pty.write(data)
         self._typed_at = self.pty.last_input
 
-    async def _until_pasted(self, text: str, before: str, deadline: float) -> None:
-        """Until the agent has read the message and shown it. An Enter written sooner reaches a TUI
-        that was not scheduled meanwhile (a loaded host) in the same read as the text, where Gemini
-        CLI takes it as part of the paste and not as a submit; the late echo of the text then
-        passed for the agent taking the message, and it stayed in the input box for good.
+    async def _until_pasted(self, text: str, typed: bytes, deadline: float) -> None:
+        """Types ``typed`` (the message) and waits until the agent has read it and shown it. An
+        Enter written sooner reaches a TUI that was not scheduled meanwhile (a loaded host) in the
+        same read as the text, where Gemini CLI takes it as part of the paste and not as a submit;
+        the late echo of the text then passed for the agent taking the message, and it stayed in
+        the input box for good.
 
         Shown: the screen holds the message's first characters once more than before. A short
         single line is shown as it is by every agent, so nothing else will do: the screen changes
         for other reasons too (a status line, an MCP server coming up) while the agent has not read
-        the message yet. A longer message may be shown as a placeholder (Gemini CLI, Codex, Claude
-        Code): for it, the screen changed, then stayed still for ``paste_quiet`` (or ``echo_wait``
-        went by) also counts."""
+        the message yet. Such a line the agent redrew its screen over and then stayed still for a
+        settle window without showing was dropped (Gemini CLI resuming a session clears its input
+        box after it looked ready for a while on a loaded host): it is typed again. Not when the
+        screen stays as it was, which is an agent not scheduled yet that will still read it.
+        A longer message may be shown as a placeholder (Gemini CLI, Codex, Claude Code): for it,
+        the screen changed, then stayed still for ``paste_quiet`` (or ``echo_wait`` went by)
+        also counts."""
         mark = text.splitlines()[0].strip()[:MARK_CHARS]
-        shown = before.count(mark)
         verbatim = "\n" not in text and len(text) <= VERBATIM_CHARS
+        before = self.pty.snapshot()
+        self._type(typed)
+        shown = before.count(mark)
         changed_at: float | None = None
         while (now := time.monotonic()) < deadline:
             screen = self.pty.snapshot()
@@ -275,12 +282,18 @@ class Conversation:
                 return
             if changed_at is None and screen != before:
                 changed_at = now
-            if verbatim or changed_at is None:
+            if changed_at is None:
                 await self._screen_change(deadline - now)
-                continue
-            quiet = min(self.timing.paste_quiet, changed_at + self.timing.echo_wait - now)
-            if quiet <= 0 or not await self._screen_change(quiet):
-                return
+            elif verbatim:
+                quiet = min(self.timing.settle_seconds, deadline - now)
+                if not await self._screen_change(quiet) and time.monotonic() < deadline:
+                    before, changed_at = self.pty.snapshot(), None
+                    shown = before.count(mark)
+                    self._type(typed)
+            else:
+                quiet = min(self.timing.paste_quiet, changed_at + self.timing.echo_wait - now)
+                if quiet <= 0 or not await self._screen_change(quiet):
+                    return
 
     def send_raw(self, data: bytes) -> None:
         """Keystrokes straight to the terminal (Esc, arrows, Ctrl keys); not recorded."""

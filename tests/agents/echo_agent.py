@@ -6,7 +6,8 @@ aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams t
 a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``, ``/deaf`` stops reading input for good.
 ``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first. ``--fast-return``: an
 Enter read together with a paste is a line break in it, not a submit (Gemini CLI's rule for an Enter
-within 30 ms of a key).
+within 30 ms of a key). ``--resume-after SECONDS``: that long after its input box is first drawn,
+it drops what it has been sent and draws its screen anew, as Gemini CLI resuming a session does.
 """
 
 from __future__ import annotations
@@ -113,6 +114,13 @@ def main() -> None:
                 pass
             out("\r\x1b[K")
         draw_box()
+        if "--resume-after" in sys.argv:
+            time.sleep(float(sys.argv[sys.argv.index("--resume-after") + 1]))
+            termios.tcflush(fd, termios.TCIFLUSH)
+            out("\x1b[2J\x1b[H")
+            say("Resumed session")
+            say("")
+            draw_box()
         buffer = ""
         pending = ""
         while True:
