@@ -64,7 +64,9 @@ async def turn(
     adapter.prepare(ctx)
     env = {**base_environment(ctx.home), **adapter.environment(ctx)}
     pty = PtySession(adapter.command(ctx), cwd=ctx.workspace, env=env)
-    conversation = Conversation(pty, adapter, Timing(settle_seconds=1.0))
+    # The production settle window: a resumed Gemini CLI looks ready for over a second on a loaded
+    # host before it loads the session, which drops the Enter of a message typed meanwhile.
+    conversation = Conversation(pty, adapter, Timing())
     await conversation.start()
     try:
         await conversation.wait_stable(60)
