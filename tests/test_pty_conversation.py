@@ -16,10 +16,11 @@ import pytest
 
 from tests.waiting import until
 from workers.agents.base import LaunchContext
+from workers.agents.codex import COMPOSER, CodexAdapter
 from workers.agents.custom import CustomAdapter
 from workers.conversation import RAW_LOOK_SECONDS, AgentBusy, Conversation, Timing
 from workers.pty_session import PtySession, ResourceLimits
-from workers.screen_tracker import Message, ScreenTracker
+from workers.screen_tracker import START_GRACE_SECONDS, Message, ScreenTracker
 
 ECHO_AGENT = Path(__file__).parent / "agents" / "echo_agent.py"
 TIMING = Timing(snapshot_interval=0.01, settle_seconds=0.4, echo_wait=1.0, enter_retry=1.0, enter_timeout=5.0)
@@ -186,6 +187,20 @@ def test_a_user_message_restarts_the_settle_clock() -> None:
     # The agent has not drawn anything yet: the old, quiet screen is no reason to be stable.
     assert tracker.tick(10.5) is None and tracker.status == "running"
     assert tracker.tick(12.0) == "stable"
+
+
+def test_a_start_up_screen_without_the_input_box_is_still_starting() -> None:
+    """Codex on a loaded host: a warning, then seconds with nothing else drawn; a prompt typed
+    then went nowhere and the banner drawn after it ended up in the reply."""
+    tracker = ScreenTracker(CodexAdapter().format_message, settle_seconds=2.0, ready_marker=COMPOSER)
+    tracker.observe("WARNING: proceeding, even though we could not create PATH aliases", now=0.0)
+    assert tracker.tick(5.0) is None and tracker.status == "running"
+    tracker.observe(f"WARNING: proceeding\n>_ OpenAI Codex\n\n{COMPOSER} Explain this codebase", now=6.0)
+    assert tracker.tick(7.0) is None and tracker.tick(8.0) == "stable"
+    # A CLI that never draws it (a prompt of its own) settles after the grace period all the same.
+    stuck = ScreenTracker(CodexAdapter().format_message, settle_seconds=2.0, ready_marker=COMPOSER)
+    stuck.observe("Sign in with ChatGPT", now=0.0)
+    assert stuck.tick(START_GRACE_SECONDS - 1) is None and stuck.tick(START_GRACE_SECONDS) == "stable"
 
 
 def test_a_settled_agent_redrawing_its_chrome_stays_stable_and_is_completed_once() -> None:

@@ -73,7 +73,9 @@ class Conversation:
         self.pty = pty
         self.adapter = adapter
         self.timing = timing or Timing()
-        self.tracker = ScreenTracker(adapter.format_message, self.timing.settle_seconds)
+        self.tracker = ScreenTracker(
+            adapter.format_message, self.timing.settle_seconds, getattr(adapter, "ready_marker", "")
+        )
         self.changes: asyncio.Queue[Change] = asyncio.Queue()
         self._answers = {id(rule): rule.limit for rule in adapter.auto_responses}
         self._task: asyncio.Task[None] | None = None

@@ -24,6 +24,10 @@ from events.envelope import rfc3339
 
 Status = Literal["running", "stable"]
 Formatter = Callable[[str, str], str]
+# How long a start-up screen without the adapter's ready marker may stay still before it counts
+# as settled anyway: a CLI that shows a prompt of its own instead of its input box must not keep
+# the session "running" for good.
+START_GRACE_SECONDS = 20.0
 
 
 @dataclass
@@ -49,9 +53,15 @@ def new_lines(baseline: str, screen: str) -> str:
 
 
 class ScreenTracker:
-    def __init__(self, format_message: Formatter, settle_seconds: float = 2.0) -> None:
+    def __init__(
+        self, format_message: Formatter, settle_seconds: float = 2.0, ready_marker: str = ""
+    ) -> None:
         self.format_message = format_message
         self.settle_seconds = settle_seconds
+        # Text the agent's screen shows once it takes input (its input box). Before the first input,
+        # a still screen without it is a CLI still starting: on a loaded host Codex prints a warning
+        # and then draws nothing for seconds, and a prompt typed then goes nowhere.
+        self.ready_marker = ready_marker
         self.messages: list[Message] = [Message(0, "agent", "")]
         self.status: Status = "running"
         self._screen = ""
@@ -95,7 +105,11 @@ class ScreenTracker:
         if self._changed_at is None or not self._screen.strip():
             # Nothing drawn yet: the agent is still starting, however long the screen stays blank.
             return None
-        status: Status = "stable" if now - self._changed_at >= self.settle_seconds else "running"
+        still = now - self._changed_at
+        starting = (
+            self._baseline is None and self.ready_marker not in self._screen and still < START_GRACE_SECONDS
+        )
+        status: Status = "stable" if still >= self.settle_seconds and not starting else "running"
         changed = status if status != self.status else None
         self.status = status
         if status == "stable":

@@ -112,8 +112,10 @@ def recognise_error(adapter: AgentAdapter, screen: str) -> AgentError | None:
 class AgentAdapter(Protocol):
     """Optional beyond this protocol: ``uses_tenant_settings: ClassVar[bool]`` (fill the context's
     tenant settings and secrets), ``sidecars(ctx) -> list[Sidecar]`` (started before the agent,
-    stopped with the session), ``interrupt_keys: ClassVar[bytes]`` (see :func:`interrupt_keys`) and
-    ``error_screens: ClassVar[tuple[ErrorScreen, ...]]`` (see :func:`recognise_error`).
+    stopped with the session), ``interrupt_keys: ClassVar[bytes]`` (see :func:`interrupt_keys`),
+    ``error_screens: ClassVar[tuple[ErrorScreen, ...]]`` (see :func:`recognise_error`) and
+    ``ready_marker: ClassVar[str]`` (text its screen shows once it takes input; see
+    ``workers.screen_tracker.ScreenTracker``).
     Agent types that also speak the Agent Client Protocol add
     ``acp_command(ctx) -> list[str]`` and ``acp_session_meta(ctx) -> dict`` (``_meta`` for
     session/new, e.g. the system prompt), and ``acp_environment(ctx)`` where ACP needs other

@@ -61,6 +61,8 @@ class CodexAdapter:
     paste_enter_delay: ClassVar[float] = 0.1
     auto_responses: ClassVar[tuple[AutoResponse, ...]] = ()
     error_screens: ClassVar[tuple[ErrorScreen, ...]] = ERROR_SCREENS
+    # Its input box: before it, a loaded host may show only a start-up warning for seconds.
+    ready_marker: ClassVar[str] = COMPOSER
 
     def prepare(self, ctx: LaunchContext) -> None:
         config: dict[str, Any] = {
