@@ -23,8 +23,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from litestar import Request
-from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Scope, Send
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Scope, Send
 from prometheus_client import Counter
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
@@ -129,16 +128,16 @@ def audited(method: str, status: int) -> bool:
     return method in MUTATING or status in (401, 403)
 
 
-def along(request: Request[Any, Any, Any]) -> Queue | None:
+def along(scope: HTTPScope) -> Queue | None:
     """The commands that publish the request's record as answered with its route's success status,
     for the route to send with its own write; once they are queued, the edge records nothing more
     for that status. None where the edge must record it (no verified tenant)."""
-    scope = request.scope
     principal: Any = scope.get("user")
     if not isinstance(principal, Principal) or principal.org_id is None or USER_AGENT_KEY not in scope:
         return None
     res = scope["app"].state["resources"]
-    status, method = request.route_handler.status_code, request.method
+    handler: Any = scope["route_handler"]
+    status, method = handler.status_code, scope["method"]
     who = (principal.org_id, principal.user_id, principal.role)
     # Taken now: the queue runs in the batch's task, outside this request's context.
     correlation_id = current_correlation_id()
@@ -152,10 +151,10 @@ def along(request: Request[Any, Any, Any]) -> Queue | None:
     return queue
 
 
-def not_along(request: Request[Any, Any, Any]) -> None:
+def not_along(scope: Scope) -> None:
     """Redis carried out the route's write but refused the record sent with it (``along``): the
     edge records the request as for any other route (stored directly if the stream refuses it)."""
-    request.scope.pop(ALONG_KEY, None)  # type: ignore[misc]  # our own scope key, set by along
+    scope.pop(ALONG_KEY, None)  # type: ignore[misc]  # our own scope key, set by along
 
 
 def recorded_along(scope: Scope, status: int) -> bool:

@@ -248,6 +248,9 @@ class Settings(BaseSettings):
     # Whether the gateway answers a well-formed MCP 2026-07-28 tools/call itself (api/mcp_fast_call.py)
     # rather than through fastmcp's app; off, every request takes fastmcp's path.
     mcp_gateway_fast_path: bool = Field(True, validation_alias=_env("MCP_GATEWAY_FAST_PATH"))
+    # Whether an accepted message (POST .../message) is answered without Litestar's per-request
+    # handler machinery (api/lean_message.py); off, every message takes the route's path.
+    lean_message_path: bool = Field(True, validation_alias=_env("LEAN_MESSAGE_PATH"))
     # How long a tools worker keeps an unused upstream MCP session (and a stdio server) open.
     mcp_client_idle_seconds: float = Field(300.0, gt=0, validation_alias=_env("MCP_CLIENT_IDLE_SECONDS"))
     # OAuth connections to MCP servers: how long an authorization may take, how early tokens are

@@ -13,10 +13,12 @@ from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
+from litestar.types import HTTPScope
 from pydantic import BaseModel, Field
 
 from api.audit_trail import along, not_along
 from api.auth import Principal
+from api.lean_message import lean_message
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import StrictBody, problem_responses
 from api.session_alias import ALIAS_OPT, ALIAS_RESPONSES, ALIAS_SECURITY, ALIAS_TAGS, keyed_session
@@ -125,6 +127,39 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise ValidationException("cursor is not one this API returned") from exc
 
 
+async def _send(res: Resources, row: UserSession, data: SendMessage, scope: HTTPScope) -> Response[Ok]:
+    await _deliver(res, row, data, scope)
+    # Bytes go out as they are; Response[Ok] keeps the documented body Ok's.
+    return Response(OK_BODY)  # type: ignore[arg-type]
+
+
+async def _deliver(res: Resources, row: UserSession, data: SendMessage, scope: HTTPScope) -> None:
+    # A raw message's audit record goes to Redis with it: one round trip instead of two.
+    if not await deliver_message(res, row, data.content, data.type, along(scope)):
+        # The message is queued: Redis refused only its record, which the edge now keeps.
+        not_along(scope)
+
+
+async def _message_session(res: Resources, principal: Principal, session_id: UUID) -> UserSession:
+    return await find_messageable_session(res, tenant_context(principal), session_id)
+
+
+async def _lean_send(scope: HTTPScope, data: SendMessage) -> bytes:
+    """``send_message`` for api.lean_message: the same calls, from the scope."""
+    res = resources(scope["app"].state)
+    session_id: UUID = scope["path_params"]["session_id"]  # type: ignore[assignment]  # parsed by the router (:uuid)
+    row = await _message_session(res, scope["user"], session_id)
+    await _deliver(res, row, data, scope)
+    return OK_BODY
+
+
+async def _lean_alias_send(scope: HTTPScope, data: SendMessage) -> bytes:
+    """``alias_send_message`` for api.lean_message: the same calls, from the scope."""
+    res = resources(scope["app"].state)
+    await _deliver(res, await keyed_session(res, scope["user"]), data, scope)
+    return OK_BODY
+
+
 class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ("sessions",)
@@ -196,15 +231,19 @@ class SessionController(Controller):
         res = resources(state)
         return await _status(res, await find_session(res, tenant_context(request.user), session_id))
 
-    @post("/{session_id:uuid}/message", status_code=200, responses=problem_responses(410))
+    @post(
+        "/{session_id:uuid}/message",
+        status_code=200,
+        responses=problem_responses(410),
+        middleware=[lean_message("/api/v1/sessions/{session_id}/message", SendMessage, _lean_send)],
+    )
     async def send_message(
         self, session_id: UUID, data: SendMessage, request: Request[Principal, str, State], state: State
     ) -> Response[Ok]:
         """coder/agentapi's `POST /message`: `user` messages only while the agent is stable (else 409);
         `raw` keystrokes go straight to the terminal and are not recorded."""
         res = resources(state)
-        row = await find_messageable_session(res, tenant_context(request.user), session_id)
-        return await _send(res, row, data, request)
+        return await _send(res, await _message_session(res, request.user, session_id), data, request.scope)
 
     @post("/{session_id:uuid}/permissions/{request_id:str}", status_code=202)
     async def answer_permission(
@@ -256,17 +295,6 @@ async def _status(res: Resources, row: UserSession) -> StatusOut:
     )
 
 
-async def _send(
-    res: Resources, row: UserSession, data: SendMessage, request: Request[Principal, str, State]
-) -> Response[Ok]:
-    # A raw message's audit record goes to Redis with it: one round trip instead of two.
-    if not await deliver_message(res, row, data.content, data.type, along(request)):
-        # The message is queued: Redis refused only its record, which the edge now keeps.
-        not_along(request)
-    # Bytes go out as they are; Response[Ok] keeps the documented body Ok's.
-    return Response(OK_BODY)  # type: ignore[arg-type]
-
-
 async def _events(res: Resources, session_id: UUID, last_event_id: str | None) -> ServerSentEvent:
     after = parse_last_event_id(last_event_id)
     if last_event_id and after is None:
@@ -304,13 +332,14 @@ async def alias_messages(request: Request[Principal, str, State], state: State) 
     security=ALIAS_SECURITY,
     tags=ALIAS_TAGS,
     responses=ALIAS_RESPONSES,
+    middleware=[lean_message("/message", SendMessage, _lean_alias_send)],
 )
 async def alias_send_message(
     data: SendMessage, request: Request[Principal, str, State], state: State
 ) -> Response[Ok]:
     """`POST /api/v1/sessions/{id}/message` for the client key's session."""
     res = resources(state)
-    return await _send(res, await keyed_session(res, request.user), data, request)
+    return await _send(res, await keyed_session(res, request.user), data, request.scope)
 
 
 @get(
