@@ -23,7 +23,7 @@ from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from redis.exceptions import RedisError
 
-from api.auth import Principal
+from api.auth import Principal, authorization_header
 from api.rate_limit import GCRA, PERIOD_SECONDS
 from api.state import Resources
 from schemas.settings import Settings
@@ -111,7 +111,7 @@ async def _peek(res: Resources, key: str, limit: int) -> int:
 def _has_token(scope: Scope) -> bool:
     # A request with a token is refused only once the token fails, so a valid user behind the
     # same address (a NAT, an office) is not locked out by someone else's bad requests.
-    return any(name.lower() == b"authorization" for name, _ in scope["headers"])
+    return authorization_header(scope) is not None
 
 
 def _refuse(limit: int, wait_ms: int) -> NoReturn:

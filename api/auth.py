@@ -50,7 +50,7 @@ from services.sessions.client_keys import ClientKeyGrant, looks_like_key, resolv
 
 if TYPE_CHECKING:
     from litestar import Litestar
-    from litestar.types import ASGIApp, Method, Scopes
+    from litestar.types import ASGIApp, Method, Scope, Scopes
 
     from schemas.settings import Settings
 
@@ -349,6 +349,16 @@ def confine(principal: Principal, key_route: bool) -> None:
         )
 
 
+def authorization_header(scope: Scope) -> str | None:
+    """The request's first ``Authorization`` header, as ``connection.headers.get`` gives it: read
+    from the scope, since building the request's header multidict for it was ~8 % of an accepted
+    message's CPU once nothing else on the message path needed the multidict."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
 def _verifier_from_state(app: Litestar) -> TokenVerifier:
     state = app.state
     resources = state.get("resources")
@@ -393,7 +403,7 @@ class JWTAuthMiddleware(AbstractAuthenticationMiddleware):
         self._retry_after = jwks_retry_after_seconds
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        authorization = connection.headers.get("authorization")
+        authorization = authorization_header(connection.scope)
         try:
             key = client_key_of(authorization)
             if key is not None:

@@ -69,7 +69,7 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
             nonlocal status, recorded, refused
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                MutableScopeHeaders.from_message(message)[HEADER] = cid
+                _add_correlation(message, cid)
                 if audit and audited(method, status) and not recorded_along(scope, status):
                     # Before the answer leaves: an action is acknowledged only once its record is kept.
                     recorded = True
@@ -98,3 +98,14 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
                     HTTP.done(method, template, status, time.perf_counter() - started)
 
     return middleware
+
+
+def _add_correlation(message: Message, cid: str) -> None:
+    """The correlation id on the response's start, replacing any the app set. Appended directly
+    when there is none (always, so far): ``MutableScopeHeaders``'s search and item assignment were
+    ~5 % of an accepted message's CPU."""
+    headers = message.get("headers")
+    if type(headers) is list and not any(name.lower() == _CORRELATION for name, _ in headers):
+        headers.append((_CORRELATION, cid.encode("latin-1")))
+    else:
+        MutableScopeHeaders.from_message(message)[HEADER] = cid

@@ -4,12 +4,10 @@ own processes excluded: they are the worker's children, with their own RSS)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import time
 
 import httpx
 
-from bench.harness import RESULTS, Row, rss_bytes, stack, start_echo
+from bench.harness import Row, rss_bytes, stack, start_echo
 from tests.fixtures.stack import spawn, stop
 
 
@@ -23,23 +21,15 @@ async def bench(quick: bool) -> list[Row]:
             headers = s.headers()
             gate = asyncio.Semaphore(8)
             async with httpx.AsyncClient(base_url=s.base_url, timeout=120) as client:
-                failures: list[str] = []
 
                 async def one() -> str | None:
                     async with gate:
                         try:
                             return await asyncio.wait_for(start_echo(client, s, headers), 120)
-                        except (TimeoutError, httpx.HTTPError) as exc:
-                            failures.append(repr(exc))
+                        except (TimeoutError, httpx.HTTPError):
                             return None
 
                 sessions = [sid for sid in await asyncio.gather(*(one() for _ in range(count))) if sid]
-                if failures and s.log_file:
-                    # The stack's log goes with its scratch directory: keep it for whoever reads the row.
-                    RESULTS.mkdir(exist_ok=True)
-                    kept = RESULTS / f"sessions-{time.strftime('%Y%m%d-%H%M%S')}.log"
-                    shutil.copyfile(s.log_file, kept)
-                    failures.append(f"stack log: {kept}")
                 await asyncio.sleep(2)
                 after = rss_bytes(worker.pid)
                 for sid in sessions:
@@ -50,7 +40,6 @@ async def bench(quick: bool) -> list[Row]:
     details = {
         "asked": count,
         "stable": len(sessions),
-        "failures": failures,
         "rss_before_mb": before / 1e6,
         "rss_after_mb": after / 1e6,
     }
