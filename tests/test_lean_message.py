@@ -99,8 +99,8 @@ def shown(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
 class Pair:
     """Sends each case to both ingresses with the case's own correlation id."""
 
-    def __init__(self, lean: httpx.AsyncClient, plain: httpx.AsyncClient, stack: Stack) -> None:
-        self.lean, self.plain, self.stack = lean, plain, stack
+    def __init__(self, lean: httpx.AsyncClient, plain: httpx.AsyncClient) -> None:
+        self.lean, self.plain = lean, plain
         self.cases: dict[str, int] = {}
 
     async def send(
@@ -162,7 +162,7 @@ async def test_the_lean_path_answers_and_records_as_the_route(
     session = await new_session(lean, owner)
     path = f"/api/v1/sessions/{session}/message"
     json_type = {**owner, "Content-Type": "application/json"}
-    pair = Pair(lean, plain, stack)
+    pair = Pair(lean, plain)
     before = await taken(stack.base_url)
 
     # Taken by the path: accepted, and refused by the route's own calls after the body was valid.
@@ -207,7 +207,7 @@ async def test_the_lean_path_answers_and_records_as_the_route(
         got = await pair.send(case, path, headers, **request)
         assert got in ((400, 422) if status == 400 else (status,)), case
 
-    # Refused before the path: by the middlewares, or by the session lookup's answer.
+    # Refused before the path by the middlewares, or (404) by the session lookup the path calls.
     other_org, other_user = uuid.uuid4(), uuid.uuid4()
     await asyncio.to_thread(seed, pg_urls.owner, other_org, other_user, "Other Org")
     refused = [
