@@ -92,8 +92,12 @@ class FrameBatch(ServerSentEventMessage):
         super().__init__(data=None)
         self.messages = messages
 
-    def encode(self) -> bytes:
+    @functools.cached_property
+    def encoded(self) -> bytes:
         return b"".join(message.encode() for message in self.messages)
+
+    def encode(self) -> bytes:
+        return self.encoded
 
 
 # Why a stream was stopped from outside its task.
@@ -275,6 +279,21 @@ def to_sse(entry: LogEntry) -> ServerSentEventMessage:
     )
 
 
+# The longest run of entries whose message is shared (see ``_shared``): a turn's entries come in runs
+# of 1 to 5; a replay's pages or a lagging subscriber's queue are longer and their own.
+SHARED_BATCH = 8
+
+
+# The subscribers woken by one event mostly take the same entries: they share one message and its
+# encoding, not one each (5,000 joins of the same bytes per event). Few live runs are current at a
+# time, and a key holds up to SHARED_BATCH entries, so the cache is small.
+@functools.lru_cache(maxsize=32)
+def _shared(entries: tuple[LogEntry, ...]) -> ServerSentEventMessage:
+    if len(entries) == 1:
+        return to_sse(entries[0])
+    return FrameBatch([to_sse(entry) for entry in entries])
+
+
 async def _replay(
     redis: Redis, names: Names, session_id: str, after_id: str
 ) -> AsyncIterator[list[LogEntry]]:
@@ -310,11 +329,10 @@ async def _session_log(
                     last = page[-1][0]
                     yield page
                 continue
-            live = await subscription.next(heartbeat_seconds)
-            if live is None:
+            fresh = await subscription.take(heartbeat_seconds)
+            if fresh is None:
                 yield []
                 continue
-            fresh = [live, *subscription.ready()]
             if overlap:
                 seen = stream_id_key(last)
                 fresh = [entry for entry in fresh if stream_id_key(entry[0]) > seen]
@@ -338,8 +356,8 @@ async def session_event_stream(
         async for entries in log_entries:
             if not entries:
                 yield ServerSentEventMessage(comment="ping", data=None)
-            elif len(entries) == 1:
-                yield to_sse(entries[0])
+            elif len(entries) <= SHARED_BATCH:
+                yield _shared(tuple(entries))
             else:
                 yield FrameBatch([to_sse(entry) for entry in entries])
 
