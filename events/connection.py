@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.maint_notifications import MaintNotificationsConfig
 
 from events.packing import lean_packing
 
@@ -15,9 +16,19 @@ POOL_CONNECTIONS = 100
 
 def pooled_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
     """A client whose commands wait up to ``wait_seconds`` for a free connection, then raise
-    ``redis.ConnectionError`` (an outage to the caller: 503 in the ingress, a retry in a worker)."""
+    ``redis.ConnectionError`` (an outage to the caller: 503 in the ingress, a retry in a worker).
+
+    Maintenance notifications (a Redis Enterprise feature) are off: while they may be on (redis-py's
+    default, "auto"), a pool hands out its idle connections without looking for the server's close,
+    and after a Redis restart each one failed the command it was next given (a session host's first
+    emit, so its session lost its prompt)."""
     pool = BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=POOL_CONNECTIONS, timeout=wait_seconds, **options
+        url,
+        decode_responses=True,
+        max_connections=POOL_CONNECTIONS,
+        timeout=wait_seconds,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        **options,
     )
     return Redis(connection_pool=pool)
 

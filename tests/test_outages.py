@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from api.sse import DRAIN_RETRY_MS
+from events.connection import batch_redis, pooled_redis
 from tests.fixtures.stack import Stack, free_port, spawn, stop, wait_ready
 from tests.test_skeleton_e2e import ECHO
 
@@ -187,3 +189,29 @@ async def test_sigterm_ends_sse_streams_with_a_reconnect_hint(stack: Stack, own_
             await other.delete(f"/api/v1/sessions/{session_id}", headers=headers)
     finally:
         stop(server)
+
+
+async def test_pooled_connections_idle_through_a_restart_are_taken_afresh(tmp_path: Path) -> None:
+    """Each idle connection of a pool, closed by a Redis that restarted, is replaced when next taken,
+    not handed out to fail its caller's command (redis-py skips that check while maintenance
+    notifications may be on: a session host's first emit failed so, and its session lost its prompt)."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    clients = [pooled_redis(server.url, wait_seconds=5), batch_redis(server.url, wait_seconds=5)]
+    try:
+        for client in clients:
+            # Eight connections in use at once, then idle in the pool.
+            await asyncio.gather(*(client.set(f"key{i}", i) for i in range(8)))
+        # In a thread: the clients' event loop runs meanwhile and sees their sockets closed, as in
+        # any outage.
+        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(server.start)
+        for client in clients:
+            answers = await asyncio.gather(
+                *(client.set(f"key{i}", i) for i in range(8)), return_exceptions=True
+            )
+            assert answers == [True] * 8
+    finally:
+        for client in clients:
+            await client.aclose()
+        server.kill()
