@@ -44,6 +44,16 @@ return 1
 """
 
 
+# KEYS: the prompt's mark, the state hash, the input stream. ARGV: the mark's ttl, then the fields.
+_QUEUE_PROMPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return false
+end
+redis.call('HSET', KEYS[2], 'claimed', '1')
+return redis.call('XADD', KEYS[3], '*', unpack(ARGV, 2))
+"""
+
+
 async def start_turn(redis: Redis, names: Names, session_id: UUID | str, content: str) -> bool:
     """Queue ``content`` as the next user message if the agent is stable; False if it is not."""
     keys = [names.session_state(session_id), names.session_input(session_id)]
@@ -89,9 +99,20 @@ async def set_detail(redis: Redis, names: Names, session_id: UUID | str, detail:
         await redis.hdel(key, "detail")
 
 
-async def claim_turn(redis: Redis, names: Names, session_id: UUID | str) -> None:
-    """The host's own claim, for the prompt it queues at creation."""
-    await redis.hset(names.session_state(session_id), CLAIMED, "1")
+async def queue_prompt(redis: Redis, names: Names, session_id: UUID | str, content: str, ttl: int) -> bool:
+    """Queue the session's first prompt with its turn claimed, unless a host already did (False).
+
+    Hosting is redelivered when a host fails, and one that failed after its session was marked
+    started is followed by a recovery: the mark, kept ``ttl`` seconds with the input stream, lets
+    whichever host comes after a failure queue the prompt, once."""
+    keys = [
+        names.session_prompt(session_id),
+        names.session_state(session_id),
+        names.session_input(session_id),
+    ]
+    fields = input_fields(UserMessage(content=content))
+    args: list[EncodableT] = [ttl, *(item for pair in fields.items() for item in pair)]
+    return bool(await redis.register_script(_QUEUE_PROMPT)(keys, args))
 
 
 async def turn_taken(redis: Redis, names: Names, session_id: UUID | str) -> None:

@@ -93,6 +93,10 @@ class Names:
         """The ACP agent's own session id, so a recovering host can ``session/load`` it."""
         return f"{self.prefix}session:{session_id}:acp-session"
 
+    def session_prompt(self, session_id: UUID | str) -> str:
+        """Set once the session's first prompt is on its input stream, so no host queues it twice."""
+        return f"{self.prefix}session:{session_id}:prompt-queued"
+
     def session_screen(self, session_id: UUID | str) -> str:
         """The agent's rendered screen as text, kept by its host (expires with the host)."""
         return f"{self.prefix}session:{session_id}:screen"

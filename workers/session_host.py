@@ -50,7 +50,7 @@ from events.payloads import (
     parse_input,
 )
 from events.publisher import publish
-from events.session_state import claim_turn, queue_input, set_detail, set_status, turn_taken
+from events.session_state import queue_prompt, set_detail, set_status, turn_taken
 from schemas.agent_permissions import DEFAULT_KINDS, PermissionPolicy
 from schemas.agent_permissions import SETTINGS_KEY as PERMISSIONS_KEY
 from schemas.crypto import DecryptionError, KeyRingError
@@ -96,8 +96,9 @@ PARTIAL_STORE_SECONDS = 1.0
 # How long an agent whose terminal closed may take to be reaped before its exit code is read.
 EXIT_CODE_WAIT_SECONDS = 2.0
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
-# How long an ACP agent's session id outlives the longest session (for session/load on recovery).
-ACP_SESSION_GRACE_SECONDS = 3600
+# How long what a recovering host reads outlives the longest session: an ACP agent's session id (for
+# session/load) and the mark that the first prompt was queued.
+RECOVERY_KEYS_GRACE_SECONDS = 3600
 # A live host waits out a Redis or PostgreSQL outage, retrying what it was storing at most this far
 # apart, for as long as its agent runs; the session neither fails nor counts a Dramatiq retry.
 OUTAGE_RETRY_MAX_SECONDS = 2.0
@@ -410,6 +411,17 @@ class SessionHost:
             )
             self._agent_uid = sandbox.uid
         conversation = await self._conversation(adapter, ctx, env, limits, sandbox)
+        try:
+            await self._start(conversation, workspace, recovering)
+        except BaseException:
+            # A redelivery starts the agent anew: this one must not live on beside it.
+            await conversation.stop()
+            raise
+        return conversation
+
+    async def _start(
+        self, conversation: Conversation | AcpConversation, workspace: Path, recovering: bool
+    ) -> None:
         await self._set_state("running")
         if recovering:
             await self._update_row(status="starting")
@@ -434,7 +446,7 @@ class SessionHost:
             await self.context.redis.set(
                 self.names.acp_session(self.session_id),
                 conversation.agent_session_id,
-                ex=self.settings.session_max_lifetime + ACP_SESSION_GRACE_SECONDS,
+                ex=self.settings.session_max_lifetime + RECOVERY_KEYS_GRACE_SECONDS,
             )
         if recovering:
             payload = {
@@ -445,18 +457,24 @@ class SessionHost:
             }
             await self.context.emit(self.event.follow_up(EventType.SESSION_RECOVERED, payload))
             await self._audit("session.recovered", "success", last_input_id=self.last_input_id)
-            return conversation
-        await self.context.emit(
-            self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
-        )
-        await self._audit("session.started", "success")
-        prompt = self.request.prompt
-        if prompt:
+        else:
+            await self.context.emit(
+                self.event.follow_up(EventType.SESSION_STARTED, {"worker": self.context.worker_id})
+            )
+            await self._audit("session.started", "success")
+        # Also when recovering: a host that failed after marking the session started (a Redis
+        # blip at its first emit) may not have queued the prompt, and its successor recovers.
+        # Once any input was handled, the prompt was queued before it.
+        if self.request.prompt and self._stored_cursor == ("0-0", None):
             # The first message waits for the agent to settle, like any other input; its turn is
-            # claimed now, so the first `stable` a client sees comes after the prompt's reply.
-            await claim_turn(self.context.redis, self.names, self.session_id)
-            await queue_input(self.context.redis, self.names, self.session_id, UserMessage(content=prompt))
-        return conversation
+            # claimed with it, so the first `stable` a client sees comes after the prompt's reply.
+            await queue_prompt(
+                self.context.redis,
+                self.names,
+                self.session_id,
+                self.request.prompt,
+                self.settings.session_max_lifetime + RECOVERY_KEYS_GRACE_SECONDS,
+            )
 
     @staticmethod
     def _resumption(conversation: Conversation | AcpConversation) -> dict[str, object]:
