@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import random
 from typing import Any
 
 import pytest
@@ -11,7 +13,27 @@ from redis.exceptions import DataError
 from events.connection import batch_redis
 from events.packing import LeanPacking, lean_packing
 
+
+class Kind(enum.IntEnum):
+    RAW = 1
+
+
+class Text(str):
+    pass
+
+
+FLOATS = [0.0, -0.0, 0.1, 1 / 3, 1e20, 1e-7, 2.5e-300, 1e16, 5e-324, 1.7976931348623157e308]
+FLOATS += [
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    *(random.Random(7).uniform(-1e9, 1e9) for _ in range(200)),
+]
+
 COMMANDS: list[tuple[Any, ...]] = [
+    ("SET", "k", *FLOATS, -(2**70), -1, 0),
+    ("CLIENT ID",),
+    ("SET", Text("ключ"), Kind.RAW),
     ("XADD", "agentapi:session:1:input", "*", "kind", "raw", "payload", '{"content":"é\\u001b[A"}'),
     ("EVALSHA", "0123abcd", 2, "k1", "k2", 60, -1, 6000, 1.5, 2**70),
     ("SCRIPT LOAD", "return 1"),
@@ -21,18 +43,24 @@ COMMANDS: list[tuple[Any, ...]] = [
 ]
 
 
-def test_same_bytes_as_redis_py() -> None:
-    theirs, ours = Connection(), lean_packing(Connection)()
-    for command in COMMANDS:
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])  # hiredis's packer, then ours alone
+def test_same_bytes_as_redis_py(encoding: str) -> None:
+    theirs, ours = Connection(encoding=encoding), lean_packing(Connection)(encoding=encoding)
+    commands = COMMANDS if encoding == "utf-8" else [c for c in COMMANDS if c[0] != "SET" or "ключ" not in c]
+    for command in commands:
         assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
-    assert b"".join(ours.pack_commands(COMMANDS)) == b"".join(theirs.pack_commands(COMMANDS))
+    assert b"".join(ours.pack_commands(commands)) == b"".join(theirs.pack_commands(commands))
 
 
-@pytest.mark.parametrize("value", [True, None, object()])
-def test_same_refusals(value: object) -> None:
-    ours = lean_packing(Connection)()
-    with pytest.raises(DataError):
-        ours.pack_command("SET", "k", value)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(True, DataError), (None, DataError), (object(), DataError), ("\udc80", UnicodeEncodeError)],
+)
+def test_same_refusals(value: object, error: type[Exception]) -> None:
+    theirs, ours = Connection(), lean_packing(Connection)()
+    for connection in (theirs, ours):
+        with pytest.raises(error):
+            connection.pack_command("SET", "k", value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
