@@ -58,6 +58,9 @@ class StreamConsumer:
     batch: int = 50
     # Handled entries stay this long (to inspect, or to redeliver by hand), then go.
     retain_ms: int = 300_000
+    # False when another reader takes the new entries (``workers/loop_reader.py``): this consumer's
+    # thread then only reclaims stale entries and trims.
+    read_new: bool = True
     _next_trim: float = field(default=0.0, init=False, repr=False)
     _next_reclaim: float = field(default=0.0, init=False, repr=False)
 
@@ -75,6 +78,8 @@ class StreamConsumer:
                 while not stop.is_set():
                     self.poll_once()
                     self.maybe_trim()
+                    if not self.read_new:
+                        stop.wait(max(0.0, self._next_reclaim - time.monotonic()))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("consumer %s lost Redis, retrying: %s", self.stream, exc)
                 stop.wait(1.0)
@@ -106,7 +111,8 @@ class StreamConsumer:
         return int(self.client.xtrim(self.stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
 
     def poll_once(self) -> int:
-        """Reclaim stale entries (when due), then read new ones; returns how many were handled."""
+        """Reclaim stale entries (when due), then read new ones (with ``read_new``); returns how many
+        were handled."""
         handled = 0
         now = time.monotonic()
         if now >= self._next_reclaim:
@@ -114,12 +120,14 @@ class StreamConsumer:
             # A full batch may have left more behind: look again on the next poll.
             if handled < self.batch:
                 self._next_reclaim = now + min(RECLAIM_EVERY_SECONDS, self.claim_idle_ms / 10_000)
+        if not self.read_new:
+            return handled
         reply = self.client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
         )
         for _, entries in replies.streams(reply):
             for entry_id, fields in entries:
-                self._handle(entry_id, fields, deliveries=1)
+                self.handle(entry_id, fields, deliveries=1)
                 handled += 1
         return handled
 
@@ -137,10 +145,12 @@ class StreamConsumer:
         for entry_id, fields in entries:
             pending = self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
             deliveries = int(pending[0]["times_delivered"]) if pending else self.max_deliveries
-            self._handle(entry_id, fields, deliveries)
+            self.handle(entry_id, fields, deliveries)
         return len(entries)
 
-    def _handle(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+    def handle(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+        """One entry, read for the ``deliveries``-th time: handled and acknowledged, dead-lettered, or
+        left pending for a later delivery."""
         raw = fields.get(FIELD, "")
         try:
             event = Event.from_wire(raw)

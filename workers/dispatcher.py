@@ -7,11 +7,10 @@ import inspect
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine
-from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -28,6 +27,7 @@ from events.streams import DISPATCH_GROUP, WORK_ROUTES, Names, WorkKind
 from workers.actor_metrics import record_duration
 from workers.context import current
 from workers.event_context import handling
+from workers.loop_reader import LoopReader
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class DirectLane:
 
     The hop it skips (the enqueue, a worker thread's fetch, the idempotency lease, the ack) cost the
     gateway's caller a few milliseconds per call and, under concurrency, most of the tools worker's
-    CPU. The trade-off: the stream entry is acknowledged once the request is handed to the event
+    CPU. The trade-off: the stream entry is acknowledged once the request has started on the event
     loop, as it is once enqueued, but the request then lives only in this process. If the worker
     dies with it in hand, it is not redelivered (Dramatiq would run it again after the heartbeat
     timeout and the idempotency lease), and the caller's wait ends without an answer. For a tool
@@ -91,8 +91,9 @@ class DirectLane:
     audits every call it answers and the gateway audits the calls that got no answer, so no call
     goes unrecorded.
 
-    At most ``slots`` requests run at once; a full lane stops this dispatcher reading, leaving the
-    stream's next entries to the other workers' dispatchers.
+    New entries come from the loop's own reader (``workers/loop_reader.py``); reclaimed ones from
+    the stream's dispatcher thread, through ``__call__``. At most ``slots`` requests run at once; a
+    full lane stops its reader, leaving the stream's next entries to the other workers' readers.
     """
 
     def __init__(self, enqueue: Callable[[Event], None], actors: dict[EventType, Actor], slots: int) -> None:
@@ -106,23 +107,36 @@ class DirectLane:
             for type_, actor in actors.items()
             if inspect.iscoroutinefunction(unwrapped := inspect.unwrap(actor.fn))
         }
-        self.slots = threading.BoundedSemaphore(slots)
+        # Taken and released on the event loop only.
+        self.slots = asyncio.Semaphore(slots)
+        # The running requests: the loop keeps only weak references to its tasks.
+        self._running: set[asyncio.Task[None]] = set()
+
+    def takes(self, event: Event) -> bool:
+        return event.type in self.handlers and bool(event.payload.get("reply"))
+
+    @property
+    def full(self) -> bool:
+        return self.slots.locked()
+
+    async def start(self, event: Event) -> None:
+        """Starts ``event``'s handler on this event loop once a slot is free (``takes(event)``)."""
+        actor, handler = self.handlers[event.type]
+        await self.slots.acquire()
+        # The actor reads its event from the context Dramatiq's EventContext middleware would set;
+        # the task starts with a copy of it.
+        with handling(event):
+            running = asyncio.create_task(self._timed(actor, handler, event))
+        self._running.add(running)
+        running.add_done_callback(partial(self._done, event))
 
     def __call__(self, event: Event) -> None:
-        handler = self.handlers.get(event.type)
+        """A dispatcher thread's entry (one it reclaimed): started on the event loop, or enqueued."""
         loop_thread = get_event_loop_thread()
-        if handler is None or loop_thread is None or not event.payload.get("reply"):
+        if loop_thread is None or not self.takes(event):
             self.enqueue(event)
             return
-        self.slots.acquire()
-        try:
-            # The actor reads its event from the context Dramatiq's EventContext middleware would set.
-            with handling(event):
-                running = asyncio.run_coroutine_threadsafe(self._timed(*handler, event), loop_thread.loop)
-        except BaseException:
-            self.slots.release()
-            raise
-        running.add_done_callback(partial(self._done, event))
+        asyncio.run_coroutine_threadsafe(self.start(event), loop_thread.loop).result()
 
     async def _timed(
         self, actor: str, handler: Callable[[str], Coroutine[Any, Any, None]], event: Event
@@ -153,10 +167,19 @@ class DirectLane:
         except RedisError as exc:
             log.warning("could not record the durations of direct runs: %s", exc)
 
-    def _done(self, event: Event, running: Future[None]) -> None:
+    def _done(self, event: Event, running: asyncio.Task[None]) -> None:
+        self._running.discard(running)
         self.slots.release()
         if not running.cancelled() and running.exception() is not None:
             log.error("%s %s failed in the direct lane", event.type, event.id, exc_info=running.exception())
+
+
+@dataclass
+class Dispatch:
+    # Each run in a thread of its own.
+    consumers: list[StreamConsumer]
+    # Each run on Dramatiq's event loop, once the worker has started it.
+    readers: list[LoopReader]
 
 
 def dispatchers(
@@ -167,16 +190,26 @@ def dispatchers(
     kinds: Collection[WorkKind],
     claim_idle_ms: int,
     direct_slots: int = 0,
-) -> list[StreamConsumer]:
-    """One consumer per work stream; with ``direct_slots``, waited-on tool calls take the direct lane."""
+) -> Dispatch:
+    """One consumer per work stream; with ``direct_slots``, waited-on tool calls take the direct
+    lane, and the tools stream's new entries are read on the event loop that runs them."""
     routed = {t: a for t, a in actors.items() if WORK_ROUTES.get(t) in kinds}
     enqueue = enqueuer(broker, routed)
     direct = {t: a for t, a in routed.items() if WORK_ROUTES[t] is WorkKind.TOOLS}
-    handler = DirectLane(enqueue, direct, direct_slots) if direct and direct_slots else enqueue
+    lane = DirectLane(enqueue, direct, direct_slots) if direct and direct_slots else None
     name = consumer_name()
-    return [
+    consumers = [
         StreamConsumer(
-            client, names, names.work(kind), DISPATCH_GROUP, name, handler, claim_idle_ms=claim_idle_ms
+            client,
+            names,
+            names.work(kind),
+            DISPATCH_GROUP,
+            name,
+            lane or enqueue,
+            claim_idle_ms=claim_idle_ms,
+            read_new=lane is None or kind is not WorkKind.TOOLS,
         )
         for kind in kinds
     ]
+    readers = [LoopReader(c, lane) for c in consumers if lane is not None and not c.read_new]
+    return Dispatch(consumers, readers)

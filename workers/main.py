@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, wait
 
 import redis
 from dramatiq import Worker
+from dramatiq.asyncio import get_event_loop_thread
 
 from events.streams import Names, WorkKind
 from schemas.settings import Settings
@@ -19,6 +22,7 @@ from workers.broker import make_broker
 from workers.context import WorkerContext, set_context
 from workers.dispatcher import consumer_name, dispatchers
 from workers.lifecycle import run_reconciler
+from workers.loop_reader import LoopReader
 from workers.placement import advertise
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,25 @@ log = logging.getLogger(__name__)
 IDLE_POLL_MS = 1_000
 # How long a stopping worker waits for its session hosts to hand their sessions over.
 HANDOVER_WAIT_SECONDS = 10
+
+
+def start_readers(readers: list[LoopReader], redis_url: str, stop: threading.Event) -> list[Future[None]]:
+    """The loop readers, on the event loop Dramatiq's AsyncIO middleware started with the worker."""
+    if not readers:
+        return []
+    loop_thread = get_event_loop_thread()
+    if loop_thread is None:
+        raise RuntimeError("the direct lane needs Dramatiq's AsyncIO middleware")
+    running = [asyncio.run_coroutine_threadsafe(r.run(redis_url, stop), loop_thread.loop) for r in readers]
+    for future in running:
+        future.add_done_callback(_report_failure)
+    return running
+
+
+def _report_failure(reader: Future[None]) -> None:
+    # As a dispatcher thread's exception is printed when the thread ends.
+    if not reader.cancelled() and (exc := reader.exception()) is not None:
+        log.error("a loop reader stopped", exc_info=exc)
 
 
 def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
@@ -42,7 +65,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     stop = threading.Event()
     # Audit events skip Dramatiq: the writer takes them from their stream in batches itself.
     dispatched = [kind for kind in kinds if kind is not WorkKind.AUDIT]
-    consumers = dispatchers(
+    dispatch = dispatchers(
         client,
         Names(settings.redis_prefix),
         broker,
@@ -55,6 +78,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     # tools pool's is a setting of its own.
     poll_ms = settings.worker_poll_max_ms if WorkKind.TOOLS in kinds else IDLE_POLL_MS
     worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=poll_ms)
+    consumers = dispatch.consumers
     threads_ = [threading.Thread(target=c.run, args=(stop,), name=f"dispatch-{c.stream}") for c in consumers]
     if WorkKind.SESSIONS in kinds:
         # A host takes only the sessions it has threads for; the rest wait in the queue for another.
@@ -70,6 +94,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
         )
         threads_.append(threading.Thread(target=run_reconciler, args=(settings, stop), name="reconciler"))
     worker.start()
+    readers = start_readers(dispatch.readers, settings.redis_url, stop)
     if WorkKind.AUDIT in kinds:
         writer = AuditWriter(settings, client, consumer_name())
         threads_.append(threading.Thread(target=writer.run, args=(stop,), name="audit-writer"))
@@ -93,6 +118,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     stop.wait()
     for thread in threads_:
         thread.join()
+    wait(readers)
     # Session hosts hand their sessions over first: Dramatiq's stop would end their event loop after
     # its timeout, freezing the slower ones until their heartbeat lapsed (4 of 10 sessions took 15 s).
     deadline = time.monotonic() + HANDOVER_WAIT_SECONDS
