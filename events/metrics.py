@@ -105,12 +105,24 @@ def _counter_field(name: str, labels: tuple[tuple[str, str], ...]) -> str:
 
 def observe(pipe: Any, names: Names, name: str, value: float, **labels: str) -> None:
     """Records ``value`` in the histogram ``name``; ``pipe`` must be a pipeline (several commands)."""
-    family = _checked(HISTOGRAMS.get(name), name, labels)
+    buckets, total = _histogram_fields(name, tuple(labels.items()))
     key = names.metrics()
-    for bound in family.buckets:
+    for bound, field in buckets:
         if value <= bound:
-            pipe.hincrby(key, _field(name, {**labels, "le": _bound(bound)}), 1)
-    pipe.hincrbyfloat(key, _field(f"{name}:sum", labels), value)
+            pipe.hincrby(key, field, 1)
+    pipe.hincrbyfloat(key, total, value)
+
+
+@lru_cache(maxsize=256)
+def _histogram_fields(
+    name: str, labels: tuple[tuple[str, str], ...]
+) -> tuple[tuple[tuple[float, str], ...], str]:
+    # Every direct-lane run is observed: the bucket fields' JSON once per label set, not per run
+    # (a dozen json.dumps were ~70 µs of the tools worker's loop per gateway call).
+    as_dict = dict(labels)
+    family = _checked(HISTOGRAMS.get(name), name, as_dict)
+    buckets = tuple((b, _field(name, {**as_dict, "le": _bound(b)})) for b in family.buckets)
+    return buckets, _field(f"{name}:sum", as_dict)
 
 
 def _bound(bound: float) -> str:

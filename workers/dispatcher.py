@@ -119,14 +119,15 @@ class DirectLane:
     def full(self) -> bool:
         return self.slots.locked()
 
-    async def start(self, event: Event) -> None:
-        """Starts ``event``'s handler on this event loop once a slot is free (``takes(event)``)."""
+    async def start(self, event: Event, wire: str) -> None:
+        """Starts ``event``'s handler on this event loop once a slot is free (``takes(event)``);
+        ``wire``: the envelope as read, what a Dramatiq message would carry."""
         actor, handler = self.handlers[event.type]
         await self.slots.acquire()
         # The actor reads its event from the context Dramatiq's EventContext middleware would set;
         # the task starts with a copy of it.
         with handling(event):
-            running = asyncio.create_task(self._timed(actor, handler, event))
+            running = asyncio.create_task(self._timed(actor, handler, wire))
         self._running.add(running)
         running.add_done_callback(partial(self._done, event))
 
@@ -136,15 +137,15 @@ class DirectLane:
         if loop_thread is None or not self.takes(event):
             self.enqueue(event)
             return
-        asyncio.run_coroutine_threadsafe(self.start(event), loop_thread.loop).result()
+        asyncio.run_coroutine_threadsafe(self.start(event, event.to_wire()), loop_thread.loop).result()
 
     async def _timed(
-        self, actor: str, handler: Callable[[str], Coroutine[Any, Any, None]], event: Event
+        self, actor: str, handler: Callable[[str], Coroutine[Any, Any, None]], wire: str
     ) -> None:
         """The handler, timed into the same histogram as a Dramatiq run (``ActorMetrics``)."""
         started, outcome = time.monotonic(), "failed"
         try:
-            await handler(event.to_wire())
+            await handler(wire)
             outcome = "ok"
         finally:
             context = current()

@@ -78,17 +78,22 @@ class LoopReader:
             for entry_id, fields in entries:
                 await self._handle(client, entry_id, fields)
                 read += 1
+        if self._acks:
+            # The calls just started go first, as far as their upstream request, before this
+            # reader's acknowledgement and next read: they are what somebody waits on.
+            await asyncio.sleep(0)
         return read
 
     async def _handle(self, client: redis.asyncio.Redis, entry_id: str, fields: dict[str, str]) -> None:
+        wire = fields.get(FIELD, "")
         try:
-            event: Event | None = Event.from_wire(fields.get(FIELD, ""))
+            event: Event | None = Event.from_wire(wire)
         except ValueError:
             event = None
         if event is not None and self.lane.takes(event):
             if self.lane.full:
                 await self._ack(client)
-            await self.lane.start(event)
+            await self.lane.start(event, wire)
             self._acks.append(entry_id)
             return
         await self._ack(client)
