@@ -35,6 +35,7 @@ from schemas.tables import (
 )
 from services.context import Backends, current_correlation_id
 from services.errors import Forbidden, NotFound
+from services.mcp.changes import announce_change
 from services.orgs import keep_an_owner, may_grant
 from services.sessions.ending import live_session_ids, stop_sessions
 
@@ -144,6 +145,22 @@ async def erase_user(backends: Backends, ctx: MemberContext, user_id: UUID) -> N
     async with tenant_transaction(backends.engine, ctx) as db:
         await keep_an_owner(db, org_id, user_id, member.role)
         live = await live_session_ids(db, org_id, user_id)
+        # What the tools workers loaded of them must go: the user's own configurations, and the
+        # others' loads with the user's grants.
+        own = set(
+            await db.exec(
+                select(McpConfiguration.id).where(
+                    McpConfiguration.org_id == org_id, McpConfiguration.user_id == user_id
+                )
+            )
+        )
+        granted = set(
+            await db.exec(
+                select(McpOAuthToken.configuration_id).where(
+                    McpOAuthToken.org_id == org_id, McpOAuthToken.user_id == user_id
+                )
+            )
+        )
         for model in (
             McpOAuthToken,
             SessionMessage,
@@ -161,6 +178,13 @@ async def erase_user(backends: Backends, ctx: MemberContext, user_id: UUID) -> N
             .where(col(Membership.org_id) == org_id, col(Membership.user_id) == user_id)
             .values(removed_at=utcnow(), updated_at=utcnow())
         )
+    names = backends.names
+    for config_id in own:
+        await announce_change(
+            backends.redis, names, config_id, names.mcp_tools(config_id), names.breaker(config_id)
+        )
+    for config_id in granted - own:
+        await announce_change(backends.redis, names, config_id)
     await stop_sessions(backends, live)
     # Whether the person still belongs anywhere is a platform question: RLS hides other orgs.
     async with tenant_transaction(backends.engine, PLATFORM) as db:

@@ -13,10 +13,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import redis.asyncio
 
+from events.streams import Names
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import REPO, Stack, seed_async
 from tests.test_skeleton_e2e import ECHO, agent_said, read_events
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 STACK_ENV = {"AGENTAPI_MAX_SESSIONS_PER_USER": "10"}
@@ -97,7 +100,22 @@ async def test_export_then_erase_a_member(gdpr_stack: Stack, pg_urls: DbUrls) ->
         assert "member-secret-token" not in exported.text and "encrypted_secret" not in exported.text
 
         audit_before = count(pg_urls, "SELECT count(*) FROM audit_logs WHERE actor_user_id = %s", member_id)
+        # The tools workers hear that the member's configuration is gone (they keep loads up to 60 s).
+        store = redis.asyncio.Redis.from_url(stack.env["AGENTAPI_REDIS_URL"], decode_responses=True)
+        changes = store.pubsub()
+        await changes.subscribe(Names(stack.env["AGENTAPI_REDIS_PREFIX"]).mcp_config_changes())
         assert (await client.delete(f"/api/v1/users/{member_id}", headers=admin)).status_code == 204
+        heard: list[str] = []
+
+        async def announced() -> bool:
+            message = await changes.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                heard.append(message["data"])
+            return config.json()["id"] in heard
+
+        await until(announced, timeout=10, what="the erased configuration announced")
+        await changes.aclose()
+        await store.aclose()
         assert (await client.get(f"/api/v1/users/{member_id}/export", headers=admin)).status_code == 404
         ended = await client.get(f"/api/v1/sessions/{session['id']}", headers=admin)
         assert ended.status_code == 404
