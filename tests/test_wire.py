@@ -104,7 +104,7 @@ async def test_same_answers_as_redis_py(redis_url: str, protocol: int, decode: b
 async def test_a_dropped_connection_fails_one_pipeline_and_is_replaced(redis_url: str) -> None:
     """As after a Redis restart: the pool's idle connection was closed by the server. As with
     redis-py (whose pool does not look for that while maintenance notifications are on), the next
-    pipeline fails with the connection's error, and the one after goes on a new connection."""
+    pipeline may fail with the connection's error; the one after goes on a new connection."""
     admin = redis.asyncio.Redis.from_url(redis_url)
     outcomes = []
     run: Callable[[Pipeline], Awaitable[list[Any]]]
@@ -127,7 +127,11 @@ async def test_a_dropped_connection_fails_one_pipeline_and_is_replaced(redis_url
             await client.aclose()
     await admin.aclose()
     theirs, ours = outcomes
-    assert ours[1] == theirs[1] == (RedisConnectionError, "Connection closed by server.")
+    # The pipeline after the drop: the connection's error, or (where the pool saw the close
+    # first) a new connection; either with both, depending on timing.
+    failed = (RedisConnectionError, "Connection closed by server.")
+    assert theirs[1] == failed or theirs[1] != theirs[0]
+    assert ours[1] == failed or ours[1] != ours[0]
     assert ours[2] != ours[0]
 
 
