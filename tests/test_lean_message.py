@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from events.streams import FIELD, Names, WorkKind
+from tests.fixtures.metrics import scraped_total
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, free_port, seed, spawn, stop, wait_ready
 from tests.waiting import until
@@ -61,15 +61,7 @@ async def clients(
 
 
 async def taken(base_url: str) -> float:
-    async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.get(f"{base_url}/metrics", headers={"Authorization": "Bearer scrape-me"})
-    assert response.status_code == 200, response.text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-        if sample.name == TAKEN
-    )
+    return await scraped_total(base_url, TAKEN)
 
 
 async def new_session(client: httpx.AsyncClient, headers: dict[str, str]) -> str:

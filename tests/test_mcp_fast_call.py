@@ -16,9 +16,9 @@ import httpx2
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.mcp import mcp_server
+from tests.fixtures.metrics import scraped_total
 from tests.fixtures.stack import Stack, free_port, spawn, stop, wait_ready
 from tests.test_mcp_tools import STACK_ENV as TOOLS_ENV
 from tests.test_mcp_tools import create_config, gateway_config, gateway_config_written, start_session
@@ -56,15 +56,7 @@ async def client(tools_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def fast_calls(base_url: str) -> float:
-    async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.get(f"{base_url}/metrics", headers={"Authorization": "Bearer scrape-me"})
-    assert response.status_code == 200, response.text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-        if sample.name == FAST_CALLS
-    )
+    return await scraped_total(base_url, FAST_CALLS)
 
 
 async def captured_call(url: str, token: str, tool: str, arguments: dict[str, Any]) -> httpx2.Request:
