@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from events.streams import FIELD, Names, WorkKind
 from tests.fixtures.metrics import scraped_total
 from tests.fixtures.postgres import DbUrls
-from tests.fixtures.stack import Stack, free_port, seed, spawn, stop, wait_ready
+from tests.fixtures.stack import Stack, second_ingress, seed
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,15 +38,8 @@ VARYING_HEADERS = {"date"}
 @pytest.fixture(scope="module")
 def plain_ingress(stack: Stack) -> Iterator[str]:
     """A second ingress of the same stack that sends every message through the route."""
-    port = free_port()
-    proc = spawn(
-        ["serve", "--port", str(port)], {**stack.env, "AGENTAPI_LEAN_MESSAGE_PATH": "false"}, stack.log_file
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with second_ingress(stack, {"AGENTAPI_LEAN_MESSAGE_PATH": "false"}) as url:
+        yield url
 
 
 @pytest.fixture

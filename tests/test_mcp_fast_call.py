@@ -19,7 +19,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.fixtures.mcp import mcp_server
 from tests.fixtures.metrics import scraped_total
-from tests.fixtures.stack import Stack, free_port, spawn, stop, wait_ready
+from tests.fixtures.stack import Stack, second_ingress
 from tests.test_mcp_tools import STACK_ENV as TOOLS_ENV
 from tests.test_mcp_tools import create_config, gateway_config, gateway_config_written, start_session
 from tests.waiting import until
@@ -39,14 +39,8 @@ def tools_stack(stack: Stack) -> Stack:
 @pytest.fixture(scope="module")
 def plain_ingress(tools_stack: Stack) -> Iterator[str]:
     """A second ingress of the same stack that sends every gateway request through fastmcp."""
-    port = free_port()
-    env = {**tools_stack.env, "AGENTAPI_MCP_GATEWAY_FAST_PATH": "false"}
-    proc = spawn(["serve", "--port", str(port)], env, tools_stack.log_file)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with second_ingress(tools_stack, {"AGENTAPI_MCP_GATEWAY_FAST_PATH": "false"}) as url:
+        yield url
 
 
 @pytest.fixture
