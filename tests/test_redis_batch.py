@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -83,7 +85,10 @@ async def test_a_failing_command_fails_only_its_caller() -> None:
 
 
 async def test_no_redis_is_every_callers_error() -> None:
-    port_with_nothing = redis.asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    # No retries: redis-py's default three, with jittered back-off, can outlast the batch's deadline.
+    port_with_nothing = redis.asyncio.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
     batch = RedisBatch(port_with_nothing)
     try:
         with pytest.raises(RedisConnectionError):

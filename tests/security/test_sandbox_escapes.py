@@ -23,6 +23,7 @@ import pytest
 
 from tests.fixtures.stack import REPO, Stack, recording_client, seed_async
 from tests.test_skeleton_e2e import ECHO
+from tests.waiting import until
 from workers.sandbox import sandbox_uid
 
 pytestmark = pytest.mark.timeout(240)
@@ -142,9 +143,18 @@ async def test_a_hostile_shell_reaches_nothing_outside_its_own_workspace(pg_urls
         # After the sessions end, no gateway token or router config is left on disk.
         for session_id, headers in ((a_session, stack.headers()), (b_session, b_headers)):
             await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (root / ".private" / b_session).exists():
-            await asyncio.sleep(0.3)
+
+        # The row says "ended" only after the host removed the token's copies (the private
+        # directory goes first, when the agent stops).
+        async def b_status() -> str:
+            answer = await client.get(f"/api/v1/sessions/{b_session}", headers=b_headers)
+            return str(answer.json()["status"])
+
+        async def b_over() -> bool:
+            return await b_status() in ("ended", "failed")
+
+        await until(b_over, 30, "org B's session ended")
+        assert await b_status() == "ended"
         assert not (root / ".private" / b_session).exists()
         assert not (b_workspace / ".home" / ".agentapi" / "mcp.json").exists()
         # Directories from the workspace root down are the worker's alone.
