@@ -1,9 +1,10 @@
 """Typed views of Redis replies.
 
 redis-py types every reply for any client configuration (bytes or str, RESP2 lists or RESP3 maps).
-All of this project's clients are made with ``decode_responses=True`` on RESP2, so a reply holds
-``str`` only and XREAD/XREADGROUP answer a list of ``[stream, entries]``: these functions state that
-once, for the type checker, instead of a cast at every call site.
+All of this project's clients are made with ``decode_responses=True`` with redis-py's default
+protocol (RESP3 from redis-py 8), whose XREAD/XREADGROUP answers redis-py still shapes as a list of
+``[stream, entries]``, so a reply holds ``str`` only: these functions state that once, for the type
+checker, instead of a cast at every call site.
 """
 
 from typing import cast
