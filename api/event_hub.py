@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -83,6 +83,9 @@ class Subscription:
     backlog: list[LogEntry] | None = None
     # Shared by the hub's subscribers, so that they are woken in batches.
     waker: Waker = field(default_factory=Waker)
+    # Hands a waiting subscriber's entries over without waking its task (api.sse_direct writes them
+    # to its connection), or says False and the task is woken to take them.
+    sink: Callable[[tuple[LogEntry, ...]], bool] | None = None
     _waiter: asyncio.Future[None] | None = None
     _queued: bool = False
     _busy: bool = False
@@ -118,8 +121,17 @@ class Subscription:
 
     def wake(self) -> None:
         self._queued = False
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        # A lagging subscriber's queue lost entries: its task reads the log instead.
+        sink = self.sink
+        if sink is not None and not self.lagged and self.pending and self.pending[0] is not IDLE:
+            if sink(tuple(self.pending)):
+                self.pending.clear()
+                self._busy = True
+                return
+        waiter.set_result(None)
 
     def _tick(self, heartbeat: float) -> None:
         if not self._busy and not self.pending:

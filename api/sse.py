@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 
 from api.event_hub import EventHub, LogEntry, Subscription
 from api.problems import OUTAGE_RETRY_AFTER_SECONDS, default_outage_exceptions
+from api.sse_direct import DirectBody, chunk, direct_body
 from events import replies
 from events.envelope import Event, EventType, rfc3339
 from events.results import read_log
@@ -99,6 +101,13 @@ class FrameBatch(ServerSentEventMessage):
     def encode(self) -> bytes:
         return self.encoded
 
+
+# The connection of the stream whose body a task sends (api.sse_direct), set by :func:`relay` for
+# the sources that write to it directly; a context variable, since the source is made by the route,
+# before the response and its connection are there.
+_connection: contextvars.ContextVar[DirectBody | None] = contextvars.ContextVar(
+    "sse_connection", default=None
+)
 
 # Why a stream was stopped from outside its task.
 _LEFT, _DRAINED, _DONE = "left", "drained", "done"
@@ -185,7 +194,12 @@ async def relay(
     per event and subscriber, now it is one), and for the depth of the woken task's coroutine chain:
     the request's task is resumed through every middleware's frame, ~15 in all, in and out on each
     wake-up (~18 % of a fan-out's busy samples when the body was sent from it)."""
-    this = _Relay(messages, send, streams)
+    # The body's task sees the connection it may write live chunks to (see session_event_stream).
+    token = _connection.set(direct_body(receive))
+    try:
+        this = _Relay(messages, send, streams)
+    finally:
+        _connection.reset(token)
 
     async def listen() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -294,6 +308,34 @@ def _shared(entries: tuple[LogEntry, ...]) -> ServerSentEventMessage:
     return FrameBatch([to_sse(entry) for entry in entries])
 
 
+def _message(entries: tuple[LogEntry, ...]) -> ServerSentEventMessage:
+    return _shared(entries) if len(entries) <= SHARED_BATCH else FrameBatch([to_sse(e) for e in entries])
+
+
+# A shared run as a chunk of the response body, framed once for all the subscribers written to directly.
+@functools.lru_cache(maxsize=32)
+def _shared_chunk(entries: tuple[LogEntry, ...]) -> bytes:
+    return chunk(_shared(entries).encode())
+
+
+class _Live:
+    """A live subscriber's sink (``Subscription.sink``): its entries written to its connection as
+    one chunk, and the last one's id kept for a catch-up."""
+
+    __slots__ = ("connection", "last")
+
+    def __init__(self, connection: DirectBody) -> None:
+        self.connection = connection
+        self.last: str | None = None
+
+    def write(self, entries: tuple[LogEntry, ...]) -> bool:
+        framed = _shared_chunk(entries) if len(entries) <= SHARED_BATCH else chunk(_message(entries).encode())
+        if not self.connection.write(framed):
+            return False
+        self.last = entries[-1][0]
+        return True
+
+
 async def _replay(
     redis: Redis, names: Names, session_id: str, after_id: str
 ) -> AsyncIterator[list[LogEntry]]:
@@ -307,11 +349,20 @@ async def _replay(
 
 
 async def _session_log(
-    redis: Redis, names: Names, hub: EventHub, session_id: str, after: str, heartbeat_seconds: float
+    redis: Redis,
+    names: Names,
+    hub: EventHub,
+    session_id: str,
+    after: str,
+    heartbeat_seconds: float,
+    connection: DirectBody | None = None,
 ) -> AsyncGenerator[list[LogEntry], None]:
     """The log's entries after ``after`` (its tail from the hub, further back from Redis), then live,
-    de-duplicated; entries ready at once come as one list, and an empty list is a quiet period."""
+    de-duplicated; entries ready at once come as one list, and an empty list is a quiet period.
+    With a ``connection``, live entries that come while this waits are written to it instead (see
+    api.sse_direct), once they can no longer repeat what was read from Redis."""
     last = after
+    live = _Live(connection) if connection is not None else None
     async with hub.subscribe(session_id, after) as subscription:
         # Live entries can repeat what was read from Redis, never what came from the hub's tail.
         overlap = subscription.backlog is None
@@ -329,13 +380,18 @@ async def _session_log(
                     last = page[-1][0]
                     yield page
                 continue
+            subscription.sink = live.write if live is not None and not overlap else None
             fresh = await subscription.take(heartbeat_seconds)
+            if live is not None and live.last is not None:
+                last, live.last = live.last, None
             if fresh is None:
                 yield []
                 continue
             if overlap:
                 seen = stream_id_key(last)
                 fresh = [entry for entry in fresh if stream_id_key(entry[0]) > seen]
+                # The hub offers newer entries only, so nothing after these can repeat the replay.
+                overlap = not fresh
             if fresh:
                 last = fresh[-1][0]
                 yield fresh
@@ -351,15 +407,15 @@ async def session_event_stream(
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Replay after ``last_event_id`` (everything when absent), then relay live, de-duplicated."""
     yield ServerSentEventMessage(comment="connected", retry=RETRY_MS, data=None)
-    log_entries = _session_log(redis, names, hub, session_id, last_event_id or "0-0", heartbeat_seconds)
+    log_entries = _session_log(
+        redis, names, hub, session_id, last_event_id or "0-0", heartbeat_seconds, _connection.get()
+    )
     async with contextlib.aclosing(log_entries):  # leaves the hub as soon as this stream is closed
         async for entries in log_entries:
             if not entries:
                 yield ServerSentEventMessage(comment="ping", data=None)
-            elif len(entries) <= SHARED_BATCH:
-                yield _shared(tuple(entries))
             else:
-                yield FrameBatch([to_sse(entry) for entry in entries])
+                yield _message(tuple(entries))
 
 
 async def _catch_up(
