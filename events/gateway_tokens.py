@@ -45,9 +45,22 @@ async def issue(redis: Redis, names: Names, holder: TokenHolder, ttl_seconds: in
     """A fresh token for ``holder`` and its digest (what its key and revocation name)."""
     token = secrets.token_urlsafe(32)
     digest = secret_digest(token)
-    entry = {"session_id": holder.session_id, "org_id": str(holder.org_id), "user_id": str(holder.user_id)}
-    await redis.set(names.gateway_token(digest), json.dumps(entry), ex=ttl_seconds)
+    await redis.set(names.gateway_token(digest), _entry(holder), ex=ttl_seconds)
     return token, digest
+
+
+async def restore(redis: Redis, names: Names, holder: TokenHolder, digest: str, ttl_seconds: int) -> None:
+    """Write the token's key again (if it is still missing) for a host whose heartbeat found it gone:
+    Redis came back empty, or was down past the key's TTL. The token itself never left the agent;
+    without its key every gateway call of a live session would be refused until the session ended.
+    Only a live host calls this, and a host revokes after its heartbeat has stopped."""
+    await redis.set(names.gateway_token(digest), _entry(holder), ex=ttl_seconds, nx=True)
+
+
+def _entry(holder: TokenHolder) -> str:
+    return json.dumps(
+        {"session_id": holder.session_id, "org_id": str(holder.org_id), "user_id": str(holder.user_id)}
+    )
 
 
 async def revoke(redis: Redis, names: Names, digest: str) -> None:

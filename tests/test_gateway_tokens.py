@@ -112,3 +112,20 @@ async def test_a_lookup_that_raced_a_revocation_is_not_kept(aredis: Redis, names
         started.append(tokens)
         assert await tokens.holder(token) == holder  # Redis vouched for it before the revocation
         assert await tokens.holder(token) is None
+
+
+async def test_a_live_hosts_token_key_written_again_after_redis_lost_it(aredis: Redis, names: Names) -> None:
+    """What a session's host does when its heartbeat finds the key gone (Redis came back empty): the
+    token it gave its agent is valid again, for the same holder; a key that is there is left alone."""
+    token, holder = await issued(aredis, names)
+    digest = secret_digest(token)
+    await aredis.delete(names.gateway_token(digest))
+    async with ingress(aredis, names) as tokens:
+        assert await refused(tokens, token)
+        await gateway_tokens.restore(aredis, names, holder, digest, 60)
+        assert await tokens.holder(token) == holder
+    kept = await aredis.get(names.gateway_token(digest))
+    await gateway_tokens.restore(
+        aredis, names, TokenHolder(str(uuid.uuid4()), uuid.uuid4(), uuid.uuid4()), digest, 60
+    )
+    assert await aredis.get(names.gateway_token(digest)) == kept

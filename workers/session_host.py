@@ -600,10 +600,14 @@ class SessionHost:
     async def _issue_gateway_token(self) -> str:
         """A fresh MCP gateway token for this host's agent; Redis knows only its hash, and only
         while this host heartbeats. A recovered session's new host issues a new one."""
-        holder = TokenHolder(self.session_id, self.event.org_id, self.event.user_id)  # type: ignore[arg-type]
-        token, digest = await gateway_tokens.issue(self.context.redis, self.names, holder, STATE_TTL_SECONDS)
+        token, digest = await gateway_tokens.issue(
+            self.context.redis, self.names, self._gateway_holder(), STATE_TTL_SECONDS
+        )
         self._gateway_digest = digest
         return token
+
+    def _gateway_holder(self) -> TokenHolder:
+        return TokenHolder(self.session_id, self.event.org_id, self.event.user_id)  # type: ignore[arg-type]
 
     async def _report(self) -> None:
         """Changes go to subscribers as they happen. The messages of a turn are stored before its
@@ -812,10 +816,15 @@ class SessionHost:
             # Keep the idempotency lease while the session lives, so a duplicate never starts a
             # second host.
             beat.expire(self.names.claim(self.event.id), LEASE_SECONDS)
-            if self._gateway_digest:
-                beat.expire(self.names.gateway_token(self._gateway_digest), STATE_TTL_SECONDS)
             beat.zadd(self.names.active_sessions(), {self._active_member: time.time() + STATE_TTL_SECONDS})
-            had_status, *_ = await beat.execute()
+            digest = self._gateway_digest
+            if digest:
+                beat.expire(self.names.gateway_token(digest), STATE_TTL_SECONDS)
+            had_status, *_, token_kept = await beat.execute()
+        if digest and not token_kept:
+            await gateway_tokens.restore(
+                self.context.redis, self.names, self._gateway_holder(), digest, STATE_TTL_SECONDS
+            )
         if not had_status and self.conversation is not None:
             # The hash was lost (Redis came back empty, or it expired during an outage): without a
             # status the ingress would refuse every message as busy. No turn can be claimed in it.
