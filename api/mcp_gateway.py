@@ -36,6 +36,7 @@ from schemas.db import TenantContext
 from schemas.tables import McpConfiguration
 from services.mcp.configs import enabled_configs
 from services.mcp.work import request_work
+from services.outages import default_outage_exceptions
 from services.recent import Recent
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,14 @@ LIST_WAIT_SECONDS = 20.0
 LISTING_SECONDS = 2.0
 # How long a session's tool schemas serve the Mcp-Param header check after its last listing.
 SCHEMA_SECONDS = 3_600.0
+OUTAGES = default_outage_exceptions()
+NO_ANSWER = "the tool call got no answer in time"
+# A call whose request or wait failed with Redis: it may have reached a tools worker (the request
+# goes in the same round trip as the first read), and a tool call must not be run twice blindly.
+INTERRUPTED = (
+    "the platform's event bus became unavailable during the call; whether the tool ran is unknown"
+    " (retry later if running it twice is safe)"
+)
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,13 @@ class TenantTools(Provider):
             **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
         )
         waited = res.settings.mcp_call_timeout_seconds + 15
-        payload = (await request_work(res, event, waited)).result
+        try:
+            payload = (await request_work(res, event, waited)).result
+        except OUTAGES as exc:
+            # Not audited here: the audit stream is on the Redis that just failed. A tools worker
+            # that ran the call audits it.
+            log.warning("gateway: call %s of session %s interrupted: %s", event.id, identity.session_id, exc)
+            raise ToolError(INTERRUPTED) from exc
         if payload is None:
             # The tools worker audits every call it answers; one that never answered (a worker that
             # died with the call in hand: the direct lane does not redeliver it) is audited here.
@@ -217,7 +232,7 @@ class TenantTools(Provider):
                     session_id=identity.session_id,
                 ),
             )
-            raise ToolError("the tool call got no answer in time")
+            raise ToolError(NO_ANSWER)
         if not payload.get("ok"):
             raise ToolError(
                 f"{payload.get('error_code', 'error')}: {payload.get('error', 'the tool call failed')}"
