@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.maint_notifications import MaintNotificationsConfig
 
 from events.packing import lean_packing
 
 POOL_CONNECTIONS = 100
+# Maintenance notifications (a Redis Enterprise feature) off for every client: see ``pooled_redis``.
+NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
 
 
 def pooled_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
@@ -27,7 +30,7 @@ def pooled_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
         decode_responses=True,
         max_connections=POOL_CONNECTIONS,
         timeout=wait_seconds,
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
         **options,
     )
     return Redis(connection_pool=pool)
@@ -43,3 +46,18 @@ def batch_redis(url: str, *, wait_seconds: float, **options: Any) -> Redis:
     pool = client.connection_pool
     pool.connection_class = lean_packing(pool.connection_class)
     return client
+
+
+def dedicated_redis(url: str, **options: Any) -> Redis:
+    """A client with an unbounded pool of its own, for a read that blocks on its connection (a worker's
+    input streams, a loop reader), decoding to ``str``. Maintenance notifications are off as in
+    ``pooled_redis``: while they may be on, its first command after a Redis restart failed."""
+    return Redis.from_url(
+        url, decode_responses=True, maint_notifications_config=NO_MAINT_NOTIFICATIONS, **options
+    )
+
+
+def thread_redis(url: str, **options: Any) -> redis.Redis:
+    """A blocking client, for threads (dispatchers, Dramatiq's broker and its middleware), with
+    maintenance notifications off as in ``pooled_redis``."""
+    return redis.Redis.from_url(url, maint_notifications_config=NO_MAINT_NOTIFICATIONS, **options)

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from api.sse import DRAIN_RETRY_MS
-from events.connection import batch_redis, pooled_redis
+from events.connection import batch_redis, dedicated_redis, pooled_redis, thread_redis
 from tests.fixtures.stack import Stack, free_port, spawn, stop, wait_ready
 from tests.test_skeleton_e2e import ECHO
 
@@ -189,6 +189,26 @@ async def test_sigterm_ends_sse_streams_with_a_reconnect_hint(stack: Stack, own_
             await other.delete(f"/api/v1/sessions/{session_id}", headers=headers)
     finally:
         stop(server)
+
+
+async def test_clients_of_their_own_pool_take_idle_connections_afresh_after_a_restart(tmp_path: Path) -> None:
+    """The clients outside the bounded pool (a worker's input-stream reader and loop reader, its
+    dispatchers and Dramatiq's broker) also replace a connection a restarted Redis closed: with
+    maintenance notifications left on ("auto"), the reader's first read afterwards failed."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    reader, blocking = dedicated_redis(server.url), thread_redis(server.url, decode_responses=True)
+    try:
+        await reader.set("key", 1)
+        await asyncio.to_thread(blocking.set, "key", 1)
+        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(server.start)
+        assert await reader.set("key", 2)
+        assert await asyncio.to_thread(blocking.set, "key", 3)
+    finally:
+        await reader.aclose()
+        blocking.close()
+        server.kill()
 
 
 async def test_pooled_connections_idle_through_a_restart_are_taken_afresh(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from events.connection import thread_redis
 from events.streams import Names, WorkKind
 from schemas.settings import Settings
 from workers.actor_metrics import ActorMetrics
@@ -130,10 +131,11 @@ class _WakingConsumer(_RedisConsumer):
 
 def make_broker(settings: Settings) -> RedisBroker:
     names = Names(settings.redis_prefix)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = thread_redis(settings.redis_url, decode_responses=True)
     broker = WakingRedisBroker(
         names,
-        url=settings.redis_url,
+        # Dramatiq's own client answers bytes, as its scripts' callers expect.
+        client=thread_redis(settings.redis_url),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
         middleware=[

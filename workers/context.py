@@ -17,7 +17,7 @@ from redis.asyncio.client import Pipeline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.batch import RedisBatch
-from events.connection import batch_redis, pooled_redis
+from events.connection import batch_redis, dedicated_redis, pooled_redis
 from events.envelope import NOTIFIED_TYPES, Event, EventType
 from events.payloads import WebhookNotice
 from events.publisher import queue_publish
@@ -68,9 +68,7 @@ class WorkerContext:
     def inputs(self) -> InputStreams:
         """The hosted sessions' input streams, read together on a connection of their own."""
         if self._inputs is None:
-            self._inputs = InputStreams(
-                redis.asyncio.Redis.from_url(self.settings.redis_url, decode_responses=True)
-            )
+            self._inputs = InputStreams(dedicated_redis(self.settings.redis_url))
         return self._inputs
 
     @property

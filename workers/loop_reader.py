@@ -27,6 +27,7 @@ import redis.asyncio
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from events import replies
+from events.connection import dedicated_redis
 from events.consumer import StreamConsumer, lost_group
 from events.envelope import Event
 from events.streams import FIELD
@@ -46,7 +47,7 @@ class LoopReader:
 
     async def run(self, redis_url: str, stop: threading.Event) -> None:
         """Reads until ``stop`` is set; a connection of its own, as the read blocks."""
-        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+        client = dedicated_redis(redis_url)
         try:
             while not stop.is_set():
                 try:

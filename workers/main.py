@@ -9,10 +9,10 @@ import threading
 import time
 from concurrent.futures import Future, wait
 
-import redis
 from dramatiq import Worker
 from dramatiq.asyncio import get_event_loop_thread
 
+from events.connection import thread_redis
 from events.streams import Names, WorkKind
 from schemas.settings import Settings
 from services.gc_tuning import tune_gc
@@ -61,7 +61,7 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     actors = load_actors()
     tune_gc(settings)
     kinds = [WorkKind(queue) for queue in queues]
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = thread_redis(settings.redis_url, decode_responses=True)
     stop = threading.Event()
     # Audit events skip Dramatiq: the writer takes them from their stream in batches itself.
     dispatched = [kind for kind in kinds if kind is not WorkKind.AUDIT]
