@@ -275,7 +275,9 @@ class ToolService:
         """Runs ``work`` behind the server's circuit breaker."""
         try:
             troubled = await self.breaker.before_call(spec.config_id)
-        except CircuitOpen:
+        except BaseException:
+            # Open, or the breaker's state unreadable (Redis lost): ``work`` never starts, and is
+            # closed so that it is not left to the garbage collector's "never awaited".
             work.close()
             raise
         try:
