@@ -31,6 +31,7 @@ import redis
 
 from api.mcp_gateway import INTERRUPTED, NO_ANSWER
 from events.streams import FIELD, Names
+from tests.fixtures.partition import partition_to
 from tests.fixtures.postgres import DbUrls
 from tests.fixtures.stack import Stack, running_stack, stop
 from tests.test_mcp_loaded_configs import ask, version_of
@@ -74,11 +75,17 @@ def tools_stack(
         yield stack
 
 
-def start_tools_worker(stack: Stack) -> subprocess.Popen[bytes]:
+def start_tools_worker(stack: Stack, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     serving = stack.logs().count("serving tools")
-    worker = stack.start_worker("tools")
+    worker = stack.start_worker("tools", env=env)
     until_sync(lambda: stack.logs().count("serving tools") > serving, 60, "the tools worker serves")
     return worker
+
+
+def stop_tools_workers(stack: Stack) -> None:
+    for worker in stack.workers:
+        if worker.args[-1] == "tools":  # type: ignore[index]
+            stop(worker)
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,7 @@ async def answered_ok_soon(gw: Gateway, text: str, seconds: float = 30) -> float
             assert text in (answer.text or ""), answer.body
             return time.monotonic() - started
         if answer.status != 401:
-            assert_clear(answer, INTERRUPTED)
+            assert_clear(answer, INTERRUPTED, NO_ANSWER)
         assert time.monotonic() - started < seconds, f"no successful call {seconds} s after: {answer.body}"
         await asyncio.sleep(0.5)
 
@@ -257,9 +264,7 @@ async def test_a_killed_tools_worker_fails_its_calls_in_time_and_another_serves_
 ) -> None:
     await answered_ok(gateway, "before")
     # The module's tools worker goes (cleanly); the victim is then the only one reading the stream.
-    for worker in list(tools_stack.workers):
-        if worker.args[-1] == "tools" and worker.poll() is None:
-            stop(worker)
+    stop_tools_workers(tools_stack)
     victim = start_tools_worker(tools_stack)
     await answered_ok(gateway, "on the victim")
 
@@ -280,12 +285,12 @@ async def test_a_killed_tools_worker_fails_its_calls_in_time_and_another_serves_
         # Not redelivered: the call had started upstream, and a tool call is never run twice.
         assert_clear(answer, NO_ANSWER)
     waited = await waiting
-    if serving_after < GATEWAY_WAIT_SECONDS - 5:
-        assert waited.status == 200 and not waited.is_error and "while none runs" in (waited.text or ""), (
-            waited
-        )
+    if not waited.is_error:
+        assert waited.status == 200 and "while none runs" in (waited.text or ""), waited
     else:
-        # A machine too busy to start a worker within the gateway's wait: the caller is told so.
+        # Only a machine too busy to start a worker well within the gateway's wait may leave it
+        # unanswered, and the caller is told so.
+        assert serving_after >= GATEWAY_WAIT_SECONDS - 5, waited
         assert_clear(waited, NO_ANSWER)
     await answered_ok(gateway, "after")
     assert not server_errors(tools_stack)
@@ -357,3 +362,31 @@ async def test_configuration_changes_reach_the_tools_worker_after_a_redis_restar
     after_delete = (await ask(tools_stack, config, listed, *owner)).payload
     assert after_delete["ok"] is False and after_delete["error_code"] == "not_found", after_delete
     print(f"\nthe tools worker subscribed again {resubscribed:.1f} s after Redis came back (empty)")
+
+
+# 4. A partition between the tools worker and Redis.
+
+
+async def test_the_tools_worker_reads_calls_again_after_a_partition(
+    tools_stack: Stack,
+    own_redis: RedisServer,  # noqa: F811
+    gateway: Gateway,
+) -> None:
+    """The worker's connections to Redis go silent (no FIN, no RST: the far side forgot them) while
+    its loop reader waits in its blocking read; new connections go through. The next calls must be
+    read and answered, not left in the stream behind a read that waits forever."""
+    await answered_ok(gateway, "before")
+    with partition_to(own_redis.port) as partition:
+        # Only the worker behind the partition reads the tools stream.
+        await asyncio.to_thread(stop_tools_workers, tools_stack)
+        await asyncio.to_thread(start_tools_worker, tools_stack, {"AGENTAPI_REDIS_URL": partition.url})
+        await answered_ok(gateway, "through the proxy")
+        await asyncio.sleep(1.5)  # idle: the loop reader is in its blocking read
+        assert partition.cut()
+        back = await answered_ok_soon(gateway, "after the partition", seconds=90)
+        # Stopped behind the partition (its logs complete, the proxy outliving it); the module's last
+        # test, so no tools worker is started again.
+        await asyncio.to_thread(stop_tools_workers, tools_stack)
+    # A call that failed on the worker's side before it started left nothing half done.
+    assert "never awaited" not in tools_stack.logs()
+    print(f"\nafter the partition a call succeeded {back:.1f} s after the cut")
