@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -113,7 +114,9 @@ class Principal:
     # Set when the credential is a session client key: it reaches only that session's alias routes.
     key_session_id: UUID | None = None
 
-    @property
+    # Cached: every request of a member asks (tenancy, the message path), and a principal's claims
+    # never change (verified tokens hand out the same principal until they expire).
+    @cached_property
     def is_superadmin(self) -> bool:
         if self.role == "superadmin":
             return True

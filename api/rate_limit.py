@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import lru_cache
+from uuid import UUID
 
 from litestar.exceptions import TooManyRequestsException
 from litestar.types import Scope
 from redis.exceptions import RedisError
 
 from api.auth import Principal
+from events.streams import Names
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +56,10 @@ async def check_rate_limits(scope: Scope, principal: Principal) -> None:
     except KeyError:
         return
     settings = res.settings
-    keys, limits = [res.names.rate_limit_user(principal.user_id)], [settings.rate_limit_per_user]
-    if principal.org_id:
-        keys.append(res.names.rate_limit_org(principal.org_id))
-        limits.append(settings.rate_limit_per_org)
+    limits = (settings.rate_limit_per_user, settings.rate_limit_per_org)
+    keys = _keys(res.names, principal.user_id, principal.org_id)
     try:
-        answer = await res.batch.run_script(GCRA, keys, [PERIOD_SECONDS, *limits])
+        answer = await res.batch.run_script(GCRA, keys, [PERIOD_SECONDS, *limits[: len(keys)]])
     except (RedisError, OSError) as exc:
         log.warning("rate limits not counted (Redis unavailable): %s", exc)
         return
@@ -69,3 +70,10 @@ async def check_rate_limits(scope: Scope, principal: Principal) -> None:
             f"more than {limits[refused - 1]} requests a minute from {who}; slow down",
             headers={"Retry-After": str(max(1, math.ceil(int(answer[1]) / 1000)))},
         )
+
+
+@lru_cache(maxsize=4096)
+def _keys(names: Names, user_id: UUID, org_id: UUID | None) -> tuple[str, ...]:
+    # Per user and organization once, not two key strings (and two str(UUID)) per request.
+    user = names.rate_limit_user(user_id)
+    return (user, names.rate_limit_org(org_id)) if org_id else (user,)
