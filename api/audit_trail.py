@@ -31,10 +31,10 @@ from sqlalchemy.exc import DBAPIError
 
 from api.auth import Principal
 from api.problems import OUTAGE_RETRY_AFTER_SECONDS, PROBLEM_MEDIA_TYPE, problem_body, problem_type
-from events.audit import audit_event
+from events.audit import AuditArgs, audit_event, audit_wire
 from events.batch import Queue
-from events.envelope import Event
-from events.publisher import queue_publish
+from events.envelope import EventType
+from events.publisher import queue_publish, queue_publish_wire
 from schemas.db import PlatformConnectionMissing
 from services.audit_log import write_batch
 from services.context import current_correlation_id
@@ -144,8 +144,8 @@ def along(scope: HTTPScope) -> Queue | None:
 
     def queue(pipe: Pipeline) -> None:
         user_agent = scope[USER_AGENT_KEY]  # type: ignore[literal-required]  # our own scope key, set by api.edge
-        event = _event(scope, method, _route(scope), status, who, user_agent, correlation_id)
-        queue_publish(pipe, res.names, event, counts=res.batch)
+        wire = audit_wire(**_record(scope, method, _route(scope), status, who, user_agent, correlation_id))
+        queue_publish_wire(pipe, res.names, EventType.AUDIT_RECORDED, wire, counts=res.batch)
         scope[ALONG_KEY] = status  # type: ignore[literal-required]  # our own scope key, read by api.edge
 
     return queue
@@ -162,7 +162,7 @@ def recorded_along(scope: Scope, status: int) -> bool:
     return scope.get(ALONG_KEY) == status
 
 
-def _event(
+def _record(
     scope: Scope,
     method: str,
     route: tuple[str, str | None, str | None],
@@ -170,23 +170,24 @@ def _event(
     who: tuple[UUID, UUID | None, str],
     user_agent: str | None,
     correlation_id: str | None,
-) -> Event:
-    """The record of the request (``route``: ``_route``'s) by ``who`` (organization, actor, role)."""
+) -> AuditArgs:
+    """The record of the request (``route``: ``_route``'s) by ``who`` (organization, actor, role):
+    ``audit_event``'s arguments."""
     template, resource_type, resource_id = route
     org_id, actor, role = who
     client = scope.get("client")
-    return audit_event(
-        org_id=org_id,
-        actor_user_id=actor,
-        action=f"{method} {template}"[:100],
-        outcome=outcome_of(status),
-        resource_type=resource_type,
-        resource_id=resource_id,
-        details={"status": status, "role": role, **_credential(scope.get("user"))},
-        ip=client[0] if client else None,
-        user_agent=user_agent,
-        correlation_id=correlation_id,
-    )
+    return {
+        "org_id": org_id,
+        "actor_user_id": actor,
+        "action": f"{method} {template}"[:100],
+        "outcome": outcome_of(status),
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "details": {"status": status, "role": role, **_credential(scope.get("user"))},
+        "ip": client[0] if client else None,
+        "user_agent": user_agent,
+        "correlation_id": correlation_id,
+    }
 
 
 async def record(scope: Scope, method: str, status: int, user_agent: str | None) -> bool:
@@ -208,7 +209,7 @@ async def record(scope: Scope, method: str, status: int, user_agent: str | None)
         ip = client[0] if client else None
         log.warning("%s from %s (%d) names no verified tenant to record it under", action, ip, status)
         return True
-    event = _event(scope, method, route, status, who, user_agent, current_correlation_id())
+    event = audit_event(**_record(scope, method, route, status, who, user_agent, current_correlation_id()))
     res = scope["app"].state["resources"]
     try:
         await res.batch.execute(lambda pipe: queue_publish(pipe, res.names, event, counts=res.batch))

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from events.ids import new_ulid
 
 ENVELOPE_VERSION = 1
+MAX_CORRELATION_ID = 128
 
 
 class EventType(StrEnum):
@@ -83,7 +84,7 @@ class Event(BaseModel):
     org_id: UUID
     user_id: UUID | None
     session_id: UUID | None = None
-    correlation_id: str = Field(default_factory=new_event_id, max_length=128)
+    correlation_id: str = Field(default_factory=new_event_id, max_length=MAX_CORRELATION_ID)
     payload: dict[str, Any] = Field(default_factory=dict)
 
     def to_wire(self) -> str:

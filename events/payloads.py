@@ -150,9 +150,19 @@ def _outcome(value: object) -> str:
     return value if isinstance(value, str) and value in OUTCOMES else "error"
 
 
-def _clipped(limit: int) -> BeforeValidator:
+def clip(value: object, limit: int) -> str | None:
     """Text cut to a column's size; empty or missing becomes None."""
-    return BeforeValidator(lambda value: str(value)[:limit] if value else None)
+    return str(value)[:limit] if value else None
+
+
+def _clipped(limit: int) -> BeforeValidator:
+    return BeforeValidator(lambda value: clip(value, limit))
+
+
+# The audit record's columns (events.audit writes records without the model too).
+RESOURCE_ID_CHARS = 128
+IP_CHARS = 64
+USER_AGENT_CHARS = 512
 
 
 class AuditRecord(_Payload):
@@ -165,12 +175,12 @@ class AuditRecord(_Payload):
     action: Annotated[str, BeforeValidator(lambda value: str(value or "unknown")[:100])] = "unknown"
     outcome: Annotated[str, BeforeValidator(_outcome)] = "error"
     resource_type: Annotated[str | None, _clipped(64)] = None
-    resource_id: Annotated[str | None, _clipped(128)] = None
+    resource_id: Annotated[str | None, _clipped(RESOURCE_ID_CHARS)] = None
     details: Annotated[
         dict[str, Any], BeforeValidator(lambda value: value if isinstance(value, dict) else {})
     ] = Field(default_factory=dict)
-    ip: Annotated[str | None, _clipped(64)] = None
-    user_agent: Annotated[str | None, _clipped(512)] = None
+    ip: Annotated[str | None, _clipped(IP_CHARS)] = None
+    user_agent: Annotated[str | None, _clipped(USER_AGENT_CHARS)] = None
 
 
 class WebhookReceived(_Payload):

@@ -6,15 +6,17 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from events.batch import RedisBatch
-from events.envelope import Event
+from events.envelope import Event, EventType
 from events.metrics import count
 from events.streams import FIELD, WORK_ROUTES, Names
 
 
-def work_stream(names: Names, event: Event) -> str:
-    kind = WORK_ROUTES.get(event.type)
+def work_stream(names: Names, event: Event | EventType) -> str:
+    """The work stream of an event, or of events of a type."""
+    type_ = event if isinstance(event, EventType) else event.type
+    kind = WORK_ROUTES.get(type_)
     if kind is None:
-        raise ValueError(f"{event.type} is a result, not work: it has no work stream")
+        raise ValueError(f"{type_} is a result, not work: it has no work stream")
     return names.work(kind)
 
 
@@ -31,6 +33,13 @@ def queue_publish(pipe: Pipeline, names: Names, event: Event, counts: RedisBatch
     """Put ``publish``'s two commands on ``pipe``: its replies are the stream id and the count.
     With ``counts`` the count goes to that batch instead, summed with the
     pipeline's others, and the stream id is the only reply."""
-    stream = work_stream(names, event)
-    pipe.xadd(stream, {FIELD: event.to_wire()})
+    queue_publish_wire(pipe, names, event.type, event.to_wire(), counts)
+
+
+def queue_publish_wire(
+    pipe: Pipeline, names: Names, type_: EventType, wire: str, counts: RedisBatch | None = None
+) -> None:
+    """``queue_publish`` for an event of ``type_`` already encoded (``wire``, as its ``to_wire``)."""
+    stream = work_stream(names, type_)
+    pipe.xadd(stream, {FIELD: wire})
     count(pipe if counts is None else counts, names, "events_published", stream=names.stream_label(stream))
