@@ -1,10 +1,11 @@
 """Connections to the addresses an egress check vetted, not to a second lookup of the name.
 
 A name can answer a public address to the check and an internal one to the connection's own lookup
-(DNS rebinding). These network backends, for httpcore's pool (under the light MCP client) and
-httpcore2's (under httpx2, fastmcp's and authlib's client), connect to the vetted addresses in order
-whatever host they are asked for: a pool using one serves one vetted origin. The URL keeps the name,
-so the Host header, the TLS server name (SNI) and the certificate check are the name's.
+(DNS rebinding). This network backend, for httpcore2's pool (under httpx2, fastmcp's and authlib's
+client), connects to the vetted addresses in order whatever host it is asked for: a pool using one
+serves one vetted origin. The URL keeps the name, so the Host header, the TLS server name (SNI) and
+the certificate check are the name's. The light MCP client's pool (``services.lean_http``) does the
+same on its own.
 
 ``VettedTransport`` is for clients that reach several tenant-named origins (webhook delivery, OAuth
 discovery and token calls): each origin is checked once, and its requests go to what that check
@@ -17,9 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpcore2
-import httpx
 import httpx2
 
 from schemas.settings import Settings
@@ -45,12 +44,7 @@ class _Pinned:
         for address in self.addresses[:-1]:
             try:
                 return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
-            except (
-                httpcore.ConnectError,
-                httpcore.ConnectTimeout,
-                httpcore2.ConnectError,
-                httpcore2.ConnectTimeout,
-            ):
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout):
                 continue
         return await self._backend.connect_tcp(
             self.addresses[-1], port, timeout, local_address, socket_options
@@ -65,25 +59,11 @@ class _Pinned:
         await self._backend.sleep(seconds)
 
 
-class PinnedBackend(_Pinned, httpcore.AsyncNetworkBackend):
-    """For ``httpcore.AsyncConnectionPool(network_backend=...)``."""
-
-    def __init__(self, addresses: Sequence[IPAddress]) -> None:
-        super().__init__(addresses, httpcore.AnyIOBackend())
-
-
 class PinnedBackend2(_Pinned, httpcore2.AsyncNetworkBackend):
     """For ``httpcore2.AsyncConnectionPool(network_backend=...)``."""
 
     def __init__(self, addresses: Sequence[IPAddress]) -> None:
         super().__init__(addresses, httpcore2.AnyIOBackend())
-
-
-def pinned_pool(addresses: Sequence[IPAddress]) -> httpcore.AsyncConnectionPool:
-    """An httpcore pool to one vetted origin, with httpx's trust store."""
-    return httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=PinnedBackend(addresses)
-    )
 
 
 class PinnedTransport2(httpx2.AsyncHTTPTransport):

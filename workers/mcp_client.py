@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import httpcore
+import httpx
 import httpx2
 from fastmcp import Client
 from fastmcp.client.auth.bearer import BearerAuth
@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from schemas.settings import Settings
 from services.egress import IPAddress, Resolver, check_endpoint, resolve
-from services.pinned_network import pinned_pool
+from services.lean_http import Pool, Reply, Response
 from workers.mcp_http import FastmcpHttp, ReplyTooLarge, bounded
 from workers.mcp_stdio import BoundedStdio
 from workers.sandbox import Sandbox, give_to, required, sandbox_uid, visible
@@ -147,10 +147,10 @@ class HeadersRefused(McpToolError):
 
 class HttpSession:
     """One Streamable HTTP MCP server spoken to with JSON-RPC POSTs over kept-alive connections
-    (httpcore's pool, under httpx). A tool call through fastmcp's client (its transport's tasks
-    and memory streams, pydantic models for every message, a ``tools/list`` to check results
-    against output schemas) cost the worker twice the CPU of the request itself, and httpx's
-    request and response models another 40 % over httpcore's.
+    (``services.lean_http``). A tool call through fastmcp's client (its transport's tasks and
+    memory streams, pydantic models for every message, a ``tools/list`` to check results against
+    output schemas) cost the worker twice the CPU of the request itself, and httpx's request and
+    response models another 40 % over httpcore's, which was itself a third of the worker's loop.
 
     The handshake runs once per pooled session: ``server/discover`` for the stateless protocol,
     else ``initialize`` then ``notifications/initialized``, keeping the session id and negotiated
@@ -167,7 +167,6 @@ class HttpSession:
     does, and again when the server refuses a call's headers (its tools changed)."""
 
     def __init__(self, url: str, token: str | None, addresses: list[IPAddress], max_reply_bytes: int) -> None:
-        self.url = url.encode()
         self.max_reply_bytes = max_reply_bytes
         self._base = [
             (b"accept", b"application/json, text/event-stream"),
@@ -175,7 +174,7 @@ class HttpSession:
         ]
         if token:
             self._base.append((b"authorization", f"Bearer {token}".encode()))
-        self.http = pinned_pool(addresses)
+        self.http = Pool(url, [str(address) for address in addresses], httpx.create_ssl_context())
         self.protocol = STATELESS_PROTOCOL
         self.session_id: str | None = None
         self._ids = itertools.count(1)
@@ -212,25 +211,21 @@ class HttpSession:
         if notified.status >= 400:
             raise Unusual(f"notifications/initialized answered {notified.status}")
 
-    async def _post(self, body: str, method: str | None = None, *, bare: bool = False) -> httpcore.Response:
+    async def _post(self, body: str, method: str | None = None, *, bare: bool = False) -> Reply:
         """One request and its whole answer (the handshake's); ``bare``: before any protocol."""
         response = await self._exchange("POST", self._headers(method, bare=bare), body.encode())
         _refused(response.status)
         return response
 
-    async def _exchange(
-        self, method: str, headers: list[tuple[bytes, bytes]], content: bytes
-    ) -> httpcore.Response:
-        async with self.http.stream(method, self.url, headers=headers, content=content) as response:
+    async def _exchange(self, method: str, headers: list[tuple[bytes, bytes]], content: bytes) -> Reply:
+        async with self.http.stream(method, headers, content) as response:
             return await self._read(response)
 
-    async def _read(self, response: httpcore.Response) -> httpcore.Response:
+    async def _read(self, response: Response) -> Reply:
         """The response with its body, read up to the byte limit (ReplyTooLarge past it: leaving
         the body unread closes its connection)."""
         body = [chunk async for chunk in bounded(response.aiter_stream(), self.max_reply_bytes)]
-        whole = httpcore.Response(response.status, headers=response.headers, content=b"".join(body))
-        await whole.aread()
-        return whole
+        return Reply(response.status, response.headers, b"".join(body))
 
     def _headers(
         self, method: str | None = None, name: str | None = None, *, bare: bool = False
@@ -264,7 +259,7 @@ class HttpSession:
         try:
             async with asyncio.timeout(timeout):
                 headers = self._headers(method, name) + (extra_headers or [])
-                async with self.http.stream("POST", self.url, headers=headers, content=body) as response:
+                async with self.http.stream("POST", headers, body) as response:
                     _refused(response.status)
                     reply = await self._reply(response, request_id, on_progress)
         except TimeoutError as exc:
@@ -289,7 +284,7 @@ class HttpSession:
         return result
 
     async def _reply(
-        self, response: httpcore.Response, request_id: int, on_progress: ProgressCallback | None
+        self, response: Response, request_id: int, on_progress: ProgressCallback | None
     ) -> dict[str, Any] | None:
         """The JSON-RPC reply to ``request_id`` in a response, JSON or SSE; None if it has none."""
         kind = _header(response, b"content-type") or ""
@@ -380,20 +375,15 @@ class HttpSession:
         await self.http.aclose()
 
 
-HTTP_FAILURES: tuple[type[Exception], ...] = (
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.TimeoutException,
-    httpcore.UnsupportedProtocol,
-    OSError,
-)
+# services.lean_http's failures, the connection's and the TLS handshake's.
+HTTP_FAILURES: tuple[type[Exception], ...] = (OSError,)
 
 
 def _request(request_id: int, method: str, params: dict[str, Any]) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
 
 
-def _header(response: httpcore.Response, name: bytes) -> str | None:
+def _header(response: Response | Reply, name: bytes) -> str | None:
     for key, value in response.headers:
         if key.lower() == name:
             return value.decode("latin-1")
@@ -407,7 +397,7 @@ def _refused(status: int) -> None:
         raise Unusual(f"the MCP server redirects ({status})")
 
 
-def _json_reply(response: httpcore.Response, request_id: int) -> dict[str, Any] | None:
+def _json_reply(response: Reply, request_id: int) -> dict[str, Any] | None:
     """The reply to ``request_id`` in a response read whole, JSON or SSE."""
     if (_header(response, b"content-type") or "").startswith("text/event-stream"):
         messages = [json.loads(data) for data in _split_events(response.content + b"\n\n")[0]]

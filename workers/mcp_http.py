@@ -2,7 +2,7 @@
 check vetted (``services/pinned_network.py``), and a reply is read up to a byte limit
 (``AGENTAPI_MCP_MAX_REPLY_BYTES``), so an endless event or body cannot grow the worker's memory.
 For fastmcp's transports (their httpx2 client factory); the light client's pool is
-``services.pinned_network.pinned_pool``."""
+``services.lean_http``."""
 
 from __future__ import annotations
 
