@@ -30,7 +30,6 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from events import wire
 from events.metrics import Increments
@@ -115,11 +114,7 @@ class RedisBatch:
                 tallies, self._tallies = self._tallies, Increments()
                 tallies.write(pipe)
                 if pipe.command_stack:
-                    try:
-                        async with asyncio.timeout(self._deadline):
-                            replies = await wire.execute(pipe)
-                    except TimeoutError:
-                        raise RedisTimeoutError(f"no reply from Redis within {self._deadline:g} s") from None
+                    replies = await wire.execute_within(pipe, self._deadline)
                 else:
                     replies = []
         except Exception as exc:  # the connection's error is everyone's

@@ -12,7 +12,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from events import replies
+from events import replies, wire
 from events.batch import RedisBatch
 from events.envelope import Event
 from events.metrics import count
@@ -116,7 +116,11 @@ async def await_reply(
             async with redis.pipeline(transaction=False) as pipe:
                 queue_publish(pipe, names, publishing)
                 pipe.xread({key: "0-0"}, count=1, block=block_ms)
-                *_, read = await pipe.execute()
+                # Replies read by one hiredis reader (events/wire.py), not redis-py's reply by
+                # reply; the deadline stands for the socket timeout, which that read does not apply.
+                *_, read = wire.raised(
+                    await wire.execute_within(pipe, block_ms / 1000 + wire.BLOCK_MARGIN_SECONDS)
+                )
             publishing = None
         answer = replies.streams(read)
         if answer:

