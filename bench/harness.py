@@ -87,9 +87,14 @@ async def stack(overrides: dict[str, str] | None = None, worker: bool = True) ->
 
 async def start_echo(client: httpx.AsyncClient, stack: Stack, headers: dict[str, str]) -> str:
     """A new echo session, once its agent is stable."""
-    created = (await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json()
+    created = await create_echo(client, headers)
     await until_stable(client, created["events_url"], headers)
     return str(created["id"])
+
+
+async def create_echo(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
+    """A new echo session as POST /sessions answered it (its agent not yet started)."""
+    return dict((await client.post("/api/v1/sessions", json=ECHO, headers=headers)).json())
 
 
 async def until_stable(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
