@@ -116,11 +116,8 @@ async def await_reply(
             async with redis.pipeline(transaction=False) as pipe:
                 queue_publish(pipe, names, publishing)
                 pipe.xread({key: "0-0"}, count=1, block=block_ms)
-                # Replies read by one hiredis reader (events/wire.py), not redis-py's reply by
-                # reply; the deadline stands for the socket timeout, which that read does not apply.
-                *_, read = wire.raised(
-                    await wire.execute_within(pipe, block_ms / 1000 + wire.BLOCK_MARGIN_SECONDS)
-                )
+                # Replies read by one hiredis reader (events/wire.py), not redis-py's reply by reply.
+                *_, read = await wire.execute_blocking(pipe, block_ms)
             publishing = None
         answer = replies.streams(read)
         if answer:

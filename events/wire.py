@@ -73,8 +73,12 @@ async def execute_within(pipe: Pipeline, deadline: float) -> list[Any]:
         raise RedisTimeoutError(f"no reply from Redis within {deadline:g} s") from None
 
 
-def raised(replies: list[Any]) -> list[Any]:
-    """``replies``, or the first of them that is an error raised, as ``Pipeline.execute`` does."""
+async def execute_blocking(pipe: Pipeline, block_ms: int) -> list[Any]:
+    """The replies of ``pipe``, whose last command blocks up to ``block_ms`` (XREAD's BLOCK), read
+    by one hiredis reader as ``execute`` reads them: the first error is raised, as
+    ``Pipeline.execute`` does, and ``BLOCK_MARGIN_SECONDS`` past the block the connection counts as
+    lost (the socket timeout, which ``execute`` does not apply)."""
+    replies = await execute_within(pipe, block_ms / 1000 + BLOCK_MARGIN_SECONDS)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
