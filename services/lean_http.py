@@ -31,6 +31,10 @@ import httptools
 MAX_CONNECTIONS = 10
 # Unread body bytes at which a connection stops reading until the caller takes them.
 HIGH_WATER = 256 * 1024
+# A response's status line and headers, at most (h11's limit under httpcore, which this replaced):
+# the parser keeps a header it has not finished in memory, so a server's endless header would grow
+# the worker until the call's timeout.
+MAX_HEAD_BYTES = 16 * 1024
 _FORBIDDEN = (b"\r", b"\n", b"\0")
 # Statuses whose responses have no body (and no close-delimited one either).
 _NO_BODY = frozenset({204, 304})
@@ -115,6 +119,7 @@ class _Connection(asyncio.Protocol):
         self._headers_in: asyncio.Future[None] | None = None
         self._until_close = False
         self._paused = False
+        self._head_bytes = 0
 
     # asyncio's side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +134,12 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(HttpFailure(f"the server's response is not HTTP/1.1: {exc}"))
+            return
+        if not self._headers_done():
+            # Counted after the feed: a read that ends the head may carry any amount of body.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(HttpFailure(f"the server's response head is over {MAX_HEAD_BYTES} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # asyncio closes the transport; connection_lost follows
@@ -177,6 +188,7 @@ class _Connection(asyncio.Protocol):
             raise HttpFailure("the server closed the kept-alive connection")
         response = self._response = Response(self)
         self._until_close = False
+        self._head_bytes = 0
         self.keep_alive = False
         self._headers_in = asyncio.get_running_loop().create_future()
         self.transport.write(head + content if len(content) < 65536 else head)

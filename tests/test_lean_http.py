@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from services.lean_http import HttpFailure, Pool
+from services.lean_http import MAX_HEAD_BYTES, HttpFailure, Pool
 
 Answer = Callable[[bytes], bytes | None]
 
@@ -151,3 +151,19 @@ async def test_header_values_that_would_split_the_request_are_refused() -> None:
                 async with pool.stream("POST", [header], b""):
                     pass
     assert server.requests == []
+
+
+async def test_a_response_head_past_the_limit_is_refused_and_a_large_body_is_not() -> None:
+    endless = b"HTTP/1.1 200 OK\r\nx-pad: " + b"a" * (4 * MAX_HEAD_BYTES)
+    async with serving(Scripted(lambda _: endless)) as pool:
+        with pytest.raises(HttpFailure, match="head is over"):
+            await asyncio.wait_for(fetch(pool), 10)
+    # A head under the limit, followed in the same writes by a body many times the limit.
+    body = b"b" * (8 * MAX_HEAD_BYTES)
+    padded = fixed(body, b"x-pad: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n")
+    async with serving(Scripted(lambda _: padded)) as pool:
+        assert await fetch(pool) == (
+            200,
+            {b"content-length": b"%d" % len(body), b"x-pad": b"a" * (MAX_HEAD_BYTES // 2)},
+            body,
+        )
