@@ -89,6 +89,13 @@ async def test_enter_waits_until_the_agent_has_read_the_paste(tmp_path: Path) ->
     )
     try:
         assert await ask(conversation, "read late") == "echo: read late"
+        completed = []
+        while not conversation.changes.empty():
+            change = conversation.changes.get_nowait()
+            if change.completed is not None and change.completed.id > 0:
+                completed.append(change.completed.content)
+        # The still screen while the agent was stopped was no finished turn with an empty reply.
+        assert completed == ["echo: read late"]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(conversation.pty.pid, signal.SIGCONT)
@@ -179,14 +186,17 @@ async def test_keys_in_a_row_are_looked_at_once_per_interval_and_the_last_is_see
         await conversation.stop()
 
 
-def test_a_user_message_restarts_the_settle_clock() -> None:
+def test_a_user_message_holds_the_settle_clock_until_it_is_typed() -> None:
     tracker = ScreenTracker(CustomAdapter().format_message, settle_seconds=2.0)
     tracker.observe("Echo Agent\n> ", now=0.0)
     assert tracker.tick(10.0) == "stable"
     tracker.begin_user_message("hello", "Echo Agent\n> ", now=10.0)
-    # The agent has not drawn anything yet: the old, quiet screen is no reason to be stable.
+    # The agent has not read the message yet (a loaded host): its old, quiet screen is no reply.
     assert tracker.tick(10.5) is None and tracker.status == "running"
-    assert tracker.tick(12.0) == "stable"
+    assert tracker.tick(30.0) is None and tracker.status == "running"
+    tracker.taken(30.0)
+    assert tracker.tick(31.0) is None
+    assert tracker.tick(32.0) == "stable"
 
 
 def test_a_start_up_screen_without_the_input_box_is_still_starting() -> None:
@@ -210,6 +220,7 @@ def test_a_settled_agent_redrawing_its_chrome_stays_stable_and_is_completed_once
     assert tracker.tick(2.0) == "stable" and tracker.completed() == tracker.messages[0]
     tracker.begin_user_message("hi", "Echo Agent\n> ", now=3.0)
     tracker.observe("Echo Agent\n> hi\necho: hi\n> ", now=3.1)
+    tracker.taken(3.1)
     assert tracker.tick(5.5) == "stable"
     assert tracker.completed() == tracker.messages[2]
     # The footer changes, the message does not: still stable, and nothing to complete again.
@@ -244,6 +255,7 @@ def test_a_recovered_conversation_keeps_its_ids_and_shows_no_second_banner() -> 
     user, reply = tracker.begin_user_message("hi", "Echo Agent 1.0\n> ", now=3.0, reopen=True)
     assert (user.id, reply.id) == (1, 2)
     tracker.observe("Echo Agent 1.0\n> hi\necho: hi\n> ", now=3.1)
+    tracker.taken(3.1)
     assert [m.content for m in tracker.messages] == ["Echo Agent 1.0", "hi", "echo: hi"]
     assert tracker.tick(6.0) == "stable" and tracker.completed() == tracker.messages[2]
     # Later messages get new ids.

@@ -233,6 +233,12 @@ class Conversation:
 
     async def type_turn(self, text: str) -> None:
         """Type the opened turn's message; returns once the agent visibly took it."""
+        try:
+            await self._type_message(text)
+        finally:
+            self.tracker.taken(time.monotonic())
+
+    async def _type_message(self, text: str) -> None:
         body = text.encode()
         deadline = time.monotonic() + self.timing.enter_timeout
         await self._until_pasted(

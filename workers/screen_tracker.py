@@ -75,6 +75,8 @@ class ScreenTracker:
         self._armed = True
         # The last message a settle completed, as it was: a later settle with nothing new is no completion.
         self._completed: tuple[int, str] | None = None
+        # A user message is being typed and the agent has not visibly taken it yet: no settle.
+        self._typing = False
 
     def observe(self, screen: str, now: float) -> list[Message]:
         """Feed a new snapshot; returns the messages whose content changed."""
@@ -104,6 +106,10 @@ class ScreenTracker:
         """Advance the settle clock; returns the new status when it changed."""
         if self._changed_at is None or not self._screen.strip():
             # Nothing drawn yet: the agent is still starting, however long the screen stays blank.
+            return None
+        if self._typing:
+            # An agent not scheduled for a while (a loaded host) leaves its screen still before it
+            # reads the message: that is no finished turn with an empty reply.
             return None
         still = now - self._changed_at
         starting = (
@@ -146,8 +152,15 @@ class ScreenTracker:
         self._input = text
         self._changed_at = now
         self._armed = True
+        self._typing = True
         self.status = "running"
         return user, agent
+
+    def taken(self, now: float) -> None:
+        """The opened turn's message was typed (or typing it gave up): the settle clock runs again,
+        from here, since the screen has been still only because the agent had not read it."""
+        self._typing = False
+        self._changed_at = now
 
     def restore(self, messages: list[Message]) -> None:
         """Continue a conversation recovered from storage: new messages get the next ids."""
