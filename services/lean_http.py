@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -220,14 +219,6 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        """Closes at once, not at the loop's next turn as ``close`` does: the server sees the hang-up
-        even if the caller blocks next (it stops sending a reply cut short)."""
-        self.close()
-        if self.transport is not None and (sock := self.transport.get_extra_info("socket")) is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
     def _headers_done(self) -> bool:
         return self._headers_in is not None and self._headers_in.done()
 
@@ -278,13 +269,13 @@ class Pool:
                 response = await connection.send(head, content)
                 yield response
             except BaseException:
-                connection.abort()
+                connection.close()
                 raise
             if connection.reusable() and not self._closed:
                 connection.release()
                 self._idle.append(connection)
             else:
-                connection.abort()
+                connection.close()
 
     def _head(self, method: str, headers: Sequence[tuple[bytes, bytes]], content: bytes) -> bytes:
         lines = [

@@ -3,6 +3,8 @@ worker's MCP client pool with a reply limit."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -76,3 +78,10 @@ def url_spec(transport: str, url: str) -> ServerSpec:
         args=(),
         env=(),
     )
+
+
+async def hung_up(event: threading.Event) -> bool:
+    """Whether a hostile server saw the worker hang up within 10 s. Waited for off the event loop:
+    the worker's socket closes at the loop's next turn, and a server blocked writing into a full
+    receive window sees nothing before it does."""
+    return await asyncio.to_thread(event.wait, 10)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.security.helpers import limited_pool, url_spec
+from tests.security.helpers import hung_up, limited_pool, url_spec
 from tests.security.hostile_http_mcp import HostileServer, hostile_server
 from workers.mcp_client import ClientPool, HttpSession, McpTimeout, McpUnavailable, ServerSpec
 
@@ -53,7 +53,7 @@ async def test_an_endless_reply_ends_the_call_at_the_byte_limit(
         await pool.call_tool(spec, tool, {}, timeout=60)
     assert not isinstance(failed.value, McpTimeout)
     # The worker hung up on that reply, dropped the session, and serves the next call afresh.
-    assert server.hung_up.wait(10)
+    assert await hung_up(server.hung_up)
     assert pool.open_sessions() == 0
     assert await hello(pool, spec) == "hello from hostile"
 
@@ -62,5 +62,5 @@ async def test_a_dripping_reply_ends_at_the_call_timeout(pool: ClientPool, serve
     spec = spec_of(server)
     with pytest.raises(McpTimeout):
         await pool.call_tool(spec, "slow_drip", {}, timeout=1)
-    assert server.hung_up.wait(10)
+    assert await hung_up(server.hung_up)
     assert await hello(pool, spec) == "hello from hostile"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.security.helpers import limited_pool, url_spec
+from tests.security.helpers import hung_up, limited_pool, url_spec
 from tests.security.hostile_sse_mcp import HostileSseServer, hostile_sse_server
 from workers.mcp_client import ClientPool, McpTimeout, McpUnavailable, ServerSpec
 
@@ -62,6 +62,6 @@ async def test_an_endless_stream_of_small_events_ends_the_call_at_the_byte_limit
     assert len(progress) < LIMIT // 90
     assert not re.search(r"noise \d", caplog.text)
     # The worker hung up on that stream, dropped the session, and serves the next call afresh.
-    assert server.hung_up.wait(10)
+    assert await hung_up(server.hung_up)
     assert pool.open_sessions() == 0
     assert await hello(pool, spec) == "hello from hostile-sse"
