@@ -102,6 +102,30 @@ async def test_enter_waits_until_the_agent_has_read_the_paste(tmp_path: Path) ->
         await conversation.stop()
 
 
+class _UnreadableAdapter(CustomAdapter):
+    def format_message(self, screen: str, user_input: str) -> str:
+        if "echo: unreadable" in screen:
+            raise RuntimeError("this screen cannot be read")
+        return super().format_message(screen, user_input)
+
+
+async def test_a_screen_watch_that_fails_says_so(tmp_path: Path) -> None:
+    """A bug in reading the screen ends the watch: the host asks ``watch_failure`` and ends the
+    session saying why, instead of a conversation frozen with its agent alive."""
+    pty = PtySession([sys.executable, str(ECHO_AGENT)], cwd=tmp_path, env=BASE_ENV)
+    conversation = Conversation(pty, _UnreadableAdapter(), TIMING)
+    await conversation.start()
+    try:
+        await conversation.wait_stable(10)
+        assert conversation.watch_failure() is None
+        await conversation.send_user("unreadable")
+        await until(lambda: conversation.watch_failure() is not None, 10, "the watch ends")
+        assert str(conversation.watch_failure()) == "this screen cannot be read"
+        assert not pty.exited
+    finally:
+        await conversation.stop()
+
+
 async def test_a_message_the_agent_dropped_while_redrawing_is_typed_again(tmp_path: Path) -> None:
     """An agent that looked ready (its input box still for a settle window) but then threw away what
     it was sent and drew its screen anew (Gemini CLI resuming a session on a loaded host): the

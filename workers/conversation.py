@@ -115,12 +115,20 @@ class Conversation:
         await self.pty.start()
         self._task = asyncio.create_task(self._watch(), name=f"screen-{self.pty.pid}")
 
+    def watch_failure(self) -> BaseException | None:
+        """What ended the screen watch, if not the agent's exit: a bug there would otherwise freeze
+        the conversation (no reply, no status change) with the agent alive and the session up."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     async def stop(self, grace: float = 3.0) -> None:
         await self.pty.terminate(grace)
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Without raising what ended it: ``watch_failure`` reports that.
+            await asyncio.wait([self._task])
 
     async def _watch(self) -> None:
         last_seen = looked_at = -1.0

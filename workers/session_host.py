@@ -838,6 +838,11 @@ class SessionHost:
             now = time.monotonic()
             if self.conversation.exited:
                 raise await self._exit_reason()
+            if isinstance(self.conversation, Conversation) and (failure := self.conversation.watch_failure()):
+                log.error("session %s: reading the agent's screen failed", self.session_id, exc_info=failure)
+                raise SessionEnded(
+                    f"agent_error (screen): reading the agent's screen failed: {failure}", "failed"
+                )
             if self.context.draining.is_set():
                 raise HandedOver()
             error, since = self.conversation.agent_error, self.conversation.error_since
