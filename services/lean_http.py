@@ -119,6 +119,10 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         self._paused = False
         self._head_bytes = 0
+        # Bytes read since the body last moved: after the head, a server may send chunk extensions
+        # or trailers without end, which the parser keeps in memory as it does an unfinished header.
+        self._idle_bytes = 0
+        self._body_moved = False
 
     # asyncio's side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +133,7 @@ class _Connection(asyncio.Protocol):
         if self._response is None or self._response.complete:
             self.close()  # bytes nobody asked for: the connection is not HTTP any more
             return
+        self._body_moved = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -139,6 +144,14 @@ class _Connection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._fail(HttpFailure(f"the server's response head is over {MAX_HEAD_BYTES} bytes"))
+        elif self._body_moved:
+            self._idle_bytes = 0
+        else:
+            self._idle_bytes += len(data)
+            if self._idle_bytes > MAX_HEAD_BYTES:
+                self._fail(
+                    HttpFailure(f"the server sent over {MAX_HEAD_BYTES} bytes that are neither body nor end")
+                )
 
     def eof_received(self) -> bool | None:
         return None  # asyncio closes the transport; connection_lost follows
@@ -173,6 +186,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None
+        self._body_moved = True
         self._response._push(bytes(body))
 
     def on_message_complete(self) -> None:
@@ -187,7 +201,7 @@ class _Connection(asyncio.Protocol):
             raise HttpFailure("the server closed the kept-alive connection")
         response = self._response = Response(self)
         self._until_close = False
-        self._head_bytes = 0
+        self._head_bytes = self._idle_bytes = 0
         self.keep_alive = False
         self._headers_in = asyncio.get_running_loop().create_future()
         self.transport.write(head + content if len(content) < 65536 else head)

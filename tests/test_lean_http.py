@@ -167,3 +167,20 @@ async def test_a_response_head_past_the_limit_is_refused_and_a_large_body_is_not
             {b"content-length": b"%d" % len(body), b"x-pad": b"a" * (MAX_HEAD_BYTES // 2)},
             body,
         )
+
+
+async def test_endless_trailers_are_refused_and_small_chunks_are_not() -> None:
+    """After the head, bytes that move no body (chunk extensions, trailers) are bounded like the head:
+    counted from the first read that moves none (one read may carry a body and up to 256 KiB more)."""
+    endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-trailer: "
+    async with serving(Scripted(lambda _: endless + b"a" * (64 * MAX_HEAD_BYTES))) as pool:
+        with pytest.raises(HttpFailure, match="neither body nor end"):
+            await asyncio.wait_for(fetch(pool), 10)
+    # A long body in one-byte chunks moves all the time: many times the limit in all.
+    body = b"c" * (4 * MAX_HEAD_BYTES)
+    chunked = b"".join(b"1\r\n%s\r\n" % bytes([byte]) for byte in body) + b"0\r\nx-trailer: t\r\n\r\n"
+    async with serving(
+        Scripted(lambda _: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunked)
+    ) as pool:
+        status, _, content = await fetch(pool)
+    assert (status, content) == (200, body)
