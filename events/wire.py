@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from events.connection import address, timed_out
 from events.packing import pack_commands
 
 # How long past a blocking command's own time (XREAD's BLOCK) its pipeline's replies may take before
@@ -46,31 +47,48 @@ _PUSH = getattr(hiredis, "PushNotification", ())
 
 async def execute(pipe: Pipeline) -> list[Any]:
     """The replies to ``pipe``'s commands in order, a command Redis refused as its exception."""
-    stack = pipe.command_stack
-    if not stack:
-        return []
-    if not _ours(pipe):
-        return await pipe.execute(raise_on_error=False)
-    pool = pipe.connection_pool
-    connection = await pool.get_connection()
-    if connection.retry.get_retries():  # redis-py sends such a client's pipeline again on a failure
-        await pool.release(connection)
-        return await pipe.execute(raise_on_error=False)
-    try:
-        await connection.send_packed_command(pack_commands((args for args, _ in stack), connection.encoder))
-        return await _replies(pipe, connection)
-    finally:
-        await pool.release(connection)
+    return await _execute(pipe, None)
 
 
 async def execute_within(pipe: Pipeline, deadline: float) -> list[Any]:
     """``execute`` bounded by ``deadline`` seconds as a whole (its reads have no socket timeout):
-    past it redis-py's ``TimeoutError``, the connection disconnected mid-read."""
+    past it redis-py's ``TimeoutError``, the connection disconnected mid-read. Replies that were
+    late (not a wait for a free connection) count as a read that timed out: the process's other
+    connections to that Redis are opened afresh (``events.connection.FreshAfterTimeout``)."""
     try:
-        async with asyncio.timeout(deadline):
-            return await execute(pipe)
+        return await _execute(pipe, asyncio.get_running_loop().time() + deadline)
     except TimeoutError:
         raise RedisTimeoutError(f"no reply from Redis within {deadline:g} s") from None
+
+
+async def _execute(pipe: Pipeline, until: float | None) -> list[Any]:
+    stack = pipe.command_stack
+    if not stack:
+        return []
+    pool = pipe.connection_pool
+    reading = False
+    try:
+        async with asyncio.timeout_at(until):
+            if not _ours(pipe):
+                return await pipe.execute(raise_on_error=False)
+            connection = await pool.get_connection()
+            if connection.retry.get_retries():  # redis-py sends such a client's pipeline again on a failure
+                await pool.release(connection)
+                return await pipe.execute(raise_on_error=False)
+            try:
+                reading = True
+                await connection.send_packed_command(
+                    pack_commands((args for args, _ in stack), connection.encoder)
+                )
+                replies = await _replies(pipe, connection)
+                reading = False
+                return replies
+            finally:
+                await pool.release(connection)
+    except TimeoutError:
+        if reading:
+            timed_out(address(pool.connection_kwargs))
+        raise
 
 
 async def execute_blocking(pipe: Pipeline, block_ms: int) -> list[Any]:

@@ -17,7 +17,10 @@ import pytest
 import redis
 
 from api.sse import DRAIN_RETRY_MS
+from events import wire
+from events.batch import RedisBatch
 from events.connection import batch_redis, dedicated_redis, pooled_redis, thread_redis
+from tests.fixtures.partition import partition_to
 from tests.fixtures.stack import Stack, free_port, spawn, stop, wait_ready
 from tests.test_skeleton_e2e import ECHO
 
@@ -235,3 +238,72 @@ async def test_pooled_connections_idle_through_a_restart_are_taken_afresh(tmp_pa
         for client in clients:
             await client.aclose()
         server.kill()
+
+
+async def test_after_a_silent_partition_one_timed_out_read_opens_the_others_afresh(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A partition that cuts without FIN or RST leaves every connection over it open and mute. The
+    first read that times out, in any client of the process (a loop reader's pipeline past its
+    deadline, a pooled command's socket timeout), drops the process's other connections to that
+    Redis: the commands after it all get fresh ones. Before, each dead idle connection cost the
+    command that took it a timeout in its turn (here 8 of the 10 commands after each timeout)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    with partition_to(port) as partition:
+        pooled = pooled_redis(partition.url, wait_seconds=5, socket_timeout=0.5)
+        batched = batch_redis(partition.url, wait_seconds=5)
+        batch = RedisBatch(batched, deadline=0.5)
+        reader = dedicated_redis(partition.url, socket_timeout=0.5)
+        key = f"{redis_prefix}k"
+
+        async def commands() -> list[object]:
+            """Eight pooled commands at once (eight connections), one batch's and one reader's."""
+            return await asyncio.gather(
+                *(pooled.set(f"{key}{i}", i) for i in range(8)),
+                batch.execute(lambda pipe: pipe.incr(key)),
+                reader.ping(),
+                return_exceptions=True,
+            )
+
+        async def late_pipeline() -> None:
+            async with reader.pipeline(transaction=False) as pipe:
+                await wire.execute_within(pipe.ping(), 0.5)
+
+        try:
+            assert await commands() == [True] * 8 + [[1], True]
+            for count, timing_out in enumerate((late_pipeline, lambda: pooled.get(key)), start=2):
+                assert partition.cut()
+                with pytest.raises(redis.TimeoutError):
+                    await timing_out()
+                assert await commands() == [True] * 8 + [[count], True]
+        finally:
+            for client in (pooled, batched, reader):
+                await client.aclose()
+
+
+async def test_a_read_given_up_or_a_wait_for_a_connection_opens_nothing_afresh(redis_url: str) -> None:
+    """Only a late reply drops connections: a read its caller cancels (an agent that hung up) and a
+    pipeline whose deadline passes while it waits for a free connection leave the others open."""
+    pooled = pooled_redis(redis_url, wait_seconds=5)
+    batched = batch_redis(redis_url, wait_seconds=5)
+    reader = dedicated_redis(redis_url)
+    try:
+        before = await pooled.client_id()
+        blocked = asyncio.create_task(reader.blpop([f"agentapi-test-{os.getpid()}:never"], timeout=2))
+        await asyncio.sleep(0.1)
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        pool = batched.connection_pool
+        pool.max_connections = 1
+        held = await pool.get_connection()
+        try:
+            async with batched.pipeline(transaction=False) as pipe:
+                with pytest.raises(redis.TimeoutError):
+                    await wire.execute_within(pipe.ping(), 0.2)
+        finally:
+            await pool.release(held)
+        assert await pooled.client_id() == before
+    finally:
+        for client in (pooled, batched, reader):
+            await client.aclose()
