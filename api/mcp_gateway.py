@@ -200,7 +200,7 @@ class TenantTools(Provider):
             ).payload(),
             **({"correlation_id": identity.correlation_id} if identity.correlation_id else {}),
         )
-        waited = res.settings.mcp_call_timeout_seconds + 15
+        waited = res.settings.mcp_call_timeout_seconds + res.settings.mcp_gateway_wait_margin_seconds
         try:
             payload = (await request_work(res, event, waited)).result
         except OUTAGES as exc:

@@ -234,6 +234,12 @@ class Settings(BaseSettings):
     mcp_call_timeout_seconds: float = Field(
         60.0, gt=0, le=3600, validation_alias=_env("MCP_CALL_TIMEOUT_SECONDS")
     )
+    # How long past the call timeout the gateway waits for a tools worker's answer: a call waiting in
+    # the stream for a free or restarted worker, the worker's configuration load. Past it the agent
+    # is told "no answer in time" (a worker that died with the call in hand never answers).
+    mcp_gateway_wait_margin_seconds: float = Field(
+        15.0, ge=1, le=3600, validation_alias=_env("MCP_GATEWAY_WAIT_MARGIN_SECONDS")
+    )
     # The most a tools worker reads of one reply from an upstream MCP server (tenants' servers may
     # be hostile: an endless event or body would otherwise grow its memory without bound).
     mcp_max_reply_bytes: int = Field(4 * 1024 * 1024, ge=1024, validation_alias=_env("MCP_MAX_REPLY_BYTES"))

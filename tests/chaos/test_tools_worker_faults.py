@@ -5,7 +5,7 @@ the call, and a Redis restart under the tools worker's subscription to configura
 What the design promises (workers/dispatcher.py, ``DirectLane``): a waited-on call is acknowledged
 once it has started in a tools worker, and is never redelivered (tool calls are not idempotent on
 the server's side); a caller whose worker died gets "no answer in time" once the gateway's wait
-(the call timeout + 15 s) is over, never a hang and never a second run of the call.
+(the call timeout and its margin) is over, never a hang and never a second run of the call.
 
 Real processes on a redis-server of the test's own, without persistence (a restart comes back empty:
 streams, consumer groups, gateway tokens and cached tool lists are gone): `agentapi serve`,
@@ -48,8 +48,11 @@ from tests.waiting import until, until_sync
 pytestmark = pytest.mark.timeout(240)
 
 CALL_TIMEOUT_SECONDS = 5
+# The gateway's wait past the call timeout (15 s by default): above what a tools worker takes to start
+# here (~5 s: a call waits in the stream for it) and to notice a partition (its read's 6 s deadline).
+WAIT_MARGIN_SECONDS = 8
 # How long the gateway waits for a tools worker's answer (api/mcp_gateway.py).
-GATEWAY_WAIT_SECONDS = CALL_TIMEOUT_SECONDS + 15
+GATEWAY_WAIT_SECONDS = CALL_TIMEOUT_SECONDS + WAIT_MARGIN_SECONDS
 # The agent's own patience: an answer later than this is a hang.
 CALLER_TIMEOUT_SECONDS = GATEWAY_WAIT_SECONDS + 30
 OUTAGE_SECONDS = 6
@@ -68,6 +71,7 @@ def tools_stack(
         "AGENTAPI_REDIS_URL": own_redis.url,
         "AGENTAPI_MCP_ALLOW_INSECURE_HTTP": "true",
         "AGENTAPI_MCP_CALL_TIMEOUT_SECONDS": str(CALL_TIMEOUT_SECONDS),
+        "AGENTAPI_MCP_GATEWAY_WAIT_MARGIN_SECONDS": str(WAIT_MARGIN_SECONDS),
         "AGENTAPI_MAX_SESSIONS_PER_USER": "10",
     }
     with running_stack(pg_urls, jwt_secret, tmp_path_factory.mktemp("stack"), overrides) as stack:
