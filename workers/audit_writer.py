@@ -61,11 +61,16 @@ class AuditWriter:
 
     async def _run(self, stop: threading.Event) -> None:
         engine = open_engine(self.settings, pool_size=2)
-        self.consumer.ensure_group()
+        # Made inside the loop, so that a writer started while Redis is away waits for it: made
+        # before, its refusal ended the writer's thread and no audit event was stored again.
+        grouped = False
         backoff = 0.5
         try:
             while not stop.is_set():
                 try:
+                    if not grouped:
+                        await asyncio.to_thread(self.consumer.ensure_group)
+                        grouped = True
                     entries = await asyncio.to_thread(self._read)
                     events = self._parse(entries)
                     done = await self._write(engine, events)
@@ -86,7 +91,7 @@ class AuditWriter:
                 except redis.ResponseError as exc:
                     if not lost_group(exc):
                         raise
-                    await asyncio.to_thread(self.consumer.ensure_group)
+                    grouped = False
         finally:
             await dispose_engine(engine)
 
