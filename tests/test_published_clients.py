@@ -17,8 +17,10 @@ session client key's URL, ``http://KEY@127.0.0.1:PORT``, whose userinfo httpx se
   driven here and doing no HTTP, so every request is the published client's own.
 
 The virtualenvs are kept in pytest's cache, keyed by the requirements and the interpreter, so a rerun
-reuses them. When an install fails because the package index cannot be reached at all, the tests
-skip, saying so; any other install failure fails them.
+reuses them. A fresh checkout (CI) installs both, which takes most of this module's time (pip's
+resolver waits on the index, package after package): both installs start with the module, beside
+each other and the stack's boot. When an install fails because the package index cannot be reached
+at all, the tests skip, saying so; any other install failure fails them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -113,9 +116,12 @@ def client_venv(root: Path, name: str, requirements: list[str]) -> Path:
     if (venv / "complete").exists():
         return venv
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # No pip of its own (ensurepip takes seconds): this interpreter's pip installs into it. No
+    # byte-compiling either: a client imports a fraction of what is installed, once.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
     installed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", *requirements],
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-compile", *requirements],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT_SECONDS,
@@ -165,10 +171,19 @@ def add_stand_in(venv: Path) -> None:
     (utils / "error_handler.py").write_text(ERROR_HANDLER)
 
 
-@pytest.fixture(scope="module")
-def venvs(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", autouse=True)
+def venvs(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Path]]]:
+    """Each client's virtualenv by name, being installed: autouse, so the installs run while the
+    stack boots (a module fixture the tests name too); a test waits for its own."""
     cache = getattr(pytestconfig, "cache", None)
-    return cache.mkdir("published-client-venvs") if cache else tmp_path_factory.mktemp("venvs")
+    root = cache.mkdir("published-client-venvs") if cache else tmp_path_factory.mktemp("venvs")
+    with ThreadPoolExecutor(2) as pool:
+        yield {
+            "cyberian": pool.submit(client_venv, root, "cyberian", CYBERIAN),
+            "mcp-agentapi": pool.submit(client_venv, root, "mcp-agentapi", MCP_AGENTAPI),
+        }
 
 
 @pytest.fixture
@@ -195,9 +210,9 @@ async def key_url(stack: Stack) -> AsyncIterator[tuple[str, str]]:
 
 
 async def test_cyberian_message_sync_prints_the_agents_reply(
-    stack: Stack, venvs: Path, key_url: tuple[str, str]
+    stack: Stack, venvs: dict[str, Future[Path]], key_url: tuple[str, str]
 ) -> None:
-    venv = await asyncio.to_thread(client_venv, venvs, "cyberian", CYBERIAN)
+    venv = await asyncio.wrap_future(venvs["cyberian"])
     url, host = key_url
     port = url.rpartition(":")[2]
     argv = [str(venv / "bin" / "cyberian"), "message", "hello from cyberian", "--sync", "--host", host]
@@ -214,9 +229,9 @@ async def test_cyberian_message_sync_prints_the_agents_reply(
 
 
 async def test_mcp_agentapi_client_drives_the_session(
-    stack: Stack, venvs: Path, key_url: tuple[str, str]
+    stack: Stack, venvs: dict[str, Future[Path]], key_url: tuple[str, str]
 ) -> None:
-    venv = await asyncio.to_thread(client_venv, venvs, "mcp-agentapi", MCP_AGENTAPI)
+    venv = await asyncio.wrap_future(venvs["mcp-agentapi"])
     await asyncio.to_thread(add_stand_in, venv)
     python = str(venv / "bin" / "python")
     script = venv / "drive_session.py"
