@@ -144,7 +144,8 @@ def test_sessions_open_when_dev_restarts_end_with_host_lost_and_free_the_quota(t
     """Its Redis lives in memory, so a restart loses every host: afterwards each session is ended
     with host_lost (status stable, messages refused with 410), DELETE answers, the quota is free."""
     port = free_port()
-    quota = {"AGENTAPI_MAX_SESSIONS_PER_USER": "2"}
+    # The stacks' settle time: waiting for stable is most of what each phase does besides booting.
+    quota = {"AGENTAPI_MAX_SESSIONS_PER_USER": "2", "AGENTAPI_AGENT_SETTLE_SECONDS": "0.5"}
     echo = {"agent_type": "custom", "custom_agent": "echo"}
     base = f"http://127.0.0.1:{port}"
     proc, token, _ = start_dev(tmp_path, port, quota)
