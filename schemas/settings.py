@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     agent_error_fail_seconds: float = Field(60.0, gt=0, validation_alias=_env("AGENT_ERROR_FAIL_SECONDS"))
     # How long the screen must be still before the agent counts as stable (coder/agentapi: 2 s).
     agent_settle_seconds: float = Field(2.0, gt=0, validation_alias=_env("AGENT_SETTLE_SECONDS"))
+    # How long a typed message waits for the agent to react to Enter (pressed again every 3 s)
+    # before its turn fails with an agent_error.
+    agent_enter_timeout_seconds: float = Field(
+        15.0, gt=0, validation_alias=_env("AGENT_ENTER_TIMEOUT_SECONDS")
+    )
     # How each agent type that can speak the Agent Client Protocol is driven: over ACP (structured
     # updates, no screen reading) or in the PTY (README "Transports"). ACP wherever its adapter
     # passes the same tests as the PTY one; an operator can fall back per agent type.

@@ -21,6 +21,8 @@ from tests.test_skeleton_e2e import ECHO, agent_said, named, read_events
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
+# A deaf agent's turn fails after this long (Enter pressed again at 3 s): 15 s by default.
+STACK_ENV = {"AGENTAPI_AGENT_ENTER_TIMEOUT_SECONDS": "6"}
 
 
 async def wait_stable(client: httpx.AsyncClient, base: str, headers: dict[str, str]) -> None:
@@ -92,7 +94,7 @@ async def test_a_stopped_host_is_replaced_and_the_conversation_goes_on(stack: St
 # Enter is retried for 15 s before the turn fails.
 @pytest.mark.timeout(120)
 async def test_a_message_the_agent_never_takes_fails_its_turn_and_the_host_stays(stack: Stack) -> None:
-    """The agent lives but stops reading its terminal: Enter is pressed again for 15 s, then that
+    """The agent lives but stops reading its terminal: Enter is pressed again for 6 s, then that
     turn fails with an ``agent_error`` while the same host keeps the session (it used to crash the
     host, and Dramatiq hosted the session again, typing the message into a new agent)."""
     stack.start_worker("sessions")

@@ -499,7 +499,11 @@ class SessionHost:
     ) -> Conversation | AcpConversation:
         if not self.over_acp:
             pty = PtySession(adapter.command(ctx), cwd=ctx.workspace, env=env, limits=limits, sandbox=sandbox)
-            return Conversation(pty, adapter, Timing(settle_seconds=self.settings.agent_settle_seconds))
+            timing = Timing(
+                settle_seconds=self.settings.agent_settle_seconds,
+                enter_timeout=self.settings.agent_enter_timeout_seconds,
+            )
+            return Conversation(pty, adapter, timing)
         gateway = []
         if ctx.mcp_gateway_url:
             # The session's gateway is the agent's only MCP server: tenant tokens never reach it.
