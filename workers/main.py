@@ -106,10 +106,13 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
         context.draining.set()
         # A stopping worker takes no more sessions: its idle threads took back the sessions it was
         # handing over, again and again, until it stopped, before another worker could (10-20 s).
-        # Its other consumers (the delay queue's) go on and keep its heartbeat.
+        # Its other consumers (the delay queue's) go on and keep its heartbeat. Stopped rather than
+        # paused: Dramatiq's paused consumer goes through its restart path, a 3 s sleep that
+        # ``worker.stop`` then waited out; a stopped one only leaves its loop (acks still go through
+        # its Redis consumer, which ``worker.stop`` closes last).
         sessions_consumer = worker.consumers.get(WorkKind.SESSIONS.value)
         if sessions_consumer is not None:
-            sessions_consumer.pause()
+            sessions_consumer.stop()
         stop.set()
 
     signal.signal(signal.SIGTERM, shutdown)
