@@ -2,6 +2,7 @@
 
 It draws an input box at the bottom like Claude Code does, reads raw keystrokes (bracketed paste
 aware), and answers ``echo: <text>``. Commands: ``/slow SECONDS text`` streams the reply slowly (Esc or Ctrl-C stops it),
+``/slow-once SECONDS text`` streams it slowly the first time in its workspace and at once after,
 ``/lines N`` prints N numbered lines, ``/sleep SECONDS`` works for a while, ``/write BYTES`` fills
 a file in the workspace, ``/put NAME TEXT`` writes TEXT to NAME in it, ``/env`` prints the environment, ``/exit``, ``/crash``, ``/deaf`` stops reading input for good.
 ``--trust-prompt`` asks "Do you trust the files in this folder? (y/n)" first. ``--fast-return``: an
@@ -21,6 +22,7 @@ import tty
 
 WIDTH = 60
 PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+SLOWED_MARK = ".echo-slowed-once"
 
 
 def out(text: str) -> None:
@@ -67,6 +69,13 @@ def answer(text: str) -> None:
     elif command == "/slow" and len(words) > 2:
         reply = "echo: " + " ".join(words[2:])
         say(reply, delay=float(words[1]) / max(len(reply), 1))
+    elif command == "/slow-once" and len(words) > 2:
+        # A test kills the agent mid-reply; the session's next host retypes the message into a new
+        # agent in the same workspace, which need not make the test wait the whole reply again.
+        reply = "echo: " + " ".join(words[2:])
+        first = not os.path.exists(SLOWED_MARK)
+        open(SLOWED_MARK, "w").close()
+        say(reply, delay=float(words[1]) / max(len(reply), 1) if first else 0.0)
     elif command == "/env":
         say("\r\n".join(f"{key}={value}" for key, value in sorted(os.environ.items())))
     elif command == "/write" and len(words) > 1:
