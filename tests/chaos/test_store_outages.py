@@ -55,8 +55,7 @@ def own_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisS
 @pytest.fixture
 def redis_stack(own_redis: RedisServer, pg_urls: DbUrls, jwt_secret: str, tmp_path: Path) -> Iterator[Stack]:
     overrides = {"AGENTAPI_REDIS_URL": own_redis.url, "AGENTAPI_MAX_SESSIONS_PER_USER": str(SESSIONS)}
-    with running_stack(pg_urls, jwt_secret, tmp_path, overrides) as stack:
-        stack.start_worker("audit")
+    with running_stack(pg_urls, jwt_secret, tmp_path, overrides, more_workers=("audit",)) as stack:
         yield stack
 
 
@@ -145,6 +144,10 @@ async def live_through(
         async with followed_sessions(client, headers, SESSIONS) as watched:
             await asyncio.gather(*(wait_stable(client, w.session_id, headers) for w in watched))
             await asyncio.gather(*(answered(client, stack, w, "before the outage") for w in watched))
+            # The audit worker boots beside the server; it must be reading before the fault: the
+            # "before" prompt's event, published while it was still starting, was lost with the
+            # rest of a Redis without persistence, never read.
+            await until(lambda: "serving audit" in stack.logs(), 60, "the audit worker serves")
             statuses.append(await create_prompt(client, stack, "before", created))
 
             down()
@@ -237,8 +240,7 @@ def postgres_stack(
 ) -> Iterator[tuple[Stack, DbUrls]]:
     db = own_postgres.database()
     overrides = {"AGENTAPI_MAX_SESSIONS_PER_USER": str(SESSIONS)}
-    with running_stack(db, jwt_secret, tmp_path, overrides) as stack:
-        stack.start_worker("audit")
+    with running_stack(db, jwt_secret, tmp_path, overrides, more_workers=("audit",)) as stack:
         yield stack, db
 
 
