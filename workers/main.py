@@ -58,9 +58,9 @@ def run_worker(settings: Settings, queues: list[str], threads: int = 8) -> None:
     set_context(context)
     from workers.actors import load_actors
 
-    actors = load_actors()
-    tune_gc(settings)
     kinds = [WorkKind(queue) for queue in queues]
+    actors = load_actors(kinds)
+    tune_gc(settings)
     client = thread_redis(settings.redis_url, decode_responses=True)
     stop = threading.Event()
     # Audit events skip Dramatiq: the writer takes them from their stream in batches itself.
