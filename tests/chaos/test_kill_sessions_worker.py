@@ -223,6 +223,8 @@ async def _stop_and_recover(stack: Stack, stop_with: int) -> None:
             assert victim.wait(timeout=30) == (-signal.SIGKILL if stop_with == signal.SIGKILL else 0)
             # A stopping worker exits once every host has handed its session over (or its wait ran out).
             exited = time.monotonic() - killed_at
+            # Without going through Dramatiq's consumer restart, a fixed 3 s its stop waited out.
+            assert "Restarting consumer" not in stack.logs()
             # It stopped taking sessions without ending its consumer's loop, which Dramatiq restarts
             # after a fixed 3 s that the worker's stop waited out.
             assert "Restarting consumer" not in stack.logs()
