@@ -1043,6 +1043,9 @@ class SessionHost:
             log.exception("hand-over snapshot of session %s failed", self.session_id)
 
     async def _finish(self, status: str, reason: str) -> None:
+        # One line per session's end: a session that ended unseen (a test waiting for its reply)
+        # otherwise left no trace in the worker's log after "hosting session".
+        log.info("session %s %s: %s", self.session_id, status, reason)
         await self._release()
         with contextlib.suppress(RedisError, OSError):
             await self.context.redis.delete(self.names.acp_session(self.session_id))
